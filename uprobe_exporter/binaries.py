@@ -1,0 +1,112 @@
+"""Find the real file behind a configured ``binary``: a path, a ``/proc/<pid>/root/...`` path, or a
+library name resolved like the dynamic loader, all inside a root (``exporter.host_root``).
+
+Symlinks are followed to the real file, and inside the root: an absolute link target such as
+``/usr/lib/libfoo.so.1`` means ``<root>/usr/lib/libfoo.so.1``, as it would to a process on the host.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from pathlib import Path
+
+from uprobe_exporter.errors import ResolveError
+from uprobe_exporter.ldcache import parse_ld_so_cache
+
+MAX_SYMLINKS = 40  # like the kernel's MAXSYMLINKS
+PROC_ROOT_RE = re.compile(r"(/proc/\d+/root)(/.*)\Z")
+DEFAULT_LIB_DIRS = ("/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/lib64", "/usr/lib64", "/lib",
+                    "/usr/lib", "/usr/local/lib")
+
+
+def realpath_in_root(root: str, path: str) -> str:
+    """Resolve ``path`` (absolute, as seen by a process whose ``/`` is ``root``) to a real file path
+    inside ``root``; returns the path relative to the root, starting with ``/``."""
+    parts = [p for p in path.split("/") if p]
+    resolved: list[str] = []
+    hops = 0
+    while parts:
+        part = parts.pop(0)
+        if part == ".":
+            continue
+        if part == "..":
+            if resolved:
+                resolved.pop()
+            continue
+        candidate = os.path.join(root, *resolved, part)
+        if os.path.islink(candidate):
+            hops += 1
+            if hops > MAX_SYMLINKS:
+                raise ResolveError(f"too many levels of symbolic links in {path}", binary=path)
+            target = os.readlink(candidate)
+            if target.startswith("/"):
+                resolved = []
+            parts = [p for p in target.split("/") if p] + parts
+            continue
+        resolved.append(part)
+    return "/" + "/".join(resolved)
+
+
+def _join_root(root: str, inner: str) -> str:
+    return inner if root == "/" else root.rstrip("/") + inner
+
+
+def _ld_library_dirs(root: str) -> list[str]:
+    """Directories from ``/etc/ld.so.conf`` (and its ``include`` globs), for a cache-less system."""
+    dirs: list[str] = []
+
+    def read(conf: str) -> None:
+        try:
+            text = Path(_join_root(root, conf)).read_text()
+        except OSError:
+            return
+        for line in text.splitlines():
+            line = line.split("#", 1)[0].strip()
+            if line.startswith("include "):
+                pattern = line.split(None, 1)[1]
+                for inc in sorted(Path(_join_root(root, "/")).glob(pattern.lstrip("/"))):
+                    read("/" + str(inc.relative_to(_join_root(root, "/"))))
+            elif line:
+                dirs.append(line)
+
+    read("/etc/ld.so.conf")
+    return dirs
+
+
+def resolve_library(name: str, root: str) -> str:
+    """``libc.so.6`` → ``/lib/x86_64-linux-gnu/libc.so.6`` (inside ``root``), as ld.so would find it."""
+    try:
+        cache = parse_ld_so_cache(Path(_join_root(root, "/etc/ld.so.cache")).read_bytes())
+    except (OSError, ValueError):
+        cache = {}
+    if name in cache:
+        return cache[name]
+    for d in (*_ld_library_dirs(root), *DEFAULT_LIB_DIRS):
+        if os.path.isfile(_join_root(root, f"{d}/{name}")):
+            return f"{d}/{name}"
+    close = difflib.get_close_matches(name, list(cache), n=3)
+    hint = f"; did you mean {', '.join(close)}?" if close else "; give its full path instead"
+    raise ResolveError(f"library '{name}' not found in {_join_root(root, '/etc/ld.so.cache')} or the "
+                       f"default library directories{hint}", binary=name)
+
+
+def resolve_binary(binary: str, host_root: str = "/") -> Path:
+    """The path to give the kernel for ``binary``: a real regular file, symlinks followed."""
+    m = PROC_ROOT_RE.match(binary)
+    if m:  # another process's view of the filesystem: the kernel follows /proc/<pid>/root itself
+        root, inner = m[1], m[2]
+    elif "/" in binary:
+        root, inner = host_root, binary
+    else:
+        root, inner = host_root, resolve_library(binary, host_root)
+    if not inner.startswith("/"):
+        raise ResolveError(f"'{binary}' must be an absolute path or a library name such as libc.so.6",
+                           binary=binary)
+    real = _join_root(root, realpath_in_root(root, inner))
+    if not os.path.exists(real):
+        raise ResolveError(f"'{binary}' does not exist (looked for {real})", binary=binary)
+    if not os.path.isfile(real):
+        raise ResolveError(f"'{binary}' is not a regular file ({real})", binary=binary)
+    return Path(real)

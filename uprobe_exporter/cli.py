@@ -1,0 +1,105 @@
+"""Command line: ``run``, ``check``, ``symbols``, ``cleanup``; the one place errors become exit codes.
+
+Exit codes: 0 ok, 2 bad configuration or usage, 1 runtime failure. Expected failures print one
+``uprobe-exporter: error: ...`` line (plus the kernel's error_log lines when it refused a command),
+never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+
+from uprobe_exporter import __version__
+from uprobe_exporter.binaries import resolve_binary
+from uprobe_exporter.config import load_config
+from uprobe_exporter.daemon import open_tracefs, run
+from uprobe_exporter.elf import load_elf, match_functions
+from uprobe_exporter.errors import UprobeExporterError
+from uprobe_exporter.resolve import plan_events
+from uprobe_exporter.session import remove_group
+
+PROG = "uprobe-exporter"
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=PROG, description="Linux uprobes as JSON lines and Prometheus metrics.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    config_help = "TOML configuration (default: the built-in example: bash readline, libc getaddrinfo)"
+    r = sub.add_parser("run", help="register the probes and emit records until SIGINT/SIGTERM")
+    r.add_argument("--config", "-c", metavar="FILE", help=config_help)
+    c = sub.add_parser("check", help="validate and resolve; print the uprobe_events lines, touch nothing")
+    c.add_argument("--config", "-c", metavar="FILE", help=config_help)
+    s = sub.add_parser("symbols", help="list probeable functions of a binary with their file offsets")
+    s.add_argument("binary", help="a path, or a library name such as libc.so.6")
+    s.add_argument("pattern", nargs="?", help="a glob (or substring) the function name must match")
+    s.add_argument("--host-root", default="/", metavar="DIR", help="resolve the binary inside DIR")
+    k = sub.add_parser("cleanup", help="remove leftovers of our group and instance (after a crash)")
+    k.add_argument("--config", "-c", metavar="FILE", help=config_help)
+    return p
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), stream=sys.stderr, format=f"{PROG}: %(levelname)s: %(message)s")
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    _setup_logging(config.exporter.log_level)
+    asyncio.run(run(config))
+    return 0
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    for ev in plan_events(config):
+        print(ev.command)
+        if ev.filter:
+            print(f"# filter {ev.full_name}: {ev.filter}")
+    return 0
+
+
+def _cmd_symbols(args: argparse.Namespace) -> int:
+    path = resolve_binary(args.binary, args.host_root)
+    for sym, offset in match_functions(load_elf(path, args.host_root), args.pattern):
+        print(f"{offset:#010x} {sym.size:8d} {sym.name}")
+    return 0
+
+
+def _cmd_cleanup(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    _setup_logging(config.exporter.log_level)
+    tracefs, instance = open_tracefs(config)
+    removed = remove_group(tracefs, config.exporter.group, instance)
+    print(f"removed {len(removed)}: {', '.join(removed)}" if removed else "nothing to remove")
+    return 0
+
+
+COMMANDS = {"run": _cmd_run, "check": _cmd_check, "symbols": _cmd_symbols, "cleanup": _cmd_cleanup}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except (UprobeExporterError, BaseExceptionGroup) as exc:
+        errors = [e for e in _leaves(exc) if isinstance(e, UprobeExporterError)]
+        if len(errors) != len(_leaves(exc)):
+            raise  # a bug: keep the traceback
+        for e in errors:
+            if e.exit_code:
+                print(f"{PROG}: error: {e}", file=sys.stderr)
+        return max(e.exit_code for e in errors)
+    except KeyboardInterrupt:
+        return 130
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    """The individual errors inside (nested) exception groups raised by the TaskGroup."""
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]

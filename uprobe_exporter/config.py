@@ -1,0 +1,338 @@
+"""TOML in, frozen ``Config`` out; every problem reported at once with its dotted location.
+
+``parse_config`` is pure (a ``Mapping`` from ``tomllib``); ``load_config`` reads the file or the
+built-in example. Symbol resolution happens later (``resolve.py``): it needs the binaries.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from uprobe_exporter.errors import ConfigError
+from uprobe_exporter.fetchargs import check_fetcharg
+
+DEFAULT_PORT = 9527
+DEFAULT_BUCKETS = (0.00001, 0.00005, 0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0)
+NAME_RE = re.compile(r"[a-z_][a-z0-9_]*\Z")
+GROUP_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+ARG_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+FUNCTION_RE = re.compile(r"(?P<symbol>[^\s+]+)(?:\+(?P<off>0x[0-9a-fA-F]+|\d+))?\Z")
+MAX_EVENT_NAME = 63  # trace_probe.h: MAX_EVENT_NAME_LEN 64 includes the NUL
+MAX_ARG_NAME = 31  # MAX_ARG_NAME_LEN 32
+RECORD_LABELS = ("comm",)
+
+
+@dataclass(frozen=True, slots=True)
+class ExporterConfig:
+    tracefs: str = "auto"
+    instance: str = "uprobe_exporter"
+    group: str = "uprobe_exporter"
+    buffer_size_kb: int = 4096
+    host_root: str = "/"
+    max_pending_calls: int = 65536
+    queue_batches: int = 1024
+    log_level: str = "info"
+
+
+@dataclass(frozen=True, slots=True)
+class JsonlConfig:
+    enabled: bool = True
+    path: str = "-"
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    enabled: bool = True
+    host: str = ""
+    port: int = DEFAULT_PORT
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    tls_client_ca_file: str = ""
+    label_values_max: int = 100
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeConfig:
+    name: str
+    binary: str
+    function: str = ""  # symbol, without the +offset
+    function_offset: int = 0  # the "+0x10" part of function
+    offset: int | None = None  # a file offset instead of a symbol
+    args: tuple[tuple[str, str], ...] = ()
+    return_probe: bool = False
+    return_args: tuple[tuple[str, str], ...] = ()
+    filter: str = ""
+    return_filter: str = ""
+    latency: bool = False
+    buckets: tuple[float, ...] = DEFAULT_BUCKETS
+    labels: tuple[str, ...] = ()
+
+    @property
+    def where(self) -> str:
+        """The probed location as a person wrote it: ``readline``, ``work+0x4`` or ``0x1149``."""
+        if self.offset is not None:
+            return hex(self.offset)
+        return self.function + (f"+{self.function_offset:#x}" if self.function_offset else "")
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    exporter: ExporterConfig
+    jsonl: JsonlConfig
+    metrics: MetricsConfig
+    probes: tuple[ProbeConfig, ...]
+    source: str = "<built-in example>"
+
+
+class _Problems:
+    """Collects located problems; ``raise_if_any`` raises one ConfigError listing all of them."""
+
+    def __init__(self) -> None:
+        self.items: list[str] = []
+
+    def add(self, where: str, message: str) -> None:
+        self.items.append(f"{where}: {message}")
+
+    def raise_if_any(self) -> None:
+        if self.items:
+            raise ConfigError(self.items)
+
+
+def _table(data: Mapping[str, Any], key: str, where: str, problems: _Problems) -> Mapping[str, Any]:
+    value = data.get(key, {})
+    if not isinstance(value, Mapping):
+        problems.add(where, f"must be a table, not {type(value).__name__}")
+        return {}
+    return value
+
+
+def _unknown_keys(table: Mapping[str, Any], known: tuple[str, ...], where: str, problems: _Problems) -> None:
+    for key in table:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else f"; known keys: {', '.join(known)}"
+            problems.add(f"{where}.{key}" if where else key, f"unknown key{hint}")
+
+
+def _get(
+    table: Mapping[str, Any], key: str, kind: type | tuple[type, ...], default: Any, where: str,
+    problems: _Problems,
+) -> Any:
+    if key not in table:
+        return default
+    value = table[key]
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    # TOML booleans are not integers here, whatever Python thinks.
+    if isinstance(value, bool) and bool not in kinds:
+        problems.add(f"{where}.{key}", f"must be {'/'.join(k.__name__ for k in kinds)}, not a boolean")
+        return default
+    if not isinstance(value, kinds):
+        problems.add(f"{where}.{key}", f"must be {'/'.join(k.__name__ for k in kinds)}, not {type(value).__name__}")
+        return default
+    return value
+
+
+def _parse_listen(listen: str, where: str, problems: _Problems) -> tuple[str, int]:
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        problems.add(where, f"'{listen}' is not HOST:PORT or :PORT (for example ':{DEFAULT_PORT}')")
+        return "", DEFAULT_PORT
+    return host.strip("[]"), int(port)
+
+
+def _parse_exporter(data: Mapping[str, Any], problems: _Problems) -> ExporterConfig:
+    t = _table(data, "exporter", "exporter", problems)
+    d = ExporterConfig()
+    _unknown_keys(t, ExporterConfig.__slots__, "exporter", problems)
+    cfg = ExporterConfig(
+        tracefs=_get(t, "tracefs", str, d.tracefs, "exporter", problems),
+        instance=_get(t, "instance", str, d.instance, "exporter", problems),
+        group=_get(t, "group", str, d.group, "exporter", problems),
+        buffer_size_kb=_get(t, "buffer_size_kb", int, d.buffer_size_kb, "exporter", problems),
+        host_root=_get(t, "host_root", str, d.host_root, "exporter", problems),
+        max_pending_calls=_get(t, "max_pending_calls", int, d.max_pending_calls, "exporter", problems),
+        queue_batches=_get(t, "queue_batches", int, d.queue_batches, "exporter", problems),
+        log_level=_get(t, "log_level", str, d.log_level, "exporter", problems),
+    )
+    if not GROUP_RE.match(cfg.group) or len(cfg.group) > MAX_EVENT_NAME:
+        problems.add("exporter.group", f"'{cfg.group}' must be a C identifier of at most 63 characters")
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", cfg.instance) or cfg.instance in (".", ".."):
+        problems.add("exporter.instance", f"'{cfg.instance}' must be a plain directory name ([A-Za-z0-9_.-])")
+    if cfg.buffer_size_kb < 4:
+        problems.add("exporter.buffer_size_kb", "must be at least 4 (one page per CPU)")
+    if cfg.max_pending_calls < 1 or cfg.queue_batches < 1:
+        problems.add("exporter", "max_pending_calls and queue_batches must be positive")
+    if cfg.log_level not in ("debug", "info", "warning", "error"):
+        problems.add("exporter.log_level", "must be one of debug, info, warning, error")
+    if not cfg.host_root.startswith("/"):
+        problems.add("exporter.host_root", f"'{cfg.host_root}' must be an absolute path")
+    return cfg
+
+
+def _parse_outputs(data: Mapping[str, Any], problems: _Problems) -> JsonlConfig:
+    out = _table(data, "output", "output", problems)
+    _unknown_keys(out, ("jsonl",), "output", problems)
+    t = _table(out, "jsonl", "output.jsonl", problems)
+    _unknown_keys(t, JsonlConfig.__slots__, "output.jsonl", problems)
+    cfg = JsonlConfig(
+        enabled=_get(t, "enabled", bool, True, "output.jsonl", problems),
+        path=_get(t, "path", str, "-", "output.jsonl", problems),
+    )
+    if cfg.enabled and not cfg.path:
+        problems.add("output.jsonl.path", "must be '-' (stdout) or a file path; set enabled = false to turn off")
+    return cfg
+
+
+def _parse_metrics(data: Mapping[str, Any], problems: _Problems) -> MetricsConfig:
+    t = _table(data, "metrics", "metrics", problems)
+    known = ("enabled", "listen", "tls_cert_file", "tls_key_file", "tls_client_ca_file", "label_values_max")
+    _unknown_keys(t, known, "metrics", problems)
+    host, port = _parse_listen(_get(t, "listen", str, f":{DEFAULT_PORT}", "metrics", problems),
+                               "metrics.listen", problems)
+    cfg = MetricsConfig(
+        enabled=_get(t, "enabled", bool, True, "metrics", problems),
+        host=host,
+        port=port,
+        tls_cert_file=_get(t, "tls_cert_file", str, "", "metrics", problems),
+        tls_key_file=_get(t, "tls_key_file", str, "", "metrics", problems),
+        tls_client_ca_file=_get(t, "tls_client_ca_file", str, "", "metrics", problems),
+        label_values_max=_get(t, "label_values_max", int, 100, "metrics", problems),
+    )
+    if bool(cfg.tls_cert_file) != bool(cfg.tls_key_file):
+        problems.add("metrics.tls_cert_file", "tls_cert_file and tls_key_file must be given together")
+    if cfg.tls_client_ca_file and not cfg.tls_cert_file:
+        problems.add("metrics.tls_client_ca_file", "client certificates need tls_cert_file and tls_key_file")
+    if cfg.label_values_max < 1:
+        problems.add("metrics.label_values_max", "must be at least 1")
+    return cfg
+
+
+def _parse_args(
+    value: Any, where: str, is_return: bool, problems: _Problems,
+) -> tuple[tuple[str, str], ...]:
+    if not isinstance(value, Mapping):
+        problems.add(where, "must be a table of name = \"fetcharg[:type]\"")
+        return ()
+    args: list[tuple[str, str]] = []
+    for name, fetcharg in value.items():
+        loc = f"{where}.{name}"
+        if not ARG_NAME_RE.match(name) or len(name) > MAX_ARG_NAME:
+            problems.add(loc, "argument names must be C identifiers of at most 31 characters")
+        elif name.startswith(("__", "common_")):
+            problems.add(loc, "names starting with '__' or 'common_' are reserved; choose another name")
+        if not isinstance(fetcharg, str):
+            problems.add(loc, "must be a string such as \"%di:s32\" or \"+0(%si):string\"")
+            continue
+        if (err := check_fetcharg(fetcharg, is_return=is_return)) is not None:
+            problems.add(loc, err)
+        args.append((name, fetcharg))
+    return tuple(args)
+
+
+def _parse_probe(index: int, t: Any, problems: _Problems) -> ProbeConfig | None:
+    where = f"probes[{index}]"
+    if not isinstance(t, Mapping):
+        problems.add(where, "must be a table ([[probes]])")
+        return None
+    known = ("name", "binary", "function", "offset", "args", "return", "return_args", "filter",
+             "return_filter", "latency", "buckets", "labels")
+    _unknown_keys(t, known, where, problems)
+    name = _get(t, "name", str, "", where, problems)
+    if not NAME_RE.match(name):
+        problems.add(f"{where}.name", f"'{name}' must match [a-z_][a-z0-9_]*")
+    elif len(name) + len("_return") > MAX_EVENT_NAME:
+        problems.add(f"{where}.name", "too long: the event name <name>_return must fit in 63 characters")
+    binary = _get(t, "binary", str, "", where, problems)
+    if not binary:
+        problems.add(f"{where}.binary", "required: a path such as /usr/bin/bash or a library such as libc.so.6")
+    function = _get(t, "function", str, "", where, problems)
+    offset = _get(t, "offset", int, None, where, problems)
+    symbol, function_offset = "", 0
+    if bool(function) == (offset is not None):
+        problems.add(where, "give exactly one of 'function' (a symbol) or 'offset' (a file offset)")
+    elif function:
+        m = FUNCTION_RE.match(function)
+        if not m:
+            problems.add(f"{where}.function", f"'{function}' must be SYMBOL or SYMBOL+0xOFFSET")
+        else:
+            symbol, function_offset = m["symbol"], int(m["off"] or "0", 0)
+    elif offset is not None and offset < 0:
+        problems.add(f"{where}.offset", "must be a non-negative file offset")
+    return_probe = _get(t, "return", bool, False, where, problems)
+    args = _parse_args(t.get("args", {}), f"{where}.args", False, problems)
+    return_args = _parse_args(t.get("return_args", {}), f"{where}.return_args", True, problems)
+    if return_args and not return_probe:
+        problems.add(f"{where}.return_args", "needs return = true")
+    latency = _get(t, "latency", bool, False, where, problems)
+    if latency and not return_probe:
+        problems.add(f"{where}.latency", "needs return = true: latency pairs entry and return events")
+    buckets = _get(t, "buckets", list, list(DEFAULT_BUCKETS), where, problems)
+    if not buckets or not all(isinstance(b, int | float) and not isinstance(b, bool) and b > 0 for b in buckets) \
+            or sorted(set(buckets)) != list(buckets):
+        problems.add(f"{where}.buckets", "must be a non-empty list of increasing positive numbers (seconds)")
+        buckets = list(DEFAULT_BUCKETS)
+    labels = _get(t, "labels", list, [], where, problems)
+    allowed = (*RECORD_LABELS, *(n for n, _ in args), *(n for n, _ in return_args))
+    for i, label in enumerate(labels):
+        if label not in allowed:
+            close = difflib.get_close_matches(str(label), allowed, n=1)
+            hint = f"did you mean '{close[0]}'?" if close else f"choose from {', '.join(allowed)}"
+            problems.add(f"{where}.labels[{i}]", f"unknown label '{label}'; {hint}")
+    filters = {k: _get(t, k, str, "", where, problems) for k in ("filter", "return_filter")}
+    if filters["return_filter"] and not return_probe:
+        problems.add(f"{where}.return_filter", "needs return = true")
+    return ProbeConfig(
+        name=name, binary=binary, function=symbol, function_offset=function_offset, offset=offset,
+        args=args, return_probe=return_probe, return_args=return_args, filter=filters["filter"],
+        return_filter=filters["return_filter"], latency=latency,
+        buckets=tuple(float(b) for b in buckets), labels=tuple(str(x) for x in labels),
+    )
+
+
+def parse_config(data: Mapping[str, Any], source: str = "<mapping>") -> Config:
+    """Validate a TOML mapping; raise one ``ConfigError`` listing every problem found."""
+    problems = _Problems()
+    _unknown_keys(data, ("exporter", "output", "metrics", "probes"), "", problems)
+    exporter = _parse_exporter(data, problems)
+    jsonl = _parse_outputs(data, problems)
+    metrics = _parse_metrics(data, problems)
+    raw_probes = data.get("probes", [])
+    if not isinstance(raw_probes, list) or not raw_probes:
+        problems.add("probes", "at least one [[probes]] table is required")
+        raw_probes = []
+    probes = [p for i, t in enumerate(raw_probes) if (p := _parse_probe(i, t, problems)) is not None]
+    seen: dict[str, int] = {}
+    for i, p in enumerate(probes):
+        if p.name in seen:
+            problems.add(f"probes[{i}].name", f"'{p.name}' is already used by probes[{seen[p.name]}]")
+        seen.setdefault(p.name, i)
+    problems.raise_if_any()
+    return Config(exporter, jsonl, metrics, tuple(probes), source)
+
+
+def example_text() -> str:
+    """The built-in example configuration (also shipped as ``config.example.toml``)."""
+    return resources.files("uprobe_exporter").joinpath("example.toml").read_text(encoding="utf-8")
+
+
+def load_config(path: str | None) -> Config:
+    """Read and validate a TOML file, or the built-in example when ``path`` is None."""
+    if path is None:
+        text, source = example_text(), "<built-in example>"
+    else:
+        try:
+            text, source = Path(path).read_text(encoding="utf-8"), path
+        except OSError as exc:
+            raise ConfigError([f"{path}: cannot read configuration: {exc.strerror}"]) from exc
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{source}: not valid TOML: {exc}"]) from exc
+    return parse_config(data, source)

@@ -1,0 +1,175 @@
+"""Wiring: config → resolve → register → one TaskGroup (reader, sink, housekeeping) → clean exit.
+
+Shutdown (SIGINT, SIGTERM, an error, or the JSON reader going away): stop reading, disable our
+events, drain what the kernel still holds, flush the sink, remove our events and our instance. The
+reader never blocks, so this takes milliseconds even when no event ever arrived.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from uprobe_exporter.config import Config
+from uprobe_exporter.jsonl import JsonlSink
+from uprobe_exporter.pairing import Pairing
+from uprobe_exporter.pipeline import Pipeline, event_infos
+from uprobe_exporter.probes import ProbeEvent
+from uprobe_exporter.reader import TracePipeReader
+from uprobe_exporter.render import Renderer
+from uprobe_exporter.resolve import plan_events
+from uprobe_exporter.session import ProbeSession
+from uprobe_exporter.tracefs import Instance, Tracefs, find_tracefs
+from uprobe_exporter.traceline import TextParser
+
+log = logging.getLogger(__name__)
+SWEEP_SECONDS = 5.0  # how often threads with pending calls are checked for having exited
+FINAL_FLUSH_SECONDS = 1.5
+
+
+def wall_offset_ns() -> int:
+    """CLOCK_REALTIME − CLOCK_MONOTONIC: turns the ``mono`` trace clock into wall time."""
+    return time.clock_gettime_ns(time.CLOCK_REALTIME) - time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+
+
+class TgidCache:
+    """Process id of a thread, from ``/proc/<tid>/status`` when the kernel printed ``(-------)``."""
+
+    def __init__(self, proc: str = "/proc", size: int = 4096) -> None:
+        self.proc = proc
+        self.size = size
+        self.cache: dict[int, int] = {}
+
+    def __call__(self, tid: int) -> int:
+        tgid = self.cache.get(tid)
+        if tgid is None:
+            tgid = 0
+            try:
+                with open(f"{self.proc}/{tid}/status", "rb") as f:
+                    for line in f:
+                        if line.startswith(b"Tgid:"):
+                            tgid = int(line.split()[1])
+                            break
+            except OSError:
+                pass  # the thread has exited: pid stays unknown (null in JSON)
+            if len(self.cache) >= self.size:
+                self.cache.clear()
+            self.cache[tid] = tgid
+        return tgid
+
+
+@dataclass
+class Runtime:
+    """Everything a running exporter holds; the metrics collectors read from here."""
+
+    config: Config
+    tracefs: Tracefs
+    instance: Instance
+    events: list[ProbeEvent]
+    pipeline: Pipeline
+    reader: TracePipeReader
+    sink: JsonlSink | None
+    started: float
+    read_errors: int = 0
+    kernel_lost: int = 0
+
+
+def open_tracefs(config: Config) -> tuple[Tracefs, Instance]:
+    tracefs = Tracefs(find_tracefs(config.exporter.tracefs))
+    tracefs.check_writable()
+    return tracefs, tracefs.instance(config.exporter.instance)
+
+
+async def _housekeeping(rt: Runtime, renderer: Renderer | None, proc: str = "/proc") -> None:
+    last_sweep = time.monotonic()
+    while True:
+        await asyncio.sleep(1.0)
+        if renderer is not None:
+            renderer.wall_offset_ns = wall_offset_ns()
+        if time.monotonic() - last_sweep >= SWEEP_SECONDS:
+            last_sweep = time.monotonic()
+            pairing = rt.pipeline.pairing
+            for tid in pairing.threads():
+                if not os.path.exists(f"{proc}/{tid}"):
+                    pairing.evict_thread(tid)
+
+
+def _install_signals(stop: asyncio.Event, sink: JsonlSink | None) -> Callable[[], None]:
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    if sink is not None:
+        loop.add_signal_handler(signal.SIGHUP, sink.reopen)
+
+    def restore() -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
+
+    return restore
+
+
+async def run(config: Config, on_ready: Callable[[Runtime], None] | None = None) -> None:
+    """Run the exporter until SIGINT/SIGTERM; raises UprobeExporterError subclasses on failure."""
+    events = plan_events(config)
+    tracefs, instance = open_tracefs(config)
+    stop = asyncio.Event()
+    sink = JsonlSink(config.jsonl.path, config.exporter.queue_batches) if config.jsonl.enabled else None
+    with ProbeSession(tracefs, instance, config.exporter.group, events, config.exporter.buffer_size_kb) as session:
+        renderer = Renderer(wall_offset_ns()) if sink is not None else None
+        pipeline = Pipeline(
+            TextParser.for_formats(session.formats.values()), event_infos(events, config.probes), config.probes,
+            renderer, Pairing(config.exporter.max_pending_calls), config.metrics.label_values_max, TgidCache())
+
+        def on_lines(lines: list[str], final: bool) -> None:
+            batch = pipeline.process(lines, final)
+            if batch and sink is not None:
+                sink.submit(batch, batch.count(b"\n"))
+
+        reader = TracePipeReader(instance.trace_pipe, on_lines)
+        rt = Runtime(config, tracefs, instance, events, pipeline, reader, sink, time.time())
+        restore = _install_signals(stop, sink)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                sink_task = tg.create_task(sink.run()) if sink is not None else None
+                reader_task = tg.create_task(reader.run())
+                house_task = tg.create_task(_housekeeping(rt, renderer))
+                log.info("%d events registered in %s/instances/%s; reading", len(events), tracefs.root,
+                         instance.name)
+                if on_ready is not None:
+                    on_ready(rt)
+                await stop.wait()
+                reader_task.cancel()
+                house_task.cancel()
+                session.disable()
+                reader.drain()
+                rt.kernel_lost = instance.read_lost()
+                if sink is not None and sink_task is not None:
+                    sink.finish()
+                    try:
+                        async with asyncio.timeout(FINAL_FLUSH_SECONDS):
+                            await asyncio.shield(sink_task)
+                    except TimeoutError:
+                        log.error("JSON output did not take the last records within %.1f s", FINAL_FLUSH_SECONDS)
+                        sink_task.cancel()
+        finally:
+            restore()
+            reader.close()
+            _log_summary(rt)
+
+
+def _log_summary(rt: Runtime) -> None:
+    stats = rt.pipeline.statistics()
+    pairing = rt.pipeline.pairing.statistics()
+    written = rt.sink.records_written if rt.sink is not None else 0
+    dropped = rt.sink.records_dropped if rt.sink is not None else 0
+    log.info(
+        "stopped: %d records parsed, %d written, %d dropped by the sink, %d lost in the kernel, "
+        "%d unparsed lines, %d calls paired, %d pending",
+        sum(stats.events.values()), written, dropped, rt.kernel_lost, sum(stats.parse_errors.values()),
+        pairing.paired, pairing.pending)
+

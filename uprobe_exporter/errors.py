@@ -1,0 +1,86 @@
+"""The exception tree of uprobe_exporter.
+
+    UprobeExporterError                 every failure we expect and explain (exit 1 unless noted)
+    ├── ConfigError                     bad configuration or usage: a list of located problems (exit 2)
+    ├── ResolveError                    a binary, library or symbol cannot be turned into a file offset
+    ├── TracefsError                    tracefs missing, not mounted, not writable, an I/O failure
+    │   └── KernelRefusedError          the kernel refused a command; carries the command and error_log
+    ├── OutputClosed                    the reader of our stdout went away: stop cleanly (exit 0)
+    └── TraceParseError                 one trace line or page could not be parsed (counted, never fatal)
+
+Lower-level errors (``OSError``, ``ELFError``) are converted at exactly one boundary each:
+``tracefs.py`` for the kernel and ``elf.py`` for binaries. The CLI turns any of these into one line
+on stderr and an exit code; nothing else catches them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class UprobeExporterError(Exception):
+    """Root of every error uprobe_exporter raises on purpose."""
+
+    exit_code = 1
+
+
+class ConfigError(UprobeExporterError):
+    """One or more configuration problems, each with its dotted location (``probes[2].function``)."""
+
+    exit_code = 2
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        self.problems = tuple(problems)
+        super().__init__("; ".join(self.problems))
+
+    def __str__(self) -> str:
+        if len(self.problems) == 1:
+            return self.problems[0]
+        return f"{len(self.problems)} configuration problems:\n  " + "\n  ".join(self.problems)
+
+
+class ResolveError(UprobeExporterError):
+    """A binary, library or symbol could not be resolved to a probeable file offset."""
+
+    def __init__(self, message: str, *, binary: str = "", symbol: str = "") -> None:
+        self.binary = binary
+        self.symbol = symbol
+        super().__init__(message)
+
+
+class TracefsError(UprobeExporterError):
+    """tracefs is absent, unmountable or unwritable, or a tracefs file could not be read or written."""
+
+    def __init__(self, message: str, *, path: str = "") -> None:
+        self.path = path
+        super().__init__(message)
+
+
+class KernelRefusedError(TracefsError):
+    """The kernel refused a command; ``error_log`` holds its own explanation with the caret line."""
+
+    def __init__(self, message: str, *, path: str, command: str, error_log: str = "") -> None:
+        self.command = command
+        self.error_log = error_log
+        super().__init__(message, path=path)
+
+    def __str__(self) -> str:
+        text = f"{self.args[0]}: {self.command!r}"
+        if self.error_log:
+            text += "\n" + self.error_log.rstrip("\n")
+        return text
+
+
+class OutputClosed(UprobeExporterError):
+    """The JSON output pipe was closed by its reader (``uprobe-exporter run | head``)."""
+
+    exit_code = 0
+
+
+class TraceParseError(UprobeExporterError):
+    """A trace line or page that does not parse; ``reason`` is a short label used as a metric label."""
+
+    def __init__(self, reason: str, raw: str = "") -> None:
+        self.reason = reason
+        self.raw = raw
+        super().__init__(f"{reason}: {raw!r}")

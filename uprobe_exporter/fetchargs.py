@@ -1,0 +1,72 @@
+"""Pure checks of uprobe ``fetchargs`` (Documentation/trace/uprobetracer.rst) before the kernel sees them.
+
+The kernel stays the authority: what passes here may still be refused, and then its ``error_log``
+text is reported. These checks catch the common mistakes early, all at once, with a location.
+"""
+
+from __future__ import annotations
+
+import re
+
+# x86-64 register names accepted by regs_query_register_offset() (arch/x86/kernel/ptrace.c).
+REGISTERS = frozenset(
+    ["ax", "bx", "cx", "dx", "si", "di", "bp", "sp", "ip", "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15", "flags", "cs", "ss", "ds", "es", "fs", "gs", "orig_ax"]
+)
+_BASIC = r"(?:[usx](?:8|16|32|64)|char|string|ustring|symbol|symstr|b\d+@\d+/\d+)"
+TYPE_RE = re.compile(rf"(?P<base>{_BASIC})(?:\[(?P<n>\d+)\])?\Z")
+DEREF_RE = re.compile(r"[+-]u?(?:0x[0-9a-fA-F]+|\d+)\((?P<inner>.+)\)\Z")
+MAX_ARRAY_LEN = 64  # trace_probe.h
+
+
+def split_type(fetcharg: str) -> tuple[str, str]:
+    """``'+0(%di):string'`` → ``('+0(%di)', 'string')``; no type → ``(fetcharg, '')``."""
+    body, sep, kind = fetcharg.rpartition(":")
+    if sep and TYPE_RE.match(kind):
+        return body, kind
+    return fetcharg, ""
+
+
+def _check_body(body: str, is_return: bool) -> str | None:
+    if body.startswith("%"):
+        return None if body[1:] in REGISTERS else f"unknown register '{body}' (x86-64: %di, %si, %ax, ...)"
+    if body == "$retval":
+        return None if is_return else "$retval is only available in return_args (a return probe)"
+    if body in ("$comm", "$COMM", "$stack") or re.fullmatch(r"\$stack\d+", body):
+        return None
+    if body.startswith(("@+", "@0x")) or re.fullmatch(r"@\d+", body):
+        return None
+    if body.startswith("@"):
+        return "symbols (@SYM) are not available with uprobes; use @+FILE_OFFSET or a register"
+    if body.startswith("\\"):
+        return None
+    if (m := DEREF_RE.match(body)) is not None:
+        return _check_body(m["inner"], is_return)
+    if body.startswith("$arg"):
+        return "$argN needs BTF, which uprobes do not have; use the register (%di, %si, %dx, %cx, %r8, %r9)"
+    return f"'{body}' is not a fetcharg (%REG, @ADDR, @+OFFSET, $stackN, $retval, $comm, +OFF(FETCHARG))"
+
+
+def check_fetcharg(fetcharg: str, *, is_return: bool) -> str | None:
+    """Return a one-line problem with ``fetcharg`` and how to fix it, or None if it looks right."""
+    if not fetcharg or any(c.isspace() for c in fetcharg) or "#" in fetcharg:
+        return f"'{fetcharg}' must be non-empty, without spaces or '#'"
+    body, kind = split_type(fetcharg)
+    if ":" in body and not body.startswith("\\"):
+        return f"unknown type in '{fetcharg}'; use u8..u64, s8..s64, x8..x64, char, string or b<W>@<O>/<C>"
+    if (err := _check_body(body, is_return)) is not None:
+        return err
+    m = TYPE_RE.match(kind) if kind else None
+    base = m["base"] if m else ""
+    memory = body.startswith(("+", "-", "@", "\\")) or body in ("$comm", "$COMM")
+    if base in ("string", "ustring") and not memory:
+        return f"'{fetcharg}': a string must be read from memory, e.g. '+0({body}):{base}'"
+    if base in ("symbol", "symstr"):
+        return f"'{fetcharg}': {base} resolves kernel symbols only; use x64 for a user address"
+    if body in ("$comm", "$COMM") and base not in ("", "string"):
+        return f"'{fetcharg}': $comm is a string; write '$comm' or '$comm:string'"
+    if m and m["n"] is not None:
+        if not body.startswith(("+", "-", "@")):
+            return f"'{fetcharg}': an array must be read from memory, e.g. '+0({body}):{kind}'"
+        if not 0 < int(m["n"]) <= MAX_ARRAY_LEN:
+            return f"'{fetcharg}': array length must be 1..{MAX_ARRAY_LEN}"
+    return None

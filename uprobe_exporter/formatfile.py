@@ -1,0 +1,99 @@
+"""Pure parser of an event's ``format`` file (kernel/trace/trace_events.c: f_show()).
+
+    name: work_entry
+    ID: 2326
+    format:
+    \tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;
+    ...
+    \tfield:__data_loc char[] __comm;\toffset:16;\tsize:4;\tsigned:1;
+    \tfield:s32 a;\toffset:28;\tsize:4;\tsigned:1;
+
+    print fmt: "(%lx) __comm=\\"%s\\" a=%d", REC->__probe_ip, __get_str(__comm), REC->a
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass
+
+from uprobe_exporter.errors import TraceParseError
+
+FIELD_RE = re.compile(
+    r"\tfield:(?P<decl>[^;]+);\toffset:(?P<offset>\d+);\tsize:(?P<size>\d+);\tsigned:(?P<signed>-?\d+);"
+)
+ELEM_SIZES = {"u8": 1, "s8": 1, "char": 1, "u16": 2, "s16": 2, "u32": 4, "s32": 4, "u64": 8, "s64": 8}
+PROBE_FIELDS = frozenset({"__probe_ip", "__probe_func", "__probe_ret_ip"})
+
+
+class FieldKind(enum.Enum):
+    INT = "int"
+    STRING = "string"  # __data_loc char[]: (len << 16) | offset
+    ARRAY = "array"  # u32 v[] (size / element size elements)
+
+
+@dataclass(frozen=True, slots=True)
+class Field:
+    """One field of an event record, as laid out in the ring buffer."""
+
+    name: str
+    type: str
+    kind: FieldKind
+    offset: int
+    size: int
+    signed: bool
+    elem_size: int = 0  # arrays only
+
+    @property
+    def count(self) -> int:
+        """Array length, from the size (the format file often prints ``[]``)."""
+        return self.size // self.elem_size if self.elem_size else 1
+
+
+@dataclass(frozen=True, slots=True)
+class EventFormat:
+    """The ``format`` file of one event: its ID, common fields, probe fields and arguments."""
+
+    name: str
+    id: int
+    common: tuple[Field, ...]
+    fields: tuple[Field, ...]  # everything after the blank line: __probe_* then the fetchargs
+    print_fmt: str
+
+    @property
+    def is_return(self) -> bool:
+        return any(f.name == "__probe_ret_ip" for f in self.fields)
+
+    @property
+    def args(self) -> tuple[Field, ...]:
+        """The fetchargs, in the order the kernel prints them."""
+        return tuple(f for f in self.fields if f.name not in PROBE_FIELDS)
+
+
+def _parse_field(m: re.Match[str]) -> Field:
+    decl = m["decl"].strip()
+    offset, size, signed = int(m["offset"]), int(m["size"]), m["signed"] == "1"
+    if decl.startswith("__data_loc "):
+        name = decl.rsplit(None, 1)[1]
+        return Field(name, decl[len("__data_loc "):].rsplit(None, 1)[0], FieldKind.STRING, offset, size, signed)
+    type_, name = decl.rsplit(None, 1)
+    if "[" in name:  # "u32 v[]" or "u32 v[4]": probe arrays, count from size (trace_events.c f_show)
+        name = name[: name.index("[")]
+        elem = ELEM_SIZES.get(type_.split()[-1], 0)
+        if not elem or size % elem:
+            raise TraceParseError("format_array", decl)
+        return Field(name, type_, FieldKind.ARRAY, offset, size, type_.startswith("s"), elem)
+    return Field(name, type_, FieldKind.INT, offset, size, signed)
+
+
+def parse_format(text: str) -> EventFormat:
+    """Parse the text of ``events/<group>/<event>/format``."""
+    name = re.search(r"^name: (\S+)$", text, re.M)
+    ident = re.search(r"^ID: (\d+)$", text, re.M)
+    fmt = re.search(r"^print fmt: (.*)$", text, re.M)
+    if not (name and ident and fmt):
+        raise TraceParseError("format_file", text[:200])
+    head, _, rest = text.partition("\n\n")
+    common = tuple(_parse_field(m) for m in FIELD_RE.finditer(head))
+    fields = tuple(_parse_field(m) for m in FIELD_RE.finditer(rest))
+    return EventFormat(name[1], int(ident[1]), common, fields, fmt[1])

@@ -1,0 +1,66 @@
+"""Pure latency histograms with label sets under a cardinality cap; read by the metrics collector.
+
+Observing is a bisect and two additions (no lock: the event loop is the only writer; a scrape on
+another thread copies the lists, which the GIL makes atomic per list).
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from dataclasses import dataclass, field
+
+OTHER = "__other__"  # the value a label takes once its cap of distinct values is reached
+
+
+@dataclass(slots=True)
+class Histogram:
+    bounds_ns: list[int]
+    counts: list[int]
+    sum_ns: int = 0
+
+    def observe(self, duration_ns: int) -> None:
+        self.counts[bisect_left(self.bounds_ns, duration_ns)] += 1
+        self.sum_ns += duration_ns
+
+
+@dataclass(slots=True)
+class LabelFolder:
+    """Caps the distinct values of each label; values past the cap become ``__other__`` (counted)."""
+
+    cap: int
+    seen: list[set[str]] = field(default_factory=list)
+    folded: int = 0
+
+    def fold(self, values: tuple[str, ...]) -> tuple[str, ...]:
+        if not self.seen:
+            self.seen = [set() for _ in values]
+        out = []
+        for value, seen in zip(values, self.seen, strict=True):
+            if value not in seen:
+                if len(seen) >= self.cap:
+                    self.folded += 1
+                    value = OTHER
+                else:
+                    seen.add(value)
+            out.append(value)
+        return tuple(out)
+
+
+@dataclass(slots=True)
+class ProbeHistograms:
+    """The call-duration histograms of one probe, one per label-value tuple."""
+
+    buckets: tuple[float, ...]
+    labels: tuple[str, ...]
+    folder: LabelFolder
+    series: dict[tuple[str, ...], Histogram] = field(default_factory=dict)
+
+    def observe(self, values: tuple[str, ...], duration_ns: int) -> None:
+        h = self.series.get(values)
+        if h is None:
+            values = self.folder.fold(values)
+            h = self.series.get(values)
+            if h is None:
+                h = self.series[values] = Histogram([round(b * 1e9) for b in self.buckets],
+                                                    [0] * (len(self.buckets) + 1))
+        h.observe(duration_ns)

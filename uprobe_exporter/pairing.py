@@ -1,0 +1,123 @@
+"""Pure pairing of entry and return events into calls, exactly, with bounded memory.
+
+Strategy: one stack of pending entries per (probe, thread). Each event carries the stack pointer
+(``__sp``). At a function's first instruction ``%sp`` points at the return address; after the
+function returns, ``%sp`` is 8 bytes higher. So a return with ``sp`` closes the pending entry whose
+``sp`` is ``sp - 8``; entries deeper than that (lower addresses) can never return: the stack was
+unwound past them (longjmp, C++ exception) and they are evicted as ``unwound``. A new entry at an
+``sp`` at or above a pending one proves the same. Without a stack pointer (0), pairing falls back to
+innermost-call (LIFO) order. Threads that exit inside a call are evicted by ``evict_thread``; past
+``max_pending`` the least recently active thread loses its oldest entry (``capacity``).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+RETURN_ADDRESS_SIZE = 8  # x86-64: `ret` pops the return address
+
+
+@dataclass(frozen=True, slots=True)
+class PairingStats:
+    pending: int
+    paired: int
+    returns_without_entry: int
+    evicted_unwound: int
+    evicted_thread_exit: int
+    evicted_capacity: int
+
+
+@dataclass(slots=True)
+class Frame:
+    sp: int
+    ts_ns: int
+    extra: Any  # what the caller wants back at the return (e.g. label values of the entry)
+
+
+class Pairing:
+    """Pending entries per (probe, tid); ``enter``/``leave`` are called in timestamp order."""
+
+    def __init__(self, max_pending: int = 65536, max_depth: int = 4096) -> None:
+        self.max_pending = max_pending
+        self.max_depth = max_depth
+        self.stacks: OrderedDict[tuple[str, int], list[Frame]] = OrderedDict()
+        self.pending = 0
+        self.paired = 0
+        self.returns_without_entry = 0
+        self.evicted_unwound = 0
+        self.evicted_thread_exit = 0
+        self.evicted_capacity = 0
+
+    def enter(self, probe: str, tid: int, sp: int, ts_ns: int, extra: Any = None) -> None:
+        key = (probe, tid)
+        stack = self.stacks.get(key)
+        if stack is None:
+            stack = self.stacks[key] = []
+        else:
+            self.stacks.move_to_end(key)
+            if sp:
+                while stack and stack[-1].sp <= sp:  # that frame's stack space is being reused
+                    stack.pop()
+                    self.pending -= 1
+                    self.evicted_unwound += 1
+        if len(stack) >= self.max_depth:
+            del stack[0]
+            self.pending -= 1
+            self.evicted_capacity += 1
+        stack.append(Frame(sp, ts_ns, extra))
+        self.pending += 1
+        if self.pending > self.max_pending:
+            self._evict_oldest()
+
+    def leave(self, probe: str, tid: int, sp: int) -> Frame | None:
+        """The entry this return closes, or None (counted) when it was not seen."""
+        key = (probe, tid)
+        stack = self.stacks.get(key)
+        if not stack:
+            self.returns_without_entry += 1
+            return None
+        if sp:
+            target = sp - RETURN_ADDRESS_SIZE
+            while stack and stack[-1].sp < target:
+                stack.pop()
+                self.pending -= 1
+                self.evicted_unwound += 1
+            if not stack or stack[-1].sp != target:
+                self.returns_without_entry += 1
+                self._drop_if_empty(key, stack)
+                return None
+        frame = stack.pop()
+        self.pending -= 1
+        self.paired += 1
+        self._drop_if_empty(key, stack)
+        return frame
+
+    def _drop_if_empty(self, key: tuple[str, int], stack: list[Frame]) -> None:
+        if not stack:
+            del self.stacks[key]
+
+    def _evict_oldest(self) -> None:
+        key, stack = next(iter(self.stacks.items()))
+        del stack[0]
+        self.pending -= 1
+        self.evicted_capacity += 1
+        self._drop_if_empty(key, stack)
+
+    def threads(self) -> set[int]:
+        """Thread ids with pending entries (to check which of them have exited)."""
+        return {tid for _, tid in self.stacks}
+
+    def evict_thread(self, tid: int) -> int:
+        """Forget a thread that exited; its pending entries will never return."""
+        n = 0
+        for key in [k for k in self.stacks if k[1] == tid]:
+            n += len(self.stacks.pop(key))
+        self.pending -= n
+        self.evicted_thread_exit += n
+        return n
+
+    def statistics(self) -> PairingStats:
+        return PairingStats(self.pending, self.paired, self.returns_without_entry, self.evicted_unwound,
+                            self.evicted_thread_exit, self.evicted_capacity)

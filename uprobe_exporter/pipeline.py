@@ -1,0 +1,124 @@
+"""Pure wiring of parsed records: counting, pairing, latency histograms and JSON rendering.
+
+The reader hands over batches of complete lines; ``process`` returns the JSON lines of the batch as
+one ``bytes`` (or None when JSON output is off). Nothing here does I/O: looking up a process id the
+kernel did not know is a callable given by the daemon.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from uprobe_exporter.config import ProbeConfig
+from uprobe_exporter.histogram import LabelFolder, ProbeHistograms
+from uprobe_exporter.pairing import Pairing
+from uprobe_exporter.probes import ProbeEvent
+from uprobe_exporter.records import LostEvents, TraceRecord
+from uprobe_exporter.render import EventInfo, Renderer
+from uprobe_exporter.traceline import TextParser
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineStats:
+    events: dict[tuple[str, str], int]  # (probe, type) → records parsed
+    parse_errors: dict[str, int]  # reason → lines
+    lost_inband: int  # sum of "CPU:N [LOST M EVENTS]" markers
+    lost_markers_unknown: int  # "[LOST EVENTS]" markers without a count
+
+
+def event_infos(events: Iterable[ProbeEvent], probes: Iterable[ProbeConfig]) -> dict[str, EventInfo]:
+    by_name = {p.name: p for p in probes}
+    return {
+        e.event: EventInfo(e.probe, "return" if e.is_return else "entry", e.full_name,
+                           by_name[e.probe].latency, by_name[e.probe].labels)
+        for e in events
+    }
+
+
+class Pipeline:
+    """Turns batches of trace lines into JSON lines and metric updates, in timestamp order."""
+
+    def __init__(
+        self,
+        parser: TextParser,
+        infos: dict[str, EventInfo],
+        probes: Iterable[ProbeConfig],
+        renderer: Renderer | None,
+        pairing: Pairing,
+        label_values_max: int = 100,
+        tgid_of: Callable[[int], int] = lambda tid: 0,
+    ) -> None:
+        self.parser = parser
+        self.infos = infos
+        self.renderer = renderer
+        self.pairing = pairing
+        self.tgid_of = tgid_of
+        self.paired = {p.name for p in probes if p.return_probe}
+        self.histograms = {
+            p.name: ProbeHistograms(p.buckets, p.labels, LabelFolder(label_values_max))
+            for p in probes if p.latency
+        }
+        self.events: Counter[tuple[str, str]] = Counter()
+        self.parse_errors: Counter[str] = Counter()
+        self.lost_inband = 0
+        self.lost_markers_unknown = 0
+
+    def process(self, lines: list[str], final: bool = False) -> bytes | None:
+        items, errors = self.parser.parse_lines(lines, final)
+        for err in errors:
+            self.parse_errors[err.reason] += 1
+            log.debug("unparsed trace line (%s): %r", err.reason, err.raw)
+        out: list[bytes] = []
+        for item in items:
+            if type(item) is LostEvents:
+                if item.count is None:
+                    self.lost_markers_unknown += 1
+                else:
+                    self.lost_inband += item.count
+                continue
+            assert type(item) is TraceRecord
+            chunk = self._record(item)
+            if chunk is not None:
+                out.append(chunk)
+        return b"".join(out) if self.renderer is not None else None
+
+    def _record(self, rec: TraceRecord) -> bytes | None:
+        info = self.infos[rec.event]
+        self.events[info.probe, info.type] += 1
+        duration = None
+        if info.probe in self.paired:
+            hist = self.histograms.get(info.probe)
+            if not rec.is_return:
+                extra = _label_values(rec, info.labels, None) if hist is not None else None
+                self.pairing.enter(info.probe, rec.tid, rec.sp, rec.ts_ns, extra)
+            else:
+                frame = self.pairing.leave(info.probe, rec.tid, rec.sp)
+                if frame is not None:
+                    duration = rec.ts_ns - frame.ts_ns
+                    if hist is not None:
+                        hist.observe(_label_values(rec, info.labels, frame.extra), duration)
+        if self.renderer is None:
+            return None
+        return self.renderer.render(rec, info, duration, rec.tgid or self.tgid_of(rec.tid))
+
+    def statistics(self) -> PipelineStats:
+        return PipelineStats(dict(self.events), dict(self.parse_errors), self.lost_inband,
+                             self.lost_markers_unknown)
+
+
+def _label_values(rec: TraceRecord, labels: tuple[str, ...], entry: tuple[str, ...] | None) -> tuple[str, ...]:
+    """Label values from the record (comm, its args); at a return, the entry's values fill the gaps."""
+    values = []
+    for i, name in enumerate(labels):
+        if name == "comm":
+            values.append(rec.comm)
+        elif name in rec.args:
+            values.append(str(rec.args[name]))
+        else:
+            values.append(entry[i] if entry is not None else "")
+    return tuple(values)

@@ -1,0 +1,72 @@
+"""Pure: a configured, resolved probe → the ``uprobe_events`` commands and event names we own.
+
+Every event carries two fetchargs the exporter adds itself: ``__comm=$comm`` (the thread's name in
+the record, since the text comm column is a read-time cache lookup that often prints ``<...>``) and
+``__sp=%sp:x64`` (the stack pointer: at a function's first instruction it points at the return
+address, and after the return it is 8 bytes higher, so an entry and its return pair exactly, even
+under recursion, longjmp or exceptions).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from uprobe_exporter.config import ProbeConfig
+from uprobe_exporter.errors import ResolveError
+
+HIDDEN_FETCHARGS = "__comm=$comm __sp=%sp:x64"
+ENTRY_SUFFIX = "_entry"
+RETURN_SUFFIX = "_return"
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeEvent:
+    """One kernel event we create: ``<group>/<probe>_entry`` or ``<group>/<probe>_return``."""
+
+    probe: str
+    group: str
+    event: str
+    is_return: bool
+    path: str
+    offset: int
+    command: str
+    filter: str
+
+    @property
+    def full_name(self) -> str:
+        return f"{self.group}/{self.event}"
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedProbe:
+    """A probe from the configuration with its binary and file offset found."""
+
+    config: ProbeConfig
+    path: str
+    offset: int
+
+
+def _fetchargs(args: tuple[tuple[str, str], ...]) -> str:
+    return "".join(f" {name}={fetcharg}" for name, fetcharg in args)
+
+
+def build_events(probe: ResolvedProbe, group: str) -> list[ProbeEvent]:
+    """The events of one probe, in the order they must be registered."""
+    if any(c.isspace() for c in probe.path) or "#" in probe.path:
+        raise ResolveError(f"the kernel cannot take a path with whitespace or '#': {probe.path!r}",
+                           binary=probe.path)
+    cfg = probe.config
+    location = f"{probe.path}:{probe.offset:#x}"
+    entry = f"{cfg.name}{ENTRY_SUFFIX}"
+    events = [ProbeEvent(cfg.name, group, entry, False, probe.path, probe.offset,
+                         f"p:{group}/{entry} {location} {HIDDEN_FETCHARGS}{_fetchargs(cfg.args)}", cfg.filter)]
+    if cfg.return_probe:
+        ret = f"{cfg.name}{RETURN_SUFFIX}"
+        events.append(ProbeEvent(
+            cfg.name, group, ret, True, probe.path, probe.offset,
+            f"r:{group}/{ret} {location} {HIDDEN_FETCHARGS}{_fetchargs(cfg.return_args)}", cfg.return_filter))
+    return events
+
+
+def removal_command(group: str, event: str) -> str:
+    return f"-:{group}/{event}"

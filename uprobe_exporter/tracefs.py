@@ -1,0 +1,226 @@
+"""The only module that reads and writes tracefs; every ``OSError`` becomes a ``TracefsError`` here.
+
+Rules from the kernel (kernel/trace/trace_uprobe.c, trace_dynevent.c): ``uprobe_events`` is opened
+with O_APPEND and never O_TRUNC (truncation deletes every uprobe on the host); one command per
+``write()``; an event is disabled before it is removed; only our group and our instance are touched.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+from pathlib import Path
+
+from uprobe_exporter.errors import KernelRefusedError, TracefsError
+from uprobe_exporter.kerneltext import (
+    ProfileEntry,
+    UprobeEvent,
+    find_error_log_entry,
+    parse_mountinfo,
+    parse_stats,
+    parse_uprobe_events,
+    parse_uprobe_profile,
+)
+
+DEFAULT_MOUNT = "/sys/kernel/tracing"
+
+
+def _oserror(exc: OSError, what: str, path: Path | str) -> TracefsError:
+    return TracefsError(f"{what} {path}: {exc.strerror or exc}", path=str(path))
+
+
+def read_text(path: Path) -> str:
+    try:
+        return path.read_bytes().decode("latin-1")
+    except OSError as exc:
+        raise _oserror(exc, "cannot read", path) from exc
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write a small control file (``enable``, ``trace_clock``, ``filter``...): never uprobe_events."""
+    if path.name == "uprobe_events":
+        raise TracefsError("uprobe_events must be written with Tracefs.write_uprobe_events", path=str(path))
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
+        try:
+            os.write(fd, text.encode())
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise _oserror(exc, f"cannot write {text.strip()!r} to", path) from exc
+
+
+def _mount_tracefs(target: str) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.mount(b"nodev", target.encode(), b"tracefs", 0, None) != 0:
+        err = ctypes.get_errno()
+        raise TracefsError(
+            f"cannot mount tracefs on {target}: {os.strerror(err)}; "
+            f"mount it yourself (mount -t tracefs nodev {target}) or set exporter.tracefs",
+            path=target,
+        )
+
+
+def find_tracefs(setting: str, mountinfo: str | None = None) -> Path:
+    """Locate tracefs: a configured path, or "auto" = the first tracefs mount, mounting it when root."""
+    if setting != "auto":
+        path = Path(setting)
+        if not (path / "uprobe_events").exists():
+            raise TracefsError(f"{path} is not a tracefs with uprobe_events; fix exporter.tracefs", path=setting)
+        return path
+    if mountinfo is None:
+        mountinfo = read_text(Path("/proc/self/mountinfo"))
+    for mount in parse_mountinfo(mountinfo):
+        if mount.fstype == "tracefs" and Path(mount.mount_point, "uprobe_events").exists():
+            return Path(mount.mount_point)
+    if os.geteuid() != 0:
+        raise TracefsError(
+            f"tracefs is not mounted and only root can mount it: run as root, or "
+            f"'sudo mount -t tracefs nodev {DEFAULT_MOUNT}' first", path=DEFAULT_MOUNT)
+    if not Path(DEFAULT_MOUNT).is_dir():
+        raise TracefsError(f"{DEFAULT_MOUNT} does not exist: is sysfs mounted, and the kernel built with "
+                           "CONFIG_FTRACE?", path=DEFAULT_MOUNT)
+    _mount_tracefs(DEFAULT_MOUNT)
+    if not Path(DEFAULT_MOUNT, "uprobe_events").exists():
+        raise TracefsError("this kernel has no uprobe_events: it needs CONFIG_UPROBE_EVENTS=y", path=DEFAULT_MOUNT)
+    return Path(DEFAULT_MOUNT)
+
+
+class Tracefs:
+    """A tracefs mount: the top-level files shared by everyone (uprobe_events, uprobe_profile)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def check_writable(self) -> None:
+        path = self.root / "uprobe_events"
+        if not os.access(path, os.W_OK):
+            raise TracefsError(
+                f"{path} is not writable: uprobe_exporter needs root (CAP_SYS_ADMIN) to register uprobes",
+                path=str(path))
+
+    def write_uprobe_events(self, command: str) -> None:
+        """Append one command; on refusal raise with the kernel's own ``error_log`` entry."""
+        path = self.root / "uprobe_events"
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND)  # never O_TRUNC: that deletes every uprobe
+        except OSError as exc:
+            raise _oserror(exc, "cannot open", path) from exc
+        try:
+            os.write(fd, command.encode() + b"\n")
+        except OSError as exc:
+            log = find_error_log_entry(self._error_log(), command)
+            raise KernelRefusedError(
+                f"the kernel refused a uprobe_events command ({errno.errorcode.get(exc.errno or 0, exc.errno)}"
+                f": {exc.strerror})", path=str(path), command=command, error_log=log) from exc
+        finally:
+            os.close(fd)
+
+    def _error_log(self) -> str:
+        try:
+            return (self.root / "error_log").read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def read_uprobe_events(self) -> list[UprobeEvent]:
+        return parse_uprobe_events(read_text(self.root / "uprobe_events"))
+
+    def read_uprobe_profile(self) -> list[ProfileEntry]:
+        return parse_uprobe_profile(read_text(self.root / "uprobe_profile"))
+
+    def instance(self, name: str) -> Instance:
+        return Instance(self.root / "instances" / name)
+
+
+class Instance:
+    """Our private tracefs instance (``instances/<name>``): its own buffer, clock, options and enables."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    @property
+    def name(self) -> str:
+        return self.root.name
+
+    def exists(self) -> bool:
+        return self.root.is_dir()
+
+    def create(self) -> None:
+        try:
+            self.root.mkdir()
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise _oserror(exc, "cannot create tracefs instance", self.root) from exc
+
+    def remove(self) -> None:
+        try:
+            self.root.rmdir()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise _oserror(exc, "cannot remove tracefs instance", self.root) from exc
+
+    def configure(self, buffer_size_kb: int, trace_clock: str = "mono") -> None:
+        """trace_clock mono (CLOCK_MONOTONIC, comparable across CPUs), record-tgid, our buffer size.
+        ``buffer_percent`` 0 makes poll() report data as soon as there is any."""
+        write_text(self.root / "tracing_on", "0")
+        write_text(self.root / "trace_clock", trace_clock)
+        write_text(self.root / "options" / "record-tgid", "1")
+        write_text(self.root / "buffer_size_kb", str(buffer_size_kb))
+        write_text(self.root / "buffer_percent", "0")
+        write_text(self.root / "tracing_on", "1")
+
+    def event_dir(self, group: str, event: str) -> Path:
+        return self.root / "events" / group / event
+
+    def read_format(self, group: str, event: str) -> str:
+        return read_text(self.event_dir(group, event) / "format")
+
+    def set_enabled(self, group: str, event: str, enabled: bool) -> None:
+        write_text(self.event_dir(group, event) / "enable", "1" if enabled else "0")
+
+    def is_enabled(self, group: str, event: str) -> bool:
+        try:
+            return (self.event_dir(group, event) / "enable").read_text().strip() not in ("0", "")
+        except OSError:
+            return False
+
+    def set_filter(self, group: str, event: str, expression: str) -> None:
+        """Write an event filter; the kernel explains a bad one in the filter file itself."""
+        path = self.event_dir(group, event) / "filter"
+        try:
+            write_text(path, expression)
+        except TracefsError as exc:
+            raise KernelRefusedError(f"the kernel refused the filter of {group}/{event}", path=str(path),
+                                     command=expression, error_log=self._filter_error(path)) from exc
+
+    @staticmethod
+    def _filter_error(path: Path) -> str:
+        try:
+            return path.read_text(errors="replace").strip()
+        except OSError:
+            return ""
+
+    def cpus(self) -> list[int]:
+        try:
+            names = os.listdir(self.root / "per_cpu")
+        except OSError as exc:
+            raise _oserror(exc, "cannot list", self.root / "per_cpu") from exc
+        return sorted(int(n[3:]) for n in names if n.startswith("cpu") and n[3:].isdigit())
+
+    def read_stats(self, cpu: int) -> dict[str, int]:
+        return parse_stats(read_text(self.root / "per_cpu" / f"cpu{cpu}" / "stats"))
+
+    def read_lost(self) -> int:
+        """Events the kernel could not keep: overwritten, commit overruns and dropped, all CPUs."""
+        total = 0
+        for cpu in self.cpus():
+            stats = self.read_stats(cpu)
+            total += stats.get("overrun", 0) + stats.get("commit overrun", 0) + stats.get("dropped events", 0)
+        return total
+
+    @property
+    def trace_pipe(self) -> Path:
+        return self.root / "trace_pipe"
