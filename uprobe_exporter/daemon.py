@@ -14,9 +14,12 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from uprobe_exporter.config import Config
+from uprobe_exporter.errors import TracefsError
 from uprobe_exporter.jsonl import JsonlSink
+from uprobe_exporter.kerneltext import parse_saved_tgids
 from uprobe_exporter.pairing import Pairing
 from uprobe_exporter.pipeline import Pipeline, event_infos
 from uprobe_exporter.probes import ProbeEvent
@@ -24,7 +27,7 @@ from uprobe_exporter.reader import TracePipeReader
 from uprobe_exporter.render import Renderer
 from uprobe_exporter.resolve import plan_events
 from uprobe_exporter.session import ProbeSession
-from uprobe_exporter.tracefs import Instance, Tracefs, find_tracefs
+from uprobe_exporter.tracefs import Instance, Tracefs, find_tracefs, read_text
 from uprobe_exporter.traceline import TextParser
 
 log = logging.getLogger(__name__)
@@ -38,25 +41,40 @@ def wall_offset_ns() -> int:
 
 
 class TgidCache:
-    """Process id of a thread, from ``/proc/<tid>/status`` when the kernel printed ``(-------)``."""
+    """Process id of a thread when the kernel printed ``(-------)``: its tgid map is filled at the
+    thread's next context switch (kernel/trace/trace.c: tracing_record_taskinfo_sched_switch()), so a
+    line read before that has none. Ask ``/proc/<tid>/status`` first; if the thread has exited since,
+    its last switch has filled the map: read it back from ``saved_tgids``."""
 
-    def __init__(self, proc: str = "/proc", size: int = 4096) -> None:
+    def __init__(self, saved_tgids: Path, proc: str = "/proc", size: int = 4096) -> None:
+        self.saved_tgids = saved_tgids
         self.proc = proc
         self.size = size
         self.cache: dict[int, int] = {}
 
+    def _from_proc(self, tid: int) -> int:
+        try:
+            with open(f"{self.proc}/{tid}/status", "rb") as f:
+                for line in f:
+                    if line.startswith(b"Tgid:"):
+                        return int(line.split()[1])
+        except OSError:
+            pass  # the thread has exited
+        return 0
+
+    def _from_saved_tgids(self, tid: int) -> int:
+        try:
+            return parse_saved_tgids(read_text(self.saved_tgids)).get(tid, 0)
+        except TracefsError as exc:
+            log.debug("%s", exc)
+            return 0
+
     def __call__(self, tid: int) -> int:
         tgid = self.cache.get(tid)
         if tgid is None:
-            tgid = 0
-            try:
-                with open(f"{self.proc}/{tid}/status", "rb") as f:
-                    for line in f:
-                        if line.startswith(b"Tgid:"):
-                            tgid = int(line.split()[1])
-                            break
-            except OSError:
-                pass  # the thread has exited: pid stays unknown (null in JSON)
+            tgid = self._from_proc(tid) or self._from_saved_tgids(tid)
+            if not tgid:
+                log.debug("process id of thread %d unknown", tid)
             if len(self.cache) >= self.size:
                 self.cache.clear()
             self.cache[tid] = tgid
@@ -123,7 +141,7 @@ async def run(config: Config, on_ready: Callable[[Runtime], None] | None = None)
         renderer = Renderer(wall_offset_ns()) if sink is not None else None
         pipeline = Pipeline(
             TextParser.for_formats(session.formats.values()), event_infos(events, config.probes), config.probes,
-            renderer, Pairing(config.exporter.max_pending_calls), config.metrics.label_values_max, TgidCache())
+            renderer, Pairing(config.exporter.max_pending_calls), config.metrics.label_values_max, TgidCache(tracefs.root / "saved_tgids"))
 
         def on_lines(lines: list[str], final: bool) -> None:
             batch = pipeline.process(lines, final)

@@ -5,6 +5,7 @@
     ├── ResolveError                    a binary, library or symbol cannot be turned into a file offset
     ├── TracefsError                    tracefs missing, not mounted, not writable, an I/O failure
     │   └── KernelRefusedError          the kernel refused a command; carries the command and error_log
+    │       └── ProbeRefusedError       ... a probe or filter from the configuration (a config problem, exit 2)
     ├── OutputClosed                    the reader of our stdout went away: stop cleanly (exit 0)
     └── TraceParseError                 one trace line or page could not be parsed (counted, never fatal)
 
@@ -69,6 +70,17 @@ class KernelRefusedError(TracefsError):
         if self.error_log:
             text += "\n" + self.error_log.rstrip("\n")
         return text
+
+
+class ProbeRefusedError(KernelRefusedError):
+    """The kernel refused a probe or filter we built from ``location`` of the configuration."""
+
+    exit_code = 2
+
+    def __init__(self, location: str, refused: KernelRefusedError) -> None:
+        super().__init__(f"{location}: {refused.args[0]}", path=refused.path, command=refused.command,
+                         error_log=refused.error_log)
+        self.location = location
 
 
 class OutputClosed(UprobeExporterError):

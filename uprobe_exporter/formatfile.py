@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import enum
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from uprobe_exporter.errors import TraceParseError
 
@@ -28,6 +28,7 @@ PROBE_FIELDS = frozenset({"__probe_ip", "__probe_func", "__probe_ret_ip"})
 
 class FieldKind(enum.Enum):
     INT = "int"
+    CHAR = "char"  # a u8 printed as '%c' (the "char" fetch type, kernel >= 6.3)
     STRING = "string"  # __data_loc char[]: (len << 16) | offset
     ARRAY = "array"  # u32 v[] (size / element size elements)
 
@@ -95,5 +96,8 @@ def parse_format(text: str) -> EventFormat:
         raise TraceParseError("format_file", text[:200])
     head, _, rest = text.partition("\n\n")
     common = tuple(_parse_field(m) for m in FIELD_RE.finditer(head))
-    fields = tuple(_parse_field(m) for m in FIELD_RE.finditer(rest))
+    chars = set(re.findall(r"(\w+)='%c'", fmt[1]))
+    fields = tuple(
+        replace(f, kind=FieldKind.CHAR) if f.kind is FieldKind.INT and f.size == 1 and f.name in chars else f
+        for f in (_parse_field(m) for m in FIELD_RE.finditer(rest)))
     return EventFormat(name[1], int(ident[1]), common, fields, fmt[1])

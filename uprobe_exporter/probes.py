@@ -31,6 +31,7 @@ class ProbeEvent:
     offset: int
     command: str
     filter: str
+    location: str = ""  # where it comes from in the configuration: "probes[2]"
 
     @property
     def full_name(self) -> str:
@@ -50,21 +51,23 @@ def _fetchargs(args: tuple[tuple[str, str], ...]) -> str:
     return "".join(f" {name}={fetcharg}" for name, fetcharg in args)
 
 
-def build_events(probe: ResolvedProbe, group: str) -> list[ProbeEvent]:
-    """The events of one probe, in the order they must be registered."""
+def build_events(probe: ResolvedProbe, group: str, where: str = "") -> list[ProbeEvent]:
+    """The events of one probe, in the order they must be registered; ``where`` is its config location."""
     if any(c.isspace() for c in probe.path) or "#" in probe.path:
         raise ResolveError(f"the kernel cannot take a path with whitespace or '#': {probe.path!r}",
                            binary=probe.path)
     cfg = probe.config
-    location = f"{probe.path}:{probe.offset:#x}"
+    target = f"{probe.path}:{probe.offset:#x}"
     entry = f"{cfg.name}{ENTRY_SUFFIX}"
     events = [ProbeEvent(cfg.name, group, entry, False, probe.path, probe.offset,
-                         f"p:{group}/{entry} {location} {HIDDEN_FETCHARGS}{_fetchargs(cfg.args)}", cfg.filter)]
+                         f"p:{group}/{entry} {target} {HIDDEN_FETCHARGS}{_fetchargs(cfg.args)}", cfg.filter,
+                         where)]
     if cfg.return_probe:
         ret = f"{cfg.name}{RETURN_SUFFIX}"
         events.append(ProbeEvent(
             cfg.name, group, ret, True, probe.path, probe.offset,
-            f"r:{group}/{ret} {location} {HIDDEN_FETCHARGS}{_fetchargs(cfg.return_args)}", cfg.return_filter))
+            f"r:{group}/{ret} {target} {HIDDEN_FETCHARGS}{_fetchargs(cfg.return_args)}", cfg.return_filter,
+            where))
     return events
 
 

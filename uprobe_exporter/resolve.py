@@ -47,7 +47,7 @@ def plan_events(config: Config) -> list[ProbeEvent]:
     problems: list[str] = []
     for i, probe in enumerate(resolve_probes(config)):
         try:
-            events.extend(build_events(probe, config.exporter.group))
+            events.extend(build_events(probe, config.exporter.group, f"probes[{i}]"))
         except ResolveError as exc:
             problems.append(f"probes[{i}].binary: {exc}")
     if problems:

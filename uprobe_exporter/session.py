@@ -13,7 +13,7 @@ import logging
 from collections.abc import Callable
 from types import TracebackType
 
-from uprobe_exporter.errors import KernelRefusedError, TracefsError
+from uprobe_exporter.errors import KernelRefusedError, ProbeRefusedError, TracefsError
 from uprobe_exporter.formatfile import EventFormat, parse_format
 from uprobe_exporter.probes import ProbeEvent, removal_command
 from uprobe_exporter.tracefs import Instance, Tracefs, write_text
@@ -70,12 +70,20 @@ class ProbeSession:
             self.instance.create()
             self.instance.configure(self.buffer_size_kb)
             for ev in self.events:
-                self.tracefs.write_uprobe_events(ev.command)
+                try:
+                    self.tracefs.write_uprobe_events(ev.command)
+                except KernelRefusedError as exc:
+                    raise ProbeRefusedError(ev.location or ev.full_name, exc) from exc
                 self.registered.append(ev)
             for ev in self.events:
                 self.formats[ev.event] = parse_format(self.instance.read_format(self.group, ev.event))
                 if ev.filter:
-                    self.instance.set_filter(self.group, ev.event, ev.filter)
+                    try:
+                        self.instance.set_filter(self.group, ev.event, ev.filter)
+                    except KernelRefusedError as exc:
+                        key = "return_filter" if ev.is_return else "filter"
+                        raise ProbeRefusedError(f"{ev.location}.{key}" if ev.location else ev.full_name,
+                                                exc) from exc
             for ev in self.events:
                 self.instance.set_enabled(self.group, ev.event, True)
         except BaseException:

@@ -72,7 +72,12 @@ def find_tracefs(setting: str, mountinfo: str | None = None) -> Path:
     if mountinfo is None:
         mountinfo = read_text(Path("/proc/self/mountinfo"))
     for mount in parse_mountinfo(mountinfo):
-        if mount.fstype == "tracefs" and Path(mount.mount_point, "uprobe_events").exists():
+        if mount.fstype != "tracefs":
+            continue
+        if not os.access(mount.mount_point, os.R_OK | os.X_OK):
+            raise TracefsError(f"tracefs at {mount.mount_point} is not accessible: uprobe-exporter needs root "
+                               "(or CAP_SYS_ADMIN) to register uprobes", path=mount.mount_point)
+        if Path(mount.mount_point, "uprobe_events").exists():
             return Path(mount.mount_point)
     if os.geteuid() != 0:
         raise TracefsError(

@@ -46,17 +46,13 @@ def _to_int(v: str) -> int:
     return int(v, 16) if v[1:2] == "x" else int(v)
 
 
-def _to_char_or_int(v: str) -> int:
-    return ord(v[1]) if v[0] == "'" else _to_int(v)
-
-
 def _to_str(v: str) -> str | None:
     return None if v[0] == "(" else decode_text(v[1:-1])
 
 
 def _to_array(v: str) -> list[int]:
     inner = v[1:-1]
-    return [_to_char_or_int(x) for x in inner.split(",")] if inner else []
+    return [_to_int(x) for x in inner.split(",")] if inner else []
 
 
 def _value_pattern(f: Field) -> tuple[str, Callable[[str], Any]]:
@@ -65,8 +61,8 @@ def _value_pattern(f: Field) -> tuple[str, Callable[[str], Any]]:
         return rf'("{body}"|\(fault\))', _to_str
     if f.kind is FieldKind.ARRAY:
         return r"(\{[^}]*\})", _to_array
-    if f.size == 1:  # 'char' prints '%c', raw and unescaped (trace_probe.c: PRINT_TYPE_FUNC_NAME(char))
-        return r"('.'|-?\d+|0x[0-9a-f]+)", _to_char_or_int
+    if f.kind is FieldKind.CHAR:  # '%c', raw and unescaped (trace_probe.c: PRINT_TYPE_FUNC_NAME(char))
+        return r"'(.)'", decode_text
     return _INT, _to_int
 
 
