@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -154,10 +153,3 @@ def wait_for_lines(path: Path, count: int, timeout: float = 20) -> int:
             return n
         time.sleep(0.05)
     return n
-
-
-def as_nobody() -> None:
-    """preexec_fn: drop to uid/gid 65534 (nobody) before exec."""
-    os.setgroups([])
-    os.setgid(65534)
-    os.setuid(65534)

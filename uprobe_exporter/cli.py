@@ -15,11 +15,11 @@ from collections.abc import Sequence
 
 from uprobe_exporter import __version__
 from uprobe_exporter.binaries import resolve_binary
-from uprobe_exporter.config import load_config
+from uprobe_exporter.config import load_config, load_config_partial
 from uprobe_exporter.daemon import open_tracefs, run
 from uprobe_exporter.elf import load_elf, match_functions
 from uprobe_exporter.errors import UprobeExporterError
-from uprobe_exporter.resolve import plan_events
+from uprobe_exporter.resolve import load_plan
 from uprobe_exporter.session import remove_group
 
 PROG = "uprobe-exporter"
@@ -48,15 +48,15 @@ def _setup_logging(level: str) -> None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
+    config, problems = load_config_partial(args.config)
     _setup_logging(config.exporter.log_level)
-    asyncio.run(run(config))
+    asyncio.run(run(config, problems))
     return 0
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
-    for ev in plan_events(config):
+    _, events = load_plan(args.config)
+    for ev in events:
         print(ev.command)
         if ev.filter:
             print(f"# filter {ev.full_name}: {ev.filter}")

@@ -62,6 +62,7 @@ class MetricsConfig:
 class ProbeConfig:
     name: str
     binary: str
+    index: int = 0  # position in [[probes]], for error locations
     function: str = ""  # symbol, without the +offset
     function_offset: int = 0  # the "+0x10" part of function
     offset: int | None = None  # a file offset instead of a symbol
@@ -289,15 +290,15 @@ def _parse_probe(index: int, t: Any, problems: _Problems) -> ProbeConfig | None:
     if filters["return_filter"] and not return_probe:
         problems.add(f"{where}.return_filter", "needs return = true")
     return ProbeConfig(
-        name=name, binary=binary, function=symbol, function_offset=function_offset, offset=offset,
+        name=name, binary=binary, index=index, function=symbol, function_offset=function_offset, offset=offset,
         args=args, return_probe=return_probe, return_args=return_args, filter=filters["filter"],
         return_filter=filters["return_filter"], latency=latency,
         buckets=tuple(float(b) for b in buckets), labels=tuple(str(x) for x in labels),
     )
 
 
-def parse_config(data: Mapping[str, Any], source: str = "<mapping>") -> Config:
-    """Validate a TOML mapping; raise one ``ConfigError`` listing every problem found."""
+def parse_config_partial(data: Mapping[str, Any], source: str = "<mapping>") -> tuple[Config, list[str]]:
+    """Validate a TOML mapping; return a Config of the valid probes and every problem found."""
     problems = _Problems()
     _unknown_keys(data, ("exporter", "output", "metrics", "probes"), "", problems)
     exporter = _parse_exporter(data, problems)
@@ -307,14 +308,27 @@ def parse_config(data: Mapping[str, Any], source: str = "<mapping>") -> Config:
     if not isinstance(raw_probes, list) or not raw_probes:
         problems.add("probes", "at least one [[probes]] table is required")
         raw_probes = []
-    probes = [p for i, t in enumerate(raw_probes) if (p := _parse_probe(i, t, problems)) is not None]
+    probes: list[ProbeConfig] = []
     seen: dict[str, int] = {}
-    for i, p in enumerate(probes):
-        if p.name in seen:
-            problems.add(f"probes[{i}].name", f"'{p.name}' is already used by probes[{seen[p.name]}]")
-        seen.setdefault(p.name, i)
-    problems.raise_if_any()
-    return Config(exporter, jsonl, metrics, tuple(probes), source)
+    for i, t in enumerate(raw_probes):
+        before = len(problems.items)
+        probe = _parse_probe(i, t, problems)
+        if probe is None:
+            continue
+        if probe.name in seen:
+            problems.add(f"probes[{i}].name", f"'{probe.name}' is already used by probes[{seen[probe.name]}]")
+        seen.setdefault(probe.name, i)
+        if len(problems.items) == before:
+            probes.append(probe)
+    return Config(exporter, jsonl, metrics, tuple(probes), source), problems.items
+
+
+def parse_config(data: Mapping[str, Any], source: str = "<mapping>") -> Config:
+    """Validate a TOML mapping; raise one ``ConfigError`` listing every problem found."""
+    config, problems = parse_config_partial(data, source)
+    if problems:
+        raise ConfigError(problems)
+    return config
 
 
 def example_text() -> str:
@@ -322,8 +336,9 @@ def example_text() -> str:
     return resources.files("uprobe_exporter").joinpath("example.toml").read_text(encoding="utf-8")
 
 
-def load_config(path: str | None) -> Config:
-    """Read and validate a TOML file, or the built-in example when ``path`` is None."""
+def load_config_partial(path: str | None) -> tuple[Config, list[str]]:
+    """Read a TOML file (or the built-in example when ``path`` is None): the valid part and the problems.
+    A file that cannot be read or is not TOML raises ConfigError at once."""
     if path is None:
         text, source = example_text(), "<built-in example>"
     else:
@@ -335,4 +350,11 @@ def load_config(path: str | None) -> Config:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"{source}: not valid TOML: {exc}"]) from exc
-    return parse_config(data, source)
+    return parse_config_partial(data, source)
+
+
+def load_config(path: str | None) -> Config:
+    config, problems = load_config_partial(path)
+    if problems:
+        raise ConfigError(problems)
+    return config

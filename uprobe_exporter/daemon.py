@@ -24,8 +24,8 @@ from uprobe_exporter.pairing import Pairing
 from uprobe_exporter.pipeline import Pipeline, event_infos
 from uprobe_exporter.probes import ProbeEvent
 from uprobe_exporter.reader import TracePipeReader
-from uprobe_exporter.render import Renderer
 from uprobe_exporter.resolve import plan_events
+from uprobe_exporter.render import Renderer
 from uprobe_exporter.session import ProbeSession
 from uprobe_exporter.tracefs import Instance, Tracefs, find_tracefs, read_text
 from uprobe_exporter.traceline import TextParser
@@ -131,10 +131,13 @@ def _install_signals(stop: asyncio.Event, sink: JsonlSink | None) -> Callable[[]
     return restore
 
 
-async def run(config: Config, on_ready: Callable[[Runtime], None] | None = None) -> None:
-    """Run the exporter until SIGINT/SIGTERM; raises UprobeExporterError subclasses on failure."""
-    events = plan_events(config)
+async def run(config: Config, problems: list[str], on_ready: Callable[[Runtime], None] | None = None) -> None:
+    """Run the exporter until SIGINT/SIGTERM; raises UprobeExporterError subclasses on failure.
+
+    ``problems`` are those found validating ``config``: tracefs access is checked first (without root
+    nothing else matters), then every configuration problem is reported at once."""
     tracefs, instance = open_tracefs(config)
+    events = plan_events(config, problems)
     stop = asyncio.Event()
     sink = JsonlSink(config.jsonl.path, config.exporter.queue_batches) if config.jsonl.enabled else None
     with ProbeSession(tracefs, instance, config.exporter.group, events, config.exporter.buffer_size_kb) as session:

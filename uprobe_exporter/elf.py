@@ -21,6 +21,7 @@ from elftools.elf.elffile import ELFFile
 from uprobe_exporter.errors import ResolveError
 
 FUNCTION_TYPES = ("STT_FUNC",)
+STT_GNU_IFUNC = "STT_GNU_IFUNC"
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,8 +108,9 @@ def _symbols_of(elf: Any, into: dict[str, list[Symbol]], sections: tuple[str, ..
             if not sym.name or sym["st_shndx"] == "SHN_UNDEF":
                 continue
             name = sym.name.split("@", 1)[0]
-            into.setdefault(name, []).append(
-                Symbol(name, sym["st_value"], sym["st_size"], sym["st_info"]["type"], section_name))
+            kind = sym["st_info"]["type"]
+            kind = STT_GNU_IFUNC if kind == "STT_LOOS" else kind  # pyelftools names type 10 by its range
+            into.setdefault(name, []).append(Symbol(name, sym["st_value"], sym["st_size"], kind, section_name))
 
 
 def _build_id(elf: Any) -> str | None:

@@ -1,28 +1,29 @@
-"""Resolve every configured probe to a file and offset, collecting all problems at once."""
+"""Resolve every configured probe to a file and offset; report every problem of a configuration at once."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from uprobe_exporter.binaries import resolve_binary
-from uprobe_exporter.config import Config
+from uprobe_exporter.config import Config, load_config_partial
 from uprobe_exporter.elf import ElfInfo, load_elf
 from uprobe_exporter.errors import ConfigError, ResolveError
 from uprobe_exporter.probes import ProbeEvent, ResolvedProbe, build_events
 
 
-def resolve_probes(config: Config) -> list[ResolvedProbe]:
-    """Find each probe's binary and file offset; raise one ConfigError naming every failure."""
+def resolve_probes(config: Config) -> tuple[list[ResolvedProbe], list[str]]:
+    """Find each probe's binary and file offset; problems carry their location."""
     root = config.exporter.host_root
     cache: dict[Path, ElfInfo] = {}
     problems: list[str] = []
     resolved: list[ResolvedProbe] = []
-    for i, probe in enumerate(config.probes):
+    for probe in config.probes:
+        where = f"probes[{probe.index}]"
         key = "function" if probe.offset is None else "offset"
         try:
             path = resolve_binary(probe.binary, root)
         except ResolveError as exc:
-            problems.append(f"probes[{i}].binary: {exc}")
+            problems.append(f"{where}.binary: {exc}")
             continue
         try:
             info = cache.get(path) or cache.setdefault(path, load_elf(path, root))
@@ -35,21 +36,28 @@ def resolve_probes(config: Config) -> list[ResolvedProbe]:
                                    f"{path}; find offsets with: uprobe-exporter symbols {path}")
             resolved.append(ResolvedProbe(probe, str(path), offset))
         except ResolveError as exc:
-            problems.append(f"probes[{i}].{key}: {exc}")
-    if problems:
-        raise ConfigError(problems)
-    return resolved
+            problems.append(f"{where}.{key}: {exc}")
+    return resolved, problems
 
 
-def plan_events(config: Config) -> list[ProbeEvent]:
-    """Every event to register for ``config``, in order; resolution problems raise ConfigError."""
+def plan_events(config: Config, problems: list[str] | None = None) -> list[ProbeEvent]:
+    """Every event to register for ``config``, in order; raises one ConfigError with ``problems`` found
+    earlier and every resolution problem."""
+    problems = list(problems or [])
+    resolved, more = resolve_probes(config)
+    problems += more
     events: list[ProbeEvent] = []
-    problems: list[str] = []
-    for i, probe in enumerate(resolve_probes(config)):
+    for probe in resolved:
         try:
-            events.extend(build_events(probe, config.exporter.group, f"probes[{i}]"))
+            events.extend(build_events(probe, config.exporter.group, f"probes[{probe.config.index}]"))
         except ResolveError as exc:
-            problems.append(f"probes[{i}].binary: {exc}")
+            problems.append(f"probes[{probe.config.index}].binary: {exc}")
     if problems:
         raise ConfigError(problems)
     return events
+
+
+def load_plan(path: str | None) -> tuple[Config, list[ProbeEvent]]:
+    """Read, validate and resolve a configuration; every problem is reported in one ConfigError."""
+    config, problems = load_config_partial(path)
+    return config, plan_events(config, problems)

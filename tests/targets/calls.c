@@ -21,9 +21,11 @@ static const char *STRINGS[] = {
 #define NSTRINGS (sizeof(STRINGS) / sizeof(STRINGS[0]))
 
 static int threads, calls, depth;
+long work_calls; /* a data symbol: probing it must be refused */
 static pthread_mutex_t out_lock = PTHREAD_MUTEX_INITIALIZER;
 
 __attribute__((noinline, noipa)) long work(int a, const char *s) {
+  __atomic_add_fetch(&work_calls, 1, __ATOMIC_RELAXED);
   return (long)a * 3 + (long)strlen(s);
 }
 

@@ -1,0 +1,140 @@
+"""Bad input: one clear located error per problem, all at once, the right exit code, nothing registered."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.helpers import build_config, run_cli, toml_dumps
+from uprobe_exporter.tracefs import Tracefs
+
+
+def config_file(tmp_path: Path, group: str, probes: list[dict[str, Any]], **sections: Any) -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(toml_dumps(build_config(group, probes, tmp_path / "out.jsonl", **sections)))
+    return path
+
+
+def error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.strip()]
+
+
+@pytest.mark.parametrize(("probe", "location", "text"), [
+    ({"function": "wrok"}, "probes[0].function", "symbol 'wrok' in "),
+    ({"function": "wrok"}, "probes[0].function", "did you mean 'work'"),
+    ({"function": "work_calls"}, "probes[0].function", "is not a function but object"),
+    ({"function": "work+0x4000"}, "probes[0].function", "past the end of the function"),
+    ({"offset": 0}, "probes[0].offset", "outside every executable segment"),
+    ({"function": "work", "binary": "/no/such/binary"}, "probes[0].binary", "does not exist"),
+    ({"function": "work", "binary": "libnosuch.so.9"}, "probes[0].binary", "library 'libnosuch.so.9' not found"),
+    ({"function": "strlen", "binary": "libc.so.6"}, "probes[0].function", "IFUNC resolver"),
+    ({"function": "work", "args": {"x": "%di:string"}}, "probes[0].args.x", "must be read from memory"),
+    ({"function": "work", "args": {"x": "$retval"}}, "probes[0].args.x", "only available in return_args"),
+    ({"function": "work", "args": {"__x": "%di"}}, "probes[0].args.__x", "reserved"),
+    ({"function": "work", "latency": True}, "probes[0].latency", "needs return = true"),
+    ({"function": "work", "fucntion": "x"}, "probes[0].fucntion", "did you mean 'function'"),
+    ({"function": "work", "offset": 4096}, "probes[0]", "exactly one of 'function'"),
+    ({"function": "work", "name": "Bad-Name"}, "probes[0].name", "must match"),
+])
+def test_bad_probe_is_a_located_one_line_error(
+    build: Callable[..., Path], tmp_path: Path, probe: dict[str, Any], location: str, text: str,
+) -> None:
+    probe = {"name": "p", "binary": str(build("calls")), **probe}
+    done = run_cli("check", "--config", str(config_file(tmp_path, "g", [probe])))
+    assert done.returncode == 2
+    lines = error_lines(done.stderr)
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith(f"uprobe-exporter: error: {location}: ")
+    assert text in lines[0]
+    assert "Traceback" not in done.stderr
+
+
+def test_every_problem_is_reported_at_once(build: Callable[..., Path], tmp_path: Path) -> None:
+    binary = str(build("calls"))
+    probes = [
+        {"name": "a", "binary": binary, "function": "wrok"},
+        {"name": "b", "binary": "/no/such", "function": "work"},
+        {"name": "a", "binary": binary, "function": "work", "buckets": [1, 0.5]},
+    ]
+    done = run_cli("run", "--config", str(config_file(tmp_path, "g", probes, exporter={"buffer_size_kb": 1})))
+    assert done.returncode == 2
+    assert "5 configuration problems" in done.stderr
+    for where in ("exporter.buffer_size_kb", "probes[2].name", "probes[2].buckets", "probes[0].function",
+                  "probes[1].binary"):
+        assert f"\n  {where}: " in done.stderr
+
+
+def test_resolution_problems_are_reported_together(build: Callable[..., Path], tmp_path: Path) -> None:
+    binary = str(build("calls"))
+    probes = [{"name": "a", "binary": binary, "function": "wrok"}, {"name": "b", "binary": "/no/such", "function": "w"}]
+    done = run_cli("check", "--config", str(config_file(tmp_path, "g", probes)))
+    assert done.returncode == 2
+    assert "probes[0].function: symbol 'wrok'" in done.stderr
+    assert "probes[1].binary: '/no/such' does not exist" in done.stderr
+
+
+def test_not_toml_and_missing_file(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[exporter\n")
+    done = run_cli("check", "--config", str(bad))
+    assert done.returncode == 2
+    assert "not valid TOML" in done.stderr
+    done = run_cli("check", "--config", str(tmp_path / "missing.toml"))
+    assert done.returncode == 2
+    assert "cannot read configuration" in done.stderr
+
+
+def test_usage_errors_exit_2() -> None:
+    assert run_cli().returncode == 2
+    assert run_cli("frobnicate").returncode == 2
+
+
+def test_check_prints_commands_and_touches_nothing(
+    build: Callable[..., Path], tracefs: Tracefs, group: str, tmp_path: Path,
+) -> None:
+    binary = build("calls")
+    before = (tracefs.root / "uprobe_events").read_text()
+    probe = {"name": "w", "binary": str(binary), "function": "work", "args": {"a": "%di:s32"}, "return": True,
+             "filter": "a > 3"}
+    done = run_cli("check", "--config", str(config_file(tmp_path, group, [probe])))
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith(f"p:{group}/w_entry {binary}:0x")
+    assert lines[0].endswith(" __comm=$comm __sp=%sp:x64 a=%di:s32")
+    assert lines[1] == f"# filter {group}/w_entry: a > 3"
+    assert lines[2].startswith(f"r:{group}/w_return {binary}:0x")
+    assert (tracefs.root / "uprobe_events").read_text() == before
+    assert not tracefs.instance(group).exists()
+
+
+def test_kernel_refusal_shows_error_log_and_removes_what_was_registered(
+    build: Callable[..., Path], tracefs: Tracefs, group: str, tmp_path: Path,
+) -> None:
+    binary = str(build("calls"))
+    probes = [
+        {"name": "good", "binary": binary, "function": "work", "return": True},
+        {"name": "bad", "binary": binary, "function": "work", "args": {"x": "%di:b40@2/32"}},
+    ]
+    done = run_cli("run", "--config", str(config_file(tmp_path, group, probes)))
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.splitlines()
+    assert lines[0].startswith("uprobe-exporter: error: probes[1]: the kernel refused a uprobe_events command")
+    assert f"p:{group}/bad_entry" in lines[0]
+    assert "trace_uprobe: error: Invalid bitfield" in done.stderr
+    assert lines[-1].strip() == "^"
+    assert [e for e in tracefs.read_uprobe_events() if e.group == group] == []
+    assert not tracefs.instance(group).exists()
+
+
+def test_kernel_refused_filter_names_the_key(
+    build: Callable[..., Path], tracefs: Tracefs, group: str, tmp_path: Path,
+) -> None:
+    probe = {"name": "w", "binary": str(build("calls")), "function": "work", "filter": "nosuchfield == 1"}
+    done = run_cli("run", "--config", str(config_file(tmp_path, group, [probe])))
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith(f"uprobe-exporter: error: probes[0].filter: the kernel refused the filter of {group}/w_entry")
+    assert [e for e in tracefs.read_uprobe_events() if e.group == group] == []
+    assert not tracefs.instance(group).exists()
