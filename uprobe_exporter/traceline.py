@@ -21,18 +21,15 @@ from uprobe_exporter.errors import TraceParseError
 from uprobe_exporter.formatfile import EventFormat, Field, FieldKind
 from uprobe_exporter.records import LostEvents, TraceRecord
 
-LINE_RE = re.compile(
-    r"(?P<comm>.{16})-(?P<tid>\d+) +(?:\( *(?P<tgid>\d+|-+)\) +)?\[(?P<cpu>\d+)\] (?:\S{4,5} )? *"
-    r"(?P<sec>\d+)\.(?P<usec>\d{6}): (?P<event>\w+): (?P<payload>.*)\Z",
-    re.S,
-)
+# The context prefix (kernel/trace/trace_output.c: trace_print_context()): comm, tid, tgid (record-tgid),
+# cpu, the irq-info flags, seconds and microseconds; groups 1-6 of every line regex.
+PREFIX = r"(.{16})-(\d+) +(?:\( *(\d+|-+)\) +)?\[(\d+)\] (?:\S{4,5} )? *(\d+)\.(\d{6}): "
+LINE_RE = re.compile(PREFIX + r"(\w+): (.*)\Z", re.S)  # any event: 7 event, 8 payload
 LOST_RE = re.compile(r"CPU:(\d+) \[LOST (?:(\d+) )?EVENTS\]\Z")
 HIDDEN_COMM = "__comm"  # added by the exporter: comm=$comm, the thread's name when it hit the probe
 HIDDEN_SP = "__sp"  # added by the exporter: %sp, to pair an entry with its return exactly
 MAX_JOINED_LINES = 8  # a string argument holding newlines spans lines; rejoin at most this many
 COMM_LEN = 15  # TASK_COMM_LEN - 1
-
-_INT = r"(-?\d+|0x[0-9a-f]+)"
 
 
 def decode_text(raw: str) -> str:
@@ -42,55 +39,80 @@ def decode_text(raw: str) -> str:
     return raw.encode("latin-1").decode("utf-8", "backslashreplace")
 
 
-def _to_int(v: str) -> int:
-    return int(v, 16) if v[1:2] == "x" else int(v)
-
-
-def _to_str(v: str) -> str | None:
-    return None if v[0] == "(" else decode_text(v[1:-1])
-
-
 def _to_array(v: str) -> list[int]:
-    inner = v[1:-1]
-    return [_to_int(x) for x in inner.split(",")] if inner else []
+    return [int(x, 0) for x in v.split(",")] if v else []
 
 
-def _value_pattern(f: Field) -> tuple[str, Callable[[str], Any]]:
-    if f.kind is FieldKind.STRING:
+def _text_expr(group: str) -> str:
+    """A string group (None when the kernel printed ``(fault)``), UTF-8 decoded only if needed."""
+    return f"({group} if {group} is None or {group}.isascii() else _decode({group}))"
+
+
+def _field(f: Field, j: int) -> tuple[str, str, int]:
+    """(regex, Python expression over payload groups ``g``, groups used) for one argument."""
+    if f.kind is FieldKind.STRING:  # "%s" unescaped, or (fault) (trace_probe.c: PRINT_TYPE_FUNC_NAME(string))
         body = f".{{0,{COMM_LEN}}}" if f.name == HIDDEN_COMM else ".*"
-        return rf'("{body}"|\(fault\))', _to_str
-    if f.kind is FieldKind.ARRAY:
-        return r"(\{[^}]*\})", _to_array
+        return rf'(?:"({body})"|\(fault\))', _text_expr(f"g[{j}]"), 1
+    if f.kind is FieldKind.ARRAY:  # {v,v,...}
+        return r"\{([^}]*)\}", f"_to_array(g[{j}])", 1
     if f.kind is FieldKind.CHAR:  # '%c', raw and unescaped (trace_probe.c: PRINT_TYPE_FUNC_NAME(char))
-        return r"'(.)'", decode_text
-    return _INT, _to_int
+        return r"'(.)'", _text_expr(f"g[{j}]"), 1
+    if f.name == HIDDEN_SP:  # x64: 0x%Lx
+        return r"0x([0-9a-f]+)", f"int(g[{j}], 16)", 1
+    return r"(-?\d+|0x[0-9a-f]+)", f"int(g[{j}], 0)", 1  # %d %u, or 0x%x for x types
 
 
 @dataclass(frozen=True, slots=True)
 class PayloadParser:
-    """Matches the text after ``<event>: `` for one event, compiled from its format file."""
+    """Matches the text after ``<event>: `` for one event and builds its record.
+
+    Both are compiled once per event from its format file: the regex, and a small generated function
+    (the technique of ``collections.namedtuple``) that converts each group with one inline expression,
+    because a Python call per field is most of the cost of a line."""
 
     fmt: EventFormat
     regex: re.Pattern[str]
-    names: tuple[str, ...]
-    converters: tuple[Callable[[str], Any], ...]
-    comm_index: int  # index into names of __comm, or -1
-    sp_index: int
+    build: Callable[[re.Match[str]], TraceRecord]
+    source: str
 
     @classmethod
     def compile(cls, fmt: EventFormat) -> PayloadParser:
+        """The regex matches a whole line of this event: groups 0-5 (of ``m.groups()``) are the prefix."""
         # trace_uprobe.c: print_uprobe_event() prints "(0x<ret_ip> <- 0x<func>)" for returns.
-        head = r"\((0x[0-9a-f]+) <- (0x[0-9a-f]+)\)" if fmt.is_return else r"\((0x[0-9a-f]+)\)"
-        parts, names, convs = [head], [], []
+        if fmt.is_return:
+            parts, j, ip, ret_ip = [r"\(0x([0-9a-f]+) <- 0x([0-9a-f]+)\)"], 8, "int(g[7], 16)", "int(g[6], 16)"
+        else:
+            parts, j, ip, ret_ip = [r"\(0x([0-9a-f]+)\)"], 7, "int(g[6], 16)", "0"
+        comm, sp, args = "_decode(g[0].lstrip())", "0", []
         for f in fmt.args:
-            pattern, conv = _value_pattern(f)
+            pattern, expr, used = _field(f, j)
             parts.append(f" {re.escape(f.name)}={pattern}")
-            names.append(f.name)
-            convs.append(conv)
-        regex = re.compile("".join(parts) + r"\Z", re.S)
-        return cls(fmt, regex, tuple(names), tuple(convs),
-                   names.index(HIDDEN_COMM) if HIDDEN_COMM in names else -1,
-                   names.index(HIDDEN_SP) if HIDDEN_SP in names else -1)
+            if f.name == HIDDEN_COMM:
+                comm = f"(g[{j}] if g[{j}] is not None and g[{j}].isascii() else _comm(g[{j}], g[0]))"
+            elif f.name == HIDDEN_SP:
+                sp = expr
+            else:
+                args.append(f"{f.name!r}: {expr}")
+            j += used
+        # tuple.__new__ directly: the NamedTuple's own __new__ is a Python function, a call per record
+        source = (
+            "def build(m):\n"
+            "    g = m.groups()\n"
+            "    tgid = g[2]\n"
+            f"    return _new(TraceRecord, ({fmt.name!r}, int(g[1]), int(tgid) if tgid and tgid[0] != '-' else 0,"
+            f" int(g[3]), int(g[4] + g[5]) * 1000, {comm}, {ip}, {ret_ip}, {fmt.is_return}, {sp},"
+            f" {{{', '.join(args)}}}))\n"
+        )
+        namespace: dict[str, Any] = {"TraceRecord": TraceRecord, "_new": tuple.__new__, "_decode": decode_text,
+                                     "_to_array": _to_array, "_comm": _comm_or_column}
+        exec(compile(source, f"<payload parser {fmt.name}>", "exec"), namespace)  # noqa: S102
+        regex = re.compile(PREFIX + re.escape(fmt.name) + ": " + "".join(parts) + r"\Z", re.S)
+        return cls(fmt, regex, namespace["build"], source)
+
+
+def _comm_or_column(comm: str | None, column: str) -> str:
+    """The ``$comm`` argument, or the comm column when the fetch faulted."""
+    return decode_text(comm if comm is not None else column.lstrip())
 
 
 @dataclass(slots=True)
@@ -106,44 +128,27 @@ class TextParser:
 
     def parse_line(self, line: str) -> TraceRecord | LostEvents:
         """Parse one complete line (latin-1 decoded, without its newline)."""
+        # "<prefix> 1061.676986: work_entry: (0x...": the first ": " after the comm ends the timestamp
+        # (nothing before it can hold a colon), the next one ends the event name.
+        end_ts = line.find(": ", 17)
+        p = self.parsers.get(line[end_ts + 2:line.find(": ", end_ts + 2)])
+        if p is not None:
+            m = p.regex.match(line)
+            if m is not None:
+                return p.build(m)
+        return self._diagnose(line)
+
+    def _diagnose(self, line: str) -> LostEvents:
+        """A line that is not one of our events: a lost-events marker, or a counted parse error."""
+        lost = LOST_RE.match(line)
+        if lost is not None:
+            return LostEvents(int(lost[1]), int(lost[2]) if lost[2] else None)
         m = LINE_RE.match(line)
         if m is None:
-            lost = LOST_RE.match(line)
-            if lost is not None:
-                return LostEvents(int(lost[1]), int(lost[2]) if lost[2] else None)
             raise TraceParseError("line_format", line)
-        p = self.parsers.get(m["event"])
-        if p is None:
+        if m[7] not in self.parsers:
             raise TraceParseError("unknown_event", line)
-        pm = p.regex.match(m["payload"])
-        if pm is None:
-            raise TraceParseError("payload", line)
-        groups = pm.groups()
-        k = 2 if p.fmt.is_return else 1
-        values = [conv(v) for conv, v in zip(p.converters, groups[k:], strict=True)]
-        args = dict(zip(p.names, values, strict=True))
-        comm = args.pop(HIDDEN_COMM) if p.comm_index >= 0 else None
-        sp = args.pop(HIDDEN_SP) if p.sp_index >= 0 else 0
-        if comm is None:
-            comm = decode_text(m["comm"].lstrip(" "))
-        tgid = m["tgid"]
-        if p.fmt.is_return:
-            ret_ip, ip = int(groups[0], 16), int(groups[1], 16)
-        else:
-            ret_ip, ip = 0, int(groups[0], 16)
-        return TraceRecord(
-            event=m["event"],
-            tid=int(m["tid"]),
-            tgid=int(tgid) if tgid and tgid[0] != "-" else 0,
-            cpu=int(m["cpu"]),
-            ts_ns=int(m["sec"]) * 1_000_000_000 + int(m["usec"]) * 1000,
-            comm=comm,
-            ip=ip,
-            ret_ip=ret_ip,
-            is_return=p.fmt.is_return,
-            sp=sp,
-            args=args,
-        )
+        raise TraceParseError("payload", line)
 
     def parse_lines(
         self, lines: list[str], final: bool = False,
