@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import TARGETS, compile_c
+from tests.prom import PrometheusServer
 from uprobe_exporter.errors import TracefsError
 from uprobe_exporter.session import remove_group
 from uprobe_exporter.tracefs import Tracefs, find_tracefs
@@ -62,3 +63,11 @@ def build(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
         return compile_c(TARGETS / f"{source or name}.c", out, *flags)
 
     return _build
+
+
+@pytest.fixture(scope="session")
+def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrometheusServer]:
+    """One real Prometheus server for the session; tests point it at their exporter with set_targets."""
+    server = PrometheusServer(tmp_path_factory.mktemp("prometheus"))
+    yield server
+    server.close()

@@ -20,12 +20,12 @@ from uprobe_exporter.config import Config
 from uprobe_exporter.errors import TracefsError
 from uprobe_exporter.jsonl import JsonlSink
 from uprobe_exporter.kerneltext import parse_saved_tgids
+from uprobe_exporter.metrics import start_metrics_server
 from uprobe_exporter.pairing import Pairing
 from uprobe_exporter.pipeline import Pipeline, event_infos
-from uprobe_exporter.probes import ProbeEvent
 from uprobe_exporter.reader import TracePipeReader
-from uprobe_exporter.resolve import plan_events
 from uprobe_exporter.render import Renderer
+from uprobe_exporter.resolve import plan_events
 from uprobe_exporter.session import ProbeSession
 from uprobe_exporter.tracefs import Instance, Tracefs, find_tracefs, read_text
 from uprobe_exporter.traceline import TextParser
@@ -83,17 +83,12 @@ class TgidCache:
 
 @dataclass
 class Runtime:
-    """Everything a running exporter holds; the metrics collectors read from here."""
+    """Everything a running exporter holds, for housekeeping and the final summary."""
 
-    config: Config
-    tracefs: Tracefs
-    instance: Instance
-    events: list[ProbeEvent]
     pipeline: Pipeline
     reader: TracePipeReader
     sink: JsonlSink | None
-    started: float
-    read_errors: int = 0
+    renderer: Renderer | None
     kernel_lost: int = 0
 
 
@@ -103,12 +98,13 @@ def open_tracefs(config: Config) -> tuple[Tracefs, Instance]:
     return tracefs, tracefs.instance(config.exporter.instance)
 
 
-async def _housekeeping(rt: Runtime, renderer: Renderer | None, proc: str = "/proc") -> None:
+async def _housekeeping(rt: Runtime, proc: str = "/proc") -> None:
+    """Once a second: refresh the wall-clock offset; every SWEEP_SECONDS: forget threads that exited."""
     last_sweep = time.monotonic()
     while True:
         await asyncio.sleep(1.0)
-        if renderer is not None:
-            renderer.wall_offset_ns = wall_offset_ns()
+        if rt.renderer is not None:
+            rt.renderer.wall_offset_ns = wall_offset_ns()
         if time.monotonic() - last_sweep >= SWEEP_SECONDS:
             last_sweep = time.monotonic()
             pairing = rt.pipeline.pairing
@@ -131,56 +127,70 @@ def _install_signals(stop: asyncio.Event, sink: JsonlSink | None) -> Callable[[]
     return restore
 
 
-async def run(config: Config, problems: list[str], on_ready: Callable[[Runtime], None] | None = None) -> None:
+async def run(config: Config, problems: list[str]) -> None:
     """Run the exporter until SIGINT/SIGTERM; raises UprobeExporterError subclasses on failure.
 
-    ``problems`` are those found validating ``config``: tracefs access is checked first (without root
-    nothing else matters), then every configuration problem is reported at once."""
+    ``problems`` are those found validating ``config``. Order: tracefs access (without root nothing
+    else matters), every configuration problem at once, the metrics listener (a taken port fails before
+    anything is registered), then the probes."""
     tracefs, instance = open_tracefs(config)
     events = plan_events(config, problems)
+    metrics = start_metrics_server(config.metrics) if config.metrics.enabled else None
+    try:
+        with ProbeSession(tracefs, instance, config.exporter.group, events,
+                          config.exporter.buffer_size_kb) as session:
+            sink = JsonlSink(config.jsonl.path, config.exporter.queue_batches) if config.jsonl.enabled else None
+            renderer = Renderer(wall_offset_ns()) if sink is not None else None
+            pipeline = Pipeline(
+                TextParser.for_formats(session.formats.values()), event_infos(events, config.probes),
+                config.probes, renderer, Pairing(config.exporter.max_pending_calls),
+                config.metrics.label_values_max, TgidCache(tracefs.root / "saved_tgids"))
+
+            def on_lines(lines: list[str], final: bool) -> None:
+                batch = pipeline.process(lines, final)
+                if batch and sink is not None:
+                    sink.submit(batch, batch.count(b"\n"))
+
+            reader = TracePipeReader(instance.trace_pipe, on_lines)
+            rt = Runtime(pipeline, reader, sink, renderer)
+            if metrics is not None:
+                metrics.sources.update(tracefs, instance, events, pipeline, sink, reader)
+            try:
+                await _serve(rt, session, instance)
+            finally:
+                reader.close()
+                _log_summary(rt)
+    finally:
+        if metrics is not None:
+            metrics.close()
+
+
+async def _serve(rt: Runtime, session: ProbeSession, instance: Instance) -> None:
+    """One TaskGroup: reader, sink, housekeeping; on SIGINT/SIGTERM stop, drain and flush."""
     stop = asyncio.Event()
-    sink = JsonlSink(config.jsonl.path, config.exporter.queue_batches) if config.jsonl.enabled else None
-    with ProbeSession(tracefs, instance, config.exporter.group, events, config.exporter.buffer_size_kb) as session:
-        renderer = Renderer(wall_offset_ns()) if sink is not None else None
-        pipeline = Pipeline(
-            TextParser.for_formats(session.formats.values()), event_infos(events, config.probes), config.probes,
-            renderer, Pairing(config.exporter.max_pending_calls), config.metrics.label_values_max, TgidCache(tracefs.root / "saved_tgids"))
-
-        def on_lines(lines: list[str], final: bool) -> None:
-            batch = pipeline.process(lines, final)
-            if batch and sink is not None:
-                sink.submit(batch, batch.count(b"\n"))
-
-        reader = TracePipeReader(instance.trace_pipe, on_lines)
-        rt = Runtime(config, tracefs, instance, events, pipeline, reader, sink, time.time())
-        restore = _install_signals(stop, sink)
-        try:
-            async with asyncio.TaskGroup() as tg:
-                sink_task = tg.create_task(sink.run()) if sink is not None else None
-                reader_task = tg.create_task(reader.run())
-                house_task = tg.create_task(_housekeeping(rt, renderer))
-                log.info("%d events registered in %s/instances/%s; reading", len(events), tracefs.root,
-                         instance.name)
-                if on_ready is not None:
-                    on_ready(rt)
-                await stop.wait()
-                reader_task.cancel()
-                house_task.cancel()
-                session.disable()
-                reader.drain()
-                rt.kernel_lost = instance.read_lost()
-                if sink is not None and sink_task is not None:
-                    sink.finish()
-                    try:
-                        async with asyncio.timeout(FINAL_FLUSH_SECONDS):
-                            await asyncio.shield(sink_task)
-                    except TimeoutError:
-                        log.error("JSON output did not take the last records within %.1f s", FINAL_FLUSH_SECONDS)
-                        sink_task.cancel()
-        finally:
-            restore()
-            reader.close()
-            _log_summary(rt)
+    restore = _install_signals(stop, rt.sink)
+    try:
+        async with asyncio.TaskGroup() as tg:
+            sink_task = tg.create_task(rt.sink.run()) if rt.sink is not None else None
+            reader_task = tg.create_task(rt.reader.run())
+            house_task = tg.create_task(_housekeeping(rt))
+            log.info("%d events registered in %s; reading", len(session.registered), instance.root)
+            await stop.wait()
+            reader_task.cancel()
+            house_task.cancel()
+            session.disable()
+            rt.reader.drain()
+            rt.kernel_lost = instance.read_lost()
+            if rt.sink is not None and sink_task is not None:
+                rt.sink.finish()
+                try:
+                    async with asyncio.timeout(FINAL_FLUSH_SECONDS):
+                        await asyncio.shield(sink_task)
+                except TimeoutError:
+                    log.error("JSON output did not take the last records within %.1f s", FINAL_FLUSH_SECONDS)
+                    sink_task.cancel()
+    finally:
+        restore()
 
 
 def _log_summary(rt: Runtime) -> None:

@@ -9,9 +9,10 @@ from __future__ import annotations
 import re
 
 # x86-64 register names accepted by regs_query_register_offset() (arch/x86/kernel/ptrace.c).
-REGISTERS = frozenset(
-    ["ax", "bx", "cx", "dx", "si", "di", "bp", "sp", "ip", "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15", "flags", "cs", "ss", "ds", "es", "fs", "gs", "orig_ax"]
-)
+REGISTERS = frozenset({
+    "ax", "bx", "cx", "dx", "si", "di", "bp", "sp", "ip", "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15",
+    "flags", "cs", "ss", "ds", "es", "fs", "gs", "orig_ax",
+})
 _BASIC = r"(?:[usx](?:8|16|32|64)|char|string|ustring|symbol|symstr|b\d+@\d+/\d+)"
 TYPE_RE = re.compile(rf"(?P<base>{_BASIC})(?:\[(?P<n>\d+)\])?\Z")
 DEREF_RE = re.compile(r"[+-]u?(?:0x[0-9a-fA-F]+|\d+)\((?P<inner>.+)\)\Z")

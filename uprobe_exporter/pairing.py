@@ -12,21 +12,26 @@ innermost-call (LIFO) order. Threads that exit inside a call are evicted by ``ev
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
 RETURN_ADDRESS_SIZE = 8  # x86-64: `ret` pops the return address
+UNWOUND, THREAD_EXIT, CAPACITY = "unwound", "thread_exit", "capacity"
 
 
 @dataclass(frozen=True, slots=True)
 class PairingStats:
+    """Totals, and per probe: pending entries, paired calls, returns without entry, evictions by reason."""
+
     pending: int
     paired: int
     returns_without_entry: int
-    evicted_unwound: int
-    evicted_thread_exit: int
-    evicted_capacity: int
+    evicted: int
+    pending_by_probe: dict[str, int]
+    paired_by_probe: dict[str, int]
+    returns_without_entry_by_probe: dict[str, int]
+    evicted_by_probe: dict[tuple[str, str], int]  # (probe, reason)
 
 
 @dataclass(slots=True)
@@ -44,11 +49,9 @@ class Pairing:
         self.max_depth = max_depth
         self.stacks: OrderedDict[tuple[str, int], list[Frame]] = OrderedDict()
         self.pending = 0
-        self.paired = 0
-        self.returns_without_entry = 0
-        self.evicted_unwound = 0
-        self.evicted_thread_exit = 0
-        self.evicted_capacity = 0
+        self.paired: Counter[str] = Counter()
+        self.returns_without_entry: Counter[str] = Counter()
+        self.evicted: Counter[tuple[str, str]] = Counter()
 
     def enter(self, probe: str, tid: int, sp: int, ts_ns: int, extra: Any = None) -> None:
         key = (probe, tid)
@@ -61,11 +64,11 @@ class Pairing:
                 while stack and stack[-1].sp <= sp:  # that frame's stack space is being reused
                     stack.pop()
                     self.pending -= 1
-                    self.evicted_unwound += 1
+                    self.evicted[probe, UNWOUND] += 1
         if len(stack) >= self.max_depth:
             del stack[0]
             self.pending -= 1
-            self.evicted_capacity += 1
+            self.evicted[probe, CAPACITY] += 1
         stack.append(Frame(sp, ts_ns, extra))
         self.pending += 1
         if self.pending > self.max_pending:
@@ -76,21 +79,21 @@ class Pairing:
         key = (probe, tid)
         stack = self.stacks.get(key)
         if not stack:
-            self.returns_without_entry += 1
+            self.returns_without_entry[probe] += 1
             return None
         if sp:
             target = sp - RETURN_ADDRESS_SIZE
             while stack and stack[-1].sp < target:
                 stack.pop()
                 self.pending -= 1
-                self.evicted_unwound += 1
+                self.evicted[probe, UNWOUND] += 1
             if not stack or stack[-1].sp != target:
-                self.returns_without_entry += 1
+                self.returns_without_entry[probe] += 1
                 self._drop_if_empty(key, stack)
                 return None
         frame = stack.pop()
         self.pending -= 1
-        self.paired += 1
+        self.paired[probe] += 1
         self._drop_if_empty(key, stack)
         return frame
 
@@ -102,7 +105,7 @@ class Pairing:
         key, stack = next(iter(self.stacks.items()))
         del stack[0]
         self.pending -= 1
-        self.evicted_capacity += 1
+        self.evicted[key[0], CAPACITY] += 1
         self._drop_if_empty(key, stack)
 
     def threads(self) -> set[int]:
@@ -113,11 +116,17 @@ class Pairing:
         """Forget a thread that exited; its pending entries will never return."""
         n = 0
         for key in [k for k in self.stacks if k[1] == tid]:
-            n += len(self.stacks.pop(key))
+            frames = len(self.stacks.pop(key))
+            self.evicted[key[0], THREAD_EXIT] += frames
+            n += frames
         self.pending -= n
-        self.evicted_thread_exit += n
         return n
 
     def statistics(self) -> PairingStats:
-        return PairingStats(self.pending, self.paired, self.returns_without_entry, self.evicted_unwound,
-                            self.evicted_thread_exit, self.evicted_capacity)
+        """A snapshot; safe to call from another thread (the copies are single C-level operations)."""
+        pending: Counter[str] = Counter()
+        for (probe, _), stack in list(self.stacks.items()):
+            pending[probe] += len(stack)
+        paired, without, evicted = dict(self.paired), dict(self.returns_without_entry), dict(self.evicted)
+        return PairingStats(sum(pending.values()), sum(paired.values()), sum(without.values()),
+                            sum(evicted.values()), dict(pending), paired, without, evicted)

@@ -27,8 +27,8 @@ log = logging.getLogger(__name__)
 class PipelineStats:
     events: dict[tuple[str, str], int]  # (probe, type) → records parsed
     parse_errors: dict[str, int]  # reason → lines
-    lost_inband: int  # sum of "CPU:N [LOST M EVENTS]" markers
-    lost_markers_unknown: int  # "[LOST EVENTS]" markers without a count
+    lost_markers: int  # "CPU:N [LOST M EVENTS]" lines seen
+    lost_inband: int  # the sum of their M (a part of the per-CPU stats overrun)
 
 
 def event_infos(events: Iterable[ProbeEvent], probes: Iterable[ProbeConfig]) -> dict[str, EventInfo]:
@@ -65,8 +65,8 @@ class Pipeline:
         }
         self.events: Counter[tuple[str, str]] = Counter()
         self.parse_errors: Counter[str] = Counter()
+        self.lost_markers = 0
         self.lost_inband = 0
-        self.lost_markers_unknown = 0
 
     def process(self, lines: list[str], final: bool = False) -> bytes | None:
         items, errors = self.parser.parse_lines(lines, final)
@@ -76,10 +76,8 @@ class Pipeline:
         out: list[bytes] = []
         for item in items:
             if type(item) is LostEvents:
-                if item.count is None:
-                    self.lost_markers_unknown += 1
-                else:
-                    self.lost_inband += item.count
+                self.lost_markers += 1
+                self.lost_inband += item.count or 0
                 continue
             assert type(item) is TraceRecord
             chunk = self._record(item)
@@ -107,8 +105,7 @@ class Pipeline:
         return self.renderer.render(rec, info, duration, rec.tgid or self.tgid_of(rec.tid))
 
     def statistics(self) -> PipelineStats:
-        return PipelineStats(dict(self.events), dict(self.parse_errors), self.lost_inband,
-                             self.lost_markers_unknown)
+        return PipelineStats(dict(self.events), dict(self.parse_errors), self.lost_markers, self.lost_inband)
 
 
 def _label_values(rec: TraceRecord, labels: tuple[str, ...], entry: tuple[str, ...] | None) -> tuple[str, ...]:

@@ -105,7 +105,7 @@ class PayloadParser:
         )
         namespace: dict[str, Any] = {"TraceRecord": TraceRecord, "_new": tuple.__new__, "_decode": decode_text,
                                      "_to_array": _to_array, "_comm": _comm_or_column}
-        exec(compile(source, f"<payload parser {fmt.name}>", "exec"), namespace)  # noqa: S102
+        exec(compile(source, f"<payload parser {fmt.name}>", "exec"), namespace)
         regex = re.compile(PREFIX + re.escape(fmt.name) + ": " + "".join(parts) + r"\Z", re.S)
         return cls(fmt, regex, namespace["build"], source)
 

@@ -1,0 +1,245 @@
+"""Prometheus metrics: one collector that builds fresh families from a snapshot at every scrape.
+
+Kernel truth is read at scrape time (``uprobe_profile`` hits, per-CPU ``stats`` losses), so those
+counters are never stale; everything else comes from the pipeline's counters. Scrapes run on the HTTP
+server's thread: they only copy the pipeline's dicts and lists (single C-level operations under the
+GIL) and never block the event loop. A failed read of tracefs is counted and the rest is served.
+"""
+
+from __future__ import annotations
+
+import platform
+import ssl
+import threading
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.metrics_core import Metric
+from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector
+
+from uprobe_exporter import __version__
+from uprobe_exporter.config import MetricsConfig
+from uprobe_exporter.errors import UprobeExporterError
+from uprobe_exporter.histogram import ProbeHistograms
+from uprobe_exporter.jsonl import JsonlSink
+from uprobe_exporter.pairing import Pairing
+from uprobe_exporter.pipeline import Pipeline
+from uprobe_exporter.probes import ProbeEvent
+from uprobe_exporter.reader import TracePipeReader
+from uprobe_exporter.tracefs import Instance, Tracefs
+
+LOST_REASONS = (("overrun", "overrun"), ("commit overrun", "commit_overrun"), ("dropped events", "dropped"))
+
+
+@dataclass
+class Sources:
+    """What the collector reads; filled in by ``update`` once the probes are registered."""
+
+    tracefs: Tracefs | None = None
+    instance: Instance | None = None
+    events: list[ProbeEvent] = field(default_factory=list)
+    pipeline: Pipeline | None = None
+    sink: JsonlSink | None = None
+    reader: TracePipeReader | None = None
+    scrape_errors: Counter[str] = field(default_factory=Counter)
+
+    def update(self, tracefs: Tracefs, instance: Instance, events: list[ProbeEvent], pipeline: Pipeline,
+               sink: JsonlSink | None, reader: TracePipeReader) -> None:
+        self.tracefs, self.instance, self.events = tracefs, instance, events
+        self.sink, self.reader = sink, reader
+        self.pipeline = pipeline  # last: the collector starts reading once this is set
+
+
+def _histogram_family(histograms: dict[str, ProbeHistograms]) -> HistogramMetricFamily:
+    label_names: list[str] = ["probe"]
+    for h in histograms.values():
+        label_names += [n for n in h.labels if n not in label_names]
+    family = HistogramMetricFamily(
+        "uprobe_call_duration_seconds", "Duration of paired entry→return calls, from the kernel timestamps.",
+        labels=label_names)
+    for probe, h in list(histograms.items()):
+        for values, series in list(h.series.items()):
+            counts = list(series.counts)
+            by_name = dict(zip(h.labels, values, strict=True))
+            labels = [probe, *(by_name.get(n, "") for n in label_names[1:])]
+            cumulative, buckets = 0, []
+            for bound, count in zip([*h.buckets, float("inf")], counts, strict=True):
+                cumulative += count
+                buckets.append((repr(float(bound)) if bound != float("inf") else "+Inf", cumulative))
+            family.add_metric(labels, buckets, series.sum_ns / 1e9)
+    return family
+
+
+class UprobeCollector(Collector):
+    """Every uprobe_* metric: kernel hit counters, records, call durations and the exporter's health."""
+
+    def __init__(self, sources: Sources) -> None:
+        self.sources = sources
+
+    def collect(self) -> Iterable[Metric]:
+        s = self.sources
+        info = GaugeMetricFamily("uprobe_exporter_build_info", "Version of the exporter, Python and kernel; 1.",
+                                 labels=["version", "python", "kernel"])
+        info.add_metric([__version__, platform.python_version(), platform.release()], 1)
+        yield info
+        registered = GaugeMetricFamily("uprobe_exporter_events_registered",
+                                       "uprobe events the exporter has registered in its group.")
+        registered.add_metric([], len(s.events) if s.pipeline is not None else 0)
+        yield registered
+        if s.pipeline is None or s.tracefs is None or s.instance is None:
+            yield from self._scrape_errors()
+            return
+        yield from self._kernel(s.tracefs, s.instance, s.events)
+        yield from self._pipeline(s.pipeline)
+        yield from self._scrape_errors()
+
+    def _kernel(self, tracefs: Tracefs, instance: Instance, events: list[ProbeEvent]) -> Iterator[Metric]:
+        hits = CounterMetricFamily(
+            "uprobe_probe_hits_total", "Times the probed instruction ran, counted by the kernel (uprobe_profile) "
+            "before filtering and before the ring buffer.", labels=["probe", "event", "path"])
+        try:
+            ours = {(e.path, e.event): e for e in events}
+            for entry in tracefs.read_uprobe_profile():
+                ev = ours.get((entry.path, entry.event))
+                if ev is not None:
+                    hits.add_metric([ev.probe, ev.full_name, ev.path], entry.hits)
+        except UprobeExporterError:
+            self.sources.scrape_errors["uprobe_profile"] += 1
+        yield hits
+        lost = CounterMetricFamily(
+            "uprobe_exporter_kernel_lost_events_total", "Events the kernel could not keep for us (per-CPU stats of "
+            "our instance: overwritten before read, commit overruns, dropped); in-band LOST markers are part of "
+            "overrun.", labels=["cpu", "reason"])
+        try:
+            for cpu in instance.cpus():
+                stats = instance.read_stats(cpu)
+                for key, reason in LOST_REASONS:
+                    lost.add_metric([str(cpu), reason], stats.get(key, 0))
+        except UprobeExporterError:
+            self.sources.scrape_errors["stats"] += 1
+        yield lost
+
+    def _pipeline(self, pipeline: Pipeline) -> Iterator[Metric]:
+        stats = pipeline.statistics()
+        events = CounterMetricFamily("uprobe_events_total", "Records the exporter parsed from the kernel.",
+                                     labels=["probe", "type"])
+        for (probe, kind), n in sorted(stats.events.items()):
+            events.add_metric([probe, kind], n)
+        yield events
+        errors = CounterMetricFamily("uprobe_exporter_parse_errors_total",
+                                     "Trace lines that could not be parsed, by reason (logged at debug level).",
+                                     labels=["reason"])
+        for reason, n in sorted(stats.parse_errors.items()):
+            errors.add_metric([reason], n)
+        yield errors
+        markers = CounterMetricFamily("uprobe_exporter_lost_markers_total",
+                                      "'CPU:N [LOST EVENTS]' markers seen in the trace stream (their counts are "
+                                      "already in uprobe_exporter_kernel_lost_events_total).")
+        markers.add_metric([], stats.lost_markers)
+        yield markers
+        yield from self._pairing(pipeline.pairing)
+        if pipeline.histograms:
+            yield _histogram_family(pipeline.histograms)
+        folded = CounterMetricFamily("uprobe_exporter_label_values_folded_total",
+                                     "Observations whose label value was replaced by __other__ (cardinality cap).",
+                                     labels=["probe"])
+        for probe, h in list(pipeline.histograms.items()):
+            folded.add_metric([probe], h.folder.folded)
+        yield folded
+        sink = self.sources.sink
+        w = CounterMetricFamily("uprobe_exporter_records_written_total", "JSON lines written.", labels=["sink"])
+        d = CounterMetricFamily("uprobe_exporter_records_dropped_total",
+                                "Records dropped because the sink was too slow (bounded queue full).",
+                                labels=["sink"])
+        if sink is not None:
+            w.add_metric(["jsonl"], sink.records_written)
+            d.add_metric(["jsonl"], sink.records_dropped)
+        yield w
+        yield d
+        if self.sources.reader is not None:
+            b = CounterMetricFamily("uprobe_exporter_read_bytes_total", "Bytes read from trace_pipe.")
+            b.add_metric([], self.sources.reader.bytes_read)
+            yield b
+
+    @staticmethod
+    def _pairing(pairing: Pairing) -> Iterator[Metric]:
+        st = pairing.statistics()
+        pending = GaugeMetricFamily("uprobe_exporter_pending_calls",
+                                    "Entries waiting for their return (bounded by exporter.max_pending_calls).",
+                                    labels=["probe"])
+        for probe, n in sorted(st.pending_by_probe.items()):
+            pending.add_metric([probe], n)
+        yield pending
+        without = CounterMetricFamily("uprobe_exporter_returns_without_entry_total",
+                                      "Returns whose entry was not seen (called before the exporter started, "
+                                      "or the entry was lost).", labels=["probe"])
+        for probe, n in sorted(st.returns_without_entry_by_probe.items()):
+            without.add_metric([probe], n)
+        yield without
+        evicted = CounterMetricFamily("uprobe_exporter_calls_evicted_total",
+                                      "Entries that will never see their return: stack unwound past them "
+                                      "(longjmp, exceptions), thread exited, or the pending table was full.",
+                                      labels=["probe", "reason"])
+        for (probe, reason), n in sorted(st.evicted_by_probe.items()):
+            evicted.add_metric([probe, reason], n)
+        yield evicted
+
+    def _scrape_errors(self) -> Iterator[Metric]:
+        errors = CounterMetricFamily("uprobe_exporter_scrape_errors_total",
+                                     "Scrapes that could not read a kernel file (the other metrics were served).",
+                                     labels=["source"])
+        for source in ("uprobe_profile", "stats"):
+            errors.add_metric([source], self.sources.scrape_errors[source])
+        yield errors
+
+
+@dataclass
+class MetricsServer:
+    server: WSGIServer
+    thread: threading.Thread
+    registry: CollectorRegistry
+    sources: Sources
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(2)
+
+
+def _check_readable(path: str, key: str) -> None:
+    try:
+        with open(path, "rb") as f:
+            f.read(1)
+    except OSError as exc:
+        raise UprobeExporterError(f"metrics.{key}: cannot read '{path}': {exc.strerror}; "
+                                  "give a readable PEM file") from exc
+
+
+def start_metrics_server(config: MetricsConfig) -> MetricsServer:
+    """Bind and serve /metrics before any probe is registered: a taken port fails early and cleanly."""
+    for key in ("tls_cert_file", "tls_key_file", "tls_client_ca_file"):
+        if getattr(config, key):
+            _check_readable(getattr(config, key), key)
+    registry = CollectorRegistry(auto_describe=True)
+    sources = Sources()
+    registry.register(UprobeCollector(sources))
+    ProcessCollector(registry=registry)
+    listen = f"{config.host}:{config.port}"
+    try:
+        server, thread = start_http_server(
+            config.port, config.host or "0.0.0.0", registry,
+            certfile=config.tls_cert_file or None, keyfile=config.tls_key_file or None,
+            client_cafile=config.tls_client_ca_file or None,
+            client_auth_required=bool(config.tls_client_ca_file))
+    except ssl.SSLError as exc:
+        raise UprobeExporterError(f"metrics: TLS setup failed ({exc.reason or exc}); check tls_cert_file, "
+                                  "tls_key_file and tls_client_ca_file") from exc
+    except OSError as exc:
+        raise UprobeExporterError(f"metrics.listen: cannot listen on {listen}: {exc.strerror}; "
+                                  "choose another address or port") from exc
+    return MetricsServer(server, thread, registry, sources)
