@@ -66,8 +66,8 @@ def main() -> None:
     full_s = time.process_time() - t0
     errors = sum(pipeline.statistics().parse_errors.values())
     print(f"lines: {n_lines}  records: {records}  parse errors: {errors}")
-    print(f"parse only:                 {records / parse_s / 1e3:8.0f} k records/s  ({parse_s / records * 1e6:.2f} µs/record)")
-    print(f"parse + pair + JSON:        {records / full_s / 1e3:8.0f} k records/s  ({full_s / records * 1e6:.2f} µs/record)")
+    for label, seconds in (("parse only", parse_s), ("parse + pair + histograms + JSON", full_s)):
+        print(f"{label:34} {records / seconds / 1e3:8.0f} k records/s  ({seconds / records * 1e6:.2f} µs/record)")
     print(f"JSON output: {out_bytes / records:.0f} bytes/record")
 
 

@@ -36,8 +36,7 @@ def toml_dumps(data: Mapping[str, Any]) -> str:
     out: list[str] = []
 
     def table(name: str, body: Mapping[str, Any]) -> None:
-        scalars = {k: v for k, v in body.items() if not (isinstance(v, Mapping) and k != "args"
-                                                          and k != "return_args")}
+        scalars = {k: v for k, v in body.items() if not (isinstance(v, Mapping) and k not in {"args", "return_args"})}
         out.append(f"[{name}]")
         out.extend(f"{k} = {toml_value(v)}" for k, v in scalars.items())
         for k, v in body.items():

@@ -54,7 +54,7 @@ def test_bad_probe_is_a_located_one_line_error(
 
 def test_every_problem_is_reported_at_once(build: Callable[..., Path], tmp_path: Path) -> None:
     binary = str(build("calls"))
-    probes = [
+    probes: list[dict[str, Any]] = [
         {"name": "a", "binary": binary, "function": "wrok"},
         {"name": "b", "binary": "/no/such", "function": "work"},
         {"name": "a", "binary": binary, "function": "work", "buckets": [1, 0.5]},
@@ -114,7 +114,7 @@ def test_kernel_refusal_shows_error_log_and_removes_what_was_registered(
     build: Callable[..., Path], tracefs: Tracefs, group: str, tmp_path: Path,
 ) -> None:
     binary = str(build("calls"))
-    probes = [
+    probes: list[dict[str, Any]] = [
         {"name": "good", "binary": binary, "function": "work", "return": True},
         {"name": "bad", "binary": binary, "function": "work", "args": {"x": "%di:b40@2/32"}},
     ]
@@ -135,6 +135,7 @@ def test_kernel_refused_filter_names_the_key(
     probe = {"name": "w", "binary": str(build("calls")), "function": "work", "filter": "nosuchfield == 1"}
     done = run_cli("run", "--config", str(config_file(tmp_path, group, [probe])))
     assert done.returncode == 2, done.stderr
-    assert done.stderr.startswith(f"uprobe-exporter: error: probes[0].filter: the kernel refused the filter of {group}/w_entry")
+    assert done.stderr.startswith(
+        f"uprobe-exporter: error: probes[0].filter: the kernel refused the filter of {group}/w_entry")
     assert [e for e in tracefs.read_uprobe_events() if e.group == group] == []
     assert not tracefs.instance(group).exists()

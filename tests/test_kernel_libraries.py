@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -31,7 +31,7 @@ def test_libc_by_name_and_own_library_by_path(
 ) -> None:
     exe, lib = libcall
     out = tmp_path / "out.jsonl"
-    probes = [
+    probes: list[dict[str, Any]] = [
         {"name": "getenv", "binary": "libc.so.6", "function": function, "args": {"name": "+0(%di):string"}},
         {"name": "shared_add", "binary": str(lib), "function": "shared_add",
          "args": {"a": "%di:s64", "b": "%si:s64"}, "return": True, "return_args": {"sum": "$retval:s64"}},

@@ -84,7 +84,7 @@ def resolve_library(name: str, root: str) -> str:
     if name in cache:
         return cache[name]
     for d in (*_ld_library_dirs(root), *DEFAULT_LIB_DIRS):
-        if os.path.isfile(_join_root(root, f"{d}/{name}")):
+        if os.path.isfile(_join_root(root, realpath_in_root(root, f"{d}/{name}"))):
             return f"{d}/{name}"
     close = difflib.get_close_matches(name, list(cache), n=3)
     hint = f"; did you mean {', '.join(close)}?" if close else "; give its full path instead"

@@ -19,7 +19,7 @@ FLAG_X8664_LIB64 = 0x0300
 FLAG_AARCH64_LIB64 = 0x0A00
 NEW_HEADER = struct.Struct("<20sII B3x I 12x")  # magic+version, nlibs, len_strings, flags, ext_off
 NEW_ENTRY = struct.Struct("<iIIIQ")  # flags, key, value, osversion, hwcap
-OLD_HEADER = struct.Struct("<11sI")
+OLD_HEADER = struct.Struct("<11sxI")  # magic[11], padding, nlibs (struct cache_file)
 OLD_ENTRY = struct.Struct("<iII")
 
 

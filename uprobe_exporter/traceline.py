@@ -39,8 +39,12 @@ def decode_text(raw: str) -> str:
     return raw.encode("latin-1").decode("utf-8", "backslashreplace")
 
 
+def _to_int(v: str) -> int:
+    return int(v, 16) if v.startswith(("0x", "-0x")) else int(v)
+
+
 def _to_array(v: str) -> list[int]:
-    return [int(x, 0) for x in v.split(",")] if v else []
+    return [_to_int(x) for x in v.split(",")] if v else []
 
 
 def _text_expr(group: str) -> str:
@@ -59,7 +63,8 @@ def _field(f: Field, j: int) -> tuple[str, str, int]:
         return r"'(.)'", _text_expr(f"g[{j}]"), 1
     if f.name == HIDDEN_SP:  # x64: 0x%Lx
         return r"0x([0-9a-f]+)", f"int(g[{j}], 16)", 1
-    return r"(-?\d+|0x[0-9a-f]+)", f"int(g[{j}], 0)", 1  # %d %u, or 0x%x for x types
+    # %d %u print decimal, x types 0x%x: two groups, so each converts with one int() of the right base
+    return r"(?:0x([0-9a-f]+)|(-?\d+))", f"(int(g[{j + 1}]) if g[{j}] is None else int(g[{j}], 16))", 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,7 +140,10 @@ class TextParser:
         if p is not None:
             m = p.regex.match(line)
             if m is not None:
-                return p.build(m)
+                try:
+                    return p.build(m)
+                except ValueError as exc:  # a corrupted number the regex let through (e.g. "{1,,2}")
+                    raise TraceParseError("value", line) from exc
         return self._diagnose(line)
 
     def _diagnose(self, line: str) -> LostEvents:

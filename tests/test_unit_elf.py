@@ -1,0 +1,162 @@
+"""elf: symbol → file offset agrees with ``objdump -d -F`` for PIE, non-PIE and a shared library."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from uprobe_exporter.elf import ElfInfo, load_elf, match_functions
+from uprobe_exporter.errors import ResolveError, UprobeExporterError
+
+TARGETS = Path(__file__).parent / "targets"
+OBJDUMP_FUNC = re.compile(r"^[0-9a-f]+ <(?P<name>[^>]+)> \(File Offset: 0x(?P<off>[0-9a-f]+)\):$", re.M)
+
+pytestmark = pytest.mark.skipif(not (shutil.which("gcc") and shutil.which("objdump")), reason="needs gcc and objdump")
+
+
+@dataclass(frozen=True)
+class Built:
+    path: Path
+    offsets: dict[str, int]  # function → file offset, as objdump prints it
+
+
+def objdump_offsets(path: Path) -> dict[str, int]:
+    out = subprocess.run(["objdump", "-d", "-F", str(path)], capture_output=True, text=True, check=True,
+                         timeout=60).stdout
+    return {m["name"]: int(m["off"], 16) for m in OBJDUMP_FUNC.finditer(out)}
+
+
+def gcc(source: str, out: Path, *flags: str) -> Built:
+    subprocess.run(["gcc", "-O0", "-g", "-pthread", *flags, "-o", str(out), str(TARGETS / source)], check=True,
+                   timeout=120)
+    return Built(out, objdump_offsets(out))
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Built]:
+    d = tmp_path_factory.mktemp("elf")
+    return {
+        "pie": gcc("calls.c", d / "calls_pie", "-pie", "-fPIE"),
+        "no-pie": gcc("calls.c", d / "calls_nopie", "-no-pie", "-fno-pie"),
+        "shared": gcc("shared.c", d / "libshared.so", "-shared", "-fPIC"),
+    }
+
+
+@pytest.mark.parametrize(("variant", "function"), [
+    ("pie", "work"), ("pie", "recurse"), ("pie", "main"),
+    ("no-pie", "work"), ("no-pie", "recurse"), ("no-pie", "main"),
+    ("shared", "shared_add"),
+])
+def test_resolve_equals_objdump_file_offset(built: dict[str, Built], variant: str, function: str) -> None:
+    b = built[variant]
+    assert function in b.offsets
+    info = load_elf(b.path)
+    assert info.resolve(function) == b.offsets[function]
+    assert info.offset_is_executable(b.offsets[function])
+
+
+def test_non_pie_addresses_differ_from_offsets(built: dict[str, Built]) -> None:
+    """Without PIE the symbol value is a link-time address; the offset comes from the PT_LOAD segment."""
+    info = load_elf(built["no-pie"].path)
+    (work,) = info.symbols["work"]
+    assert work.value != built["no-pie"].offsets["work"]
+    assert info.file_offset(work.value) == built["no-pie"].offsets["work"]
+
+
+def test_symbol_plus_offset(built: dict[str, Built]) -> None:
+    b = built["pie"]
+    info = load_elf(b.path)
+    assert info.resolve("work", plus=4) == b.offsets["work"] + 4
+    size = next(s.size for s in info.symbols["work"] if s.type == "STT_FUNC")
+    assert size > 4
+    assert info.resolve("work", plus=size - 1) == b.offsets["work"] + size - 1
+    with pytest.raises(ResolveError, match="past the end of the function"):
+        info.resolve("work", plus=size)
+
+
+def test_functions_and_match_functions_list_the_targets_functions(built: dict[str, Built]) -> None:
+    b = built["pie"]
+    info = load_elf(b.path)
+    names = [s.name for s in info.functions()]
+    assert {"work", "recurse", "main"} <= set(names)
+    assert names == sorted(set(names))
+    assert "work_calls" not in names  # a data symbol
+    for sym, offset in match_functions(info, None):
+        if sym.name in b.offsets:
+            assert offset == b.offsets[sym.name]
+    assert [(s.name, off) for s, off in match_functions(info, "rec*")] == [("recurse", b.offsets["recurse"])]
+    assert ("work", b.offsets["work"]) in [(s.name, off) for s, off in match_functions(info, "wor")]
+    assert match_functions(info, "no_such_function_here") == []
+
+
+def test_a_data_symbol_is_not_a_function(built: dict[str, Built]) -> None:
+    info = load_elf(built["pie"].path)
+    with pytest.raises(ResolveError) as exc:
+        info.resolve("work_calls")
+    assert "is not a function but object" in str(exc.value)
+    assert exc.value.symbol == "work_calls"
+    assert exc.value.binary == str(built["pie"].path)
+
+
+@pytest.mark.parametrize(("typo", "hint"), [("wrok", "work"), ("recurs", "recurse"), ("shared_ad", "shared_add")])
+def test_unknown_name_suggests_close_names(built: dict[str, Built], typo: str, hint: str) -> None:
+    b = built["shared" if hint.startswith("shared") else "pie"]
+    with pytest.raises(ResolveError) as exc:
+        load_elf(b.path).resolve(typo)
+    assert f"did you mean '{hint}'" in str(exc.value)
+    assert exc.value.symbol == typo
+    assert isinstance(exc.value, UprobeExporterError)
+
+
+def test_unknown_name_without_close_names_says_how_to_list(built: dict[str, Built]) -> None:
+    with pytest.raises(ResolveError, match="uprobe-exporter symbols"):
+        load_elf(built["pie"].path).resolve("zzzzzzzzzzzzzzzz")
+
+
+def test_versioned_name_resolves_like_the_plain_one(built: dict[str, Built]) -> None:
+    info = load_elf(built["shared"].path)
+    assert info.resolve("shared_add@@V1") == built["shared"].offsets["shared_add"]
+
+
+def test_stripped_binary_uses_the_build_id_debug_file(built: dict[str, Built], tmp_path: Path) -> None:
+    b = built["pie"]
+    stripped = tmp_path / "calls_stripped"
+    debug = tmp_path / "calls.debug"
+    subprocess.run(["objcopy", "--only-keep-debug", str(b.path), str(debug)], check=True, timeout=60)
+    subprocess.run(["objcopy", "--strip-all", str(b.path), str(stripped)], check=True, timeout=60)
+    notes = subprocess.run(["readelf", "-n", str(stripped)], capture_output=True, text=True, check=True).stdout
+    build_id = re.search(r"Build ID: ([0-9a-f]+)", notes)
+    assert build_id is not None, "gcc adds a build-id note here"
+    with pytest.raises(ResolveError):
+        load_elf(stripped, debug_root=str(tmp_path)).resolve("work")  # no debug file yet
+    where = tmp_path / "root" / "usr/lib/debug/.build-id" / build_id[1][:2] / f"{build_id[1][2:]}.debug"
+    where.parent.mkdir(parents=True)
+    shutil.copy(debug, where)
+    info = load_elf(stripped, debug_root=str(tmp_path / "root"))
+    assert info.resolve("work") == b.offsets["work"]
+
+
+def test_not_an_elf_file(tmp_path: Path) -> None:
+    path = tmp_path / "calls.c"
+    shutil.copy(TARGETS / "calls.c", path)
+    with pytest.raises(ResolveError, match="not a valid ELF file") as exc:
+        load_elf(path)
+    assert exc.value.binary == str(path)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ResolveError, match="cannot read"):
+        load_elf(tmp_path / "nothing")
+
+
+def test_load_returns_frozen_info(built: dict[str, Built]) -> None:
+    info = load_elf(built["shared"].path)
+    assert isinstance(info, ElfInfo)
+    assert any(s.executable for s in info.segments)
+    with pytest.raises(AttributeError):
+        info.path = Path("/")  # type: ignore[misc]

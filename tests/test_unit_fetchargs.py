@@ -1,0 +1,88 @@
+"""fetchargs.check_fetcharg: what Documentation/trace/uprobetracer.rst accepts, and common mistakes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from uprobe_exporter.fetchargs import check_fetcharg, split_type
+
+KERNEL = Path(__file__).parent / "fixtures" / "kernel"
+
+ACCEPTED_ENTRY = [
+    "%di", "%di:s32", "%si:u64", "%ax:x16", "%r8:s8", "%r15:x64", "%sp:x64", "%ip", "%flags:x32",
+    "+0(%si):string", "+0(%si):ustring", "+8(%di):u32", "-4(%bp):s32", "+u0(%di):u8", "+0(+8(%di)):string",
+    "+0(%si):char", "+0(%si):u8[4]", "+0(%si):u32[64]", "%di:b4@2/32", "%di:char",
+    "$comm", "$comm:string", "$COMM", "$stack", "$stack0", "$stack12:x64",
+    "@0x601040:u32", "@+0x1040:s64", "@4198464:u8", "@+0x10:string", "@+0x10:u16[2]",
+]
+ACCEPTED_RETURN_ONLY = ["$retval", "$retval:s32", "$retval:x64", "+0($retval):string", "+8($retval):u64"]
+
+REFUSED = [  # (fetcharg, is_return, a word of the explanation)
+    ("", False, "non-empty"),
+    ("%di :s32", False, "without spaces"),
+    ("%di#x", False, "'#'"),
+    ("%nosuchreg:s32", False, "unknown register"),
+    ("%DI", False, "unknown register"),
+    ("+0(%rdi):string", False, "unknown register"),
+    ("$retval", False, "only available in return_args"),
+    ("+0($retval):string", False, "only available in return_args"),
+    ("@malloc", False, "not available with uprobes"),
+    ("$arg1", False, "BTF"),
+    ("di", False, "is not a fetcharg"),
+    ("+0(di):u32", False, "is not a fetcharg"),
+    ("%di:float", False, "unknown type"),
+    ("%di:s33", False, "unknown type"),
+    ("%di:string", False, "must be read from memory"),
+    ("$retval:string", True, "must be read from memory"),
+    ("%di:symbol", False, "kernel symbols only"),
+    ("+0(%di):symstr", False, "kernel symbols only"),
+    ("$comm:u32", False, "$comm is a string"),
+    ("%di:u8[4]", False, "must be read from memory"),
+    ("+0(%si):u8[0]", False, "array length"),
+    ("+0(%si):u8[65]", False, "array length"),
+]
+
+
+def test_the_captured_error_log_register_is_refused_here_too() -> None:
+    """The kernel refused ``x=%nosuchreg:s32`` (error_log fixture); so does the early check."""
+    command = next(line for line in (KERNEL / "error_log").read_text(encoding="utf-8").splitlines()
+                   if line.strip().startswith("Command:"))
+    fetcharg = command.split()[-1].split("=", 1)[1]
+    problem = check_fetcharg(fetcharg, is_return=False)
+    assert problem is not None
+    assert "unknown register" in problem
+
+
+@pytest.mark.parametrize("fetcharg", ACCEPTED_ENTRY)
+def test_accepted_everywhere(fetcharg: str) -> None:
+    assert check_fetcharg(fetcharg, is_return=False) is None
+    assert check_fetcharg(fetcharg, is_return=True) is None
+
+
+@pytest.mark.parametrize("fetcharg", ACCEPTED_RETURN_ONLY)
+def test_accepted_in_return_probes_only(fetcharg: str) -> None:
+    assert check_fetcharg(fetcharg, is_return=True) is None
+    problem = check_fetcharg(fetcharg, is_return=False)
+    assert problem is not None
+    assert "return" in problem
+
+
+@pytest.mark.parametrize(("fetcharg", "is_return", "word"), REFUSED)
+def test_refused_with_an_explanation(fetcharg: str, is_return: bool, word: str) -> None:
+    problem = check_fetcharg(fetcharg, is_return=is_return)
+    assert problem is not None
+    assert word in problem
+    assert "\n" not in problem
+
+
+@pytest.mark.parametrize(("fetcharg", "body", "kind"), [
+    ("+0(%di):string", "+0(%di)", "string"),
+    ("%di:b4@2/32", "%di", "b4@2/32"),
+    ("+0(%si):u8[4]", "+0(%si)", "u8[4]"),
+    ("%di", "%di", ""),
+    ("%di:float", "%di:float", ""),
+])
+def test_split_type(fetcharg: str, body: str, kind: str) -> None:
+    assert split_type(fetcharg) == (body, kind)
