@@ -59,7 +59,7 @@ def build_config(group: str, probes: list[dict[str, Any]], output: Path, **secti
     exporter.update(sections.pop("exporter", {}))
     data: dict[str, Any] = {
         "exporter": exporter,
-        "output": {"jsonl": {"path": str(output)}},
+        "output": {"jsonl": {"path": str(output), **sections.pop("jsonl", {})}},
         "metrics": sections.pop("metrics", {"enabled": False}),
         "probes": probes,
     }

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import subprocess
 import sys
+import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from tests.helpers import ExporterProcess, build_config, run_cli, toml_dumps
+from tests.prom import free_port
 from uprobe_exporter.elf import load_elf
 from uprobe_exporter.tracefs import Tracefs
 
@@ -160,3 +164,50 @@ def test_not_root_and_no_tracefs(build: Callable[..., Path], tracefs: Tracefs, g
                           capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 1, done.stderr
     assert "tracefs is not mounted and only root can mount it" in done.stderr
+
+
+def test_slow_output_drops_and_counts_never_blocks(
+    build: Callable[..., Path], tracefs: Tracefs, group: str, tmp_path: Path,
+) -> None:
+    """JSON to a pipe nobody reads: the bounded queue fills, records are dropped and counted, the exporter
+    keeps reading (no kernel loss), and SIGTERM still stops it promptly with everything removed."""
+    binary = build("calls")
+    port = free_port()
+    probe = {"binary": str(binary), **WORK, "args": {"a": "%di:s32", "s": "+0(%si):string"}}
+    config = tmp_path / "config.toml"
+    config.write_text(toml_dumps(build_config(group, [probe], tmp_path / "unused", jsonl={
+        "path": "-", "max_queue_kb": 64}, metrics={"listen": f"127.0.0.1:{port}"})))
+    read_end, write_end = os.pipe()  # never read: 64 KiB of pipe buffer, then writes block
+    try:
+        with ExporterProcess(config, stdout=write_end) as exporter:
+            exporter.wait_ready()
+            subprocess.run([binary, "4", "2000", "0"], capture_output=True, check=True)
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+                    text = r.read().decode()
+                entries = _metric(text, "uprobe_events_total")
+                if entries >= 16000:
+                    break
+                time.sleep(0.2)
+            assert entries == 16000, "every record was parsed although the output is stuck"
+            dropped = _metric(text, "uprobe_exporter_records_dropped_total")
+            written = _metric(text, "uprobe_exporter_records_written_total")
+            assert dropped > 0
+            assert _metric(text, "uprobe_exporter_kernel_lost_events_total") == 0
+            rc, elapsed = exporter.stop()
+        assert rc == 1, exporter.stderr
+        assert elapsed < 5
+        assert "JSON output did not take the last records" in exporter.stderr
+        assert written + dropped <= entries
+        assert ours(tracefs, group) == []
+        assert not tracefs.instance(group).exists()
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+
+
+def _metric(text: str, name: str) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples if s.name == name)

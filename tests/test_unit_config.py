@@ -89,12 +89,12 @@ def test_listen(listen: str, host: str, port: int) -> None:
 def test_sections_are_read() -> None:
     cfg = parse_config(config_with(
         exporter={"tracefs": "/sys/kernel/tracing", "instance": "i.1-x", "group": "G_1", "buffer_size_kb": 4,
-                  "host_root": "/host", "max_pending_calls": 1, "queue_batches": 2, "log_level": "debug"},
-        output={"jsonl": {"enabled": False, "path": ""}},
+                  "host_root": "/host", "max_pending_calls": 1, "log_level": "debug"},
+        output={"jsonl": {"enabled": False, "path": "", "max_queue_kb": 64}},
         metrics={"enabled": False, "tls_cert_file": "c.pem", "tls_key_file": "k.pem", "tls_client_ca_file": "ca",
                  "label_values_max": 1}))
-    assert cfg.exporter == ExporterConfig("/sys/kernel/tracing", "i.1-x", "G_1", 4, "/host", 1, 2, "debug")
-    assert cfg.jsonl == JsonlConfig(False, "")
+    assert cfg.exporter == ExporterConfig("/sys/kernel/tracing", "i.1-x", "G_1", 4, "/host", 1, "debug")
+    assert cfg.jsonl == JsonlConfig(False, "", 64)
     assert cfg.metrics == MetricsConfig(False, "", DEFAULT_PORT, "c.pem", "k.pem", "ca", 1)
 
 
@@ -115,8 +115,8 @@ BAD: list[tuple[dict[str, Any], str, str]] = [
     ({"exporter": {"group": "g" * 64}}, "exporter.group", "at most 63"),
     ({"exporter": {"instance": ".."}}, "exporter.instance", "plain directory name"),
     ({"exporter": {"instance": "a/b"}}, "exporter.instance", "plain directory name"),
-    ({"exporter": {"max_pending_calls": 0}}, "exporter", "must be positive"),
-    ({"exporter": {"queue_batches": -1}}, "exporter", "must be positive"),
+    ({"exporter": {"max_pending_calls": 0}}, "exporter.max_pending_calls", "must be positive"),
+    ({"output": {"jsonl": {"max_queue_kb": 1}}}, "output.jsonl.max_queue_kb", "at least 64"),
     ({"exporter": {"log_level": "verbose"}}, "exporter.log_level", "debug, info, warning, error"),
     ({"exporter": {"host_root": "host"}}, "exporter.host_root", "absolute path"),
     ({"exporter": {"tracefs": 1}}, "exporter.tracefs", "must be str, not int"),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -50,7 +51,11 @@ def _setup_logging(level: str) -> None:
 def _cmd_run(args: argparse.Namespace) -> int:
     config, problems = load_config_partial(args.config)
     _setup_logging(config.exporter.log_level)
-    asyncio.run(run(config, problems))
+    if not asyncio.run(run(config, problems)):
+        # Our probes are removed; only a thread blocked writing to a reader that stopped reading is left,
+        # and interpreter exit would wait for it forever.
+        sys.stderr.flush()
+        os._exit(1)
     return 0
 
 

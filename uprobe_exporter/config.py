@@ -37,7 +37,6 @@ class ExporterConfig:
     buffer_size_kb: int = 4096
     host_root: str = "/"
     max_pending_calls: int = 65536
-    queue_batches: int = 1024
     log_level: str = "info"
 
 
@@ -45,6 +44,7 @@ class ExporterConfig:
 class JsonlConfig:
     enabled: bool = True
     path: str = "-"
+    max_queue_kb: int = 32768
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,7 +159,6 @@ def _parse_exporter(data: Mapping[str, Any], problems: _Problems) -> ExporterCon
         buffer_size_kb=_get(t, "buffer_size_kb", int, d.buffer_size_kb, "exporter", problems),
         host_root=_get(t, "host_root", str, d.host_root, "exporter", problems),
         max_pending_calls=_get(t, "max_pending_calls", int, d.max_pending_calls, "exporter", problems),
-        queue_batches=_get(t, "queue_batches", int, d.queue_batches, "exporter", problems),
         log_level=_get(t, "log_level", str, d.log_level, "exporter", problems),
     )
     if not GROUP_RE.match(cfg.group) or len(cfg.group) > MAX_EVENT_NAME:
@@ -168,8 +167,8 @@ def _parse_exporter(data: Mapping[str, Any], problems: _Problems) -> ExporterCon
         problems.add("exporter.instance", f"'{cfg.instance}' must be a plain directory name ([A-Za-z0-9_.-])")
     if cfg.buffer_size_kb < 4:
         problems.add("exporter.buffer_size_kb", "must be at least 4 (one page per CPU)")
-    if cfg.max_pending_calls < 1 or cfg.queue_batches < 1:
-        problems.add("exporter", "max_pending_calls and queue_batches must be positive")
+    if cfg.max_pending_calls < 1:
+        problems.add("exporter.max_pending_calls", "must be positive")
     if cfg.log_level not in ("debug", "info", "warning", "error"):
         problems.add("exporter.log_level", "must be one of debug, info, warning, error")
     if not cfg.host_root.startswith("/"):
@@ -185,7 +184,10 @@ def _parse_outputs(data: Mapping[str, Any], problems: _Problems) -> JsonlConfig:
     cfg = JsonlConfig(
         enabled=_get(t, "enabled", bool, True, "output.jsonl", problems),
         path=_get(t, "path", str, "-", "output.jsonl", problems),
+        max_queue_kb=_get(t, "max_queue_kb", int, 32768, "output.jsonl", problems),
     )
+    if cfg.max_queue_kb < 64:
+        problems.add("output.jsonl.max_queue_kb", "must be at least 64")
     if cfg.enabled and not cfg.path:
         problems.add("output.jsonl.path", "must be '-' (stdout) or a file path; set enabled = false to turn off")
     return cfg

@@ -90,6 +90,7 @@ class Runtime:
     sink: JsonlSink | None
     renderer: Renderer | None
     kernel_lost: int = 0
+    output_stuck: bool = False
 
 
 def open_tracefs(config: Config) -> tuple[Tracefs, Instance]:
@@ -127,8 +128,9 @@ def _install_signals(stop: asyncio.Event, sink: JsonlSink | None) -> Callable[[]
     return restore
 
 
-async def run(config: Config, problems: list[str]) -> None:
-    """Run the exporter until SIGINT/SIGTERM; raises UprobeExporterError subclasses on failure.
+async def run(config: Config, problems: list[str]) -> bool:
+    """Run the exporter until SIGINT/SIGTERM; raises UprobeExporterError subclasses on failure. Returns
+    False when the JSON output was stuck at the end (a writer thread is blocked in write()).
 
     ``problems`` are those found validating ``config``. Order: tracefs access (without root nothing
     else matters), every configuration problem at once, the metrics listener (a taken port fails before
@@ -139,7 +141,7 @@ async def run(config: Config, problems: list[str]) -> None:
     try:
         with ProbeSession(tracefs, instance, config.exporter.group, events,
                           config.exporter.buffer_size_kb) as session:
-            sink = JsonlSink(config.jsonl.path, config.exporter.queue_batches) if config.jsonl.enabled else None
+            sink = JsonlSink(config.jsonl.path, config.jsonl.max_queue_kb * 1024) if config.jsonl.enabled else None
             renderer = Renderer(wall_offset_ns()) if sink is not None else None
             pipeline = Pipeline(
                 TextParser.for_formats(session.formats.values()), event_infos(events, config.probes),
@@ -163,6 +165,7 @@ async def run(config: Config, problems: list[str]) -> None:
     finally:
         if metrics is not None:
             metrics.close()
+    return not rt.output_stuck
 
 
 async def _serve(rt: Runtime, session: ProbeSession, instance: Instance) -> None:
@@ -188,6 +191,7 @@ async def _serve(rt: Runtime, session: ProbeSession, instance: Instance) -> None
                         await asyncio.shield(sink_task)
                 except TimeoutError:
                     log.error("JSON output did not take the last records within %.1f s", FINAL_FLUSH_SECONDS)
+                    rt.output_stuck = True
                     sink_task.cancel()
     finally:
         restore()

@@ -1,0 +1,173 @@
+"""Metrics at scale (root, real kernel): what pairing and histograms cost, memory over a long run, and
+scrape time with many probes.
+
+    python benchmarks/bench_metrics.py [--rate 45000] [--seconds 60] [--probes 100] [--python PYTHON]
+
+1. offline: µs per record of the pipeline on captured kernel text, JSON only vs JSON + pairing +
+   latency histograms (labels = comm); the difference is what pairing and histograms add.
+2. live: the `push` target called at --rate calls/s (2 events a call) for --seconds, entry+return probes
+   with latency; kernel hits vs records vs kernel losses, exporter CPU µs per event, RSS at start and end.
+3. scrape: --probes probes (entry + return each) registered; /metrics fetched 20 times; median and max ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from bench_live import cpu_seconds, wait_quiet  # noqa: E402
+from bench_offline import load  # noqa: E402
+
+from tests.prom import free_port  # noqa: E402
+from uprobe_exporter.config import ProbeConfig  # noqa: E402
+from uprobe_exporter.pairing import Pairing  # noqa: E402
+from uprobe_exporter.pipeline import Pipeline  # noqa: E402
+from uprobe_exporter.reader import LineSplitter  # noqa: E402
+from uprobe_exporter.render import EventInfo, Renderer  # noqa: E402
+
+
+def offline(repeat: int = 300) -> None:
+    parser, infos, _, text = load()
+    stream = text * repeat
+    chunks = [stream[i:i + 8192] for i in range(0, len(stream), 8192)]
+    results = {}
+    for label, latency in (("JSON only", False), ("JSON + pairing + histograms", True)):
+        probes = [ProbeConfig(name=n, binary="/x", function=n, return_probe=latency, latency=latency,
+                              labels=("comm",) if latency else ()) for n in ("work", "recurse", "types")]
+        these = {k: EventInfo(v.probe, v.type, v.full_name, latency, probes[0].labels) for k, v in infos.items()}
+        pipeline = Pipeline(parser, these, probes, Renderer(0), Pairing())
+        splitter = LineSplitter()
+        records = 0
+        t0 = time.process_time()
+        for chunk in chunks:
+            pipeline.process(splitter.feed(chunk))
+        seconds = time.process_time() - t0
+        records = sum(pipeline.statistics().events.values())
+        results[label] = seconds / records * 1e6
+        print(f"offline {label:30} {results[label]:6.2f} µs/record ({records} records)")
+    extra = results["JSON + pairing + histograms"] - results["JSON only"]
+    print(f"offline pairing + histograms add {extra:.2f} µs/record")
+
+
+def rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def scrape(port: int) -> tuple[str, float]:
+    t0 = time.perf_counter()
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as r:
+        text = r.read().decode()
+    return text, (time.perf_counter() - t0) * 1000
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                total += s.value
+    return total
+
+
+def start_exporter(python: str, config: Path, port: int) -> subprocess.Popen[str]:
+    proc = subprocess.Popen([python, "-m", "uprobe_exporter", "run", "--config", str(config)], cwd=ROOT,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if "; reading" in line:
+            return proc
+    raise SystemExit(f"exporter did not start: exit {proc.wait()}")
+
+
+def config_text(group: str, out: Path, port: int, probes: str) -> str:
+    return (f'[exporter]\ngroup = "{group}"\ninstance = "{group}"\nbuffer_size_kb = 4096\n'
+            f'[output.jsonl]\npath = "{out}"\n[metrics]\nlisten = "127.0.0.1:{port}"\n{probes}')
+
+
+def live(python: str, binary: Path, rate: int, seconds: float, tmp: Path) -> None:
+    port = free_port()
+    out = tmp / "live.jsonl"
+    probe = (f'[[probes]]\nname = "work"\nbinary = "{binary}"\nfunction = "work_push"\nargs = {{ x = "%di:s64" }}\n'
+             'return = true\nreturn_args = { ret = "$retval:s64" }\nlatency = true\nlabels = ["comm"]\n')
+    config = tmp / "live.toml"
+    config.write_text(config_text("bench_metrics_live", out, port, probe))
+    exporter = start_exporter(python, config, port)
+    try:
+        target = subprocess.Popen([binary, "push", str(seconds), str(rate)], stdout=subprocess.PIPE, text=True)
+        time.sleep(min(5.0, seconds / 4))
+        rss_start, cpu0, t0 = rss_kb(exporter.pid), cpu_seconds(exporter.pid), time.monotonic()
+        samples = []
+        while target.poll() is None:
+            time.sleep(min(10.0, seconds / 10))
+            samples.append(rss_kb(exporter.pid))
+        cpu_window = cpu_seconds(exporter.pid) - cpu0
+        window = time.monotonic() - t0
+        calls = int((target.stdout.read() if target.stdout else "0").split()[0])
+        wait_quiet(out)
+        text, _ = scrape(port)
+    finally:
+        exporter.terminate()
+        exporter.wait()
+    hits = metric(text, "uprobe_probe_hits_total", probe="work")
+    events = metric(text, "uprobe_events_total", probe="work")
+    lost = metric(text, "uprobe_exporter_kernel_lost_events_total")
+    count = metric(text, "uprobe_call_duration_seconds_count", probe="work")
+    rate_seen = events / seconds
+    print(f"live: {calls} calls in {seconds:.0f} s = {2 * calls / seconds:.0f} events/s offered")
+    print(f"live: kernel hits {hits:.0f}, records {events:.0f}, lost in kernel {lost:.0f} "
+          f"({'adds up' if hits == events + lost else 'DOES NOT add up'}), calls timed {count:.0f}")
+    print(f"live: exporter CPU {cpu_window / window * 100:.0f}% of a core = {cpu_window / (rate_seen * window) * 1e6:.2f} "
+          "µs per event")
+    print(f"live: RSS start {rss_start} kB, end {samples[-1]} kB, min {min(samples)} kB, max {max(samples)} kB")
+
+
+def scrape_many(python: str, binary: Path, n: int, tmp: Path) -> None:
+    port = free_port()
+    probes = "".join(
+        f'[[probes]]\nname = "p{i}"\nbinary = "{binary}"\nfunction = "work_push"\nreturn = true\n'
+        'latency = true\n' for i in range(n))
+    config = tmp / "many.toml"
+    config.write_text(config_text("bench_metrics_many", tmp / "many.jsonl", port, probes))
+    exporter = start_exporter(python, config, port)
+    try:
+        subprocess.run([binary, "push", "1", "2000"], check=True, capture_output=True)
+        times = [scrape(port)[1] for _ in range(20)]
+    finally:
+        exporter.terminate()
+        exporter.wait()
+    print(f"scrape with {n} probes ({2 * n} events): median {statistics.median(times):.1f} ms, max {max(times):.1f} ms")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rate", type=int, default=45000, help="calls per second (2 events a call)")
+    ap.add_argument("--seconds", type=float, default=60)
+    ap.add_argument("--probes", type=int, default=100)
+    ap.add_argument("--python", default=sys.executable, help="the interpreter that runs the exporter")
+    args = ap.parse_args()
+    offline()
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        binary = tmp / "loop"
+        subprocess.run(["gcc", "-O2", "-o", str(binary), str(ROOT / "benchmarks" / "targets" / "loop.c")], check=True)
+        scrape_many(args.python, binary, args.probes, tmp)
+        live(args.python, binary, args.rate, args.seconds, tmp)
+
+
+if __name__ == "__main__":
+    main()
