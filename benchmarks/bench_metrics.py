@@ -131,8 +131,8 @@ def live(python: str, binary: Path, rate: int, seconds: float, tmp: Path) -> Non
     print(f"live: {calls} calls in {seconds:.0f} s = {2 * calls / seconds:.0f} events/s offered")
     print(f"live: kernel hits {hits:.0f}, records {events:.0f}, lost in kernel {lost:.0f} "
           f"({'adds up' if hits == events + lost else 'DOES NOT add up'}), calls timed {count:.0f}")
-    print(f"live: exporter CPU {cpu_window / window * 100:.0f}% of a core = {cpu_window / (rate_seen * window) * 1e6:.2f} "
-          "µs per event")
+    per_event = cpu_window / (rate_seen * window) * 1e6
+    print(f"live: exporter CPU {cpu_window / window * 100:.0f}% of a core = {per_event:.2f} µs per event")
     print(f"live: RSS start {rss_start} kB, end {samples[-1]} kB, min {min(samples)} kB, max {max(samples)} kB")
 
 
@@ -145,7 +145,8 @@ def scrape_many(python: str, binary: Path, n: int, tmp: Path) -> None:
     config.write_text(config_text("bench_metrics_many", tmp / "many.jsonl", port, probes))
     exporter = start_exporter(python, config, port)
     try:
-        subprocess.run([binary, "push", "1", "2000"], check=True, capture_output=True)
+        subprocess.run([binary, "push", "0.5", "200"], check=True, capture_output=True)  # data in every series
+        wait_quiet(tmp / "many.jsonl")
         times = [scrape(port)[1] for _ in range(20)]
     finally:
         exporter.terminate()

@@ -5,8 +5,10 @@ from __future__ import annotations
 import bisect
 import json
 import socket
+import ssl
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -197,3 +199,32 @@ def test_missing_tls_file_fails_before_registering(build: Callable[..., Path], t
     assert done.returncode == 1
     assert done.stderr.startswith("uprobe-exporter: error: metrics.tls_cert_file: cannot read")
     assert [e for e in tracefs.read_uprobe_events() if e.group == group] == []
+
+
+def test_tls_with_client_certificates(build: Callable[..., Path], group: str, tmp_path: Path) -> None:
+    """HTTPS through prometheus-client's own TLS support; a client without a certificate is refused."""
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=tmp_path)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+            "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", "server.key", "-out", "server.pem")
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=scraper",
+            "-keyout", "client.key", "-out", "client.pem")
+    port = free_port()
+    probe = {"name": "w", "binary": str(build("calls")), "function": "work"}
+    config = tmp_path / "config.toml"
+    config.write_text(toml_dumps(build_config(group, [probe], tmp_path / "o.jsonl", metrics={
+        "listen": f"127.0.0.1:{port}", "tls_cert_file": str(tmp_path / "server.pem"),
+        "tls_key_file": str(tmp_path / "server.key"), "tls_client_ca_file": str(tmp_path / "client.pem")})))
+    with ExporterProcess(config) as exporter:
+        exporter.wait_ready()
+        context = ssl.create_default_context(cafile=str(tmp_path / "server.pem"))
+        context.load_cert_chain(str(tmp_path / "client.pem"), str(tmp_path / "client.key"))
+        with urllib.request.urlopen(f"https://127.0.0.1:{port}/metrics", context=context, timeout=10) as r:
+            assert b"uprobe_exporter_build_info" in r.read()
+        anonymous = ssl.create_default_context(cafile=str(tmp_path / "server.pem"))
+        with pytest.raises((ssl.SSLError, urllib.error.URLError, ConnectionResetError)):
+            with urllib.request.urlopen(f"https://127.0.0.1:{port}/metrics", context=anonymous, timeout=10) as r:
+                r.read()
+        rc, _ = exporter.stop()
+    assert rc == 0, exporter.stderr

@@ -2,7 +2,7 @@
 
     UprobeExporterError                 every failure we expect and explain (exit 1 unless noted)
     ├── ConfigError                     bad configuration or usage: a list of located problems (exit 2)
-    ├── ResolveError                    a binary, library or symbol cannot be turned into a file offset
+    ├── ResolveError                    a binary, library or symbol cannot be turned into a file offset (exit 2)
     ├── TracefsError                    tracefs missing, not mounted, not writable, an I/O failure
     │   └── KernelRefusedError          the kernel refused a command; carries the command and error_log
     │       └── ProbeRefusedError       ... a probe or filter from the configuration (a config problem, exit 2)
@@ -41,7 +41,9 @@ class ConfigError(UprobeExporterError):
 
 
 class ResolveError(UprobeExporterError):
-    """A binary, library or symbol could not be resolved to a probeable file offset."""
+    """A binary, library or symbol could not be resolved to a probeable file offset (bad input: exit 2)."""
+
+    exit_code = 2
 
     def __init__(self, message: str, *, binary: str = "", symbol: str = "") -> None:
         self.binary = binary

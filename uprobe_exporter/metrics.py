@@ -49,7 +49,7 @@ class Sources:
     scrape_errors: Counter[str] = field(default_factory=Counter)
 
     def update(self, tracefs: Tracefs, instance: Instance, events: list[ProbeEvent], pipeline: Pipeline,
-               sink: JsonlSink | None, reader: TracePipeReader) -> None:
+               sink: JsonlSink | None, reader: TracePipeReader | None) -> None:
         self.tracefs, self.instance, self.events = tracefs, instance, events
         self.sink, self.reader = sink, reader
         self.pipeline = pipeline  # last: the collector starts reading once this is set

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 RETURN_ADDRESS_SIZE = 8  # x86-64: `ret` pops the return address
+_new_frame = tuple.__new__  # skips the NamedTuple's Python-level __new__
 UNWOUND, THREAD_EXIT, CAPACITY = "unwound", "thread_exit", "capacity"
 
 
@@ -34,8 +35,9 @@ class PairingStats:
     evicted_by_probe: dict[tuple[str, str], int]  # (probe, reason)
 
 
-@dataclass(slots=True)
-class Frame:
+class Frame(NamedTuple):
+    """A pending entry (a NamedTuple: one is built per call, and tuples are the cheapest to build)."""
+
     sp: int
     ts_ns: int
     extra: Any  # what the caller wants back at the return (e.g. label values of the entry)
@@ -47,7 +49,7 @@ class Pairing:
     def __init__(self, max_pending: int = 65536, max_depth: int = 4096) -> None:
         self.max_pending = max_pending
         self.max_depth = max_depth
-        self.stacks: OrderedDict[tuple[str, int], list[Frame]] = OrderedDict()
+        self.stacks: OrderedDict[tuple[str, int], list[Frame]] = OrderedDict()  # least recently active first
         self.pending = 0
         self.paired: Counter[str] = Counter()
         self.returns_without_entry: Counter[str] = Counter()
@@ -60,16 +62,16 @@ class Pairing:
             stack = self.stacks[key] = []
         else:
             self.stacks.move_to_end(key)
-            if sp:
-                while stack and stack[-1].sp <= sp:  # that frame's stack space is being reused
-                    stack.pop()
-                    self.pending -= 1
-                    self.evicted[probe, UNWOUND] += 1
+        if sp:
+            while stack and stack[-1][0] <= sp:  # that frame's stack space is being reused
+                stack.pop()
+                self.pending -= 1
+                self.evicted[probe, UNWOUND] += 1
         if len(stack) >= self.max_depth:
             del stack[0]
             self.pending -= 1
             self.evicted[probe, CAPACITY] += 1
-        stack.append(Frame(sp, ts_ns, extra))
+        stack.append(_new_frame(Frame, (sp, ts_ns, extra)))
         self.pending += 1
         if self.pending > self.max_pending:
             self._evict_oldest()
@@ -83,11 +85,11 @@ class Pairing:
             return None
         if sp:
             target = sp - RETURN_ADDRESS_SIZE
-            while stack and stack[-1].sp < target:
+            while stack and stack[-1][0] < target:
                 stack.pop()
                 self.pending -= 1
                 self.evicted[probe, UNWOUND] += 1
-            if not stack or stack[-1].sp != target:
+            if not stack or stack[-1][0] != target:
                 self.returns_without_entry[probe] += 1
                 self._drop_if_empty(key, stack)
                 return None

@@ -63,7 +63,10 @@ class Pipeline:
             p.name: ProbeHistograms(p.buckets, p.labels, LabelFolder(label_values_max))
             for p in probes if p.latency
         }
-        self.events: Counter[tuple[str, str]] = Counter()
+        # per event name: (its info, pairs entries with returns, its probe's histograms or None)
+        self.routes = {name: (info, info.probe in self.paired, self.histograms.get(info.probe))
+                       for name, info in infos.items()}
+        self.event_counts: Counter[str] = Counter()
         self.parse_errors: Counter[str] = Counter()
         self.lost_markers = 0
         self.lost_inband = 0
@@ -86,26 +89,30 @@ class Pipeline:
         return b"".join(out) if self.renderer is not None else None
 
     def _record(self, rec: TraceRecord) -> bytes | None:
-        info = self.infos[rec.event]
-        self.events[info.probe, info.type] += 1
+        info, paired, hist = self.routes[rec.event]
+        self.event_counts[rec.event] += 1
         duration = None
-        if info.probe in self.paired:
-            hist = self.histograms.get(info.probe)
+        if paired:
             if not rec.is_return:
-                extra = _label_values(rec, info.labels, None) if hist is not None else None
+                extra = _label_values(rec, info.labels, None) if hist is not None and info.labels else ()
                 self.pairing.enter(info.probe, rec.tid, rec.sp, rec.ts_ns, extra)
             else:
                 frame = self.pairing.leave(info.probe, rec.tid, rec.sp)
                 if frame is not None:
-                    duration = rec.ts_ns - frame.ts_ns
+                    duration = rec.ts_ns - frame[1]
                     if hist is not None:
-                        hist.observe(_label_values(rec, info.labels, frame.extra), duration)
+                        values = _label_values(rec, info.labels, frame[2]) if info.labels else ()
+                        hist.observe(values, duration)
         if self.renderer is None:
             return None
         return self.renderer.render(rec, info, duration, rec.tgid or self.tgid_of(rec.tid))
 
     def statistics(self) -> PipelineStats:
-        return PipelineStats(dict(self.events), dict(self.parse_errors), self.lost_markers, self.lost_inband)
+        events: Counter[tuple[str, str]] = Counter()
+        for name, n in list(self.event_counts.items()):
+            info = self.infos[name]
+            events[info.probe, info.type] += n
+        return PipelineStats(dict(events), dict(self.parse_errors), self.lost_markers, self.lost_inband)
 
 
 def _label_values(rec: TraceRecord, labels: tuple[str, ...], entry: tuple[str, ...] | None) -> tuple[str, ...]:

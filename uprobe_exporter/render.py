@@ -41,11 +41,12 @@ class Renderer:
 
     def iso_time(self, wall_ns: int) -> str:
         """``2026-11-25T18:11:05.123456Z``, the seconds part cached (records come in bursts)."""
-        sec, ns = divmod(wall_ns, 1_000_000_000)
+        us = wall_ns // 1000
+        sec = us // 1_000_000
         if sec != self._sec:
             self._sec = sec
-            self._sec_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
-        return f"{self._sec_text}.{ns // 1000:06d}Z"
+            self._sec_text = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(sec))
+        return "%s%06dZ" % (self._sec_text, us - sec * 1_000_000)  # noqa: UP031 (faster than an f-string here)
 
     def to_dict(self, rec: TraceRecord, info: EventInfo, duration_ns: int | None, pid: int) -> dict[str, Any]:
         wall_ns = rec.ts_ns + self.wall_offset_ns
@@ -61,10 +62,10 @@ class Renderer:
             "cpu": rec.cpu,
         }
         if rec.is_return:
-            out["func"] = f"{rec.ip:#x}"
-            out["ret_ip"] = f"{rec.ret_ip:#x}"
+            out["func"] = hex(rec.ip)
+            out["ret_ip"] = hex(rec.ret_ip)
         else:
-            out["ip"] = f"{rec.ip:#x}"
+            out["ip"] = hex(rec.ip)
         out["args"] = rec.args
         if duration_ns is not None:
             out["duration_ns"] = duration_ns
