@@ -223,8 +223,8 @@ def test_tls_with_client_certificates(build: Callable[..., Path], group: str, tm
         with urllib.request.urlopen(f"https://127.0.0.1:{port}/metrics", context=context, timeout=10) as r:
             assert b"uprobe_exporter_build_info" in r.read()
         anonymous = ssl.create_default_context(cafile=str(tmp_path / "server.pem"))
-        with pytest.raises((ssl.SSLError, urllib.error.URLError, ConnectionResetError)):
-            with urllib.request.urlopen(f"https://127.0.0.1:{port}/metrics", context=anonymous, timeout=10) as r:
-                r.read()
+        with pytest.raises((ssl.SSLError, urllib.error.URLError, ConnectionResetError)), \
+                urllib.request.urlopen(f"https://127.0.0.1:{port}/metrics", context=anonymous, timeout=10) as r:
+            r.read()
         rc, _ = exporter.stop()
     assert rc == 0, exporter.stderr

@@ -15,8 +15,8 @@ from uprobe_exporter.pairing import Pairing
 from uprobe_exporter.pipeline import Pipeline, event_infos
 from uprobe_exporter.probes import ProbeEvent
 from uprobe_exporter.render import Renderer
-from uprobe_exporter.traceline import TextParser
 from uprobe_exporter.tracefs import Tracefs
+from uprobe_exporter.traceline import TextParser
 
 FIXTURES = Path(__file__).parent / "fixtures" / "kernel"
 GROUP = "g"
@@ -52,7 +52,7 @@ def collect(tracefs: Tracefs) -> tuple[str, dict[tuple[str, tuple[tuple[str, str
 
 def profile_hits(event: str) -> int:
     for line in (FIXTURES / "uprobe_profile").read_text().splitlines():
-        path, name, hits = line.split()
+        _, name, hits = line.split()
         if name == event:
             return int(hits)
     raise AssertionError(event)
