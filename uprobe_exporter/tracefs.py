@@ -76,7 +76,7 @@ def find_tracefs(setting: str, mountinfo: str | None = None) -> Path:
             continue
         if not os.access(mount.mount_point, os.R_OK | os.X_OK):
             raise TracefsError(f"tracefs at {mount.mount_point} is not accessible: uprobe-exporter needs root "
-                               "(or CAP_SYS_ADMIN) to register uprobes", path=mount.mount_point)
+                               "to register uprobes (tracefs is owned by root, mode 0700)", path=mount.mount_point)
         if Path(mount.mount_point, "uprobe_events").exists():
             return Path(mount.mount_point)
     if os.geteuid() != 0:
@@ -102,7 +102,7 @@ class Tracefs:
         path = self.root / "uprobe_events"
         if not os.access(path, os.W_OK):
             raise TracefsError(
-                f"{path} is not writable: uprobe_exporter needs root (CAP_SYS_ADMIN) to register uprobes",
+                f"{path} is not writable: uprobe-exporter needs root to register uprobes",
                 path=str(path))
 
     def write_uprobe_events(self, command: str) -> None:
