@@ -27,10 +27,11 @@ from uprobe_exporter.config import MetricsConfig
 from uprobe_exporter.errors import UprobeExporterError
 from uprobe_exporter.histogram import ProbeHistograms
 from uprobe_exporter.jsonl import JsonlSink
-from uprobe_exporter.pairing import Pairing
+from uprobe_exporter.pairing import EVICTION_REASONS, Pairing
 from uprobe_exporter.pipeline import Pipeline
 from uprobe_exporter.probes import ProbeEvent
 from uprobe_exporter.reader import TracePipeReader
+from uprobe_exporter.traceline import PARSE_ERROR_REASONS
 from uprobe_exporter.tracefs import Instance, Tracefs
 
 LOST_REASONS = (("overrun", "overrun"), ("commit overrun", "commit_overrun"), ("dropped events", "dropped"))
@@ -128,21 +129,22 @@ class UprobeCollector(Collector):
         stats = pipeline.statistics()
         events = CounterMetricFamily("uprobe_events_total", "Records the exporter parsed from the kernel.",
                                      labels=["probe", "type"])
-        for (probe, kind), n in sorted(stats.events.items()):
-            events.add_metric([probe, kind], n)
+        kinds = {(e.probe, "return" if e.is_return else "entry") for e in self.sources.events}
+        for probe, kind in sorted(kinds | set(stats.events)):
+            events.add_metric([probe, kind], stats.events.get((probe, kind), 0))
         yield events
         errors = CounterMetricFamily("uprobe_exporter_parse_errors_total",
                                      "Trace lines that could not be parsed, by reason (logged at debug level).",
                                      labels=["reason"])
-        for reason, n in sorted(stats.parse_errors.items()):
-            errors.add_metric([reason], n)
+        for reason in sorted({*PARSE_ERROR_REASONS, *stats.parse_errors}):  # zeros too: rate() needs a start
+            errors.add_metric([reason], stats.parse_errors.get(reason, 0))
         yield errors
         markers = CounterMetricFamily("uprobe_exporter_lost_markers_total",
                                       "'CPU:N [LOST EVENTS]' markers seen in the trace stream (their counts are "
                                       "already in uprobe_exporter_kernel_lost_events_total).")
         markers.add_metric([], stats.lost_markers)
         yield markers
-        yield from self._pairing(pipeline.pairing)
+        yield from self._pairing(pipeline.pairing, sorted({e.probe for e in self.sources.events if e.is_return}))
         if pipeline.histograms:
             yield _histogram_family(pipeline.histograms)
         folded = CounterMetricFamily("uprobe_exporter_label_values_folded_total",
@@ -167,26 +169,26 @@ class UprobeCollector(Collector):
             yield b
 
     @staticmethod
-    def _pairing(pairing: Pairing) -> Iterator[Metric]:
+    def _pairing(pairing: Pairing, paired: list[str]) -> Iterator[Metric]:
+        """Every paired probe has every series from the start, at 0: an absent series is not a zero."""
         st = pairing.statistics()
         pending = GaugeMetricFamily("uprobe_exporter_pending_calls",
                                     "Entries waiting for their return (bounded by exporter.max_pending_calls).",
                                     labels=["probe"])
-        for probe, n in sorted(st.pending_by_probe.items()):
-            pending.add_metric([probe], n)
-        yield pending
         without = CounterMetricFamily("uprobe_exporter_returns_without_entry_total",
                                       "Returns whose entry was not seen (called before the exporter started, "
                                       "or the entry was lost).", labels=["probe"])
-        for probe, n in sorted(st.returns_without_entry_by_probe.items()):
-            without.add_metric([probe], n)
-        yield without
         evicted = CounterMetricFamily("uprobe_exporter_calls_evicted_total",
                                       "Entries that will never see their return: stack unwound past them "
                                       "(longjmp, exceptions), thread exited, or the pending table was full.",
                                       labels=["probe", "reason"])
-        for (probe, reason), n in sorted(st.evicted_by_probe.items()):
-            evicted.add_metric([probe, reason], n)
+        for probe in paired:
+            pending.add_metric([probe], st.pending_by_probe.get(probe, 0))
+            without.add_metric([probe], st.returns_without_entry_by_probe.get(probe, 0))
+            for reason in EVICTION_REASONS:
+                evicted.add_metric([probe, reason], st.evicted_by_probe.get((probe, reason), 0))
+        yield pending
+        yield without
         yield evicted
 
     def _scrape_errors(self) -> Iterator[Metric]:

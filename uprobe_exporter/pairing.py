@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 RETURN_ADDRESS_SIZE = 8  # x86-64: `ret` pops the return address
 _new_frame = tuple.__new__  # skips the NamedTuple's Python-level __new__
 UNWOUND, THREAD_EXIT, CAPACITY = "unwound", "thread_exit", "capacity"
+EVICTION_REASONS = (UNWOUND, THREAD_EXIT, CAPACITY)
 
 
 @dataclass(frozen=True, slots=True)

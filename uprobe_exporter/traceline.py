@@ -28,6 +28,7 @@ LINE_RE = re.compile(PREFIX + r"(\w+): (.*)\Z", re.S)  # any event: 7 event, 8 p
 LOST_RE = re.compile(r"CPU:(\d+) \[LOST (?:(\d+) )?EVENTS\]\Z")
 HIDDEN_COMM = "__comm"  # added by the exporter: comm=$comm, the thread's name when it hit the probe
 HIDDEN_SP = "__sp"  # added by the exporter: %sp, to pair an entry with its return exactly
+PARSE_ERROR_REASONS = ("line_format", "unknown_event", "payload", "value")  # TraceParseError.reason values
 MAX_JOINED_LINES = 8  # a string argument holding newlines spans lines; rejoin at most this many
 COMM_LEN = 15  # TASK_COMM_LEN - 1
 
