@@ -31,8 +31,8 @@ from uprobe_exporter.pairing import EVICTION_REASONS, Pairing
 from uprobe_exporter.pipeline import Pipeline
 from uprobe_exporter.probes import ProbeEvent
 from uprobe_exporter.reader import TracePipeReader
-from uprobe_exporter.traceline import PARSE_ERROR_REASONS
 from uprobe_exporter.tracefs import Instance, Tracefs
+from uprobe_exporter.traceline import PARSE_ERROR_REASONS
 
 LOST_REASONS = (("overrun", "overrun"), ("commit overrun", "commit_overrun"), ("dropped events", "dropped"))
 
