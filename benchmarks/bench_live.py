@@ -1,6 +1,6 @@
 """Live benchmark on the real kernel (root): the exporter against `cat trace_pipe > file`.
 
-    python benchmarks/bench_live.py [--seconds 5] [--targets step,push] [--reader-args ...]
+    python benchmarks/bench_live.py [--seconds 5] [--targets step,push] [--python PYTHON]
 
 For each target (a function starting with an instruction the kernel single-steps, and one starting
 with `push`, which it emulates), entry + return probes, three runs of the same length:
@@ -126,7 +126,7 @@ def run_cat(tracefs: Tracefs, binary: Path, mode: str, seconds: float, tmp: Path
     return Run("cat", calls, elapsed, hits, count_records(out), lost, cpu)
 
 
-def run_exporter(binary: Path, mode: str, seconds: float, tmp: Path, reader_args: list[str]) -> Run:
+def run_exporter(binary: Path, mode: str, seconds: float, tmp: Path, python: str) -> Run:
     group = f"bench_exp_{mode}_{os.getpid()}"
     out = tmp / "exporter.jsonl"
     config = tmp / "config.toml"
@@ -135,8 +135,8 @@ def run_exporter(binary: Path, mode: str, seconds: float, tmp: Path, reader_args
         f'[output.jsonl]\npath = "{out}"\n[metrics]\nenabled = false\n'
         f'[[probes]]\nname = "work"\nbinary = "{binary}"\nfunction = "work_{mode}"\n'
         f'args = {{ x = "%di:s64" }}\nreturn = true\nreturn_args = {{ ret = "$retval:s64" }}\n')
-    exporter = subprocess.Popen([sys.executable, "-m", "uprobe_exporter", "run", "--config", str(config),
-                                 *reader_args], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    exporter = subprocess.Popen([python, "-m", "uprobe_exporter", "run", "--config", str(config)], cwd=ROOT,
+                                stderr=subprocess.PIPE, text=True)
     assert exporter.stderr is not None
     for line in exporter.stderr:
         if "; reading" in line:
@@ -180,7 +180,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--targets", default="step,push")
-    ap.add_argument("--reader-args", nargs="*", default=[], help="extra arguments for `uprobe-exporter run`")
+    ap.add_argument("--python", default=sys.executable, help="the interpreter that runs the exporter")
     args = ap.parse_args()
     tracefs = Tracefs(find_tracefs("auto"))
     with tempfile.TemporaryDirectory() as d:
@@ -191,7 +191,7 @@ def main() -> None:
         for mode in args.targets.split(","):
             runs = {
                 "none": run_none(tracefs, binary, mode, args.seconds),
-                "exporter": run_exporter(binary, mode, args.seconds, tmp, args.reader_args),
+                "exporter": run_exporter(binary, mode, args.seconds, tmp, args.python),
                 "cat": run_cat(tracefs, binary, mode, args.seconds, tmp),
             }
             report(mode, runs)

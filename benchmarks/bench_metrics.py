@@ -4,7 +4,8 @@ scrape time with many probes.
     python benchmarks/bench_metrics.py [--rate 45000] [--seconds 60] [--probes 100] [--python PYTHON]
 
 1. offline: µs per record of the pipeline on captured kernel text, JSON only vs JSON + pairing +
-   latency histograms (labels = comm); the difference is what pairing and histograms add.
+   latency histograms (labels = comm); the difference is what pairing and histograms add, also as
+   exact instruction counts (valgrind), because timings on a shared VM vary by 2x from run to run.
 2. live: the `push` target called at --rate calls/s (2 events a call) for --seconds, entry+return probes
    with latency; kernel hits vs records vs kernel losses, exporter CPU µs per event, RSS at start and end.
 3. scrape: --probes probes (entry + return each) registered; /metrics fetched 20 times; median and max ms.
@@ -13,6 +14,7 @@ scrape time with many probes.
 from __future__ import annotations
 
 import argparse
+import re
 import statistics
 import subprocess
 import sys
@@ -34,29 +36,60 @@ from uprobe_exporter.pairing import Pairing  # noqa: E402
 from uprobe_exporter.pipeline import Pipeline  # noqa: E402
 from uprobe_exporter.reader import LineSplitter  # noqa: E402
 from uprobe_exporter.render import EventInfo, Renderer  # noqa: E402
+from uprobe_exporter.traceline import TextParser  # noqa: E402
 
 
-def offline(repeat: int = 300) -> None:
+def _pipeline(latency: bool) -> tuple[Pipeline, TextParser, bytes]:
     parser, infos, _, text = load()
+    paired = ("work", "recurse")  # the captured probes that have return events ("types" has none)
+    probes = [ProbeConfig(name=n, binary="/x", function=n, return_probe=latency and n in paired,
+                          latency=latency and n in paired, labels=("comm",) if latency else ())
+              for n in ("work", "recurse", "types")]
+    these = {k: EventInfo(v.probe, v.type, v.full_name, latency, probes[0].labels) for k, v in infos.items()}
+    return Pipeline(parser, these, probes, Renderer(0), Pairing()), parser, text
+
+
+def run_pipeline(latency: bool, repeat: int) -> tuple[float, int]:
+    """CPU seconds and records for the captured trace, repeated, through one pipeline."""
+    pipeline, _, text = _pipeline(latency)
     stream = text * repeat
     chunks = [stream[i:i + 8192] for i in range(0, len(stream), 8192)]
-    results = {}
-    for label, latency in (("JSON only", False), ("JSON + pairing + histograms", True)):
-        probes = [ProbeConfig(name=n, binary="/x", function=n, return_probe=latency, latency=latency,
-                              labels=("comm",) if latency else ()) for n in ("work", "recurse", "types")]
-        these = {k: EventInfo(v.probe, v.type, v.full_name, latency, probes[0].labels) for k, v in infos.items()}
-        pipeline = Pipeline(parser, these, probes, Renderer(0), Pairing())
-        splitter = LineSplitter()
-        records = 0
-        t0 = time.process_time()
-        for chunk in chunks:
-            pipeline.process(splitter.feed(chunk))
-        seconds = time.process_time() - t0
-        records = sum(pipeline.statistics().events.values())
-        results[label] = seconds / records * 1e6
-        print(f"offline {label:30} {results[label]:6.2f} µs/record ({records} records)")
-    extra = results["JSON + pairing + histograms"] - results["JSON only"]
-    print(f"offline pairing + histograms add {extra:.2f} µs/record")
+    splitter = LineSplitter()
+    t0 = time.process_time()
+    for chunk in chunks:
+        pipeline.process(splitter.feed(chunk))
+    return time.process_time() - t0, sum(pipeline.statistics().events.values())
+
+
+def instructions(latency: bool, repeat: int) -> int:
+    """Instructions executed (valgrind --tool=callgrind): exact and repeatable on a noisy machine."""
+    done = subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable,
+                           __file__, "--pipeline-once", str(int(latency)), str(repeat)],
+                          capture_output=True, text=True, check=True)
+    m = re.search(r"Collected : (\d+)", done.stderr)
+    assert m, done.stderr
+    return int(m[1])
+
+
+def offline(repeat: int = 200, runs: int = 7) -> None:
+    """JSON only vs JSON + pairing + histograms: best of ``runs`` interleaved timings, and exact
+    instruction counts per record (the difference of two runs of different lengths)."""
+    best: dict[bool, float] = {}
+    for _ in range(runs):
+        for latency in (False, True):
+            seconds, records = run_pipeline(latency, repeat)
+            best[latency] = min(best.get(latency, 1e9), seconds / records * 1e6)
+    per_record = {}
+    for latency in (False, True):
+        _, records = run_pipeline(latency, 40)
+        per_record[latency] = (instructions(latency, 40) - instructions(latency, 0)) / records
+    for latency, label in ((False, "JSON only"), (True, "JSON + pairing + histograms")):
+        print(f"offline {label:28} {best[latency]:6.2f} µs/record (best of {runs}), "
+              f"{per_record[latency]:8.0f} instructions/record")
+    extra = per_record[True] - per_record[False]
+    rate = per_record[False] / best[False]  # instructions per µs at this machine's best
+    print(f"offline pairing + histograms add {extra:.0f} instructions/record ≈ {extra / rate:.2f} µs "
+          f"(at {rate / 1000:.1f} instructions/ns, this machine's best); timed: {best[True] - best[False]:.2f} µs")
 
 
 def rss_kb(pid: int) -> int:
@@ -155,6 +188,9 @@ def scrape_many(python: str, binary: Path, n: int, tmp: Path) -> None:
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["--pipeline-once"]:  # the workload valgrind counts
+        run_pipeline(sys.argv[2] == "1", int(sys.argv[3]))
+        return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rate", type=int, default=45000, help="calls per second (2 events a call)")
     ap.add_argument("--seconds", type=float, default=60)

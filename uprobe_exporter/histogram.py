@@ -63,4 +63,5 @@ class ProbeHistograms:
             if h is None:
                 h = self.series[values] = Histogram([round(b * 1e9) for b in self.buckets],
                                                     [0] * (len(self.buckets) + 1))
-        h.observe(duration_ns)
+        h.counts[bisect_left(h.bounds_ns, duration_ns)] += 1  # Histogram.observe, inlined: once per call
+        h.sum_ns += duration_ns

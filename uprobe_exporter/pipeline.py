@@ -21,6 +21,7 @@ from uprobe_exporter.render import EventInfo, Renderer
 from uprobe_exporter.traceline import TextParser
 
 log = logging.getLogger(__name__)
+COMM_ONLY = ("comm",)  # the most common label set, taken without a call
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,10 +64,13 @@ class Pipeline:
             p.name: ProbeHistograms(p.buckets, p.labels, LabelFolder(label_values_max))
             for p in probes if p.latency
         }
-        # per event name: (its info, pairs entries with returns, its probe's histograms or None)
-        self.routes = {name: (info, info.probe in self.paired, self.histograms.get(info.probe))
+        return_args = {p.name: {n for n, _ in p.return_args} for p in probes}
+        # per event name: (its info, pairs entries with returns, its probe's histograms or None, whether
+        # a label comes from the return's own arguments)
+        self.routes = {name: (info, info.probe in self.paired, self.histograms.get(info.probe),
+                              any(label in return_args.get(info.probe, ()) for label in info.labels))
                        for name, info in infos.items()}
-        self.event_counts: Counter[str] = Counter()
+        self.event_counts: dict[str, int] = dict.fromkeys(infos, 0)  # not a Counter: += is 3x cheaper
         self.parse_errors: Counter[str] = Counter()
         self.lost_markers = 0
         self.lost_inband = 0
@@ -89,19 +93,21 @@ class Pipeline:
         return b"".join(out) if self.renderer is not None else None
 
     def _record(self, rec: TraceRecord) -> bytes | None:
-        info, paired, hist = self.routes[rec.event]
+        info, paired, hist, labels_at_return = self.routes[rec.event]
         self.event_counts[rec.event] += 1
         duration = None
         if paired:
             if not rec.is_return:
-                extra = _label_values(rec, info.labels, None) if hist is not None and info.labels else ()
+                # label values are taken at the entry (comm, the entry's args) and travel with the frame
+                extra = () if hist is None or not info.labels else (
+                    (rec.comm,) if info.labels == COMM_ONLY else _label_values(rec, info.labels, None))
                 self.pairing.enter(info.probe, rec.tid, rec.sp, rec.ts_ns, extra)
             else:
                 frame = self.pairing.leave(info.probe, rec.tid, rec.sp)
                 if frame is not None:
                     duration = rec.ts_ns - frame[1]
                     if hist is not None:
-                        values = _label_values(rec, info.labels, frame[2]) if info.labels else ()
+                        values = _label_values(rec, info.labels, frame[2]) if labels_at_return else frame[2]
                         hist.observe(values, duration)
         if self.renderer is None:
             return None
@@ -119,10 +125,10 @@ def _label_values(rec: TraceRecord, labels: tuple[str, ...], entry: tuple[str, .
     """Label values from the record (comm, its args); at a return, the entry's values fill the gaps."""
     values = []
     for i, name in enumerate(labels):
-        if name == "comm":
-            values.append(rec.comm)
-        elif name in rec.args:
+        if name in rec.args:
             values.append(str(rec.args[name]))
+        elif entry is not None:
+            values.append(entry[i])
         else:
-            values.append(entry[i] if entry is not None else "")
+            values.append(rec.comm if name == "comm" else "")
     return tuple(values)
