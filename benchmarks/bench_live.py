@@ -111,7 +111,7 @@ def run_none(tracefs: Tracefs, binary: Path, mode: str, seconds: float) -> Run:
 
 def run_cat(tracefs: Tracefs, binary: Path, mode: str, seconds: float, tmp: Path) -> Run:
     group = f"bench_cat_{mode}_{os.getpid()}"
-    out = tmp / "cat.txt"
+    out = tmp / f"cat_{mode}.txt"
     with session(tracefs, group, binary, mode) as s, out.open("wb") as f:
         cat = subprocess.Popen(["cat", str(s.instance.trace_pipe)], stdout=f)
         time.sleep(0.3)
@@ -128,7 +128,8 @@ def run_cat(tracefs: Tracefs, binary: Path, mode: str, seconds: float, tmp: Path
 
 def run_exporter(binary: Path, mode: str, seconds: float, tmp: Path, python: str) -> Run:
     group = f"bench_exp_{mode}_{os.getpid()}"
-    out = tmp / "exporter.jsonl"
+    out = tmp / f"exporter_{mode}.jsonl"
+    out.unlink(missing_ok=True)  # the sink appends
     config = tmp / "config.toml"
     config.write_text(
         f'[exporter]\ngroup = "{group}"\ninstance = "{group}"\nbuffer_size_kb = {BUFFER_KB}\n'
