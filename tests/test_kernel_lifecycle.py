@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import ExporterProcess, build_config, run_cli, toml_dumps
+from tests.helpers import ExporterProcess, build_config, read_jsonl, run_cli, toml_dumps, wait_for_lines
 from tests.prom import free_port
 from uprobe_exporter.elf import load_elf
 from uprobe_exporter.tracefs import Tracefs
@@ -211,3 +211,25 @@ def _metric(text: str, name: str) -> float:
     from prometheus_client.parser import text_string_to_metric_families
 
     return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples if s.name == name)
+
+
+def test_sighup_reopens_the_output_file_for_logrotate(
+    build: Callable[..., Path], tracefs: Tracefs, group: str, tmp_path: Path,
+) -> None:
+    binary = build("calls")
+    out = tmp_path / "records.jsonl"
+    probe = {"binary": str(binary), **WORK}
+    config = tmp_path / "config.toml"
+    config.write_text(toml_dumps(build_config(group, [probe], out)))
+    with ExporterProcess(config) as exporter:
+        exporter.wait_ready()
+        subprocess.run([binary, "1", "3", "0"], capture_output=True, check=True)
+        assert wait_for_lines(out, 6) == 6
+        rotated = out.rename(tmp_path / "records.jsonl.1")  # what logrotate does before its postrotate
+        exporter.proc.send_signal(signal.SIGHUP)
+        subprocess.run([binary, "1", "4", "0"], capture_output=True, check=True)
+        assert wait_for_lines(out, 8) == 8
+        rc, _ = exporter.stop()
+    assert rc == 0, exporter.stderr
+    assert [r["args"]["a"] for r in read_jsonl(rotated) if r["type"] == "entry"] == [-7, -6, -5]
+    assert [r["args"]["a"] for r in read_jsonl(out) if r["type"] == "entry"] == [-7, -6, -5, -4]
