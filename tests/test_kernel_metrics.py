@@ -196,7 +196,7 @@ def test_missing_tls_file_fails_before_registering(build: Callable[..., Path], t
         "listen": f"127.0.0.1:{free_port()}", "tls_cert_file": str(tmp_path / "no.pem"),
         "tls_key_file": str(tmp_path / "no.key")})))
     done = run_cli("run", "--config", str(config))
-    assert done.returncode == 1
+    assert done.returncode == 2
     assert done.stderr.startswith("uprobe-exporter: error: metrics.tls_cert_file: cannot read")
     assert [e for e in tracefs.read_uprobe_events() if e.group == group] == []
 

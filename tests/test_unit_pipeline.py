@@ -54,10 +54,11 @@ def run_in_batches(p: Pipeline, size: int) -> list[dict[str, Any]]:
     for i in range(0, len(text), size):
         chunk = p.process(text[i:i + size])
         assert chunk is not None
-        out += chunk
+        assert chunk[0].count(b"\n") == chunk[1]
+        out += chunk[0]
     last = p.process([], final=True)
     assert last is not None
-    return [json.loads(x) for x in (out + last).splitlines()]
+    return [json.loads(x) for x in (out + last[0]).splitlines()]
 
 
 def test_records_and_durations() -> None:
@@ -128,7 +129,7 @@ def test_errors_and_lost_events_are_counted() -> None:
     text.insert(20, "CPU:0 [LOST EVENTS]")
     out = p.process(text, final=True)
     assert out is not None
-    assert len(out.splitlines()) == len(lines()) - sum(ln.startswith("line two") for ln in lines())
+    assert len(out[0].splitlines()) == out[1] == len(lines()) - sum(ln.startswith("line two") for ln in lines())
     stats = p.statistics()
     assert stats.parse_errors == {"line_format": 1}
     assert stats.lost_inband == 12

@@ -9,25 +9,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from uprobe_exporter.config import Config
 from uprobe_exporter.errors import TracefsError
 from uprobe_exporter.jsonl import JsonlSink
-from uprobe_exporter.kerneltext import parse_saved_tgids
 from uprobe_exporter.metrics import start_metrics_server
 from uprobe_exporter.pairing import Pairing
 from uprobe_exporter.pipeline import Pipeline, event_infos
+from uprobe_exporter.procfs import TgidCache, thread_exists
 from uprobe_exporter.reader import TracePipeReader
 from uprobe_exporter.render import Renderer
 from uprobe_exporter.resolve import plan_events
 from uprobe_exporter.session import ProbeSession
-from uprobe_exporter.tracefs import Instance, Tracefs, find_tracefs, read_text
+from uprobe_exporter.tracefs import Instance, Tracefs, find_tracefs
 from uprobe_exporter.traceline import TextParser
 
 log = logging.getLogger(__name__)
@@ -40,47 +37,6 @@ def wall_offset_ns() -> int:
     return time.clock_gettime_ns(time.CLOCK_REALTIME) - time.clock_gettime_ns(time.CLOCK_MONOTONIC)
 
 
-class TgidCache:
-    """Process id of a thread when the kernel printed ``(-------)``: its tgid map is filled at the
-    thread's next context switch (kernel/trace/trace.c: tracing_record_taskinfo_sched_switch()), so a
-    line read before that has none. Ask ``/proc/<tid>/status`` first; if the thread has exited since,
-    its last switch has filled the map: read it back from ``saved_tgids``."""
-
-    def __init__(self, saved_tgids: Path, proc: str = "/proc", size: int = 4096) -> None:
-        self.saved_tgids = saved_tgids
-        self.proc = proc
-        self.size = size
-        self.cache: dict[int, int] = {}
-
-    def _from_proc(self, tid: int) -> int:
-        try:
-            with open(f"{self.proc}/{tid}/status", "rb") as f:
-                for line in f:
-                    if line.startswith(b"Tgid:"):
-                        return int(line.split()[1])
-        except OSError:
-            pass  # the thread has exited
-        return 0
-
-    def _from_saved_tgids(self, tid: int) -> int:
-        try:
-            return parse_saved_tgids(read_text(self.saved_tgids)).get(tid, 0)
-        except TracefsError as exc:
-            log.debug("%s", exc)
-            return 0
-
-    def __call__(self, tid: int) -> int:
-        tgid = self.cache.get(tid)
-        if tgid is None:
-            tgid = self._from_proc(tid) or self._from_saved_tgids(tid)
-            if not tgid:
-                log.debug("process id of thread %d unknown", tid)
-            if len(self.cache) >= self.size:
-                self.cache.clear()
-            self.cache[tid] = tgid
-        return tgid
-
-
 @dataclass
 class Runtime:
     """Everything a running exporter holds, for housekeeping and the final summary."""
@@ -89,6 +45,7 @@ class Runtime:
     reader: TracePipeReader
     sink: JsonlSink | None
     renderer: Renderer | None
+    tgids: TgidCache
     kernel_lost: int = 0
     output_stuck: bool = False
 
@@ -99,8 +56,9 @@ def open_tracefs(config: Config) -> tuple[Tracefs, Instance]:
     return tracefs, tracefs.instance(config.exporter.instance)
 
 
-async def _housekeeping(rt: Runtime, proc: str = "/proc") -> None:
-    """Once a second: refresh the wall-clock offset; every SWEEP_SECONDS: forget threads that exited."""
+async def _housekeeping(rt: Runtime) -> None:
+    """Once a second: refresh the wall-clock offset; every SWEEP_SECONDS: forget threads that exited
+    (their pending calls will never return) and the cached process ids (thread ids get reused)."""
     last_sweep = time.monotonic()
     while True:
         await asyncio.sleep(1.0)
@@ -110,22 +68,31 @@ async def _housekeeping(rt: Runtime, proc: str = "/proc") -> None:
             last_sweep = time.monotonic()
             pairing = rt.pipeline.pairing
             for tid in pairing.threads():
-                if not os.path.exists(f"{proc}/{tid}"):
+                if not thread_exists(tid):
                     pairing.evict_thread(tid)
+            rt.tgids.clear()
 
 
-def _install_signals(stop: asyncio.Event, sink: JsonlSink | None) -> Callable[[], None]:
-    loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGINT, stop.set)
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    if sink is not None:
-        loop.add_signal_handler(signal.SIGHUP, sink.reopen)
+class Signals:
+    """SIGINT/SIGTERM set ``stop``, SIGHUP reopens the output, from before the probes are registered
+    until after they are removed: a signal never interrupts registration or removal halfway; it is
+    handled by the event loop once that synchronous work is done."""
 
-    def restore() -> None:
+    def __init__(self, sink: JsonlSink | None) -> None:
+        self.stop = asyncio.Event()
+        self.sink = sink
+
+    def __enter__(self) -> Signals:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGINT, self.stop.set)
+        loop.add_signal_handler(signal.SIGTERM, self.stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self.sink.reopen if self.sink is not None else lambda: None)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             loop.remove_signal_handler(sig)
-
-    return restore
 
 
 async def run(config: Config, problems: list[str]) -> bool:
@@ -133,68 +100,76 @@ async def run(config: Config, problems: list[str]) -> bool:
     False when the JSON output was stuck at the end (a writer thread is blocked in write()).
 
     ``problems`` are those found validating ``config``. Order: tracefs access (without root nothing
-    else matters), every configuration problem at once, the metrics listener (a taken port fails before
-    anything is registered), then the probes."""
+    else matters), every configuration problem at once, the JSON output and the metrics listener (a
+    bad path or a taken port fails before anything is registered), then the probes."""
     tracefs, instance = open_tracefs(config)
     events = plan_events(config, problems)
+    sink = JsonlSink(config.jsonl.path, config.jsonl.max_queue_kb * 1024) if config.jsonl.enabled else None
+    if sink is not None:
+        await sink.open()
     metrics = start_metrics_server(config.metrics) if config.metrics.enabled else None
+    renderer = Renderer(wall_offset_ns()) if sink is not None else None
+    tgids = TgidCache(tracefs.root / "saved_tgids")
+    rt: Runtime | None = None
     try:
-        with ProbeSession(tracefs, instance, config.exporter.group, events,
-                          config.exporter.buffer_size_kb) as session:
-            sink = JsonlSink(config.jsonl.path, config.jsonl.max_queue_kb * 1024) if config.jsonl.enabled else None
-            renderer = Renderer(wall_offset_ns()) if sink is not None else None
+        with Signals(sink) as signals, ProbeSession(tracefs, instance, config.exporter.group, events,
+                                                    config.exporter.buffer_size_kb) as session:
             pipeline = Pipeline(
                 TextParser.for_formats(session.formats.values()), event_infos(events, config.probes),
                 config.probes, renderer, Pairing(config.exporter.max_pending_calls),
-                config.metrics.label_values_max, TgidCache(tracefs.root / "saved_tgids"))
+                config.metrics.label_values_max, tgids)
 
             def on_lines(lines: list[str], final: bool) -> None:
                 batch = pipeline.process(lines, final)
-                if batch and sink is not None:
-                    sink.submit(batch, batch.count(b"\n"))
+                if batch is not None and sink is not None:
+                    sink.submit(*batch)
 
             reader = TracePipeReader(instance.trace_pipe, on_lines)
-            rt = Runtime(pipeline, reader, sink, renderer)
-            if metrics is not None:
-                metrics.sources.update(tracefs, instance, events, pipeline, sink, reader)
+            rt = Runtime(pipeline, reader, sink, renderer, tgids)
             try:
-                await _serve(rt, session, instance)
+                if metrics is not None:
+                    metrics.sources.update(tracefs, instance, events, pipeline, sink, reader)
+                await _serve(rt, session, instance, signals.stop)
             finally:
+                if metrics is not None:  # no scrape may hold a file of the instance while it is removed
+                    metrics.close()
+                    metrics = None
                 reader.close()
                 _log_summary(rt)
     finally:
         if metrics is not None:
             metrics.close()
-    return not rt.output_stuck
+        if sink is not None and not sink.stuck:
+            await sink.close()
+    return rt is None or not rt.output_stuck
 
 
-async def _serve(rt: Runtime, session: ProbeSession, instance: Instance) -> None:
+async def _serve(rt: Runtime, session: ProbeSession, instance: Instance, stop: asyncio.Event) -> None:
     """One TaskGroup: reader, sink, housekeeping; on SIGINT/SIGTERM stop, drain and flush."""
-    stop = asyncio.Event()
-    restore = _install_signals(stop, rt.sink)
+    async with asyncio.TaskGroup() as tg:
+        sink_task = tg.create_task(rt.sink.run()) if rt.sink is not None else None
+        reader_task = tg.create_task(rt.reader.run())
+        house_task = tg.create_task(_housekeeping(rt))
+        log.info("%d events registered in %s; reading", len(session.registered), instance.root)
+        await stop.wait()
+        reader_task.cancel()
+        house_task.cancel()
+        session.disable()
+        rt.reader.drain()
+        if rt.sink is not None and sink_task is not None:
+            rt.sink.finish()
+            try:
+                async with asyncio.timeout(FINAL_FLUSH_SECONDS):
+                    await asyncio.shield(sink_task)
+            except TimeoutError:
+                log.error("JSON output did not take the last records within %.1f s", FINAL_FLUSH_SECONDS)
+                rt.output_stuck = True
+                rt.sink.abandon()
+                sink_task.cancel()
     try:
-        async with asyncio.TaskGroup() as tg:
-            sink_task = tg.create_task(rt.sink.run()) if rt.sink is not None else None
-            reader_task = tg.create_task(rt.reader.run())
-            house_task = tg.create_task(_housekeeping(rt))
-            log.info("%d events registered in %s; reading", len(session.registered), instance.root)
-            await stop.wait()
-            reader_task.cancel()
-            house_task.cancel()
-            session.disable()
-            rt.reader.drain()
-            rt.kernel_lost = instance.read_lost()
-            if rt.sink is not None and sink_task is not None:
-                rt.sink.finish()
-                try:
-                    async with asyncio.timeout(FINAL_FLUSH_SECONDS):
-                        await asyncio.shield(sink_task)
-                except TimeoutError:
-                    log.error("JSON output did not take the last records within %.1f s", FINAL_FLUSH_SECONDS)
-                    rt.output_stuck = True
-                    sink_task.cancel()
-    finally:
-        restore()
+        rt.kernel_lost = instance.read_lost()
+    except TracefsError as exc:
+        log.error("%s", exc)
 
 
 def _log_summary(rt: Runtime) -> None:

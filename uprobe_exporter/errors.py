@@ -7,6 +7,8 @@
     │   └── KernelRefusedError          the kernel refused a command; carries the command and error_log
     │       └── ProbeRefusedError       ... a probe or filter from the configuration (a config problem, exit 2)
     ├── OutputClosed                    the reader of our stdout went away: stop cleanly (exit 0)
+    ├── OutputError                     the JSON output cannot be written (disk full, I/O error)
+    ├── MetricsError                    the metrics endpoint cannot listen (port taken)
     └── TraceParseError                 one trace line or page could not be parsed (counted, never fatal)
 
 Lower-level errors (``OSError``, ``ELFError``) are converted at exactly one boundary each:
@@ -89,6 +91,14 @@ class OutputClosed(UprobeExporterError):
     """The JSON output pipe was closed by its reader (``uprobe-exporter run | head``)."""
 
     exit_code = 0
+
+
+class OutputError(UprobeExporterError):
+    """The JSON output could not be written."""
+
+
+class MetricsError(UprobeExporterError):
+    """The metrics endpoint could not be served."""
 
 
 class TraceParseError(UprobeExporterError):

@@ -9,17 +9,21 @@ so logrotate can move it away.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import aiofiles
 
-from uprobe_exporter.errors import OutputClosed, UprobeExporterError
+from uprobe_exporter.errors import ConfigError, OutputClosed, OutputError
+
+log = logging.getLogger(__name__)
 
 
 class JsonlSink:
-    """Queue batches with ``submit``; ``run`` writes them; ``reopen`` is called on SIGHUP.
+    """``open`` before anything is registered, queue batches with ``submit``, ``run`` writes them,
+    ``reopen`` on SIGHUP, ``finish`` then ``close`` at the end.
 
     The queue is bounded in bytes (``max_queue_bytes``), which bounds memory whatever the batch sizes.
     The writer takes everything queued at each wake-up and writes it with one unbuffered write."""
@@ -31,10 +35,11 @@ class JsonlSink:
         self.queued_bytes = 0
         self.records_written = 0
         self.records_dropped = 0
+        self.stuck = False  # a write() never returned: the writer thread is lost, never wait for it
+        self._writing = False
         self._wake = asyncio.Event()
         self._closing = False
         self._reopen = False
-        self._writing = False
         self._file: Any = None
         # Our own writer thread, not the loop's default executor: if the reader of our stdout stops
         # reading, a write() blocks forever, and asyncio.run() would wait for the default executor.
@@ -52,43 +57,49 @@ class JsonlSink:
         self._reopen = True
         self._wake.set()
 
-    async def _open(self) -> None:
-        try:
-            if self.path == "-":
-                self._file = await aiofiles.open(1, "wb", buffering=0, closefd=False, executor=self._executor)
-            else:
-                self._file = await aiofiles.open(self.path, "ab", buffering=0, executor=self._executor)
-        except OSError as exc:
-            raise UprobeExporterError(
-                f"cannot open JSON output {self.path}: {exc.strerror}; fix output.jsonl.path") from exc
+    async def _open_file(self) -> Any:
+        if self.path == "-":
+            return await aiofiles.open(1, "wb", buffering=0, closefd=False, executor=self._executor)
+        return await aiofiles.open(self.path, "ab", buffering=0, executor=self._executor)
 
-    async def _close(self) -> None:
-        if self._file is not None:
+    async def open(self) -> None:
+        try:
+            self._file = await self._open_file()
+        except OSError as exc:
+            raise ConfigError([f"output.jsonl.path: cannot open {self.path}: {exc.strerror}"]) from exc
+
+    async def _reopen_file(self) -> None:
+        """logrotate moved the file away: continue in a new one; if that fails, keep the old one."""
+        try:
+            new = await self._open_file()
+        except OSError as exc:
+            log.error("cannot reopen JSON output %s: %s; still writing to the file it replaced", self.path,
+                      exc.strerror)
+            return
+        old, self._file = self._file, new
+        await old.close()
+
+    async def close(self) -> None:
+        if self._file is not None and not (self.stuck or self._writing):
             await self._file.close()
-            self._file = None
+        self._file = None
+        self._executor.shutdown(wait=False)
 
     async def run(self) -> None:
         """Write what is queued until ``finish`` is called and the queue is empty."""
-        await self._open()
-        try:
-            while True:
-                await self._wake.wait()
-                self._wake.clear()
-                if self._reopen and self.path != "-":
-                    self._reopen = False
-                    await self._close()
-                    await self._open()
-                while self.queue:
-                    batches = list(self.queue)
-                    self.queue.clear()
-                    self.queued_bytes = 0
-                    await self._write(b"".join(b for b, _ in batches), sum(n for _, n in batches))
-                if self._closing:
-                    return
-        finally:
-            if not self._writing:  # else the writer thread is stuck in write(): closing would wait for it
-                await self._close()
-            self._executor.shutdown(wait=False)
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            if self._reopen and self.path != "-":
+                self._reopen = False
+                await self._reopen_file()
+            while self.queue:
+                batches = list(self.queue)
+                self.queue.clear()
+                self.queued_bytes = 0
+                await self._write(b"".join(b for b, _ in batches), sum(n for _, n in batches))
+            if self._closing:
+                return
 
     async def _write(self, data: bytes, records: int) -> None:
         view = memoryview(data)
@@ -97,15 +108,24 @@ class JsonlSink:
             while view:  # an unbuffered write may be partial (a pipe)
                 written = await self._file.write(view)
                 view = view[written:]
-            self._writing = False
         except BrokenPipeError as exc:
-            self._writing = False
             self.records_dropped += records
-            self._file = None
             raise OutputClosed(f"JSON output {self.path} was closed by its reader") from exc
+        except OSError as exc:
+            self.records_dropped += records
+            raise OutputError(f"cannot write JSON output {self.path}: {exc.strerror}") from exc
+        finally:
+            self._writing = False
         self.records_written += records
 
     def finish(self) -> None:
         """Ask ``run`` to return once everything queued is written."""
         self._closing = True
         self._wake.set()
+
+    def abandon(self) -> None:
+        """The last write never returned: count what is still queued as dropped; never wait again."""
+        self.stuck = True
+        self.records_dropped += sum(n for _, n in self.queue)
+        self.queue.clear()
+        self.queued_bytes = 0

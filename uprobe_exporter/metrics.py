@@ -24,7 +24,7 @@ from prometheus_client.registry import Collector
 
 from uprobe_exporter import __version__
 from uprobe_exporter.config import MetricsConfig
-from uprobe_exporter.errors import UprobeExporterError
+from uprobe_exporter.errors import ConfigError, MetricsError, UprobeExporterError
 from uprobe_exporter.histogram import ProbeHistograms
 from uprobe_exporter.jsonl import JsonlSink
 from uprobe_exporter.pairing import EVICTION_REASONS, Pairing
@@ -204,7 +204,6 @@ class UprobeCollector(Collector):
 class MetricsServer:
     server: WSGIServer
     thread: threading.Thread
-    registry: CollectorRegistry
     sources: Sources
 
     def close(self) -> None:
@@ -218,8 +217,7 @@ def _check_readable(path: str, key: str) -> None:
         with open(path, "rb") as f:
             f.read(1)
     except OSError as exc:
-        raise UprobeExporterError(f"metrics.{key}: cannot read '{path}': {exc.strerror}; "
-                                  "give a readable PEM file") from exc
+        raise ConfigError([f"metrics.{key}: cannot read '{path}': {exc.strerror}; give a readable PEM file"]) from exc
 
 
 def start_metrics_server(config: MetricsConfig) -> MetricsServer:
@@ -239,9 +237,9 @@ def start_metrics_server(config: MetricsConfig) -> MetricsServer:
             client_cafile=config.tls_client_ca_file or None,
             client_auth_required=bool(config.tls_client_ca_file))
     except ssl.SSLError as exc:
-        raise UprobeExporterError(f"metrics: TLS setup failed ({exc.reason or exc}); check tls_cert_file, "
-                                  "tls_key_file and tls_client_ca_file") from exc
+        raise ConfigError([f"metrics: TLS setup failed ({exc.reason or exc}); check tls_cert_file, tls_key_file "
+                           "and tls_client_ca_file"]) from exc
     except OSError as exc:
-        raise UprobeExporterError(f"metrics.listen: cannot listen on {listen}: {exc.strerror}; "
-                                  "choose another address or port") from exc
-    return MetricsServer(server, thread, registry, sources)
+        raise MetricsError(f"metrics.listen: cannot listen on {listen}: {exc.strerror}; "
+                           "choose another address or port") from exc
+    return MetricsServer(server, thread, sources)

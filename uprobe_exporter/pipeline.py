@@ -75,7 +75,8 @@ class Pipeline:
         self.lost_markers = 0
         self.lost_inband = 0
 
-    def process(self, lines: list[str], final: bool = False) -> bytes | None:
+    def process(self, lines: list[str], final: bool = False) -> tuple[bytes, int] | None:
+        """Parse, count, pair; returns the JSON lines of the batch and how many (None: no JSON output)."""
         items, errors = self.parser.parse_lines(lines, final)
         for err in errors:
             self.parse_errors[err.reason] += 1
@@ -90,7 +91,7 @@ class Pipeline:
             chunk = self._record(item)
             if chunk is not None:
                 out.append(chunk)
-        return b"".join(out) if self.renderer is not None else None
+        return (b"".join(out), len(out)) if self.renderer is not None else None
 
     def _record(self, rec: TraceRecord) -> bytes | None:
         info, paired, hist, labels_at_return = self.routes[rec.event]

@@ -10,42 +10,43 @@ it (kernel/trace/trace_events.c since 417d5ea6e735), which is why draining comes
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from types import TracebackType
 
 from uprobe_exporter.errors import KernelRefusedError, ProbeRefusedError, TracefsError
 from uprobe_exporter.formatfile import EventFormat, parse_format
 from uprobe_exporter.probes import ProbeEvent, removal_command
-from uprobe_exporter.tracefs import Instance, Tracefs, write_text
+from uprobe_exporter.tracefs import Instance, Tracefs
 
 log = logging.getLogger(__name__)
 
 
-def _disable_everywhere(tracefs: Tracefs, group: str, event: str) -> None:
-    """Disable ``group/event`` at the top level and in every instance (it is ours to disable)."""
-    candidates = [tracefs.root / "events" / group / event / "enable"]
-    candidates += sorted((tracefs.root / "instances").glob(f"*/events/{group}/{event}/enable"))
-    for enable in candidates:
+def remove_events(tracefs: Tracefs, group: str, events: list[str], instance: Instance | None) -> list[str]:
+    """Disable (everywhere) and remove each event of our ``group``, then our instance. Every step is
+    tried; the first failure is raised at the end. Returns what was removed."""
+    removed: list[str] = []
+    failures: list[TracefsError] = []
+    for event in events:
         try:
-            if enable.read_text().strip() not in ("0", ""):
-                write_text(enable, "0")
-        except OSError:
-            continue
+            tracefs.disable_everywhere(group, event)
+            tracefs.write_uprobe_events(removal_command(group, event))
+            removed.append(f"{group}/{event}")
+        except TracefsError as exc:
+            failures.append(exc)
+    if instance is not None and instance.exists():
+        try:
+            instance.remove()
+            removed.append(f"instances/{instance.name}")
+        except TracefsError as exc:
+            failures.append(exc)
+    if failures:
+        raise failures[0]
+    return removed
 
 
 def remove_group(tracefs: Tracefs, group: str, instance: Instance | None = None) -> list[str]:
     """Remove every uprobe event of ``group`` (and our instance); never touches other groups."""
-    removed = []
-    for ev in tracefs.read_uprobe_events():
-        if ev.group != group:
-            continue
-        _disable_everywhere(tracefs, group, ev.event)
-        tracefs.write_uprobe_events(removal_command(group, ev.event))
-        removed.append(f"{group}/{ev.event}")
-    if instance is not None and instance.exists():
-        instance.remove()
-        removed.append(f"instances/{instance.name}")
-    return removed
+    events = [ev.event for ev in tracefs.read_uprobe_events() if ev.group == group]
+    return remove_events(tracefs, group, events, instance)
 
 
 class ProbeSession:
@@ -99,24 +100,11 @@ class ProbeSession:
             except TracefsError as exc:
                 log.error("%s", exc)
 
-    def close(self, drain: Callable[[], None] | None = None) -> None:
-        """Disable, drain, remove our events and our instance; every step is tried."""
-        self.disable()
-        if drain is not None:
-            drain()
-        failures: list[TracefsError] = []
-        for ev in reversed(self.registered):
-            try:
-                self.tracefs.write_uprobe_events(removal_command(self.group, ev.event))
-            except KernelRefusedError as exc:
-                failures.append(exc)
+    def close(self) -> None:
+        """Disable, remove our events and our instance (drain between ``disable`` and this)."""
+        events = [ev.event for ev in reversed(self.registered)]
         self.registered.clear()
-        try:
-            self.instance.remove()
-        except TracefsError as exc:
-            failures.append(exc)
-        if failures:
-            raise failures[0]
+        remove_events(self.tracefs, self.group, events, self.instance)
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import time
 from pathlib import Path
 
 from uprobe_exporter.errors import KernelRefusedError, TracefsError
@@ -137,6 +138,15 @@ class Tracefs:
     def instance(self, name: str) -> Instance:
         return Instance(self.root / "instances" / name)
 
+    def disable_everywhere(self, group: str, event: str) -> None:
+        """Disable ``group/event`` at the top level and in every instance: an event enabled anywhere
+        cannot be removed (EBUSY). Only ever called for events of our own group."""
+        enables = [self.root / "events" / group / event / "enable"]
+        enables += sorted((self.root / "instances").glob(f"*/events/{group}/{event}/enable"))
+        for enable in enables:
+            if enable.exists() and read_text(enable).strip() not in ("0", ""):
+                write_text(enable, "0")
+
 
 class Instance:
     """Our private tracefs instance (``instances/<name>``): its own buffer, clock, options and enables."""
@@ -159,13 +169,18 @@ class Instance:
         except OSError as exc:
             raise _oserror(exc, "cannot create tracefs instance", self.root) from exc
 
-    def remove(self) -> None:
-        try:
-            self.root.rmdir()
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            raise _oserror(exc, "cannot remove tracefs instance", self.root) from exc
+    def remove(self, attempts: int = 20) -> None:
+        """rmdir the instance; EBUSY while a file of it is still open (a scrape finishing): retry."""
+        for attempt in range(attempts):
+            try:
+                self.root.rmdir()
+                return
+            except FileNotFoundError:
+                return
+            except OSError as exc:
+                if exc.errno != errno.EBUSY or attempt == attempts - 1:
+                    raise _oserror(exc, "cannot remove tracefs instance", self.root) from exc
+                time.sleep(0.05)
 
     def configure(self, buffer_size_kb: int, trace_clock: str = "mono") -> None:
         """trace_clock mono (CLOCK_MONOTONIC, comparable across CPUs), record-tgid, our buffer size.
@@ -185,12 +200,6 @@ class Instance:
 
     def set_enabled(self, group: str, event: str, enabled: bool) -> None:
         write_text(self.event_dir(group, event) / "enable", "1" if enabled else "0")
-
-    def is_enabled(self, group: str, event: str) -> bool:
-        try:
-            return (self.event_dir(group, event) / "enable").read_text().strip() not in ("0", "")
-        except OSError:
-            return False
 
     def set_filter(self, group: str, event: str, expression: str) -> None:
         """Write an event filter; the kernel explains a bad one in the filter file itself."""
