@@ -45,7 +45,7 @@ def _pipeline(latency: bool) -> tuple[Pipeline, TextParser, bytes]:
     probes = [ProbeConfig(name=n, binary="/x", function=n, return_probe=latency and n in paired,
                           latency=latency and n in paired, labels=("comm",) if latency else ())
               for n in ("work", "recurse", "types")]
-    these = {k: EventInfo(v.probe, v.type, v.full_name, latency, probes[0].labels) for k, v in infos.items()}
+    these = {k: EventInfo(v.probe, v.type, v.full_name, probes[0].labels) for k, v in infos.items()}
     return Pipeline(parser, these, probes, Renderer(0), Pairing()), parser, text
 
 

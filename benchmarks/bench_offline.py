@@ -32,8 +32,8 @@ def load() -> tuple[TextParser, dict[str, EventInfo], list[ProbeConfig], bytes]:
     formats = [parse_format(p.read_text()) for p in sorted(FIXTURES.glob("*.format"))]
     probes = [ProbeConfig(name=n, binary="/x", function=n, return_probe=n != "types", latency=n != "types")
               for n in ("work", "recurse", "types")]  # the captured "types" probe has no return events
-    infos = {f.name: EventInfo(f.name.rsplit("_", 1)[0], "return" if f.is_return else "entry", f"g/{f.name}",
-                               latency=True) for f in formats}
+    infos = {f.name: EventInfo(f.name.rsplit("_", 1)[0], "return" if f.is_return else "entry", f"g/{f.name}")
+             for f in formats}
     text = (FIXTURES / "calls.trace_pipe").read_bytes()
     return TextParser.for_formats(formats), infos, probes, text
 

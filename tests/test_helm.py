@@ -67,7 +67,7 @@ CUSTOM_PROBES: list[dict[str, Any]] = [
     {"name": "nginx_request", "binary": "/usr/sbin/nginx", "function": "ngx_http_process_request",
      "return": True, "latency": True, "buckets": [0.0001, 0.001, 0.01, 0.1, 1]},
     {"name": "worker_step", "binary": "/proc/1/root/usr/local/bin/worker", "offset": 4425,
-     "args": {"n": "%di:s32"}, "filter": "n > 3", "labels": ["n"]},
+     "args": {"n": "%di:s32"}, "filter": "n > 3", "return": True, "latency": True, "labels": ["n"]},
     {"name": "malloc_calls", "binary": "libc.so.6", "function": "malloc+0x4", "args": {"size": "%di:u64"},
      "return": True, "return_args": {"ptr": "$retval:x64"}, "return_filter": "ptr == 0", "latency": True,
      "labels": ["comm"]},
@@ -467,6 +467,7 @@ def test_toml_strings_numbers_and_tables_survive_any_content(helm: Helm) -> None
         "name": "tricky", "binary": "/opt/my app/bin/ünïcode tool", "function": "do_work",
         "args": {"s": "+0(%di):string", "x": "%si:x64"},
         "filter": 'comm == "ba\\sh" && s ~ "*\'quoted\'*"\t# not a comment\n[not] = a table \x7f \u2028 <&>',
+        "return": True, "latency": True,
         "buckets": [1e-7, 0.00001, 0.5, 1, 2.5, 1000000],
         "labels": ["s", "comm"],
     }

@@ -118,9 +118,36 @@ def test_unknown_name_without_close_names_says_how_to_list(built: dict[str, Buil
         load_elf(built["pie"].path).resolve("zzzzzzzzzzzzzzzz")
 
 
-def test_versioned_name_resolves_like_the_plain_one(built: dict[str, Built]) -> None:
-    info = load_elf(built["shared"].path)
-    assert info.resolve("shared_add@@V1") == built["shared"].offsets["shared_add"]
+VERSIONED_C = """
+__asm__(".symver add_old, add@V1");
+__asm__(".symver add_new, add@@V2");
+long add_old(long a) { return a + 1; }
+long add_new(long a) { return a + 2; }
+"""
+VERSION_SCRIPT = "V1 { global: add; local: add_old; add_new; };\nV2 { global: add; } V1;\n"
+
+
+def test_symbol_versions_pick_the_right_function(tmp_path: Path) -> None:
+    """Two versions of one name (like glibc's realpath@GLIBC_2.2.5 and realpath@@GLIBC_2.3): a plain name
+    is the default version (@@), name@VERSION the one asked for."""
+    (tmp_path / "v.c").write_text(VERSIONED_C)
+    (tmp_path / "v.map").write_text(VERSION_SCRIPT)
+    lib = tmp_path / "libv.so"
+    subprocess.run(["gcc", "-shared", "-fPIC", "-O1", f"-Wl,--version-script={tmp_path / 'v.map'}", "-o", str(lib),
+                    str(tmp_path / "v.c")], check=True, timeout=60)
+    dynsyms = subprocess.run(["objdump", "-T", str(lib)], capture_output=True, text=True, check=True).stdout
+    assert re.search(r"\(V1\)\s+add$", dynsyms, re.M)
+    assert re.search(r"V2\s+add$", dynsyms, re.M)
+    listing = subprocess.run(["objdump", "-d", "-F", str(lib)], capture_output=True, text=True, check=True).stdout
+    offsets = {m[1]: int(m[2], 16) for m in re.finditer(r"<(add@@?V\d)> \(File Offset: 0x([0-9a-f]+)\):", listing)}
+    assert offsets["add@V1"] != offsets["add@@V2"]
+    info = load_elf(lib)
+    assert info.resolve("add") == offsets["add@@V2"]
+    assert info.resolve("add@@V2") == offsets["add@@V2"]
+    assert info.resolve("add@V2") == offsets["add@@V2"]
+    assert info.resolve("add@V1") == offsets["add@V1"]
+    with pytest.raises(ResolveError, match="has no version V3; it has V1, V2"):
+        info.resolve("add@V3")
 
 
 def test_stripped_binary_uses_the_build_id_debug_file(built: dict[str, Built], tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ PURE = ("config", "fetchargs", "formatfile", "traceline", "records", "kerneltext
 SHELL = ("tracefs", "daemon", "reader", "jsonl", "session", "cli", "elf", "binaries", "resolve", "metrics")
 FORBIDDEN = {"asyncio", "aiofiles", "subprocess", "socket", "selectors"}  # (logging loads threading)
 FILE_APIS = {"os", "io", "shutil", "pathlib", "tempfile", "fcntl", "mmap"}
-# config.py also holds load_config(), which reads the file and the packaged example (STYLE.md §12).
+# config.py also holds load_config_partial(), which reads the file and the packaged example (STYLE.md §12).
 FILE_API_EXEMPT = {"config": {"pathlib"}}
 
 

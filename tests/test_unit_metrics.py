@@ -19,7 +19,8 @@ from uprobe_exporter.tracefs import Tracefs
 from uprobe_exporter.traceline import TextParser
 
 FIXTURES = Path(__file__).parent / "fixtures" / "kernel"
-GROUP = "g"
+GROUP = next(line.split()[0].split(":")[1].split("/")[0]
+             for line in (FIXTURES / "uprobe_events").read_text().splitlines())  # the capture's group
 
 
 def fake_tracefs(root: Path, profile: bool = True) -> Tracefs:
@@ -28,6 +29,7 @@ def fake_tracefs(root: Path, profile: bool = True) -> Tracefs:
         d = root / "instances" / "i" / "per_cpu" / f"cpu{cpu}"
         d.mkdir(parents=True)
         shutil.copy(FIXTURES / "stats", d / "stats")
+    shutil.copy(FIXTURES / "uprobe_events", root / "uprobe_events")
     if profile:
         shutil.copy(FIXTURES / "uprobe_profile", root / "uprobe_profile")
     return Tracefs(root)
@@ -60,7 +62,7 @@ def profile_hits(event: str) -> int:
 
 def test_hits_come_from_uprobe_profile_at_scrape_time(tmp_path: Path) -> None:
     _, samples = collect(fake_tracefs(tmp_path))
-    key = ("uprobe_probe_hits_total", (("event", "g/work_entry"), ("path", "/tmp/calls"), ("probe", "work")))
+    key = ("uprobe_probe_hits_total", (("event", f"{GROUP}/work_entry"), ("path", "/tmp/calls"), ("probe", "work")))
     assert samples[key] == profile_hits("work_entry")
     assert samples[("uprobe_events_total", (("probe", "work"), ("type", "entry")))] == 3
     assert samples[("uprobe_call_duration_seconds_count", (("probe", "work"),))] == 1
@@ -85,3 +87,25 @@ def test_unreadable_stats_are_counted(tmp_path: Path) -> None:
     _, samples = collect(tracefs)
     assert samples[("uprobe_exporter_scrape_errors_total", (("source", "stats"),))] == 1
     assert samples[("uprobe_exporter_scrape_errors_total", (("source", "uprobe_profile"),))] == 0
+
+
+def test_another_group_with_the_same_event_and_path_is_not_counted(tmp_path: Path) -> None:
+    """uprobe_profile has no group column; the group comes from uprobe_events, line by line."""
+    tracefs = fake_tracefs(tmp_path)
+    ours = next(line for line in (FIXTURES / "uprobe_events").read_text().splitlines() if "/work_entry " in line)
+    with (tmp_path / "uprobe_events").open("a") as f:
+        f.write(ours.replace(f":{GROUP}/", ":someone_else/") + "\n")
+    with (tmp_path / "uprobe_profile").open("a") as f:
+        f.write("  /tmp/calls work_entry                                            123456\n")
+    _, samples = collect(tracefs)
+    hits = [v for (name, labels), v in samples.items() if name == "uprobe_probe_hits_total"
+            and dict(labels)["event"].endswith("/work_entry")]
+    assert hits == [profile_hits("work_entry")]
+
+
+def test_uprobe_events_and_profile_that_disagree_are_a_scrape_error(tmp_path: Path) -> None:
+    tracefs = fake_tracefs(tmp_path)
+    with (tmp_path / "uprobe_profile").open("a") as f:
+        f.write("  /tmp/other some_event                                            1\n")
+    _, samples = collect(tracefs)
+    assert samples[("uprobe_exporter_scrape_errors_total", (("source", "uprobe_profile"),))] == 1

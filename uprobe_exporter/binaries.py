@@ -40,7 +40,10 @@ def realpath_in_root(root: str, path: str) -> str:
             hops += 1
             if hops > MAX_SYMLINKS:
                 raise ResolveError(f"too many levels of symbolic links in {path}", binary=path)
-            target = os.readlink(candidate)
+            try:
+                target = os.readlink(candidate)
+            except OSError as exc:
+                raise ResolveError(f"cannot read the link {candidate}: {exc.strerror}", binary=path) from exc
             if target.startswith("/"):
                 resolved = []
             parts = [p for p in target.split("/") if p] + parts

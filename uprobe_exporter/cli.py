@@ -16,10 +16,10 @@ from collections.abc import Sequence
 
 from uprobe_exporter import __version__
 from uprobe_exporter.binaries import resolve_binary
-from uprobe_exporter.config import load_config, load_config_partial
+from uprobe_exporter.config import load_config_partial
 from uprobe_exporter.daemon import open_tracefs, run
 from uprobe_exporter.elf import load_elf, match_functions
-from uprobe_exporter.errors import UprobeExporterError
+from uprobe_exporter.errors import ConfigError, UprobeExporterError
 from uprobe_exporter.resolve import load_plan
 from uprobe_exporter.session import remove_group
 
@@ -76,7 +76,10 @@ def _cmd_symbols(args: argparse.Namespace) -> int:
 
 
 def _cmd_cleanup(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
+    config, problems = load_config_partial(args.config)  # only [exporter] matters here, not the probes
+    exporter_problems = [p for p in problems if p.startswith(("exporter.", "exporter:"))]
+    if exporter_problems:
+        raise ConfigError(exporter_problems)
     _setup_logging(config.exporter.log_level)
     tracefs, instance = open_tracefs(config)
     removed = remove_group(tracefs, config.exporter.group, instance)

@@ -1,16 +1,17 @@
 """TOML in, frozen ``Config`` out; every problem reported at once with its dotted location.
 
-``parse_config`` is pure (a ``Mapping`` from ``tomllib``); ``load_config`` reads the file or the
+``parse_config`` is pure (a ``Mapping`` from ``tomllib``); ``load_config_partial`` reads the file or the
 built-in example. Symbol resolution happens later (``resolve.py``): it needs the binaries.
 """
 
 from __future__ import annotations
 
 import difflib
+import math
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,8 @@ FUNCTION_RE = re.compile(r"(?P<symbol>[^\s+]+)(?:\+(?P<off>0x[0-9a-fA-F]+|\d+))?
 MAX_EVENT_NAME = 63  # trace_probe.h: MAX_EVENT_NAME_LEN 64 includes the NUL
 MAX_ARG_NAME = 31  # MAX_ARG_NAME_LEN 32
 RECORD_LABELS = ("comm",)
+RESERVED_LABELS = ("probe", "le", "instance", "job")  # set by the histogram itself or by Prometheus
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,17 +96,13 @@ class Config:
 
 
 class _Problems:
-    """Collects located problems; ``raise_if_any`` raises one ConfigError listing all of them."""
+    """Collects located problems, all reported together."""
 
     def __init__(self) -> None:
         self.items: list[str] = []
 
     def add(self, where: str, message: str) -> None:
         self.items.append(f"{where}: {message}")
-
-    def raise_if_any(self) -> None:
-        if self.items:
-            raise ConfigError(self.items)
 
 
 def _table(data: Mapping[str, Any], key: str, where: str, problems: _Problems) -> Mapping[str, Any]:
@@ -169,8 +168,9 @@ def _parse_exporter(data: Mapping[str, Any], problems: _Problems) -> ExporterCon
         problems.add("exporter.buffer_size_kb", "must be at least 4 (one page per CPU)")
     if cfg.max_pending_calls < 1:
         problems.add("exporter.max_pending_calls", "must be positive")
-    if cfg.log_level not in ("debug", "info", "warning", "error"):
-        problems.add("exporter.log_level", "must be one of debug, info, warning, error")
+    if cfg.log_level not in LOG_LEVELS:
+        problems.add("exporter.log_level", f"must be one of {', '.join(LOG_LEVELS)}")
+        cfg = replace(cfg, log_level=d.log_level)  # logging is set up before the problems are reported
     if not cfg.host_root.startswith("/"):
         problems.add("exporter.host_root", f"'{cfg.host_root}' must be an absolute path")
     return cfg
@@ -277,14 +277,19 @@ def _parse_probe(index: int, t: Any, problems: _Problems) -> ProbeConfig | None:
     if latency and not return_probe:
         problems.add(f"{where}.latency", "needs return = true: latency pairs entry and return events")
     buckets = _get(t, "buckets", list, list(DEFAULT_BUCKETS), where, problems)
-    if not buckets or not all(isinstance(b, int | float) and not isinstance(b, bool) and b > 0 for b in buckets) \
-            or sorted(set(buckets)) != list(buckets):
-        problems.add(f"{where}.buckets", "must be a non-empty list of increasing positive numbers (seconds)")
+    if not buckets or not all(isinstance(b, int | float) and not isinstance(b, bool) and 0 < b < math.inf
+                              for b in buckets) or sorted(set(buckets)) != list(buckets):
+        problems.add(f"{where}.buckets", "must be a non-empty list of increasing, finite, positive numbers (seconds); "
+                     "+Inf is always added")
         buckets = list(DEFAULT_BUCKETS)
     labels = _get(t, "labels", list, [], where, problems)
     allowed = (*RECORD_LABELS, *(n for n, _ in args), *(n for n, _ in return_args))
+    if labels and not latency:
+        problems.add(f"{where}.labels", "labels apply to the latency histogram: they need latency = true")
     for i, label in enumerate(labels):
-        if label not in allowed:
+        if label in RESERVED_LABELS or labels.index(label) != i:
+            problems.add(f"{where}.labels[{i}]", f"'{label}' is reserved or repeated; rename the argument")
+        elif label not in allowed:
             close = difflib.get_close_matches(str(label), allowed, n=1)
             hint = f"did you mean '{close[0]}'?" if close else f"choose from {', '.join(allowed)}"
             problems.add(f"{where}.labels[{i}]", f"unknown label '{label}'; {hint}")
@@ -355,8 +360,3 @@ def load_config_partial(path: str | None) -> tuple[Config, list[str]]:
     return parse_config_partial(data, source)
 
 
-def load_config(path: str | None) -> Config:
-    config, problems = load_config_partial(path)
-    if problems:
-        raise ConfigError(problems)
-    return config

@@ -38,7 +38,8 @@ class Symbol:
     value: int
     size: int
     type: str  # STT_FUNC, STT_GNU_IFUNC, STT_OBJECT...
-    section: str  # .symtab or .dynsym
+    version: str = ""  # GLIBC_2.2.5, from .gnu.version/.gnu.version_d (or the name in .symtab)
+    default: bool = True  # name@@VERSION (what a plain reference binds to) rather than name@VERSION
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,10 +68,20 @@ class ElfInfo:
         return sorted(out, key=lambda s: s.name)
 
     def resolve(self, symbol: str, plus: int = 0) -> int:
-        """The file offset of ``symbol+plus``; errors name the symbol and suggest close names."""
-        name = symbol.split("@", 1)[0]
+        """The file offset of ``symbol+plus``; errors name the symbol and suggest close names.
+        ``name@VERSION``/``name@@VERSION`` picks that version; a plain name picks the default one."""
+        name, _, version = symbol.partition("@")
+        version = version.lstrip("@")
         where = f"'{symbol}' in {self.path}"
         candidates = self.symbols.get(name, [])
+        if candidates and version:
+            versions = sorted({s.version for s in candidates if s.version})
+            candidates = [s for s in candidates if s.version == version]
+            if not candidates:
+                raise ResolveError(f"symbol {where} has no version {version}; it has {', '.join(versions)}",
+                                   binary=str(self.path), symbol=symbol)
+        elif len({s.value for s in candidates}) > 1 and any(s.default and s.version for s in candidates):
+            candidates = [s for s in candidates if s.default]  # like a plain reference: name@@VERSION
         if not candidates:
             close = difflib.get_close_matches(name, [s.name for s in self.functions()], n=3)
             hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else (
@@ -99,18 +110,38 @@ class ElfInfo:
         return offset
 
 
+def _dynsym_versions(elf: Any) -> tuple[Any, dict[int, str]]:
+    """``.gnu.version`` (one index per .dynsym entry) and ``.gnu.version_d`` (index → version name)."""
+    versym = elf.get_section_by_name(".gnu.version")
+    verdef = elf.get_section_by_name(".gnu.version_d")
+    names: dict[int, str] = {}
+    if verdef is not None:
+        for definition, aux in verdef.iter_versions():
+            first = next(iter(aux), None)
+            if first is not None:
+                names[definition["vd_ndx"]] = first.name
+    return versym, names
+
+
 def _symbols_of(elf: Any, into: dict[str, list[Symbol]], sections: tuple[str, ...]) -> None:
     for section_name in sections:
         section = elf.get_section_by_name(section_name)
         if section is None or not hasattr(section, "iter_symbols"):
             continue
-        for sym in section.iter_symbols():
+        versym, version_names = _dynsym_versions(elf) if section_name == ".dynsym" else (None, {})
+        for i, sym in enumerate(section.iter_symbols()):
             if not sym.name or sym["st_shndx"] == "SHN_UNDEF":
                 continue
-            name = sym.name.split("@", 1)[0]
+            name, at, version = sym.name.partition("@")  # .symtab may spell it: memcpy@GLIBC_2.2.5
+            default = not at or version.startswith("@")
+            version = version.lstrip("@")
+            if versym is not None:
+                ndx = versym.get_symbol(i)["ndx"]
+                if isinstance(ndx, int):
+                    version, default = version_names.get(ndx & 0x7FFF, ""), not ndx & 0x8000  # VERSYM_HIDDEN
             kind = sym["st_info"]["type"]
             kind = STT_GNU_IFUNC if kind == "STT_LOOS" else kind  # pyelftools names type 10 by its range
-            into.setdefault(name, []).append(Symbol(name, sym["st_value"], sym["st_size"], kind, section_name))
+            into.setdefault(name, []).append(Symbol(name, sym["st_value"], sym["st_size"], kind, version, default))
 
 
 def _build_id(elf: Any) -> str | None:

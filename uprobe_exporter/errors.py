@@ -18,6 +18,7 @@ on stderr and an exit code; nothing else catches them.
 
 from __future__ import annotations
 
+import errno as errno_codes
 from collections.abc import Sequence
 
 
@@ -64,9 +65,10 @@ class TracefsError(UprobeExporterError):
 class KernelRefusedError(TracefsError):
     """The kernel refused a command; ``error_log`` holds its own explanation with the caret line."""
 
-    def __init__(self, message: str, *, path: str, command: str, error_log: str = "") -> None:
+    def __init__(self, message: str, *, path: str, command: str, error_log: str = "", errno: int = 0) -> None:
         self.command = command
         self.error_log = error_log
+        self.errno = errno
         super().__init__(message, path=path)
 
     def __str__(self) -> str:
@@ -77,14 +79,14 @@ class KernelRefusedError(TracefsError):
 
 
 class ProbeRefusedError(KernelRefusedError):
-    """The kernel refused a probe or filter we built from ``location`` of the configuration."""
-
-    exit_code = 2
+    """The kernel refused a probe or filter we built from ``location`` of the configuration: a
+    configuration problem (exit 2), unless the kernel said it was out of memory or busy (exit 1)."""
 
     def __init__(self, location: str, refused: KernelRefusedError) -> None:
         super().__init__(f"{location}: {refused.args[0]}", path=refused.path, command=refused.command,
-                         error_log=refused.error_log)
+                         error_log=refused.error_log, errno=refused.errno)
         self.location = location
+        self.exit_code = 1 if self.errno in (errno_codes.ENOMEM, errno_codes.EBUSY, errno_codes.EAGAIN) else 2
 
 
 class OutputClosed(UprobeExporterError):

@@ -14,13 +14,11 @@ OTHER = "__other__"  # the value a label takes once its cap of distinct values i
 
 @dataclass(slots=True)
 class Histogram:
+    """One series: counts per bucket (the last is +Inf), and the sum; ``bounds_ns`` is shared."""
+
     bounds_ns: list[int]
     counts: list[int]
     sum_ns: int = 0
-
-    def observe(self, duration_ns: int) -> None:
-        self.counts[bisect_left(self.bounds_ns, duration_ns)] += 1
-        self.sum_ns += duration_ns
 
 
 @dataclass(slots=True)
@@ -54,6 +52,10 @@ class ProbeHistograms:
     labels: tuple[str, ...]
     folder: LabelFolder
     series: dict[tuple[str, ...], Histogram] = field(default_factory=dict)
+    bounds_ns: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.bounds_ns = [round(b * 1e9) for b in self.buckets]
 
     def observe(self, values: tuple[str, ...], duration_ns: int) -> None:
         h = self.series.get(values)
@@ -61,7 +63,6 @@ class ProbeHistograms:
             values = self.folder.fold(values)
             h = self.series.get(values)
             if h is None:
-                h = self.series[values] = Histogram([round(b * 1e9) for b in self.buckets],
-                                                    [0] * (len(self.buckets) + 1))
-        h.counts[bisect_left(h.bounds_ns, duration_ns)] += 1  # Histogram.observe, inlined: once per call
+                h = self.series[values] = Histogram(self.bounds_ns, [0] * (len(self.buckets) + 1))
+        h.counts[bisect_left(h.bounds_ns, duration_ns)] += 1  # le: a value equal to a bound is in its bucket
         h.sum_ns += duration_ns

@@ -48,6 +48,11 @@ class Sources:
     sink: JsonlSink | None = None
     reader: TracePipeReader | None = None
     scrape_errors: Counter[str] = field(default_factory=Counter)
+    lock: threading.Lock = field(default_factory=threading.Lock)  # scrapes may run concurrently
+
+    def count_scrape_error(self, source: str) -> None:
+        with self.lock:
+            self.scrape_errors[source] += 1
 
     def update(self, tracefs: Tracefs, instance: Instance, events: list[ProbeEvent], pipeline: Pipeline,
                sink: JsonlSink | None, reader: TracePipeReader | None) -> None:
@@ -104,13 +109,13 @@ class UprobeCollector(Collector):
             "uprobe_probe_hits_total", "Times the probed instruction ran, counted by the kernel (uprobe_profile) "
             "before filtering and before the ring buffer.", labels=["probe", "event", "path"])
         try:
-            ours = {(e.path, e.event): e for e in events}
-            for entry in tracefs.read_uprobe_profile():
-                ev = ours.get((entry.path, entry.event))
+            ours = {(e.group, e.event): e for e in events}
+            for kernel_event, n in tracefs.read_uprobe_hits():
+                ev = ours.get((kernel_event.group, kernel_event.event))
                 if ev is not None:
-                    hits.add_metric([ev.probe, ev.full_name, ev.path], entry.hits)
+                    hits.add_metric([ev.probe, ev.full_name, ev.path], n)
         except UprobeExporterError:
-            self.sources.scrape_errors["uprobe_profile"] += 1
+            self.sources.count_scrape_error("uprobe_profile")
         yield hits
         lost = CounterMetricFamily(
             "uprobe_exporter_kernel_lost_events_total", "Events the kernel could not keep for us (per-CPU stats of "
@@ -122,7 +127,7 @@ class UprobeCollector(Collector):
                 for key, reason in LOST_REASONS:
                     lost.add_metric([str(cpu), reason], stats.get(key, 0))
         except UprobeExporterError:
-            self.sources.scrape_errors["stats"] += 1
+            self.sources.count_scrape_error("stats")
         yield lost
 
     def _pipeline(self, pipeline: Pipeline) -> Iterator[Metric]:

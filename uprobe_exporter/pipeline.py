@@ -35,8 +35,7 @@ class PipelineStats:
 def event_infos(events: Iterable[ProbeEvent], probes: Iterable[ProbeConfig]) -> dict[str, EventInfo]:
     by_name = {p.name: p for p in probes}
     return {
-        e.event: EventInfo(e.probe, "return" if e.is_return else "entry", e.full_name,
-                           by_name[e.probe].latency, by_name[e.probe].labels)
+        e.event: EventInfo(e.probe, "return" if e.is_return else "entry", e.full_name, by_name[e.probe].labels)
         for e in events
     }
 
@@ -87,8 +86,7 @@ class Pipeline:
                 self.lost_markers += 1
                 self.lost_inband += item.count or 0
                 continue
-            assert type(item) is TraceRecord
-            chunk = self._record(item)
+            chunk = self._record(item)  # type: ignore[arg-type]  # not LostEvents: a TraceRecord
             if chunk is not None:
                 out.append(chunk)
         return (b"".join(out), len(out)) if self.renderer is not None else None

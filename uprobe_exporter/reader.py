@@ -12,7 +12,6 @@ every ``reads_per_turn`` reads.
 from __future__ import annotations
 
 import asyncio
-import errno
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -60,8 +59,6 @@ class TracePipeReader:
         self.reads_per_turn = reads_per_turn
         self.splitter = LineSplitter()
         self.bytes_read = 0
-        self.reads = 0
-        self.wakeups = 0
         try:
             self.fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError as exc:
@@ -79,19 +76,16 @@ class TracePipeReader:
         n = 0
         while limit is None or n < limit:
             try:
-                data = os.read(self.fd, self.read_size)
+                data = os.read(self.fd, self.read_size)  # EINTR is retried by Python itself (PEP 475)
             except BlockingIOError:
                 break
             except OSError as exc:
-                if exc.errno == errno.EINTR:
-                    continue
                 raise TracefsError(f"cannot read {self.path}: {exc.strerror}", path=str(self.path)) from exc
             n += 1
             if not data:
                 break
             chunks.append(data)
             total += len(data)
-        self.reads += n
         if chunks:
             self.bytes_read += total
             lines = self.splitter.feed(b"".join(chunks))
@@ -118,7 +112,6 @@ class TracePipeReader:
         while True:
             if self.read_available(self.reads_per_turn) == 0:
                 await self._readable()
-                self.wakeups += 1
                 await asyncio.sleep(self.batch_delay)
             else:
                 await asyncio.sleep(0)

@@ -25,8 +25,7 @@ class EventInfo:
     probe: str
     type: str  # "entry" or "return"
     full_name: str  # group/event
-    latency: bool = False
-    labels: tuple[str, ...] = ()
+    labels: tuple[str, ...] = ()  # of the probe's latency histogram
 
 
 class Renderer:
@@ -72,4 +71,4 @@ class Renderer:
         return out
 
     def render(self, rec: TraceRecord, info: EventInfo, duration_ns: int | None, pid: int) -> bytes:
-        return orjson.dumps(self.to_dict(rec, info, duration_ns, pid), option=_NEWLINE)
+        return orjson.dumps(self.to_dict(rec, info, duration_ns, pid), option=_NEWLINE)  # one line, with \n

@@ -119,7 +119,7 @@ class Tracefs:
             log = find_error_log_entry(self._error_log(), command)
             raise KernelRefusedError(
                 f"the kernel refused a uprobe_events command ({errno.errorcode.get(exc.errno or 0, exc.errno)}"
-                f": {exc.strerror})", path=str(path), command=command, error_log=log) from exc
+                f": {exc.strerror})", path=str(path), command=command, error_log=log, errno=exc.errno or 0) from exc
         finally:
             os.close(fd)
 
@@ -134,6 +134,19 @@ class Tracefs:
 
     def read_uprobe_profile(self) -> list[ProfileEntry]:
         return parse_uprobe_profile(read_text(self.root / "uprobe_profile"))
+
+    def read_uprobe_hits(self, attempts: int = 3) -> list[tuple[UprobeEvent, int]]:
+        """Hits per probe, with its group. ``uprobe_profile`` has no group column, but ``uprobe_events``
+        lists the same probes in the same order (both walk dyn_event_list, trace_dynevent.c), so line i
+        of one is line i of the other; checked line by line, and read again if a probe came or went
+        between the two reads."""
+        for _ in range(attempts):
+            events, profile = self.read_uprobe_events(), self.read_uprobe_profile()
+            if len(events) == len(profile) and all(
+                    e.event == p.event and e.path == p.path for e, p in zip(events, profile, strict=True)):
+                return [(e, p.hits) for e, p in zip(events, profile, strict=True)]
+        raise TracefsError("uprobe_events and uprobe_profile kept changing between two reads",
+                           path=str(self.root / "uprobe_profile"))
 
     def instance(self, name: str) -> Instance:
         return Instance(self.root / "instances" / name)
