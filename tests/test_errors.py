@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from tests.helpers import build_config, run_cli, toml_dumps
+from uprobe_exporter.elf import load_elf
 from uprobe_exporter.tracefs import Tracefs
 
 
@@ -38,6 +39,7 @@ def error_lines(stderr: str) -> list[str]:
     ({"function": "work", "fucntion": "x"}, "probes[0].fucntion", "did you mean 'function'"),
     ({"function": "work", "offset": 4096}, "probes[0]", "exactly one of 'function'"),
     ({"function": "work", "name": "Bad-Name"}, "probes[0].name", "must match"),
+    ({"function": "work+0x4", "return": True}, "probes[0].function", "must be at the function's first instruction"),
 ])
 def test_bad_probe_is_a_located_one_line_error(
     build: Callable[..., Path], tmp_path: Path, probe: dict[str, Any], location: str, text: str,
@@ -139,3 +141,16 @@ def test_kernel_refused_filter_names_the_key(
         f"uprobe-exporter: error: probes[0].filter: the kernel refused the filter of {group}/w_entry")
     assert [e for e in tracefs.read_uprobe_events() if e.group == group] == []
     assert not tracefs.instance(group).exists()
+
+
+def test_return_probe_inside_a_function_is_refused(build: Callable[..., Path], tmp_path: Path) -> None:
+    """A uretprobe there would replace whatever the stack holds with the trampoline: crash the target."""
+    binary = build("calls")
+    start = load_elf(binary).resolve("work")
+    probe = {"name": "p", "binary": str(binary), "offset": start + 4, "return": True}
+    done = run_cli("check", "--config", str(config_file(tmp_path, "g", [probe])))
+    assert done.returncode == 2
+    assert done.stderr.strip() == (f"uprobe-exporter: error: probes[0].offset: {start + 4:#x} is work+0x4: a return "
+                                   f"probe must be at a function's first instruction (work is at {start:#x})")
+    at_start = {**probe, "offset": start}
+    assert run_cli("check", "--config", str(config_file(tmp_path, "g", [at_start]))).returncode == 0

@@ -269,6 +269,10 @@ def _parse_probe(index: int, t: Any, problems: _Problems) -> ProbeConfig | None:
     elif offset is not None and offset < 0:
         problems.add(f"{where}.offset", "must be a non-negative file offset")
     return_probe = _get(t, "return", bool, False, where, problems)
+    if return_probe and function_offset:
+        # a uretprobe replaces the return address it finds at the top of the stack: only true at entry
+        problems.add(f"{where}.function", f"a return probe must be at the function's first instruction, not "
+                     f"{function}; drop the +offset or return = true")
     args = _parse_args(t.get("args", {}), f"{where}.args", False, problems)
     return_args = _parse_args(t.get("return_args", {}), f"{where}.return_args", True, problems)
     if return_args and not return_probe:

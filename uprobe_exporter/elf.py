@@ -58,6 +58,14 @@ class ElfInfo:
     def offset_is_executable(self, offset: int) -> bool:
         return any(s.executable and s.offset <= offset < s.offset + s.filesz for s in self.segments)
 
+    def function_around(self, offset: int) -> tuple[Symbol, int] | None:
+        """The function whose code holds file ``offset``, and how far into it, if the symbols say."""
+        for sym in self.functions():
+            start = self.file_offset(sym.value)
+            if start is not None and start <= offset < start + max(sym.size, 1):
+                return sym, offset - start
+        return None
+
     def functions(self) -> list[Symbol]:
         """Every probeable function, one per name, sorted by name."""
         out = []

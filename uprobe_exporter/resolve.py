@@ -31,6 +31,11 @@ def resolve_probes(config: Config) -> tuple[list[ResolvedProbe], list[str]]:
                 offset = info.resolve(probe.function, probe.function_offset)
             elif info.offset_is_executable(probe.offset):
                 offset = probe.offset
+                around = info.function_around(offset) if probe.return_probe else None
+                if around is not None and around[1]:
+                    raise ResolveError(f"{offset:#x} is {around[0].name}+{around[1]:#x}: a return probe must be at "
+                                       f"a function's first instruction ({around[0].name} is at "
+                                       f"{offset - around[1]:#x})")
             else:
                 raise ResolveError(f"file offset {probe.offset:#x} is outside every executable segment of "
                                    f"{path}; find offsets with: uprobe-exporter symbols {path}")
