@@ -68,7 +68,7 @@ CUSTOM_PROBES: list[dict[str, Any]] = [
      "return": True, "latency": True, "buckets": [0.0001, 0.001, 0.01, 0.1, 1]},
     {"name": "worker_step", "binary": "/proc/1/root/usr/local/bin/worker", "offset": 4425,
      "args": {"n": "%di:s32"}, "filter": "n > 3", "return": True, "latency": True, "labels": ["n"]},
-    {"name": "malloc_calls", "binary": "libc.so.6", "function": "malloc+0x4", "args": {"size": "%di:u64"},
+    {"name": "malloc_calls", "binary": "libc.so.6", "function": "malloc", "args": {"size": "%di:u64"},
      "return": True, "return_args": {"ptr": "$retval:x64"}, "return_filter": "ptr == 0", "latency": True,
      "labels": ["comm"]},
 ]

@@ -55,11 +55,13 @@ def test_minimal_config_takes_every_default() -> None:
 
 def test_a_full_probe() -> None:
     cfg = parse_config(config_with(probe={
-        "function": "work+0x10", "args": {"a": "%di:s32", "s": "+0(%si):string"}, "return": True,
+        "function": "work", "args": {"a": "%di:s32", "s": "+0(%si):string"}, "return": True,
         "return_args": {"ret": "$retval:s64"}, "latency": True, "buckets": [0.001, 1, 2.5],
         "labels": ["comm", "a", "ret"], "filter": "a > 0", "return_filter": "ret != 0"}))
     (p,) = cfg.probes
-    assert (p.function, p.function_offset, p.where) == ("work", 0x10, "work+0x10")
+    assert (p.function, p.function_offset, p.where) == ("work", 0, "work")
+    entry_only = parse_config(config_with(probe={"function": "work+0x10"})).probes[0]
+    assert (entry_only.function, entry_only.function_offset, entry_only.where) == ("work", 0x10, "work+0x10")
     assert p.args == (("a", "%di:s32"), ("s", "+0(%si):string"))
     assert p.return_args == (("ret", "$retval:s64"),)
     assert p.buckets == (0.001, 1.0, 2.5)
