@@ -233,3 +233,19 @@ def test_sighup_reopens_the_output_file_for_logrotate(
     assert rc == 0, exporter.stderr
     assert [r["args"]["a"] for r in read_jsonl(rotated) if r["type"] == "entry"] == [-7, -6, -5]
     assert [r["args"]["a"] for r in read_jsonl(out) if r["type"] == "entry"] == [-7, -6, -5, -4]
+
+
+@pytest.mark.parametrize("delay", [0.15, 0.22, 0.26, 0.3, 0.34, 0.6])
+def test_sigterm_during_startup_leaves_nothing(
+    build: Callable[..., Path], tracefs: Tracefs, group: str, tmp_path: Path, delay: float,
+) -> None:
+    """SIGTERM at moments spread over startup (imports, resolution, registration, enabling): the
+    exporter exits cleanly or never started, and nothing of its group or instance is left."""
+    with ExporterProcess(write_config(tmp_path, group, build("calls"))) as exporter:
+        time.sleep(delay)
+        rc, elapsed = exporter.stop()
+    assert rc in (0, -signal.SIGTERM), exporter.stderr
+    assert elapsed < 2.0
+    assert "Traceback" not in exporter.stderr
+    assert ours(tracefs, group) == []
+    assert not tracefs.instance(group).exists()

@@ -44,7 +44,6 @@ class Runtime:
     pipeline: Pipeline
     reader: TracePipeReader
     sink: JsonlSink | None
-    renderer: Renderer | None
     tgids: TgidCache
     kernel_lost: int = 0
     output_stuck: bool = False
@@ -62,8 +61,8 @@ async def _housekeeping(rt: Runtime) -> None:
     last_sweep = time.monotonic()
     while True:
         await asyncio.sleep(1.0)
-        if rt.renderer is not None:
-            rt.renderer.wall_offset_ns = wall_offset_ns()
+        if rt.pipeline.renderer is not None:
+            rt.pipeline.renderer.wall_offset_ns = wall_offset_ns()
         if time.monotonic() - last_sweep >= SWEEP_SECONDS:
             last_sweep = time.monotonic()
             pairing = rt.pipeline.pairing
@@ -125,7 +124,7 @@ async def run(config: Config, problems: list[str]) -> bool:
                     sink.submit(*batch)
 
             reader = TracePipeReader(instance.trace_pipe, on_lines)
-            rt = Runtime(pipeline, reader, sink, renderer, tgids)
+            rt = Runtime(pipeline, reader, sink, tgids)
             try:
                 if metrics is not None:
                     metrics.sources.update(tracefs, instance, events, pipeline, sink, reader)
