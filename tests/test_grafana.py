@@ -21,7 +21,7 @@ from tests.helpers import ROOT, ExporterProcess, build_config, toml_dumps
 from tests.prom import PrometheusServer, free_port, scalar
 from uprobe_exporter import __version__
 from uprobe_exporter.pairing import EVICTION_REASONS
-from uprobe_exporter.traceline import PARSE_ERROR_REASONS
+from uprobe_exporter.rawpage import RAW_ERROR_REASONS
 
 DASHBOARD = ROOT / "grafana" / "uprobe-exporter.json"
 SCHEMA = ROOT / "grafana" / "dashboard.schema.json"
@@ -285,7 +285,7 @@ def test_every_dashboard_query_returns_data(build: Callable[..., Path], group: s
     assert {ls["reason"] for ls in labels("Events lost in the kernel")} == {"overrun", "commit_overrun", "dropped"}
     assert {ls["sink"] for ls in labels("Records dropped by the sink")} == {"jsonl"}
     # Every series exists from the start, at 0: nothing unparsable, no return without its entry.
-    assert sorted(ls["reason"] for ls in labels("Parse errors by reason")) == sorted(PARSE_ERROR_REASONS)
+    assert sorted(ls["reason"] for ls in labels("Parse errors by reason")) == sorted(RAW_ERROR_REASONS)
     assert max(finite(results["Parse errors by reason", "A"])) == 0
     assert labels("Unpaired calls/s") == [{"probe": "sleeper"}]
     assert max(finite(results["Unpaired calls/s", "A"])) == 0

@@ -30,6 +30,7 @@ MAX_ARG_NAME = 31  # MAX_ARG_NAME_LEN 32
 RECORD_LABELS = ("comm",)
 RESERVED_LABELS = ("probe", "le", "instance", "job")  # set by the histogram itself or by Prometheus
 LOG_LEVELS = ("debug", "info", "warning", "error")
+READERS = ("raw", "text")  # per-CPU trace_pipe_raw (binary, ns timestamps), or the text trace_pipe
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +42,7 @@ class ExporterConfig:
     host_root: str = "/"
     max_pending_calls: int = 65536
     log_level: str = "info"
+    reader: str = "raw"
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +161,7 @@ def _parse_exporter(data: Mapping[str, Any], problems: _Problems) -> ExporterCon
         host_root=_get(t, "host_root", str, d.host_root, "exporter", problems),
         max_pending_calls=_get(t, "max_pending_calls", int, d.max_pending_calls, "exporter", problems),
         log_level=_get(t, "log_level", str, d.log_level, "exporter", problems),
+        reader=_get(t, "reader", str, d.reader, "exporter", problems),
     )
     if not GROUP_RE.match(cfg.group) or len(cfg.group) > MAX_EVENT_NAME:
         problems.add("exporter.group", f"'{cfg.group}' must be a C identifier of at most 63 characters")
@@ -171,6 +174,8 @@ def _parse_exporter(data: Mapping[str, Any], problems: _Problems) -> ExporterCon
     if cfg.log_level not in LOG_LEVELS:
         problems.add("exporter.log_level", f"must be one of {', '.join(LOG_LEVELS)}")
         cfg = replace(cfg, log_level=d.log_level)  # logging is set up before the problems are reported
+    if cfg.reader not in READERS:
+        problems.add("exporter.reader", f"'{cfg.reader}' must be one of {', '.join(READERS)}")
     if not cfg.host_root.startswith("/"):
         problems.add("exporter.host_root", f"'{cfg.host_root}' must be an absolute path")
     return cfg

@@ -20,6 +20,8 @@ from uprobe_exporter.metrics import start_metrics_server
 from uprobe_exporter.pairing import Pairing
 from uprobe_exporter.pipeline import Pipeline, event_infos
 from uprobe_exporter.procfs import TgidCache, thread_exists
+from uprobe_exporter.rawpage import PageLayout, RawDecoder
+from uprobe_exporter.rawreader import RawPipeReader
 from uprobe_exporter.reader import TracePipeReader
 from uprobe_exporter.render import Renderer
 from uprobe_exporter.resolve import plan_events
@@ -42,7 +44,7 @@ class Runtime:
     """Everything a running exporter holds, for housekeeping and the final summary."""
 
     pipeline: Pipeline
-    reader: TracePipeReader
+    reader: TracePipeReader | RawPipeReader
     sink: JsonlSink | None
     tgids: TgidCache
     kernel_lost: int = 0
@@ -113,17 +115,7 @@ async def run(config: Config, problems: list[str]) -> bool:
     try:
         with Signals(sink) as signals, ProbeSession(tracefs, instance, config.exporter.group, events,
                                                     config.exporter.buffer_size_kb) as session:
-            pipeline = Pipeline(
-                TextParser.for_formats(session.formats.values()), event_infos(events, config.probes),
-                config.probes, renderer, Pairing(config.exporter.max_pending_calls),
-                config.metrics.label_values_max, tgids)
-
-            def on_lines(lines: list[str], final: bool) -> None:
-                batch = pipeline.process(lines, final)
-                if batch is not None and sink is not None:
-                    sink.submit(*batch)
-
-            reader = TracePipeReader(instance.trace_pipe, on_lines)
+            pipeline, reader = _reader(config, session, instance, renderer, tgids, sink)
             rt = Runtime(pipeline, reader, sink, tgids)
             try:
                 if metrics is not None:
@@ -141,6 +133,29 @@ async def run(config: Config, problems: list[str]) -> bool:
         if sink is not None and not sink.stuck:
             await sink.close()
     return rt is None or not rt.output_stuck
+
+
+def _reader(
+    config: Config, session: ProbeSession, instance: Instance, renderer: Renderer | None, tgids: TgidCache,
+    sink: JsonlSink | None,
+) -> tuple[Pipeline, TracePipeReader | RawPipeReader]:
+    """The pipeline and the reader the configuration asks for: text ``trace_pipe`` or raw pages."""
+    formats = session.formats.values()
+    raw = config.exporter.reader == "raw"
+    decoder = RawDecoder.for_formats(PageLayout.parse(instance.read_header_page()), formats) if raw else None
+    pipeline = Pipeline(
+        None if decoder is not None else TextParser.for_formats(formats), event_infos(session.events, config.probes),
+        config.probes, renderer, Pairing(config.exporter.max_pending_calls), config.metrics.label_values_max,
+        tgids, decoder.errors if decoder is not None else None)
+
+    def submit(batch: tuple[bytes, int] | None) -> None:
+        if batch is not None and sink is not None:
+            sink.submit(*batch)
+
+    if decoder is not None:
+        return pipeline, RawPipeReader(instance.root, instance.cpus(), decoder,
+                                       lambda items, final: submit(pipeline.process_items(items)))
+    return pipeline, TracePipeReader(instance.trace_pipe, lambda lines, final: submit(pipeline.process(lines, final)))
 
 
 async def _serve(rt: Runtime, session: ProbeSession, instance: Instance, stop: asyncio.Event) -> None:

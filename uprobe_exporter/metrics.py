@@ -30,6 +30,8 @@ from uprobe_exporter.jsonl import JsonlSink
 from uprobe_exporter.pairing import EVICTION_REASONS, Pairing
 from uprobe_exporter.pipeline import Pipeline
 from uprobe_exporter.probes import ProbeEvent
+from uprobe_exporter.rawpage import RAW_ERROR_REASONS
+from uprobe_exporter.rawreader import RawPipeReader
 from uprobe_exporter.reader import TracePipeReader
 from uprobe_exporter.tracefs import Instance, Tracefs
 from uprobe_exporter.traceline import PARSE_ERROR_REASONS
@@ -46,7 +48,7 @@ class Sources:
     events: list[ProbeEvent] = field(default_factory=list)
     pipeline: Pipeline | None = None
     sink: JsonlSink | None = None
-    reader: TracePipeReader | None = None
+    reader: TracePipeReader | RawPipeReader | None = None
     scrape_errors: Counter[str] = field(default_factory=Counter)
     lock: threading.Lock = field(default_factory=threading.Lock)  # scrapes may run concurrently
 
@@ -55,7 +57,7 @@ class Sources:
             self.scrape_errors[source] += 1
 
     def update(self, tracefs: Tracefs, instance: Instance, events: list[ProbeEvent], pipeline: Pipeline,
-               sink: JsonlSink | None, reader: TracePipeReader | None) -> None:
+               sink: JsonlSink | None, reader: TracePipeReader | RawPipeReader | None) -> None:
         self.tracefs, self.instance, self.events = tracefs, instance, events
         self.sink, self.reader = sink, reader
         self.pipeline = pipeline  # last: the collector starts reading once this is set
@@ -139,13 +141,16 @@ class UprobeCollector(Collector):
             events.add_metric([probe, kind], stats.events.get((probe, kind), 0))
         yield events
         errors = CounterMetricFamily("uprobe_exporter_parse_errors_total",
-                                     "Trace lines that could not be parsed, by reason (logged at debug level).",
+                                     "Trace lines (text reader) or events and pages (raw reader) that could not "
+                                     "be decoded, by reason (text lines are logged at debug level).",
                                      labels=["reason"])
-        for reason in sorted({*PARSE_ERROR_REASONS, *stats.parse_errors}):  # zeros too: rate() needs a start
+        reasons = RAW_ERROR_REASONS if isinstance(self.sources.reader, RawPipeReader) else PARSE_ERROR_REASONS
+        for reason in sorted({*reasons, *stats.parse_errors}):  # zeros too: rate() needs a start
             errors.add_metric([reason], stats.parse_errors.get(reason, 0))
         yield errors
         markers = CounterMetricFamily("uprobe_exporter_lost_markers_total",
-                                      "'CPU:N [LOST EVENTS]' markers seen in the trace stream (their counts are "
+                                      "'CPU:N [LOST EVENTS]' markers in the text stream, or raw pages flagged with "
+                                      "missed events (their counts are "
                                       "already in uprobe_exporter_kernel_lost_events_total).")
         markers.add_metric([], stats.lost_markers)
         yield markers
@@ -169,7 +174,7 @@ class UprobeCollector(Collector):
         yield w
         yield d
         if self.sources.reader is not None:
-            b = CounterMetricFamily("uprobe_exporter_read_bytes_total", "Bytes read from trace_pipe.")
+            b = CounterMetricFamily("uprobe_exporter_read_bytes_total", "Bytes read from trace_pipe or trace_pipe_raw.")
             b.add_metric([], self.sources.reader.bytes_read)
             yield b
 

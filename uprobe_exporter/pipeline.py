@@ -1,7 +1,8 @@
 """Pure wiring of parsed records: counting, pairing, latency histograms and JSON rendering.
 
-The reader hands over batches of complete lines; ``process`` returns the JSON lines of the batch as
-one ``bytes`` (or None when JSON output is off). Nothing here does I/O: looking up a process id the
+The text reader hands over batches of complete lines (``process``), the raw reader batches of
+decoded records (``process_items``); both return the JSON lines of the batch as one ``bytes`` (or None
+when JSON output is off). Nothing here does I/O: looking up a process id the
 kernel did not know is a callable given by the daemon.
 """
 
@@ -27,9 +28,9 @@ COMM_ONLY = ("comm",)  # the most common label set, taken without a call
 @dataclass(frozen=True, slots=True)
 class PipelineStats:
     events: dict[tuple[str, str], int]  # (probe, type) → records parsed
-    parse_errors: dict[str, int]  # reason → lines
-    lost_markers: int  # "CPU:N [LOST M EVENTS]" lines seen
-    lost_inband: int  # the sum of their M (a part of the per-CPU stats overrun)
+    parse_errors: dict[str, int]  # reason → lines (text) or events and pages (raw)
+    lost_markers: int  # "CPU:N [LOST M EVENTS]" lines, or pages flagged with missed events
+    lost_inband: int  # the sum of their counts (a part of the per-CPU stats overrun)
 
 
 def event_infos(events: Iterable[ProbeEvent], probes: Iterable[ProbeConfig]) -> dict[str, EventInfo]:
@@ -45,13 +46,14 @@ class Pipeline:
 
     def __init__(
         self,
-        parser: TextParser,
+        parser: TextParser | None,
         infos: dict[str, EventInfo],
         probes: Iterable[ProbeConfig],
         renderer: Renderer | None,
         pairing: Pairing,
         label_values_max: int = 100,
         tgid_of: Callable[[int], int] = lambda tid: 0,
+        decode_errors: dict[str, int] | None = None,
     ) -> None:
         self.parser = parser
         self.infos = infos
@@ -71,15 +73,21 @@ class Pipeline:
                        for name, info in infos.items()}
         self.event_counts: dict[str, int] = dict.fromkeys(infos, 0)  # not a Counter: += is 3x cheaper
         self.parse_errors: Counter[str] = Counter()
+        self.decode_errors = decode_errors if decode_errors is not None else {}  # kept by the raw decoder
         self.lost_markers = 0
         self.lost_inband = 0
 
     def process(self, lines: list[str], final: bool = False) -> tuple[bytes, int] | None:
         """Parse, count, pair; returns the JSON lines of the batch and how many (None: no JSON output)."""
+        assert self.parser is not None, "a text pipeline"
         items, errors = self.parser.parse_lines(lines, final)
         for err in errors:
             self.parse_errors[err.reason] += 1
             log.debug("unparsed trace line (%s): %r", err.reason, err.raw)
+        return self.process_items(items)
+
+    def process_items(self, items: list[TraceRecord | LostEvents]) -> tuple[bytes, int] | None:
+        """Count, pair, render records in timestamp order (and count lost-event markers)."""
         out: list[bytes] = []
         for item in items:
             if type(item) is LostEvents:
@@ -117,7 +125,10 @@ class Pipeline:
         for name, n in list(self.event_counts.items()):
             info = self.infos[name]
             events[info.probe, info.type] += n
-        return PipelineStats(dict(events), dict(self.parse_errors), self.lost_markers, self.lost_inband)
+        errors = dict(self.parse_errors)
+        for reason, n in list(self.decode_errors.items()):
+            errors[reason] = errors.get(reason, 0) + n
+        return PipelineStats(dict(events), errors, self.lost_markers, self.lost_inband)
 
 
 def _label_values(rec: TraceRecord, labels: tuple[str, ...], entry: tuple[str, ...] | None) -> tuple[str, ...]:

@@ -248,6 +248,10 @@ class Instance:
             total += stats.get("overrun", 0) + stats.get("commit overrun", 0) + stats.get("dropped events", 0)
         return total
 
+    def read_header_page(self) -> str:
+        """The page layout of this instance's ring buffer (its sub-buffer size included)."""
+        return read_text(self.root / "events" / "header_page")
+
     @property
     def trace_pipe(self) -> Path:
         return self.root / "trace_pipe"

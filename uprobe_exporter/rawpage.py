@@ -1,0 +1,232 @@
+"""Pure decoder of ``trace_pipe_raw`` sub-buffers ("pages") into ``TraceRecord``/``LostEvents``.
+
+A page (kernel/trace/ring_buffer.c: struct buffer_data_page, described by ``events/header_page``) is a
+u64 ``timestamp``, a ``commit`` word whose low 27 bits are the bytes of data that follow and whose bits
+31/30 say events were missed before this page / their count is stored after the data, then the events.
+Each event starts with a 32-bit header (``events/header_event``): ``type_len`` (5 bits) and
+``time_delta`` (27 bits). type_len 1..28: a record of ``type_len * 4`` bytes follows; 0: a u32 length
+(counting itself) then the record; 29: padding (delta 0: the rest of the page is empty; otherwise a
+discarded event); 30: time extend; 31: absolute time stamp.
+
+Records are unpacked by a ``struct`` layout and a small function generated once per event from its
+``format`` file (as ``traceline.PayloadParser`` does for text): one ``unpack_from`` per record, strings
+sliced byte-exact by their ``__data_loc`` word (``(len << 16) | offset`` from the record start, ``len``
+counting the NUL, 0 when the fetch faulted).
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+import sys
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from uprobe_exporter.errors import TraceParseError
+from uprobe_exporter.formatfile import EventFormat, Field, FieldKind
+from uprobe_exporter.records import LostEvents, TraceRecord
+from uprobe_exporter.traceline import HIDDEN_COMM, HIDDEN_SP
+
+COMMIT_MASK = (1 << 27) - 1
+MISSED_EVENTS = 1 << 31  # RB_MISSED_EVENTS
+MISSED_STORED = 1 << 30  # RB_MISSED_STORED
+TYPE_DATA_MAX, TYPE_PADDING, TYPE_TIME_EXTEND, TYPE_TIME_STAMP = 28, 29, 30, 31
+TS_SHIFT = 27
+TS_MSB = ~((1 << 59) - 1)  # rb_fix_abs_ts(): an absolute stamp keeps 59 bits
+RAW_ERROR_REASONS = ("page_header", "event_header", "unknown_event", "record")  # reasons counted per event
+_U32 = struct.Struct("=I").unpack_from
+_U16 = struct.Struct("=H").unpack_from
+_INT_CODES = {1: "b", 2: "h", 4: "i", 8: "q"}
+_FIELD_RE = re.compile(r"\tfield: ?(?P<decl>[^;]+);\toffset:(?P<offset>\d+);\tsize:(?P<size>\d+);")
+
+
+@dataclass(frozen=True, slots=True)
+class PageLayout:
+    """Where the page header fields are, from ``events/header_page`` (sizes differ on 32-bit hosts)."""
+
+    timestamp: tuple[int, int]  # (offset, size)
+    commit: tuple[int, int]
+    data_offset: int
+    page_size: int  # the sub-buffer size: header + data
+
+    @classmethod
+    def parse(cls, text: str) -> PageLayout:
+        fields = {m["decl"].split()[-1]: (int(m["offset"]), int(m["size"])) for m in _FIELD_RE.finditer(text)}
+        try:
+            ts, commit, data = fields["timestamp"], fields["commit"], fields["data"]
+        except KeyError as exc:
+            raise TraceParseError("header_page", text[:200]) from exc
+        if ts[1] != 8 or commit[1] not in (4, 8) or sys.byteorder != "little":
+            raise TraceParseError("header_page", f"unsupported layout ({sys.byteorder}-endian): {text[:200]}")
+        return cls(ts, commit, data[0], data[0] + data[1])
+
+
+def _struct_code(f: Field) -> str:
+    if f.kind is FieldKind.STRING:
+        return "I"
+    if f.kind is FieldKind.ARRAY:
+        code = _INT_CODES[f.elem_size]
+        return f"{f.count}{code if f.signed else code.upper()}"
+    if f.size not in _INT_CODES:
+        raise TraceParseError("format_field", f"{f.name}: size {f.size}")
+    code = _INT_CODES[f.size]
+    return code if f.signed and f.kind is FieldKind.INT else code.upper()
+
+
+def _string_expr(loc: str) -> str:
+    """A ``__data_loc`` string (None when the fetch faulted: len 0), bytes up to its NUL, UTF-8 decoded
+    with non-UTF-8 bytes kept as ``\\xNN`` escapes, exactly as the text reader decodes them."""
+    return (f"(p[o + ({loc} & 65535):o + ({loc} & 65535) + ({loc} >> 16) - 1]"
+            f".decode('utf-8', 'backslashreplace') if {loc} >> 16 else None)")
+
+
+@dataclass(frozen=True, slots=True)
+class RecordBuilder:
+    """Builds the record of one event from the page bytes at its offset; generated from the format."""
+
+    fmt: EventFormat
+    build: Callable[[bytes, int, int, int], TraceRecord]
+    source: str
+
+    @classmethod
+    def compile(cls, fmt: EventFormat) -> RecordBuilder:
+        pid = next((f for f in fmt.common if f.name == "common_pid"), None)
+        if pid is None:
+            raise TraceParseError("format_field", f"{fmt.name}: no common_pid")
+        fields = sorted((pid, *fmt.fields), key=lambda f: f.offset)
+        layout: list[str] = ["="]
+        names: list[str] = []
+        at = 0
+        for f in fields:
+            if f.offset < at:
+                raise TraceParseError("format_field", f"{fmt.name}: {f.name} overlaps")
+            layout.append(f"{f.offset - at}x" if f.offset > at else "")
+            layout.append(_struct_code(f))
+            at = f.offset + f.size
+            if f.kind is FieldKind.ARRAY:
+                if not f.count:
+                    raise TraceParseError("format_field", f"{fmt.name}: empty array {f.name}")
+                names.append(", ".join(f"v{len(names)}_{i}" for i in range(f.count)))
+            else:
+                names.append(f"v{len(names)}")
+        by_name = {f.name: names[i] for i, f in enumerate(fields)}
+        ip = by_name["__probe_func" if fmt.is_return else "__probe_ip"]
+        ret_ip = by_name.get("__probe_ret_ip", "0")
+        comm = "'<...>'"
+        sp = "0"
+        args = []
+        for f in fmt.args:
+            v = by_name[f.name]
+            if f.kind is FieldKind.STRING:
+                expr = _string_expr(v)
+            elif f.kind is FieldKind.CHAR:
+                expr = f"_char({v})"
+            elif f.kind is FieldKind.ARRAY:
+                expr = f"[{v}]"
+            else:
+                expr = v
+            if f.name == HIDDEN_COMM:
+                comm = f"({expr} or '<...>')"
+            elif f.name == HIDDEN_SP:
+                sp = v
+            else:
+                args.append(f"{f.name!r}: {expr}")
+        unpack = ", ".join(names)
+        source = (
+            "def build(p, o, ts, cpu):\n"
+            f"    {unpack}, = _unpack(p, o)\n"
+            f"    return _new(TraceRecord, ({fmt.name!r}, {by_name['common_pid']}, 0, cpu, ts, {comm}, {ip},"
+            f" {ret_ip}, {fmt.is_return}, {sp}, {{{', '.join(args)}}}))\n"
+        )
+        namespace: dict[str, Any] = {"TraceRecord": TraceRecord, "_new": tuple.__new__,
+                                     "_unpack": struct.Struct("".join(layout)).unpack_from, "_char": _char}
+        exec(compile(source, f"<record builder {fmt.name}>", "exec"), namespace)
+        return cls(fmt, namespace["build"], source)
+
+
+def _char(b: int) -> str:
+    """A ``char`` argument: the text reader sees the byte printed with ``'%c'``."""
+    return chr(b) if b < 0x80 else bytes((b,)).decode("utf-8", "backslashreplace")
+
+
+@dataclass(slots=True)
+class RawDecoder:
+    """Decodes pages of one CPU buffer for the events of one group; counts every anomaly by reason."""
+
+    layout: PageLayout
+    builders: dict[int, Callable[[bytes, int, int, int], TraceRecord]]
+    errors: dict[str, int] = field(default_factory=lambda: dict.fromkeys(RAW_ERROR_REASONS, 0))
+
+    @classmethod
+    def for_formats(cls, layout: PageLayout, formats: Iterable[EventFormat]) -> RawDecoder:
+        return cls(layout, {f.id: RecordBuilder.compile(f).build for f in formats})
+
+    def decode(self, page: bytes, cpu: int, out: list[TraceRecord | LostEvents]) -> int:
+        """Append the page's records (after a LostEvents when the kernel missed events before it) to
+        ``out``; returns the number of anomalies counted in ``errors``."""
+        layout = self.layout
+        c_off, c_size = layout.commit
+        start = layout.data_offset
+        if len(page) < start:
+            return self._error("page_header") if page else 0
+        ts = struct.unpack_from("=Q", page, layout.timestamp[0])[0]
+        commit = struct.unpack_from("=Q" if c_size == 8 else "=I", page, c_off)[0]
+        end = start + (commit & COMMIT_MASK)
+        if end > len(page) or end > layout.page_size:
+            return self._error("page_header")
+        if commit & MISSED_EVENTS:
+            lost = None
+            if commit & MISSED_STORED and end + c_size <= len(page):
+                lost = struct.unpack_from("=Q" if c_size == 8 else "=I", page, end)[0]
+            out.append(LostEvents(cpu, lost))
+        return self._events(page, start, end, ts, cpu, out)
+
+    def _events(self, page: bytes, pos: int, end: int, ts: int, cpu: int,
+                out: list[TraceRecord | LostEvents]) -> int:
+        builders = self.builders
+        append = out.append
+        anomalies = 0
+        while pos < end:
+            if pos + 4 > end:
+                return anomalies + self._error("event_header")
+            w = _U32(page, pos)[0]
+            type_len = w & 31
+            if type_len <= TYPE_DATA_MAX:
+                ts += w >> 5
+                if type_len:
+                    data = pos + 4
+                    pos = data + type_len * 4
+                else:
+                    data = pos + 8
+                    pos += 4 + (_U32(page, pos + 4)[0] if pos + 8 <= end else 0)
+                    if pos < data:
+                        return anomalies + self._error("event_header")
+                if pos > end:
+                    return anomalies + self._error("event_header")
+                build = builders.get(_U16(page, data)[0])
+                if build is None:
+                    anomalies += self._error("unknown_event")
+                    continue
+                try:
+                    append(build(page, data, ts, cpu))
+                except struct.error:  # the record is shorter than its format says
+                    anomalies += self._error("record")
+            elif pos + 8 > end:
+                return anomalies + self._error("event_header")
+            elif type_len == TYPE_TIME_EXTEND:
+                ts += (_U32(page, pos + 4)[0] << TS_SHIFT) + (w >> 5)
+                pos += 8
+            elif type_len == TYPE_PADDING:
+                if not w >> 5:
+                    break  # the rest of the page is empty
+                pos += 4 + _U32(page, pos + 4)[0]  # a discarded event
+            else:  # TYPE_TIME_STAMP
+                stamp = (_U32(page, pos + 4)[0] << TS_SHIFT) | (w >> 5)
+                ts = stamp | (ts & TS_MSB) if not stamp & TS_MSB else stamp
+                pos += 8
+        return anomalies
+
+    def _error(self, reason: str) -> int:
+        self.errors[reason] += 1
+        return 1

@@ -1,0 +1,161 @@
+"""Async reader of an instance's per-CPU ``trace_pipe_raw`` files, merged into one timestamp order.
+
+Strategy: one O_NONBLOCK fd per CPU, so a read never blocks the event loop and cancellation is
+immediate. Each ``read()`` returns one sub-buffer ("page"). When every buffer is empty we wait for
+poll() on any of them, then sleep ``batch_delay`` so that a burst is read as whole pages instead of
+waking per event (as ``reader.TracePipeReader`` does for text).
+
+A thread can migrate between its entry and its return, so the CPUs' records are merged by timestamp
+before pairing (``CpuMerge``): a batch is read after noting the time ``now``; every record the kernel
+committed before ``now`` is in this batch or an earlier one, except one still being written, so
+records up to ``now - hold_ns`` are released in order and the rest wait for the next batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from bisect import bisect_right
+from collections.abc import Callable
+from operator import itemgetter
+from pathlib import Path
+
+from uprobe_exporter.errors import TracefsError
+from uprobe_exporter.rawpage import RawDecoder
+from uprobe_exporter.records import LostEvents, TraceRecord
+
+Item = TraceRecord | LostEvents
+_ts_of = itemgetter(4)  # TraceRecord.ts_ns
+
+
+class CpuMerge:
+    """Pure: merges per-CPU runs of records (each in timestamp order) into one order, holding back the
+    records younger than ``hold_ns`` (at most ``max_held`` of them) for the next batch."""
+
+    def __init__(self, hold_ns: int = 2_000_000, max_held: int = 1 << 16) -> None:
+        self.hold_ns = hold_ns
+        self.max_held = max_held
+        self.held: list[TraceRecord] = []
+
+    def push(self, runs: list[list[TraceRecord]], now_ns: int, final: bool = False) -> list[TraceRecord]:
+        runs = [r for r in runs if r]
+        if self.held:
+            runs.append(self.held)
+        if not runs:
+            return []
+        # sorted() merges already-ordered runs in linear time (timsort), in C
+        merged = runs[0] if len(runs) == 1 else sorted([r for run in runs for r in run], key=_ts_of)
+        if final:
+            self.held = []
+            return merged
+        cut = bisect_right(merged, now_ns - self.hold_ns, key=_ts_of)
+        cut = max(cut, len(merged) - self.max_held)
+        self.held = merged[cut:]
+        return merged[:cut] if cut < len(merged) else merged
+
+
+class RawPipeReader:
+    """Reads every CPU's ``trace_pipe_raw`` and hands each merged batch to ``on_items``."""
+
+    def __init__(
+        self,
+        root: Path,
+        cpus: list[int],
+        decoder: RawDecoder,
+        on_items: Callable[[list[Item], bool], None],
+        batch_delay: float = 0.01,
+        pages_per_turn: int = 32,
+        merge: CpuMerge | None = None,
+    ) -> None:
+        self.decoder = decoder
+        self.on_items = on_items
+        self.batch_delay = batch_delay
+        self.pages_per_turn = pages_per_turn
+        self.merge = merge or CpuMerge()
+        self.page_size = decoder.layout.page_size
+        self.bytes_read = 0
+        self.pages_read = 0
+        self.fds: dict[int, int] = {}
+        try:
+            for cpu in cpus:
+                path = root / "per_cpu" / f"cpu{cpu}" / "trace_pipe_raw"
+                self.fds[cpu] = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError as exc:
+            self.close()
+            raise TracefsError(f"cannot open {path}: {exc.strerror}", path=str(path)) from exc
+        self.paths = {cpu: root / "per_cpu" / f"cpu{cpu}" / "trace_pipe_raw" for cpu in cpus}
+
+    def close(self) -> None:
+        for fd in self.fds.values():
+            os.close(fd)
+        self.fds.clear()
+
+    def _read_cpu(self, cpu: int, fd: int, limit: int | None, lost: list[Item]) -> list[TraceRecord]:
+        out: list[Item] = []
+        decode = self.decoder.decode
+        size = self.page_size
+        n = 0
+        while limit is None or n < limit:
+            try:
+                page = os.read(fd, size)  # EINTR is retried by Python itself (PEP 475)
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                path = self.paths[cpu]
+                raise TracefsError(f"cannot read {path}: {exc.strerror}", path=str(path)) from exc
+            if not page:
+                break
+            n += 1
+            self.bytes_read += len(page)
+            decode(page, cpu, out)
+        self.pages_read += n
+        if any(type(x) is LostEvents for x in out):
+            lost.extend(x for x in out if type(x) is LostEvents)
+            return [x for x in out if type(x) is TraceRecord]
+        return out  # type: ignore[return-value]  # only records
+
+    def read_available(self, limit: int | None = None, final: bool = False) -> int:
+        """Read every CPU until empty (or ``limit`` pages each); returns the number of pages read."""
+        now = time.clock_gettime_ns(time.CLOCK_MONOTONIC)  # the instance's trace_clock is mono
+        before = self.pages_read
+        lost: list[Item] = []
+        runs = [self._read_cpu(cpu, fd, limit, lost) for cpu, fd in self.fds.items()]
+        records: list[Item] = self.merge.push(runs, now, final)  # type: ignore[assignment]  # list invariance
+        if records or lost or final:
+            self.on_items(lost + records if lost else records, final)
+        return self.pages_read - before
+
+    async def _readable(self) -> None:
+        loop = asyncio.get_running_loop()
+        ready: asyncio.Future[None] = loop.create_future()
+
+        def wake() -> None:
+            if not ready.done():
+                ready.set_result(None)
+
+        for fd in self.fds.values():
+            loop.add_reader(fd, wake)
+        try:
+            if self.merge.held:  # records held back for ordering are released after the hold time
+                await asyncio.wait_for(ready, timeout=self.merge.hold_ns / 1e9 + self.batch_delay)
+            else:
+                await ready
+        except TimeoutError:
+            pass
+        finally:
+            for fd in self.fds.values():
+                loop.remove_reader(fd)
+
+    async def run(self) -> None:
+        """Read forever; cancel to stop (then call ``drain`` for what is left)."""
+        while True:
+            if self.read_available(self.pages_per_turn) == 0:
+                await self._readable()
+                await asyncio.sleep(self.batch_delay)
+            else:
+                await asyncio.sleep(0)
+
+    def drain(self) -> None:
+        """Read everything left and release every held record."""
+        self.read_available(final=True)
