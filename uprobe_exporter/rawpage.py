@@ -127,7 +127,7 @@ class RecordBuilder:
             else:
                 expr = v
             if f.name == HIDDEN_COMM:
-                comm = f"({expr} or '<...>')"
+                comm = f"(_c if (_c := {expr}) is not None else '<...>')"  # '' is a name; None a fault
             elif f.name == HIDDEN_SP:
                 sp = v
             else:
