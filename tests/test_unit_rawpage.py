@@ -96,7 +96,8 @@ def test_captured_pages_types_and_timestamps() -> None:
         assert len(types) == len(calls)
         for r, c in zip(types, calls, strict=True):
             a, s = c["a"], bytes.fromhex(c["s_hex"]) + b"\0"
-            assert (r.args["x8"], r.args["u16"], r.args["bits"]) == (a & 0xFF, a & 0xFFFF, ((a & 0xFFFFFFFF) >> 2) & 0xF)
+            bits = ((a & 0xFFFFFFFF) >> 2) & 0xF
+            assert (r.args["x8"], r.args["u16"], r.args["bits"]) == (a & 0xFF, a & 0xFFFF, bits)
             assert r.args["c"] == s[:1].decode("utf-8", "backslashreplace")
             assert r.args["arr"][:min(4, len(s))] == list(s[:4])
             assert r.args["bad"] is None  # the fetch faulted: __data_loc length 0
@@ -167,8 +168,11 @@ def specs(draw: st.DrawFn) -> Spec:
     return Spec(fmt, draw(st.integers(0, 1 << 22)), draw(st.integers(0, (1 << 27) - 1)), values)
 
 
+Page = tuple[bytes, list[tuple[Spec, int]], int | None]
+
+
 @st.composite
-def pages(draw: st.DrawFn) -> tuple[bytes, list[tuple[Spec, int]], int | None]:
+def pages(draw: st.DrawFn) -> Page:
     """A page of records with time extends, discarded events and long headers mixed in; returns the page,
     what it holds (spec, absolute timestamp), and the missed-events count (-1: flagged, not stored)."""
     ts = base = draw(st.integers(0, 1 << 58))
@@ -215,7 +219,7 @@ def expected(spec: Spec, ts: int, cpu: int) -> TraceRecord:
 
 @settings(max_examples=300, deadline=None)
 @given(pages())
-def test_synthetic_pages_decode_to_exactly_what_was_written(page: tuple[bytes, list[tuple[Spec, int]], int | None]) -> None:
+def test_synthetic_pages_decode_to_exactly_what_was_written(page: Page) -> None:
     data, held, missed = page
     d = decoder()
     out: list[TraceRecord | LostEvents] = []
@@ -228,8 +232,7 @@ def test_synthetic_pages_decode_to_exactly_what_was_written(page: tuple[bytes, l
 
 @settings(max_examples=300, deadline=None)
 @given(pages(), st.data())
-def test_truncated_and_corrupted_pages_never_raise(page: tuple[bytes, list[tuple[Spec, int]], int | None],
-                                                   data: st.DataObject) -> None:
+def test_truncated_and_corrupted_pages_never_raise(page: Page, data: st.DataObject) -> None:
     raw = bytearray(page[0])
     for _ in range(data.draw(st.integers(0, 20))):
         raw[data.draw(st.integers(0, PAGE - 1))] = data.draw(st.integers(0, 255))
