@@ -1,15 +1,19 @@
 """Live benchmark on the real kernel (root): the exporter against `cat trace_pipe > file`.
 
-    python benchmarks/bench_live.py [--seconds 5] [--targets step,push] [--python PYTHON]
+    python benchmarks/bench_live.py [--seconds 5] [--targets step,push] [--producers 1] [--readers raw,text]
+                                    [--python PYTHON]
 
 For each target (a function starting with an instruction the kernel single-steps, and one starting
-with `push`, which it emulates), entry + return probes, three runs of the same length:
+with `push`, which it emulates), entry + return probes, ``--producers`` copies of the target at once,
+runs of the same length:
   none     probes enabled in an instance, nobody reading (the target's speed with probes alone)
-  exporter uprobe-exporter run, JSON lines to a file
+  raw      uprobe-exporter run, reader = "raw" (per-CPU trace_pipe_raw), JSON lines to a file
+  text     uprobe-exporter run, reader = "text" (trace_pipe), JSON lines to a file
   cat      cat instances/<name>/trace_pipe > file
 and prints, per run: calls/s of the target, events generated (uprobe_profile hits), records emitted,
-events lost in the kernel (per-CPU stats), whether they add up exactly, reader CPU µs per record, the
-target's slowdown against nobody reading, and the exporter/cat ratios.
+events lost in the kernel (per-CPU stats), whether they add up exactly, reader CPU µs per record
+(per event generated, for the CPU/event ratio), the target's slowdown against nobody reading, the
+exporter's peak RSS, and the exporter/cat ratios.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ class Run:
     records: int
     lost: int
     cpu_s: float
+    rss_kb: tuple[int, int] = (0, 0)  # at the start of the run, at its end
 
     @property
     def rate(self) -> float:
@@ -66,9 +71,25 @@ def hits_of(tracefs: Tracefs, path: str, events: list[str]) -> int:
     return sum(e.hits for e in tracefs.read_uprobe_profile() if e.path == path and e.event in events)
 
 
-def run_target(binary: Path, mode: str, seconds: float) -> tuple[int, float]:
-    out = subprocess.run([binary, mode, str(seconds)], capture_output=True, text=True, check=True).stdout.split()
-    return int(out[0]), float(out[1])
+def rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def run_target(binary: Path, mode: str, seconds: float, producers: int = 1) -> tuple[int, float]:
+    """``producers`` copies at once; their calls summed, the longest elapsed time."""
+    procs = [subprocess.Popen([binary, mode, str(seconds)], stdout=subprocess.PIPE, text=True)
+             for _ in range(producers)]
+    calls, elapsed = 0, 0.0
+    for p in procs:
+        out, _ = p.communicate()
+        if p.returncode:
+            raise SystemExit(f"{binary} failed: {p.returncode}")
+        calls += int(out.split()[0])
+        elapsed = max(elapsed, float(out.split()[1]))
+    return calls, elapsed
 
 
 def wait_quiet(path: Path, settle: float = 0.5) -> None:
@@ -99,24 +120,24 @@ def session(tracefs: Tracefs, group: str, binary: Path, mode: str) -> ProbeSessi
     return ProbeSession(tracefs, tracefs.instance(group), group, events, BUFFER_KB)
 
 
-def run_none(tracefs: Tracefs, binary: Path, mode: str, seconds: float) -> Run:
+def run_none(tracefs: Tracefs, binary: Path, mode: str, seconds: float, producers: int) -> Run:
     group = f"bench_none_{mode}_{os.getpid()}"
     with session(tracefs, group, binary, mode) as s:
-        calls, elapsed = run_target(binary, mode, seconds)
+        calls, elapsed = run_target(binary, mode, seconds, producers)
         hits = hits_of(tracefs, str(binary), [e.event for e in s.events])
         lost = s.instance.read_lost()
         kept = sum(s.instance.read_stats(c).get("entries", 0) for c in s.instance.cpus())
     return Run("none", calls, elapsed, hits, kept, lost, 0.0)
 
 
-def run_cat(tracefs: Tracefs, binary: Path, mode: str, seconds: float, tmp: Path) -> Run:
+def run_cat(tracefs: Tracefs, binary: Path, mode: str, seconds: float, producers: int, tmp: Path) -> Run:
     group = f"bench_cat_{mode}_{os.getpid()}"
     out = tmp / f"cat_{mode}.txt"
     with session(tracefs, group, binary, mode) as s, out.open("wb") as f:
         cat = subprocess.Popen(["cat", str(s.instance.trace_pipe)], stdout=f)
         time.sleep(0.3)
         cpu0 = cpu_seconds(cat.pid)
-        calls, elapsed = run_target(binary, mode, seconds)
+        calls, elapsed = run_target(binary, mode, seconds, producers)
         wait_quiet(out)
         cpu = cpu_seconds(cat.pid) - cpu0
         hits = hits_of(tracefs, str(binary), [e.event for e in s.events])
@@ -126,13 +147,15 @@ def run_cat(tracefs: Tracefs, binary: Path, mode: str, seconds: float, tmp: Path
     return Run("cat", calls, elapsed, hits, count_records(out), lost, cpu)
 
 
-def run_exporter(binary: Path, mode: str, seconds: float, tmp: Path, python: str) -> Run:
+def run_exporter(binary: Path, mode: str, seconds: float, producers: int, tmp: Path, python: str,
+                 reader: str) -> Run:
     group = f"bench_exp_{mode}_{os.getpid()}"
     out = tmp / f"exporter_{mode}.jsonl"
     out.unlink(missing_ok=True)  # the sink appends
     config = tmp / "config.toml"
     config.write_text(
         f'[exporter]\ngroup = "{group}"\ninstance = "{group}"\nbuffer_size_kb = {BUFFER_KB}\n'
+        f'reader = "{reader}"\n'
         f'[output.jsonl]\npath = "{out}"\n[metrics]\nenabled = false\n'
         f'[[probes]]\nname = "work"\nbinary = "{binary}"\nfunction = "work_{mode}"\n'
         f'args = {{ x = "%di:s64" }}\nreturn = true\nreturn_args = {{ ret = "$retval:s64" }}\n')
@@ -145,42 +168,50 @@ def run_exporter(binary: Path, mode: str, seconds: float, tmp: Path, python: str
     else:
         raise SystemExit(f"exporter did not start (exit {exporter.wait()})")
     tracefs = Tracefs(find_tracefs("auto"))
-    cpu0 = cpu_seconds(exporter.pid)
-    calls, elapsed = run_target(binary, mode, seconds)
+    cpu0, rss0 = cpu_seconds(exporter.pid), rss_kb(exporter.pid)
+    calls, elapsed = run_target(binary, mode, seconds, producers)
     wait_quiet(out)
-    cpu = cpu_seconds(exporter.pid) - cpu0
+    cpu, rss1 = cpu_seconds(exporter.pid) - cpu0, rss_kb(exporter.pid)
     hits = hits_of(tracefs, str(binary), ["work_entry", "work_return"])
     exporter.send_signal(signal.SIGTERM)
     log = exporter.stderr.read()
     exporter.wait()
     m = re.search(r"(\d+) lost in the kernel", log)
     lost = int(m[1]) if m else -1
-    return Run("exporter", calls, elapsed, hits, count_records(out), lost, cpu)
+    return Run(reader, calls, elapsed, hits, count_records(out), lost, cpu, (rss0, rss1))
 
 
-def report(mode: str, runs: dict[str, Run]) -> None:
+def report(mode: str, producers: int, runs: dict[str, Run]) -> None:
     none = runs["none"]
-    print(f"\n== target '{mode}': entry + return probes, {none.seconds:.1f} s per run ==")
-    print(f"{'run':9} {'calls/s':>10} {'events':>10} {'records':>10} {'lost':>10} {'loss%':>6} "
-          f"{'adds up':>7} {'µs CPU/rec':>10} {'slowdown':>8}")
+    print(f"\n== target '{mode}' x{producers}: entry + return probes, {none.seconds:.1f} s per run ==")
+    print(f"{'run':6} {'calls/s':>10} {'events':>10} {'records':>10} {'lost':>10} {'loss%':>6} "
+          f"{'adds up':>7} {'µs CPU/rec':>10} {'µs CPU/ev':>9} {'slowdown':>8} {'RSS MB start/end':>16}")
     for r in runs.values():
         per_rec = r.cpu_s / r.records * 1e6 if r.records and r.cpu_s else 0.0
+        per_ev = r.cpu_s / r.hits * 1e6 if r.hits and r.cpu_s else 0.0
         slowdown = (none.rate / r.rate - 1) * 100
-        print(f"{r.name:9} {r.rate:10.0f} {r.hits:10d} {r.records:10d} {r.lost:10d} "
+        rss = f"{r.rss_kb[0] / 1024:.1f}/{r.rss_kb[1] / 1024:.1f}" if r.rss_kb[0] else ""
+        print(f"{r.name:6} {r.rate:10.0f} {r.hits:10d} {r.records:10d} {r.lost:10d} "
               f"{r.lost / max(r.hits, 1) * 100:6.2f} {'yes' if r.adds_up else 'NO':>7} {per_rec:10.2f} "
-              f"{slowdown:7.1f}%")
-    exp, cat = runs["exporter"], runs["cat"]
-    exp_cpu = exp.cpu_s / max(exp.records, 1)
-    cat_cpu = cat.cpu_s / max(cat.records, 1)
-    print(f"exporter/cat: CPU per record {exp_cpu / cat_cpu:.2f}x, loss {exp.lost / max(exp.hits, 1) * 100:.2f}% vs "
-          f"{cat.lost / max(cat.hits, 1) * 100:.2f}%, slowdown {(none.rate / exp.rate - 1) * 100:.1f}% vs "
-          f"{(none.rate / cat.rate - 1) * 100:.1f}%, exporter events/s {exp.hits / exp.seconds:.0f}")
+              f"{per_ev:9.2f} {slowdown:7.1f}% {rss:>16}")
+    cat = runs["cat"]
+    for name in ("raw", "text"):
+        if name not in runs:
+            continue
+        exp = runs[name]
+        print(f"{name}/cat: CPU per event {exp.cpu_s / max(exp.hits, 1) / (cat.cpu_s / max(cat.hits, 1)):.2f}x, "
+              f"CPU per record {exp.cpu_s / max(exp.records, 1) / (cat.cpu_s / max(cat.records, 1)):.2f}x, "
+              f"loss {exp.lost / max(exp.hits, 1) * 100:.2f}% vs {cat.lost / max(cat.hits, 1) * 100:.2f}%, "
+              f"slowdown {(none.rate / exp.rate - 1) * 100:.1f}% vs {(none.rate / cat.rate - 1) * 100:.1f}%, "
+              f"events/s {exp.hits / exp.seconds:.0f}")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--targets", default="step,push")
+    ap.add_argument("--producers", type=int, default=1, help="copies of the target running at once")
+    ap.add_argument("--readers", default="raw,text", help="the exporter's readers to run (raw, text)")
     ap.add_argument("--python", default=sys.executable, help="the interpreter that runs the exporter")
     args = ap.parse_args()
     tracefs = Tracefs(find_tracefs("auto"))
@@ -190,12 +221,11 @@ def main() -> None:
         subprocess.run(["gcc", "-O2", "-o", str(binary), str(ROOT / "benchmarks" / "targets" / "loop.c")],
                        check=True)
         for mode in args.targets.split(","):
-            runs = {
-                "none": run_none(tracefs, binary, mode, args.seconds),
-                "exporter": run_exporter(binary, mode, args.seconds, tmp, args.python),
-                "cat": run_cat(tracefs, binary, mode, args.seconds, tmp),
-            }
-            report(mode, runs)
+            runs = {"none": run_none(tracefs, binary, mode, args.seconds, args.producers)}
+            for reader in args.readers.split(","):
+                runs[reader] = run_exporter(binary, mode, args.seconds, args.producers, tmp, args.python, reader)
+            runs["cat"] = run_cat(tracefs, binary, mode, args.seconds, args.producers, tmp)
+            report(mode, args.producers, runs)
 
 
 if __name__ == "__main__":

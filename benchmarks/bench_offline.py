@@ -1,9 +1,12 @@
-"""Offline throughput on one core: captured trace_pipe text → records → JSON lines.
+"""Offline throughput on one core: captured kernel output → records → JSON lines, for both readers.
 
-    python benchmarks/bench_offline.py [--repeat 2000]
+    python benchmarks/bench_offline.py [--repeat 300] [--runs 5]
 
-Uses the kernel text captured in tests/fixtures/kernel/ (entry and return events with int and
-string arguments), repeated to make a long stream, fed in batches as the reader does.
+Uses what tests/fixtures/capture.py captured from this kernel (entry and return events with int and
+string arguments, and a probe with ten arguments of every type): the text of ``trace_pipe`` (text
+reader) and the pages of ``per_cpu/cpuN/trace_pipe_raw`` (raw reader), repeated to make a long stream
+and fed in batches as the readers do. Prints, per reader, records decoded per second, and records
+decoded + paired + put in latency histograms + serialized to JSON per second.
 """
 
 from __future__ import annotations
@@ -12,68 +15,130 @@ import argparse
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from uprobe_exporter.config import ProbeConfig  # noqa: E402
-from uprobe_exporter.formatfile import parse_format  # noqa: E402
+from uprobe_exporter.formatfile import EventFormat, parse_format  # noqa: E402
 from uprobe_exporter.pairing import Pairing  # noqa: E402
 from uprobe_exporter.pipeline import Pipeline  # noqa: E402
+from uprobe_exporter.rawpage import PageLayout, RawDecoder  # noqa: E402
 from uprobe_exporter.reader import LineSplitter  # noqa: E402
+from uprobe_exporter.records import LostEvents, TraceRecord  # noqa: E402
 from uprobe_exporter.render import EventInfo, Renderer  # noqa: E402
 from uprobe_exporter.traceline import TextParser  # noqa: E402
 
 FIXTURES = ROOT / "tests" / "fixtures" / "kernel"
+PAGES_PER_BATCH = 32  # what RawPipeReader reads per CPU per turn
+TEXT_READ = 8192  # one trace_pipe read ≈ 8 KiB
+
+
+def formats() -> list[EventFormat]:
+    return [parse_format(p.read_text()) for p in sorted(FIXTURES.glob("*.format"))]
 
 
 def load() -> tuple[TextParser, dict[str, EventInfo], list[ProbeConfig], bytes]:
-    formats = [parse_format(p.read_text()) for p in sorted(FIXTURES.glob("*.format"))]
-    probes = [ProbeConfig(name=n, binary="/x", function=n, return_probe=n != "types", latency=n != "types")
-              for n in ("work", "recurse", "types")]  # the captured "types" probe has no return events
+    """The text workload's parts: parser, event infos, probes and the captured trace_pipe text."""
+    fmts = formats()
+    p = pipeline(fmts, None)
+    return TextParser.for_formats(fmts), p.infos, list(probes_of()), (FIXTURES / "calls.trace_pipe").read_bytes()
+
+
+def probes_of() -> list[ProbeConfig]:
+    return [ProbeConfig(name=n, binary="/x", function=n, return_probe=n != "types", latency=n != "types")
+            for n in ("work", "recurse", "types")]  # the captured "types" probe has no return events
+
+
+def pipeline(fmts: list[EventFormat], parser: TextParser | None) -> Pipeline:
+    probes = probes_of()
     infos = {f.name: EventInfo(f.name.rsplit("_", 1)[0], "return" if f.is_return else "entry", f"g/{f.name}")
-             for f in formats}
-    text = (FIXTURES / "calls.trace_pipe").read_bytes()
-    return TextParser.for_formats(formats), infos, probes, text
+             for f in fmts}
+    return Pipeline(parser, infos, probes, Renderer(0), Pairing(), tgid_of=lambda tid: 1)
 
 
-def run_once(parser: TextParser, infos: dict[str, EventInfo], probes: list[ProbeConfig], chunks: list[bytes],
-             render: bool) -> tuple[float, float, int]:
-    """CPU seconds to parse only, and to parse + pair + histograms (+ JSON); records parsed."""
-    splitter = LineSplitter()
-    t0 = time.process_time()
-    records = 0
-    for chunk in chunks:
-        items, _ = parser.parse_lines(splitter.feed(chunk))
-        records += len(items)
-    parse_s = time.process_time() - t0
-    pipeline = Pipeline(parser, infos, probes, Renderer(0) if render else None, Pairing())
-    splitter = LineSplitter()
-    t0 = time.process_time()
-    for chunk in chunks:
-        pipeline.process(splitter.feed(chunk))
-    full_s = time.process_time() - t0
-    assert not pipeline.statistics().parse_errors
-    return parse_s, full_s, records
+def text_workload(repeat: int) -> tuple[Callable[[], int], Callable[[], int]]:
+    fmts = formats()
+    stream = (FIXTURES / "calls.trace_pipe").read_bytes() * repeat
+    chunks = [stream[i:i + TEXT_READ] for i in range(0, len(stream), TEXT_READ)]
+
+    def decode() -> int:
+        parser, splitter, n = TextParser.for_formats(fmts), LineSplitter(), 0
+        for chunk in chunks:
+            n += len(parser.parse_lines(splitter.feed(chunk))[0])
+        return n
+
+    def full() -> int:
+        p, splitter, n = pipeline(fmts, TextParser.for_formats(fmts)), LineSplitter(), 0
+        for chunk in chunks:
+            batch = p.process(splitter.feed(chunk))
+            n += batch[1] if batch else 0
+        assert not p.statistics().parse_errors
+        return n
+
+    return decode, full
+
+
+def raw_workload(repeat: int) -> tuple[Callable[[], int], Callable[[], int]]:
+    fmts = formats()
+    layout = PageLayout.parse((FIXTURES / "header_page").read_text())
+    pages = []
+    for path in sorted(FIXTURES.glob("calls.raw.cpu*")):
+        data = path.read_bytes()
+        pages += [data[i:i + layout.page_size] for i in range(0, len(data), layout.page_size)]
+    batches = [pages * PAGES_PER_BATCH] * (repeat // PAGES_PER_BATCH + 1)
+
+    def decode_batches(decoder: RawDecoder) -> list[list[TraceRecord | LostEvents]]:
+        out = []
+        for batch in batches:
+            items: list[TraceRecord | LostEvents] = []
+            for page in batch:
+                decoder.decode(page, 0, items)
+            out.append(items)
+        return out
+
+    def decode() -> int:
+        return sum(len(items) for items in decode_batches(RawDecoder.for_formats(layout, fmts)))
+
+    def full() -> int:
+        decoder = RawDecoder.for_formats(layout, fmts)
+        p, n = pipeline(fmts, None), 0
+        for batch in batches:
+            items: list[TraceRecord | LostEvents] = []
+            for page in batch:
+                decoder.decode(page, 0, items)
+            done = p.process_items(items)
+            n += done[1] if done else 0
+        assert not any(decoder.errors.values())
+        return n
+
+    return decode, full
+
+
+def measure(fn: Callable[[], int], runs: int) -> tuple[int, float, float]:
+    """Records, best and median CPU seconds over ``runs``."""
+    times, n = [], 0
+    for _ in range(runs):
+        t0 = time.process_time()
+        n = fn()
+        times.append(time.process_time() - t0)
+    return n, min(times), statistics.median(times)
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeat", type=int, default=300, help="copies of the captured trace in the stream")
     ap.add_argument("--runs", type=int, default=5, help="this machine is noisy: best and median of N runs")
     args = ap.parse_args()
-    parser, infos, probes, text = load()
-    stream = text * args.repeat
-    chunks = [stream[i:i + 8192] for i in range(0, len(stream), 8192)]  # one trace_pipe read ≈ 8 KiB
-    runs = [run_once(parser, infos, probes, chunks, render=True) for _ in range(args.runs)]
-    records = runs[0][2]
-    print(f"{sys.executable}: {records} records from {len(chunks)} reads, {args.runs} runs (best, median)")
-    for label, i in (("parse only", 0), ("parse + pair + histograms + JSON", 1)):
-        times = sorted(r[i] for r in runs)
-        best, median = times[0], statistics.median(times)
-        print(f"{label:34} {records / best / 1e3:6.0f} k records/s ({best / records * 1e6:5.2f} µs/record), "
-              f"median {records / median / 1e3:6.0f} k/s ({median / records * 1e6:5.2f} µs)")
+    print(f"{sys.executable}: {args.runs} runs each (best, median)")
+    for reader, workload in (("raw", raw_workload), ("text", text_workload)):
+        decode, full = workload(args.repeat)
+        for label, fn in (("decode only", decode), ("decode + pair + histograms + JSON", full)):
+            n, best, median = measure(fn, args.runs)
+            print(f"{reader:4} {label:34} {n / best / 1e3:6.0f} k records/s ({best / n * 1e6:5.2f} µs/record), "
+                  f"median {n / median / 1e3:6.0f} k/s ({median / n * 1e6:5.2f} µs)  [{n} records]")
 
 
 if __name__ == "__main__":

@@ -268,3 +268,6 @@ def test_every_header_type() -> None:
     bad_commit = struct.pack("=QQ", 0, PAGE) + data
     assert d.decode(bad_commit, 0, []) == 1 and d.errors["page_header"] == 2
     assert d.decode(b"", 0, []) == 0, "an empty read is no page"
+    short_padding = encode_event(rec, 0, False) + struct.pack("=I", 29)  # 4 bytes of padding end the data
+    one: list[TraceRecord | LostEvents] = []
+    assert d.decode(struct.pack("=QQ", 0, len(short_padding)) + short_padding, 0, one) == 0 and len(one) == 1

@@ -89,36 +89,40 @@ class Pipeline:
     def process_items(self, items: list[TraceRecord | LostEvents]) -> tuple[bytes, int] | None:
         """Count, pair, render records in timestamp order (and count lost-event markers)."""
         out: list[bytes] = []
+        append, record = out.append, self._record
         for item in items:
             if type(item) is LostEvents:
                 self.lost_markers += 1
                 self.lost_inband += item.count or 0
                 continue
-            chunk = self._record(item)  # type: ignore[arg-type]  # not LostEvents: a TraceRecord
+            chunk = record(item)  # type: ignore[arg-type]  # not LostEvents: a TraceRecord
             if chunk is not None:
-                out.append(chunk)
+                append(chunk)
         return (b"".join(out), len(out)) if self.renderer is not None else None
 
     def _record(self, rec: TraceRecord) -> bytes | None:
-        info, paired, hist, labels_at_return = self.routes[rec.event]
-        self.event_counts[rec.event] += 1
+        # indexes, not attribute names: this runs once per record (0 event, 1 tid, 2 tgid, 4 ts_ns,
+        # 5 comm, 8 is_return, 9 sp)
+        name = rec[0]
+        info, paired, hist, labels_at_return = self.routes[name]
+        self.event_counts[name] += 1
         duration = None
         if paired:
-            if not rec.is_return:
+            if not rec[8]:
                 # label values are taken at the entry (comm, the entry's args) and travel with the frame
                 extra = () if hist is None or not info.labels else (
-                    (rec.comm,) if info.labels == COMM_ONLY else _label_values(rec, info.labels, None))
-                self.pairing.enter(info.probe, rec.tid, rec.sp, rec.ts_ns, extra)
+                    (rec[5],) if info.labels == COMM_ONLY else _label_values(rec, info.labels, None))
+                self.pairing.enter(info.probe, rec[1], rec[9], rec[4], extra)
             else:
-                frame = self.pairing.leave(info.probe, rec.tid, rec.sp)
+                frame = self.pairing.leave(info.probe, rec[1], rec[9])
                 if frame is not None:
-                    duration = rec.ts_ns - frame[1]
+                    duration = rec[4] - frame[1]
                     if hist is not None:
                         values = _label_values(rec, info.labels, frame[2]) if labels_at_return else frame[2]
                         hist.observe(values, duration)
         if self.renderer is None:
             return None
-        return self.renderer.render(rec, info, duration, rec.tgid or self.tgid_of(rec.tid))
+        return self.renderer.render(rec, info, duration, rec[2] or self.tgid_of(rec[1]))
 
     def statistics(self) -> PipelineStats:
         events: Counter[tuple[str, str]] = Counter()

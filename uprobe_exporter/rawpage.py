@@ -37,6 +37,7 @@ TS_MSB = ~((1 << 59) - 1)  # rb_fix_abs_ts(): an absolute stamp keeps 59 bits
 RAW_ERROR_REASONS = ("page_header", "event_header", "unknown_event", "record")  # reasons counted per event
 _U32 = struct.Struct("=I").unpack_from
 _U16 = struct.Struct("=H").unpack_from
+_HEADER = struct.Struct("=IH").unpack_from  # header word + the u16 after it (common_type, if type_len > 0)
 _INT_CODES = {1: "b", 2: "h", 4: "i", 8: "q"}
 _FIELD_RE = re.compile(r"\tfield: ?(?P<decl>[^;]+);\toffset:(?P<offset>\d+);\tsize:(?P<size>\d+);")
 
@@ -113,7 +114,7 @@ class RecordBuilder:
         by_name = {f.name: names[i] for i, f in enumerate(fields)}
         ip = by_name["__probe_func" if fmt.is_return else "__probe_ip"]
         ret_ip = by_name.get("__probe_ret_ip", "0")
-        comm = "'<...>'"
+        comm, comm_code = "'<...>'", ""
         sp = "0"
         args = []
         for f in fmt.args:
@@ -126,8 +127,16 @@ class RecordBuilder:
                 expr = f"[{v}]"
             else:
                 expr = v
-            if f.name == HIDDEN_COMM:
-                comm = f"(_c if (_c := {expr}) is not None else '<...>')"  # '' is a name; None a fault
+            if f.name == HIDDEN_COMM:  # names repeat: decoded once, looked up by their bytes
+                comm, comm_code = "comm", (
+                    f"    if {v} >> 16:\n"
+                    f"        s = o + ({v} & 65535)\n"
+                    f"        raw = p[s:s + ({v} >> 16) - 1]\n"
+                    f"        comm = _comms.get(raw)\n"
+                    f"        if comm is None:\n"
+                    f"            comm = _comm(raw)\n"
+                    f"    else:\n"  # the fetch faulted
+                    f"        comm = '<...>'\n")
             elif f.name == HIDDEN_SP:
                 sp = v
             else:
@@ -136,13 +145,25 @@ class RecordBuilder:
         source = (
             "def build(p, o, ts, cpu):\n"
             f"    {unpack}, = _unpack(p, o)\n"
+            f"{comm_code}"
             f"    return _new(TraceRecord, ({fmt.name!r}, {by_name['common_pid']}, 0, cpu, ts, {comm}, {ip},"
             f" {ret_ip}, {fmt.is_return}, {sp}, {{{', '.join(args)}}}))\n"
         )
         namespace: dict[str, Any] = {"TraceRecord": TraceRecord, "_new": tuple.__new__,
-                                     "_unpack": struct.Struct("".join(layout)).unpack_from, "_char": _char}
+                                     "_unpack": struct.Struct("".join(layout)).unpack_from, "_char": _char,
+                                     "_comms": _COMMS, "_comm": _new_comm}
         exec(compile(source, f"<record builder {fmt.name}>", "exec"), namespace)
         return cls(fmt, namespace["build"], source)
+
+
+_COMMS: dict[bytes, str] = {}  # thread names by their bytes (TASK_COMM_LEN: at most 15 bytes each)
+
+
+def _new_comm(raw: bytes) -> str:
+    if len(_COMMS) >= 4096:
+        _COMMS.clear()
+    comm = _COMMS[raw] = raw.decode("utf-8", "backslashreplace")
+    return comm
 
 
 def _char(b: int) -> str:
@@ -162,9 +183,10 @@ class RawDecoder:
     def for_formats(cls, layout: PageLayout, formats: Iterable[EventFormat]) -> RawDecoder:
         return cls(layout, {f.id: RecordBuilder.compile(f).build for f in formats})
 
-    def decode(self, page: bytes, cpu: int, out: list[TraceRecord | LostEvents]) -> int:
-        """Append the page's records (after a LostEvents when the kernel missed events before it) to
-        ``out``; returns the number of anomalies counted in ``errors``."""
+    def decode(self, page: bytes, cpu: int, out: list[TraceRecord | LostEvents],
+               lost: list[LostEvents] | None = None) -> int:
+        """Append the page's records to ``out``, after a LostEvents when the kernel missed events before
+        the page (to ``lost`` instead, if given); returns the number of anomalies counted in ``errors``."""
         layout = self.layout
         c_off, c_size = layout.commit
         start = layout.data_offset
@@ -176,21 +198,27 @@ class RawDecoder:
         if end > len(page) or end > layout.page_size:
             return self._error("page_header")
         if commit & MISSED_EVENTS:
-            lost = None
+            count = None
             if commit & MISSED_STORED and end + c_size <= len(page):
-                lost = struct.unpack_from("=Q" if c_size == 8 else "=I", page, end)[0]
-            out.append(LostEvents(cpu, lost))
+                count = struct.unpack_from("=Q" if c_size == 8 else "=I", page, end)[0]
+            (out if lost is None else lost).append(LostEvents(cpu, count))
         return self._events(page, start, end, ts, cpu, out)
 
     def _events(self, page: bytes, pos: int, end: int, ts: int, cpu: int,
                 out: list[TraceRecord | LostEvents]) -> int:
         builders = self.builders
         append = out.append
+        header = _HEADER
         anomalies = 0
+        last = end - 8  # up to here a header and the u32 after it are inside the data
         while pos < end:
-            if pos + 4 > end:
-                return anomalies + self._error("event_header")
-            w = _U32(page, pos)[0]
+            if pos > last:
+                w = _U32(page, pos)[0] if pos + 4 <= end else TYPE_TIME_STAMP
+                if w & 31 == TYPE_PADDING and not w >> 5:
+                    break  # the rest of the page is empty
+                if w & 31 == 0 or w & 31 > TYPE_DATA_MAX or pos + 4 + (w & 31) * 4 > end:
+                    return anomalies + self._error("event_header")
+            w, event_id = header(page, pos)  # the header word, and the common_type of a small record
             type_len = w & 31
             if type_len <= TYPE_DATA_MAX:
                 ts += w >> 5
@@ -199,12 +227,11 @@ class RawDecoder:
                     pos = data + type_len * 4
                 else:
                     data = pos + 8
-                    pos += 4 + (_U32(page, pos + 4)[0] if pos + 8 <= end else 0)
-                    if pos < data:
+                    pos += 4 + _U32(page, pos + 4)[0]
+                    if pos < data + 4 or pos > end:
                         return anomalies + self._error("event_header")
-                if pos > end:
-                    return anomalies + self._error("event_header")
-                build = builders.get(_U16(page, data)[0])
+                    event_id = _U16(page, data)[0]
+                build = builders.get(event_id)
                 if build is None:
                     anomalies += self._error("unknown_event")
                     continue
@@ -212,8 +239,6 @@ class RawDecoder:
                     append(build(page, data, ts, cpu))
                 except struct.error:  # the record is shorter than its format says
                     anomalies += self._error("record")
-            elif pos + 8 > end:
-                return anomalies + self._error("event_header")
             elif type_len == TYPE_TIME_EXTEND:
                 ts += (_U32(page, pos + 4)[0] << TS_SHIFT) + (w >> 5)
                 pos += 8

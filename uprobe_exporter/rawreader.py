@@ -91,8 +91,8 @@ class RawPipeReader:
             os.close(fd)
         self.fds.clear()
 
-    def _read_cpu(self, cpu: int, fd: int, limit: int | None, lost: list[Item]) -> list[TraceRecord]:
-        out: list[Item] = []
+    def _read_cpu(self, cpu: int, fd: int, limit: int | None, lost: list[LostEvents]) -> list[TraceRecord]:
+        out: list[TraceRecord] = []
         decode = self.decoder.decode
         size = self.page_size
         n = 0
@@ -108,22 +108,19 @@ class RawPipeReader:
                 break
             n += 1
             self.bytes_read += len(page)
-            decode(page, cpu, out)
+            decode(page, cpu, out, lost)  # type: ignore[arg-type]  # with ``lost``, only records go to out
         self.pages_read += n
-        if any(type(x) is LostEvents for x in out):
-            lost.extend(x for x in out if type(x) is LostEvents)
-            return [x for x in out if type(x) is TraceRecord]
-        return out  # type: ignore[return-value]  # only records
+        return out
 
     def read_available(self, limit: int | None = None, final: bool = False) -> int:
         """Read every CPU until empty (or ``limit`` pages each); returns the number of pages read."""
         now = time.clock_gettime_ns(time.CLOCK_MONOTONIC)  # the instance's trace_clock is mono
         before = self.pages_read
-        lost: list[Item] = []
+        lost: list[LostEvents] = []
         runs = [self._read_cpu(cpu, fd, limit, lost) for cpu, fd in self.fds.items()]
         records: list[Item] = self.merge.push(runs, now, final)  # type: ignore[assignment]  # list invariance
         if records or lost or final:
-            self.on_items(lost + records if lost else records, final)
+            self.on_items([*lost, *records] if lost else records, final)
         return self.pages_read - before
 
     async def _readable(self) -> None:
