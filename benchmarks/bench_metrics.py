@@ -3,7 +3,7 @@ scrape time with many probes.
 
     python benchmarks/bench_metrics.py [--rate 45000] [--seconds 60] [--probes 100] [--python PYTHON]
 
-1. offline: µs per record of the pipeline on captured kernel text, JSON only vs JSON + pairing +
+1. offline: µs per record of the pipeline on captured kernel pages (the raw reader), JSON only vs JSON + pairing +
    latency histograms (labels = comm); the difference is what pairing and histograms add, also as
    exact instruction counts (valgrind), because timings on a shared VM vary by 2x from run to run.
 2. live: the `push` target called at --rate calls/s (2 events a call) for --seconds, entry+return probes
@@ -28,36 +28,45 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from bench_live import cpu_seconds, wait_quiet  # noqa: E402
-from bench_offline import load  # noqa: E402
+from bench_offline import FIXTURES, formats  # noqa: E402
 
 from tests.prom import free_port  # noqa: E402
 from uprobe_exporter.config import ProbeConfig  # noqa: E402
 from uprobe_exporter.pairing import Pairing  # noqa: E402
 from uprobe_exporter.pipeline import Pipeline  # noqa: E402
-from uprobe_exporter.reader import LineSplitter  # noqa: E402
+from uprobe_exporter.rawpage import PageLayout, RawDecoder  # noqa: E402
+from uprobe_exporter.records import LostEvents, TraceRecord  # noqa: E402
 from uprobe_exporter.render import EventInfo, Renderer  # noqa: E402
-from uprobe_exporter.traceline import TextParser  # noqa: E402
 
 
-def _pipeline(latency: bool) -> tuple[Pipeline, TextParser, bytes]:
-    parser, infos, _, text = load()
+def _pipeline(latency: bool) -> tuple[Pipeline, RawDecoder, list[bytes]]:
+    """A raw-reader pipeline (the default reader) and the captured pages of tests/fixtures/kernel."""
+    fmts = formats()
     paired = ("work", "recurse")  # the captured probes that have return events ("types" has none)
     probes = [ProbeConfig(name=n, binary="/x", function=n, return_probe=latency and n in paired,
                           latency=latency and n in paired, labels=("comm",) if latency else ())
               for n in ("work", "recurse", "types")]
-    these = {k: EventInfo(v.probe, v.type, v.full_name, probes[0].labels) for k, v in infos.items()}
-    return Pipeline(parser, these, probes, Renderer(0), Pairing()), parser, text
+    labels = probes[0].labels
+    infos = {f.name: EventInfo(f.name.rsplit("_", 1)[0], "return" if f.is_return else "entry", f"g/{f.name}",
+                               labels) for f in fmts}
+    layout = PageLayout.parse((FIXTURES / "header_page").read_text())
+    pages = []
+    for path in sorted(FIXTURES.glob("calls.raw.cpu*")):
+        data = path.read_bytes()
+        pages += [data[i:i + layout.page_size] for i in range(0, len(data), layout.page_size)]
+    pipeline = Pipeline(None, infos, probes, Renderer(0), Pairing(), tgid_of=lambda tid: 1)
+    return pipeline, RawDecoder.for_formats(layout, fmts), pages
 
 
 def run_pipeline(latency: bool, repeat: int) -> tuple[float, int]:
-    """CPU seconds and records for the captured trace, repeated, through one pipeline."""
-    pipeline, _, text = _pipeline(latency)
-    stream = text * repeat
-    chunks = [stream[i:i + 8192] for i in range(0, len(stream), 8192)]
-    splitter = LineSplitter()
+    """CPU seconds and records for the captured pages, repeated, through one pipeline."""
+    pipeline, decoder, pages = _pipeline(latency)
     t0 = time.process_time()
-    for chunk in chunks:
-        pipeline.process(splitter.feed(chunk))
+    for _ in range(repeat):
+        items: list[TraceRecord | LostEvents] = []
+        for page in pages:
+            decoder.decode(page, 0, items)
+        pipeline.process_items(items)
     return time.process_time() - t0, sum(pipeline.statistics().events.values())
 
 
@@ -167,6 +176,7 @@ def live(python: str, binary: Path, rate: int, seconds: float, tmp: Path) -> Non
     per_event = cpu_window / (rate_seen * window) * 1e6
     print(f"live: exporter CPU {cpu_window / window * 100:.0f}% of a core = {per_event:.2f} µs per event")
     print(f"live: RSS start {rss_start} kB, end {samples[-1]} kB, min {min(samples)} kB, max {max(samples)} kB")
+    print(f"live: RSS samples (kB, every {min(10.0, seconds / 10):.0f} s): {' '.join(map(str, samples))}")
 
 
 def scrape_many(python: str, binary: Path, n: int, tmp: Path) -> None:

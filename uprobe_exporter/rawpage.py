@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from uprobe_exporter.codegen import compile_function
 from uprobe_exporter.errors import TraceParseError
 from uprobe_exporter.formatfile import EventFormat, Field, FieldKind
 from uprobe_exporter.records import LostEvents, TraceRecord
@@ -152,8 +153,7 @@ class RecordBuilder:
         namespace: dict[str, Any] = {"TraceRecord": TraceRecord, "_new": tuple.__new__,
                                      "_unpack": struct.Struct("".join(layout)).unpack_from, "_char": _char,
                                      "_comms": _COMMS, "_comm": _new_comm}
-        exec(compile(source, f"<record builder {fmt.name}>", "exec"), namespace)
-        return cls(fmt, namespace["build"], source)
+        return cls(fmt, compile_function(source, "build", f"record builder {fmt.name}", namespace), source)
 
 
 _COMMS: dict[bytes, str] = {}  # thread names by their bytes (TASK_COMM_LEN: at most 15 bytes each)

@@ -13,16 +13,16 @@ records up to ``now - hold_ns`` are released in order and the rest wait for the 
 
 from __future__ import annotations
 
-import asyncio
 import os
 import time
 from bisect import bisect_right
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from operator import itemgetter
 from pathlib import Path
 
 from uprobe_exporter.errors import TracefsError
 from uprobe_exporter.rawpage import RawDecoder
+from uprobe_exporter.reader import read_forever, readable
 from uprobe_exporter.records import LostEvents, TraceRecord
 
 Item = TraceRecord | LostEvents
@@ -123,35 +123,14 @@ class RawPipeReader:
             self.on_items([*lost, *records] if lost else records, final)
         return self.pages_read - before
 
-    async def _readable(self) -> None:
-        loop = asyncio.get_running_loop()
-        ready: asyncio.Future[None] = loop.create_future()
-
-        def wake() -> None:
-            if not ready.done():
-                ready.set_result(None)
-
-        for fd in self.fds.values():
-            loop.add_reader(fd, wake)
-        try:
-            if self.merge.held:  # records held back for ordering are released after the hold time
-                await asyncio.wait_for(ready, timeout=self.merge.hold_ns / 1e9 + self.batch_delay)
-            else:
-                await ready
-        except TimeoutError:
-            pass
-        finally:
-            for fd in self.fds.values():
-                loop.remove_reader(fd)
-
     async def run(self) -> None:
-        """Read forever; cancel to stop (then call ``drain`` for what is left)."""
-        while True:
-            if self.read_available(self.pages_per_turn) == 0:
-                await self._readable()
-                await asyncio.sleep(self.batch_delay)
-            else:
-                await asyncio.sleep(0)
+        """Read forever; cancel to stop (then call ``drain`` for what is left). Records held back for
+        ordering are released once the hold time has passed, even if no more data comes."""
+        def wait() -> Awaitable[None]:
+            hold = self.merge.hold_ns / 1e9 + self.batch_delay if self.merge.held else None
+            return readable(list(self.fds.values()), hold)
+
+        await read_forever(lambda: self.read_available(self.pages_per_turn), wait, self.batch_delay)
 
     def drain(self) -> None:
         """Read everything left and release every held record."""

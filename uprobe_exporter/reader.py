@@ -13,10 +13,41 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 
 from uprobe_exporter.errors import TracefsError
+
+
+async def readable(fds: Iterable[int], timeout: float | None = None) -> None:
+    """Until poll() reports data on any of ``fds``, or ``timeout`` seconds have passed."""
+    loop = asyncio.get_running_loop()
+    ready: asyncio.Future[None] = loop.create_future()
+
+    def wake() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    for fd in fds:
+        loop.add_reader(fd, wake)
+    try:
+        await asyncio.wait_for(ready, timeout)
+    except TimeoutError:
+        pass
+    finally:
+        for fd in fds:
+            loop.remove_reader(fd)
+
+
+async def read_forever(read_some: Callable[[], int], wait: Callable[[], Awaitable[None]], batch_delay: float) -> None:
+    """Read while there is something to read (yielding to the loop between turns); when there is not,
+    wait for data, then sleep ``batch_delay`` so that a burst is read in a few large reads."""
+    while True:
+        if read_some() == 0:
+            await wait()
+            await asyncio.sleep(batch_delay)
+        else:
+            await asyncio.sleep(0)
 
 
 class LineSplitter:
@@ -93,28 +124,10 @@ class TracePipeReader:
                 self.on_lines(lines, False)
         return total
 
-    async def _readable(self) -> None:
-        loop = asyncio.get_running_loop()
-        ready: asyncio.Future[None] = loop.create_future()
-
-        def wake() -> None:
-            if not ready.done():
-                ready.set_result(None)
-
-        loop.add_reader(self.fd, wake)
-        try:
-            await ready
-        finally:
-            loop.remove_reader(self.fd)
-
     async def run(self) -> None:
         """Read forever; cancel to stop (then call ``drain`` for what is left)."""
-        while True:
-            if self.read_available(self.reads_per_turn) == 0:
-                await self._readable()
-                await asyncio.sleep(self.batch_delay)
-            else:
-                await asyncio.sleep(0)
+        await read_forever(lambda: self.read_available(self.reads_per_turn), lambda: readable([self.fd]),
+                           self.batch_delay)
 
     def drain(self) -> None:
         """Read everything left, including a last line without its newline."""

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from uprobe_exporter.codegen import compile_function
 from uprobe_exporter.errors import TraceParseError
 from uprobe_exporter.formatfile import EventFormat, Field, FieldKind
 from uprobe_exporter.records import LostEvents, TraceRecord
@@ -111,9 +112,9 @@ class PayloadParser:
         )
         namespace: dict[str, Any] = {"TraceRecord": TraceRecord, "_new": tuple.__new__, "_decode": decode_text,
                                      "_to_array": _to_array, "_comm": _comm_or_column}
-        exec(compile(source, f"<payload parser {fmt.name}>", "exec"), namespace)
+        build = compile_function(source, "build", f"payload parser {fmt.name}", namespace)
         regex = re.compile(PREFIX + re.escape(fmt.name) + ": " + "".join(parts) + r"\Z", re.S)
-        return cls(fmt, regex, namespace["build"], source)
+        return cls(fmt, regex, build, source)
 
 
 def _comm_or_column(comm: str | None, column: str) -> str:
