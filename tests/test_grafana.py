@@ -272,7 +272,7 @@ def test_every_dashboard_query_returns_data(build: Callable[..., Path], group: s
     assert scalar(results["Events registered", "A"]) == 2  # sleeper_entry and sleeper_return
     for title, ref in (("Calls/s per probe", "A"), ("Kernel hits vs records emitted", "A"),
                        ("Kernel hits vs records emitted", "B"), ("Completed calls/s by comm", "A"),
-                       ("Exporter CPU", "A"), ("Exporter memory", "A"), ("trace_pipe read throughput", "A"),
+                       ("Exporter CPU", "A"), ("Exporter memory", "A"), ("Trace read throughput", "A"),
                        ("Records dropped by the sink", "B")):
         assert max(finite(results[title, ref])) > 0, (title, ref)
     assert labels("Calls/s per probe") == [{"probe": "sleeper"}]

@@ -190,10 +190,11 @@ def test_every_entry_is_accounted_for_and_memory_stays_bounded(
         s = stats(p)
         assert s.pending == sum(len(stack) for stack in p.stacks.values())
         assert s.pending <= max_pending
-        assert all(0 < len(stack) <= max_depth for stack in p.stacks.values())
+        assert all(len(stack) <= max_depth for stack in p.stacks.values())
+        assert len(p.stacks) <= max(max_pending, 1) + 1, "empty stacks are dropped past max_pending"
         assert entries == s.paired + s.pending + s.unwound + s.thread_exit + s.capacity
         assert returns == s.paired + s.returns_without_entry
-        assert p.threads() == {tid for _, tid in p.stacks}
+        assert p.threads() == {tid for (_, tid), stack in p.stacks.items() if stack}
 
 
 def test_the_captured_trace_pairs_completely() -> None:
@@ -227,3 +228,12 @@ def test_the_captured_trace_pairs_completely() -> None:
         (e.tid, e.args["a"], r.args["ret"]) for e, r in pairs if e.event == "work_entry")
     assert work == Counter((c["tid"], c["a"], c["ret"]) for c in report if c["fn"] == "work")
 
+
+def test_a_stack_that_empties_is_kept_for_the_next_call_until_dropped() -> None:
+    p = Pairing()
+    for ts in range(3):
+        p.enter("f", 7, 1000, ts)
+        assert p.leave("f", 7, 1008) is not None
+    assert p.stacks == {("f", 7): []} and p.threads() == set() and p.pending == 0
+    p.drop_empty()
+    assert not p.stacks

@@ -71,6 +71,7 @@ async def _housekeeping(rt: Runtime) -> None:
             for tid in pairing.threads():
                 if not thread_exists(tid):
                     pairing.evict_thread(tid)
+            pairing.drop_empty()
             rt.tgids.clear()
 
 

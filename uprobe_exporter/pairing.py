@@ -8,6 +8,10 @@ unwound past them (longjmp, C++ exception) and they are evicted as ``unwound``. 
 ``sp`` at or above a pending one proves the same. Without a stack pointer (0), pairing falls back to
 innermost-call (LIFO) order. Threads that exit inside a call are evicted by ``evict_thread``; past
 ``max_pending`` the least recently active thread loses its oldest entry (``capacity``).
+
+A stack that empties is kept for the thread's next call (creating and deleting it on every call costs
+as much as the pairing itself); stacks of threads that exited go with ``evict_thread``, and past
+``max_pending`` stacks, and at every ``drop_empty``, the empty ones are dropped.
 """
 
 from __future__ import annotations
@@ -60,6 +64,8 @@ class Pairing:
         key = (probe, tid)
         stack = self.stacks.get(key)
         if stack is None:
+            if len(self.stacks) >= self.max_pending:
+                self.drop_empty()
             stack = self.stacks[key] = []
         else:
             self.stacks.move_to_end(key)
@@ -92,8 +98,6 @@ class Pairing:
                 self.evicted[probe, UNWOUND] += 1
             if not stack or stack[-1][0] != target:
                 self.returns_without_entry[probe] += 1
-                if not stack:
-                    del self.stacks[key]
                 return None
         frame = stack.pop()
         self.pending -= 1
@@ -101,21 +105,25 @@ class Pairing:
             self.paired[probe] += 1
         except KeyError:
             self.paired[probe] = 1
-        if not stack:
-            del self.stacks[key]
         return frame
 
     def _evict_oldest(self) -> None:
-        key, stack = next(iter(self.stacks.items()))
-        del stack[0]
-        self.pending -= 1
-        self.evicted[key[0], CAPACITY] += 1
-        if not stack:
+        """The least recently active thread with a pending entry loses its oldest one."""
+        for key, stack in self.stacks.items():
+            if stack:
+                del stack[0]
+                self.pending -= 1
+                self.evicted[key[0], CAPACITY] += 1
+                return
+
+    def drop_empty(self) -> None:
+        """Forget the empty stacks (threads between calls, or gone)."""
+        for key in [k for k, stack in self.stacks.items() if not stack]:
             del self.stacks[key]
 
     def threads(self) -> set[int]:
         """Thread ids with pending entries (to check which of them have exited)."""
-        return {tid for _, tid in list(self.stacks)}
+        return {tid for (_, tid), stack in list(self.stacks.items()) if stack}
 
     def evict_thread(self, tid: int) -> int:
         """Forget a thread that exited; its pending entries will never return."""

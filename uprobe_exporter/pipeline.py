@@ -23,6 +23,7 @@ from uprobe_exporter.traceline import TextParser
 
 log = logging.getLogger(__name__)
 COMM_ONLY = ("comm",)  # the most common label set, taken without a call
+NO_LABELS, COMM_LABEL, ANY_LABELS = "none", "comm", "any"  # what an entry takes for its histogram labels
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,9 +68,11 @@ class Pipeline:
         }
         return_args = {p.name: {n for n, _ in p.return_args} for p in probes}
         # per event name: (its info, pairs entries with returns, its probe's histograms or None, whether
-        # a label comes from the return's own arguments)
+        # a label comes from the return's own arguments, which labels an entry takes: NO_LABELS,
+        # COMM_LABEL or ANY_LABELS)
         self.routes = {name: (info, info.probe in self.paired, self.histograms.get(info.probe),
-                              any(label in return_args.get(info.probe, ()) for label in info.labels))
+                              any(label in return_args.get(info.probe, ()) for label in info.labels),
+                              _labels_kind(info, self.histograms.get(info.probe) is not None))
                        for name, info in infos.items()}
         self.event_counts: dict[str, int] = dict.fromkeys(infos, 0)  # not a Counter: += is 3x cheaper
         self.parse_errors: Counter[str] = Counter()
@@ -104,14 +107,14 @@ class Pipeline:
         # indexes, not attribute names: this runs once per record (0 event, 1 tid, 2 tgid, 4 ts_ns,
         # 5 comm, 8 is_return, 9 sp)
         name = rec[0]
-        info, paired, hist, labels_at_return = self.routes[name]
+        info, paired, hist, labels_at_return, labels_kind = self.routes[name]
         self.event_counts[name] += 1
         duration = None
         if paired:
             if not rec[8]:
                 # label values are taken at the entry (comm, the entry's args) and travel with the frame
-                extra = () if hist is None or not info.labels else (
-                    (rec[5],) if info.labels == COMM_ONLY else _label_values(rec, info.labels, None))
+                extra = () if labels_kind is NO_LABELS else (
+                    (rec[5],) if labels_kind is COMM_LABEL else _label_values(rec, info.labels, None))
                 self.pairing.enter(info.probe, rec[1], rec[9], rec[4], extra)
             else:
                 frame = self.pairing.leave(info.probe, rec[1], rec[9])
@@ -133,6 +136,12 @@ class Pipeline:
         for reason, n in list(self.decode_errors.items()):
             errors[reason] = errors.get(reason, 0) + n
         return PipelineStats(dict(events), errors, self.lost_markers, self.lost_inband)
+
+
+def _labels_kind(info: EventInfo, has_histogram: bool) -> str:
+    if not has_histogram or not info.labels:
+        return NO_LABELS
+    return COMM_LABEL if info.labels == COMM_ONLY else ANY_LABELS
 
 
 def _label_values(rec: TraceRecord, labels: tuple[str, ...], entry: tuple[str, ...] | None) -> tuple[str, ...]:
