@@ -8,6 +8,7 @@ reader never blocks, so this takes milliseconds even when no event ever arrived.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import time
@@ -118,6 +119,10 @@ async def run(config: Config, problems: list[str]) -> bool:
                                                     config.exporter.buffer_size_kb) as session:
             pipeline, reader = _reader(config, session, instance, renderer, tgids, sink)
             rt = Runtime(pipeline, reader, sink, tgids)
+            # What exists now (modules, compiled parsers, the registry) lives as long as the process:
+            # out of the collector's sight, a full collection no longer walks it (a scrape of 100
+            # probes had a 50 % slower outlier every few scrapes without this).
+            gc.freeze()
             try:
                 if metrics is not None:
                     metrics.sources.update(tracefs, instance, events, pipeline, sink, reader)
