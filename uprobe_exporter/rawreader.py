@@ -76,15 +76,14 @@ class RawPipeReader:
         self.page_size = decoder.layout.page_size
         self.bytes_read = 0
         self.pages_read = 0
-        self.fds: dict[int, int] = {}
-        try:
-            for cpu in cpus:
-                path = root / "per_cpu" / f"cpu{cpu}" / "trace_pipe_raw"
-                self.fds[cpu] = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        except OSError as exc:
-            self.close()
-            raise TracefsError(f"cannot open {path}: {exc.strerror}", path=str(path)) from exc
         self.paths = {cpu: root / "per_cpu" / f"cpu{cpu}" / "trace_pipe_raw" for cpu in cpus}
+        self.fds: dict[int, int] = {}
+        for cpu, path in self.paths.items():
+            try:
+                self.fds[cpu] = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            except OSError as exc:
+                self.close()
+                raise TracefsError(f"cannot open {path}: {exc.strerror}", path=str(path)) from exc
 
     def close(self) -> None:
         for fd in self.fds.values():
