@@ -30,7 +30,6 @@ from uprobe_exporter.jsonl import JsonlSink
 from uprobe_exporter.pairing import EVICTION_REASONS, Pairing
 from uprobe_exporter.pipeline import Pipeline
 from uprobe_exporter.probes import ProbeEvent
-from uprobe_exporter.rawpage import RAW_ERROR_REASONS
 from uprobe_exporter.rawreader import RawPipeReader
 from uprobe_exporter.reader import TracePipeReader
 from uprobe_exporter.tracefs import Instance, Tracefs
@@ -144,7 +143,7 @@ class UprobeCollector(Collector):
                                      "Trace lines (text reader) or events and pages (raw reader) that could not "
                                      "be decoded, by reason (text lines are logged at debug level).",
                                      labels=["reason"])
-        reasons = RAW_ERROR_REASONS if isinstance(self.sources.reader, RawPipeReader) else PARSE_ERROR_REASONS
+        reasons = self.sources.reader.error_reasons if self.sources.reader is not None else PARSE_ERROR_REASONS
         for reason in sorted({*reasons, *stats.parse_errors}):  # zeros too: rate() needs a start
             errors.add_metric([reason], stats.parse_errors.get(reason, 0))
         yield errors

@@ -83,6 +83,17 @@ def _string_expr(loc: str) -> str:
             f".decode('utf-8', 'backslashreplace') if {loc} >> 16 else None)")
 
 
+def _value_expr(f: Field, v: str) -> str:
+    """The Python expression of an argument's value, from its unpacked variable(s) ``v``."""
+    if f.kind is FieldKind.STRING:
+        return _string_expr(v)
+    if f.kind is FieldKind.CHAR:
+        return f"_char({v})"
+    if f.kind is FieldKind.ARRAY:
+        return f"[{v}]"
+    return v
+
+
 @dataclass(frozen=True, slots=True)
 class RecordBuilder:
     """Builds the record of one event from the page bytes at its offset; generated from the format."""
@@ -120,14 +131,6 @@ class RecordBuilder:
         args = []
         for f in fmt.args:
             v = by_name[f.name]
-            if f.kind is FieldKind.STRING:
-                expr = _string_expr(v)
-            elif f.kind is FieldKind.CHAR:
-                expr = f"_char({v})"
-            elif f.kind is FieldKind.ARRAY:
-                expr = f"[{v}]"
-            else:
-                expr = v
             if f.name == HIDDEN_COMM:  # names repeat: decoded once, looked up by their bytes
                 comm, comm_code = "comm", (
                     f"    if {v} >> 16:\n"
@@ -141,7 +144,7 @@ class RecordBuilder:
             elif f.name == HIDDEN_SP:
                 sp = v
             else:
-                args.append(f"{f.name!r}: {expr}")
+                args.append(f"{f.name!r}: {_value_expr(f, v)}")
         unpack = ", ".join(names)
         source = (
             "def build(p, o, ts, cpu):\n"

@@ -21,7 +21,7 @@ from operator import itemgetter
 from pathlib import Path
 
 from uprobe_exporter.errors import TracefsError
-from uprobe_exporter.rawpage import RawDecoder
+from uprobe_exporter.rawpage import RAW_ERROR_REASONS, RawDecoder
 from uprobe_exporter.reader import read_forever, readable
 from uprobe_exporter.records import LostEvents, TraceRecord
 
@@ -57,6 +57,8 @@ class CpuMerge:
 
 class RawPipeReader:
     """Reads every CPU's ``trace_pipe_raw`` and hands each merged batch to ``on_items``."""
+
+    error_reasons = RAW_ERROR_REASONS  # what the decoder counts, each exported from the start
 
     def __init__(
         self,

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 
 from uprobe_exporter.errors import TracefsError
+from uprobe_exporter.traceline import PARSE_ERROR_REASONS
 
 
 async def readable(fds: Iterable[int], timeout: float | None = None) -> None:
@@ -74,6 +75,8 @@ class LineSplitter:
 
 class TracePipeReader:
     """Reads ``trace_pipe`` and hands each batch of complete lines to ``on_lines``."""
+
+    error_reasons = PARSE_ERROR_REASONS  # what the parser counts, each exported from the start
 
     def __init__(
         self,
