@@ -25,7 +25,7 @@ from uprobe_exporter.config import ProbeConfig  # noqa: E402
 from uprobe_exporter.formatfile import EventFormat, parse_format  # noqa: E402
 from uprobe_exporter.pairing import Pairing  # noqa: E402
 from uprobe_exporter.pipeline import Pipeline  # noqa: E402
-from uprobe_exporter.rawpage import PageLayout, RawDecoder  # noqa: E402
+from uprobe_exporter.rawpage import RAW_ERROR_REASONS, Located, PageLayout, RawDecoder  # noqa: E402
 from uprobe_exporter.reader import LineSplitter  # noqa: E402
 from uprobe_exporter.records import LostEvents, TraceRecord  # noqa: E402
 from uprobe_exporter.render import EventInfo, Renderer  # noqa: E402
@@ -52,11 +52,12 @@ def probes_of() -> list[ProbeConfig]:
             for n in ("work", "recurse", "types")]  # the captured "types" probe has no return events
 
 
-def pipeline(fmts: list[EventFormat], parser: TextParser | None) -> Pipeline:
+def pipeline(fmts: list[EventFormat], parser: TextParser | None, raw: bool = False) -> Pipeline:
     probes = probes_of()
     infos = {f.name: EventInfo(f.name.rsplit("_", 1)[0], "return" if f.is_return else "entry", f"g/{f.name}")
              for f in fmts}
-    return Pipeline(parser, infos, probes, Renderer(0), Pairing(), tgid_of=lambda tid: 1)
+    return Pipeline(parser, infos, probes, Renderer(0), Pairing(), tgid_of=lambda tid: 1,
+                    decode_errors=dict.fromkeys(RAW_ERROR_REASONS, 0) if raw else None)
 
 
 def text_workload(repeat: int) -> tuple[Callable[[], int], Callable[[], int]]:
@@ -100,13 +101,14 @@ def raw_workload(repeat: int) -> tuple[Callable[[], int], Callable[[], int]]:
         return n
 
     def full() -> int:
-        decoder = RawDecoder.for_formats(layout, fmts)
-        p, n = pipeline(fmts, None), 0
+        p, n = pipeline(fmts, None, raw=True), 0
+        decoder = RawDecoder(layout, p.emitters(fmts), p.decode_errors)
         for batch in batches:
-            items: list[TraceRecord | LostEvents] = []
+            located: list[Located] = []
+            lost: list[LostEvents] = []
             for page in batch:
-                decoder.decode(page, 0, items)
-            done = p.process_items(items)
+                decoder.locate(page, 0, located, lost)
+            done = p.process_located(located, lost)
             n += done[1] if done else 0
         assert not any(decoder.errors.values())
         return n

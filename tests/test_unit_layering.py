@@ -11,7 +11,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "uprobe_exporter"
 PURE = ("config", "fetchargs", "formatfile", "traceline", "records", "kerneltext", "ldcache", "pairing",
-        "histogram", "render", "pipeline", "probes", "rawpage", "codegen")
+        "histogram", "render", "pipeline", "probes", "rawpage", "rawemit", "codegen")
 SHELL = ("tracefs", "daemon", "reader", "rawreader", "jsonl", "session", "cli", "elf", "binaries", "resolve", "metrics")
 FORBIDDEN = {"asyncio", "aiofiles", "subprocess", "socket", "selectors"}  # (logging loads threading)
 FILE_APIS = {"os", "io", "shutil", "pathlib", "tempfile", "fcntl", "mmap"}

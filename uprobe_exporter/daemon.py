@@ -21,7 +21,7 @@ from uprobe_exporter.metrics import start_metrics_server
 from uprobe_exporter.pairing import Pairing
 from uprobe_exporter.pipeline import Pipeline, event_infos
 from uprobe_exporter.procfs import TgidCache, thread_exists
-from uprobe_exporter.rawpage import PageLayout, RawDecoder
+from uprobe_exporter.rawpage import RAW_ERROR_REASONS, PageLayout, RawDecoder
 from uprobe_exporter.rawreader import RawPipeReader
 from uprobe_exporter.reader import TracePipeReader
 from uprobe_exporter.render import Renderer
@@ -148,19 +148,20 @@ def _reader(
     """The pipeline and the reader the configuration asks for: text ``trace_pipe`` or raw pages."""
     formats = session.formats.values()
     raw = config.exporter.reader == "raw"
-    decoder = RawDecoder.for_formats(PageLayout.parse(instance.read_header_page()), formats) if raw else None
     pipeline = Pipeline(
-        None if decoder is not None else TextParser.for_formats(formats), event_infos(session.events, config.probes),
+        None if raw else TextParser.for_formats(formats), event_infos(session.events, config.probes),
         config.probes, renderer, Pairing(config.exporter.max_pending_calls), config.metrics.label_values_max,
-        tgids, decoder.errors if decoder is not None else None)
+        tgids, dict.fromkeys(RAW_ERROR_REASONS, 0) if raw else None)
 
     def submit(batch: tuple[bytes, int] | None) -> None:
         if batch is not None and sink is not None:
             sink.submit(*batch)
 
-    if decoder is not None:
+    if raw:
+        decoder = RawDecoder(PageLayout.parse(instance.read_header_page()), pipeline.emitters(formats),
+                             pipeline.decode_errors)
         return pipeline, RawPipeReader(instance.root, instance.cpus(), decoder,
-                                       lambda items, final: submit(pipeline.process_items(items)))
+                                       lambda located, lost: submit(pipeline.process_located(located, lost)))
     return pipeline, TracePipeReader(instance.trace_pipe, lambda lines, final: submit(pipeline.process(lines, final)))
 
 

@@ -10,6 +10,15 @@ from bisect import bisect_left
 from dataclasses import dataclass, field
 
 OTHER = "__other__"  # the value a label takes once its cap of distinct values is reached
+COMM_ONLY = ("comm",)  # the most common label set, taken without a call
+NO_LABELS, COMM_LABEL, ANY_LABELS = "none", "comm", "any"  # what an entry takes for its histogram labels
+
+
+def labels_kind(labels: tuple[str, ...], has_histogram: bool) -> str:
+    """What an entry must keep for its return's histogram labels: nothing, its comm, or any values."""
+    if not has_histogram or not labels:
+        return NO_LABELS
+    return COMM_LABEL if labels == COMM_ONLY else ANY_LABELS
 
 
 @dataclass(slots=True)

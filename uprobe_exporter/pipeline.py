@@ -9,21 +9,23 @@ kernel did not know is a callable given by the daemon.
 from __future__ import annotations
 
 import logging
+import struct
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from uprobe_exporter.config import ProbeConfig
-from uprobe_exporter.histogram import LabelFolder, ProbeHistograms
+from uprobe_exporter.formatfile import EventFormat
+from uprobe_exporter.histogram import COMM_LABEL, NO_LABELS, LabelFolder, ProbeHistograms, labels_kind
 from uprobe_exporter.pairing import Pairing
 from uprobe_exporter.probes import ProbeEvent
+from uprobe_exporter.rawemit import Route, Sinks, compile_emitter
+from uprobe_exporter.rawpage import Handler, Located
 from uprobe_exporter.records import LostEvents, TraceRecord
 from uprobe_exporter.render import EventInfo, Renderer
 from uprobe_exporter.traceline import TextParser
 
 log = logging.getLogger(__name__)
-COMM_ONLY = ("comm",)  # the most common label set, taken without a call
-NO_LABELS, COMM_LABEL, ANY_LABELS = "none", "comm", "any"  # what an entry takes for its histogram labels
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,18 +69,16 @@ class Pipeline:
             for p in probes if p.latency
         }
         return_args = {p.name: {n for n, _ in p.return_args} for p in probes}
-        # per event name: (its info, pairs entries with returns, its probe's histograms or None, whether
-        # a label comes from the return's own arguments, which labels an entry takes: NO_LABELS,
-        # COMM_LABEL or ANY_LABELS)
-        self.routes = {name: (info, info.probe in self.paired, self.histograms.get(info.probe),
-                              any(label in return_args.get(info.probe, ()) for label in info.labels),
-                              _labels_kind(info, self.histograms.get(info.probe) is not None))
+        self.routes = {name: Route(info, info.probe in self.paired, self.histograms.get(info.probe),
+                                   any(label in return_args.get(info.probe, ()) for label in info.labels),
+                                   labels_kind(info.labels, info.probe in self.histograms))
                        for name, info in infos.items()}
         self.event_counts: dict[str, int] = dict.fromkeys(infos, 0)  # not a Counter: += is 3x cheaper
         self.parse_errors: Counter[str] = Counter()
         self.decode_errors = decode_errors if decode_errors is not None else {}  # kept by the raw decoder
         self.lost_markers = 0
         self.lost_inband = 0
+        self.lines: list[bytes] = []  # what the raw reader's emitters rendered, taken per batch
 
     def process(self, lines: list[str], final: bool = False) -> tuple[bytes, int] | None:
         """Parse, count, pair; returns the JSON lines of the batch and how many (None: no JSON output)."""
@@ -95,26 +95,52 @@ class Pipeline:
         append, record = out.append, self._record
         for item in items:
             if type(item) is LostEvents:
-                self.lost_markers += 1
-                self.lost_inband += item.count or 0
+                self._lost(item)
                 continue
             chunk = record(item)  # type: ignore[arg-type]  # not LostEvents: a TraceRecord
             if chunk is not None:
                 append(chunk)
         return (b"".join(out), len(out)) if self.renderer is not None else None
 
+    def emitters(self, formats: Iterable[EventFormat]) -> dict[int, Handler]:
+        """Per event id, the emitter that counts, pairs and renders its raw records (``process_located``)."""
+        sinks = Sinks(self.event_counts, self.pairing, self.renderer, self.tgid_of, self.lines)
+        return {f.id: compile_emitter(f, self.routes[f.name], sinks)[0] for f in formats}
+
+    def process_located(self, located: list[Located], lost: list[LostEvents]) -> tuple[bytes, int] | None:
+        """The raw reader's batch: records located in pages (in timestamp order), each run by its event's
+        emitter, and the CPUs' lost-event markers; returns the JSON lines like ``process_items``."""
+        for item in lost:
+            self._lost(item)
+        errors = self.decode_errors
+        for ts, emit, page, offset, cpu in located:
+            try:
+                emit(page, offset, ts, cpu)
+            except struct.error:  # the record is shorter than its format says
+                errors["record"] += 1
+        if self.renderer is None:
+            return None
+        lines = self.lines
+        batch = (b"".join(lines), len(lines))
+        lines.clear()
+        return batch
+
+    def _lost(self, item: LostEvents) -> None:
+        self.lost_markers += 1
+        self.lost_inband += item.count or 0
+
     def _record(self, rec: TraceRecord) -> bytes | None:
         # indexes, not attribute names: this runs once per record (0 event, 1 tid, 2 tgid, 4 ts_ns,
         # 5 comm, 8 is_return, 9 sp)
         name = rec[0]
-        info, paired, hist, labels_at_return, labels_kind = self.routes[name]
+        info, paired, hist, labels_at_return, kind = self.routes[name]
         self.event_counts[name] += 1
         duration = None
         if paired:
             if not rec[8]:
                 # label values are taken at the entry (comm, the entry's args) and travel with the frame
-                extra = () if labels_kind is NO_LABELS else (
-                    (rec[5],) if labels_kind is COMM_LABEL else _label_values(rec, info.labels, None))
+                extra = () if kind is NO_LABELS else (
+                    (rec[5],) if kind is COMM_LABEL else _label_values(rec, info.labels, None))
                 self.pairing.enter(info.probe, rec[1], rec[9], rec[4], extra)
             else:
                 frame = self.pairing.leave(info.probe, rec[1], rec[9])
@@ -136,12 +162,6 @@ class Pipeline:
         for reason, n in list(self.decode_errors.items()):
             errors[reason] = errors.get(reason, 0) + n
         return PipelineStats(dict(events), errors, self.lost_markers, self.lost_inband)
-
-
-def _labels_kind(info: EventInfo, has_histogram: bool) -> str:
-    if not has_histogram or not info.labels:
-        return NO_LABELS
-    return COMM_LABEL if info.labels == COMM_ONLY else ANY_LABELS
 
 
 def _label_values(rec: TraceRecord, labels: tuple[str, ...], entry: tuple[str, ...] | None) -> tuple[str, ...]:

@@ -95,15 +95,24 @@ def _value_expr(f: Field, v: str) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class RecordBuilder:
-    """Builds the record of one event from the page bytes at its offset; generated from the format."""
+class UnpackPlan:
+    """How the generated code of one event gets its fields: one ``struct`` layout unpacked into
+    variables (``unpack`` = ``v0, v1, ...``), the thread name into ``comm``, and per argument the
+    expression of its value. Shared by ``RecordBuilder`` and the raw pipeline's emitters."""
 
     fmt: EventFormat
-    build: Callable[[bytes, int, int, int], TraceRecord]
-    source: str
+    struct_layout: str
+    unpack: str  # the variables, in layout order
+    tid: str  # the variable of common_pid
+    ip: str  # __probe_ip (entry) or __probe_func (return)
+    ret_ip: str  # "0" for an entry
+    sp: str  # "0" without the exporter's __sp fetcharg
+    comm: str  # an expression: "comm" once ``comm_code`` ran, or a literal
+    comm_code: str  # statements (indented 4) that set ``comm`` from the page
+    args: tuple[tuple[Field, str], ...]  # the configured arguments: (field, value expression)
 
     @classmethod
-    def compile(cls, fmt: EventFormat) -> RecordBuilder:
+    def of(cls, fmt: EventFormat) -> UnpackPlan:
         pid = next((f for f in fmt.common if f.name == "common_pid"), None)
         if pid is None:
             raise TraceParseError("format_field", f"{fmt.name}: no common_pid")
@@ -124,8 +133,6 @@ class RecordBuilder:
             else:
                 names.append(f"v{len(names)}")
         by_name = {f.name: names[i] for i, f in enumerate(fields)}
-        ip = by_name["__probe_func" if fmt.is_return else "__probe_ip"]
-        ret_ip = by_name.get("__probe_ret_ip", "0")
         comm, comm_code = "'<...>'", ""
         sp = "0"
         args = []
@@ -144,18 +151,37 @@ class RecordBuilder:
             elif f.name == HIDDEN_SP:
                 sp = v
             else:
-                args.append(f"{f.name!r}: {_value_expr(f, v)}")
-        unpack = ", ".join(names)
+                args.append((f, _value_expr(f, v)))
+        return cls(fmt, "".join(layout), ", ".join(names), by_name["common_pid"],
+                   by_name["__probe_func" if fmt.is_return else "__probe_ip"], by_name.get("__probe_ret_ip", "0"),
+                   sp, comm, comm_code, tuple(args))
+
+    def namespace(self) -> dict[str, Any]:
+        """What the generated code refers to: ``_unpack``, ``_char``, ``_comms``, ``_comm``."""
+        return {"_unpack": struct.Struct(self.struct_layout).unpack_from, "_char": _char, "_comms": _COMMS,
+                "_comm": _new_comm}
+
+
+@dataclass(frozen=True, slots=True)
+class RecordBuilder:
+    """Builds the record of one event from the page bytes at its offset; generated from the format."""
+
+    fmt: EventFormat
+    build: Callable[[bytes, int, int, int], TraceRecord]
+    source: str
+
+    @classmethod
+    def compile(cls, fmt: EventFormat) -> RecordBuilder:
+        plan = UnpackPlan.of(fmt)
+        args = ", ".join(f"{f.name!r}: {expr}" for f, expr in plan.args)
         source = (
             "def build(p, o, ts, cpu):\n"
-            f"    {unpack}, = _unpack(p, o)\n"
-            f"{comm_code}"
-            f"    return _new(TraceRecord, ({fmt.name!r}, {by_name['common_pid']}, 0, cpu, ts, {comm}, {ip},"
-            f" {ret_ip}, {fmt.is_return}, {sp}, {{{', '.join(args)}}}))\n"
+            f"    {plan.unpack}, = _unpack(p, o)\n"
+            f"{plan.comm_code}"
+            f"    return _new(TraceRecord, ({fmt.name!r}, {plan.tid}, 0, cpu, ts, {plan.comm}, {plan.ip},"
+            f" {plan.ret_ip}, {fmt.is_return}, {plan.sp}, {{{args}}}))\n"
         )
-        namespace: dict[str, Any] = {"TraceRecord": TraceRecord, "_new": tuple.__new__,
-                                     "_unpack": struct.Struct("".join(layout)).unpack_from, "_char": _char,
-                                     "_comms": _COMMS, "_comm": _new_comm}
+        namespace = {"TraceRecord": TraceRecord, "_new": tuple.__new__, **plan.namespace()}
         return cls(fmt, compile_function(source, "build", f"record builder {fmt.name}", namespace), source)
 
 
@@ -174,22 +200,42 @@ def _char(b: int) -> str:
     return chr(b) if b < 0x80 else bytes((b,)).decode("utf-8", "backslashreplace")
 
 
+Handler = Callable[[bytes, int, int, int], Any]  # (page, offset of the record, ts_ns, cpu) → anything
+Located = tuple[int, Handler, bytes, int, int]  # (ts_ns, the event's handler, page, record offset, cpu)
+
+
 @dataclass(slots=True)
 class RawDecoder:
-    """Decodes pages of one CPU buffer for the events of one group; counts every anomaly by reason."""
+    """Walks pages of one CPU buffer for the events of one group; counts every anomaly by reason.
+
+    ``handlers`` maps each event id to what handles its records: ``RecordBuilder.build`` (``decode``
+    gives ``TraceRecord``s) or the raw pipeline's emitters, which ``locate`` puts beside each record for
+    the caller to run once the CPUs' records are merged in time order."""
 
     layout: PageLayout
-    builders: dict[int, Callable[[bytes, int, int, int], TraceRecord]]
+    handlers: dict[int, Handler]
     errors: dict[str, int] = field(default_factory=lambda: dict.fromkeys(RAW_ERROR_REASONS, 0))
 
     @classmethod
     def for_formats(cls, layout: PageLayout, formats: Iterable[EventFormat]) -> RawDecoder:
         return cls(layout, {f.id: RecordBuilder.compile(f).build for f in formats})
 
-    def decode(self, page: bytes, cpu: int, out: list[TraceRecord | LostEvents],
-               lost: list[LostEvents] | None = None) -> int:
-        """Append the page's records to ``out``, after a LostEvents when the kernel missed events before
-        the page (to ``lost`` instead, if given); returns the number of anomalies counted in ``errors``."""
+    def decode(self, page: bytes, cpu: int, out: list[Any], lost: list[LostEvents] | None = None) -> int:
+        """Append what the handlers make of the page's records to ``out`` (``TraceRecord``s from
+        ``for_formats``), after a LostEvents when the kernel missed events before the page (to ``lost``
+        instead, if given); returns the number of anomalies counted in ``errors``."""
+        located: list[Located] = []
+        anomalies = self.locate(page, cpu, located, out if lost is None else lost)
+        for ts, handler, p, o, c in located:
+            try:
+                out.append(handler(p, o, ts, c))
+            except struct.error:  # the record is shorter than its format says
+                anomalies += self._error("record")
+        return anomalies
+
+    def locate(self, page: bytes, cpu: int, out: list[Located], lost: list[Any]) -> int:
+        """Append ``(ts_ns, handler, page, offset, cpu)`` per record of the page to ``out``, and a
+        LostEvents to ``lost`` when the kernel missed events before the page; returns the anomalies."""
         layout = self.layout
         c_off, c_size = layout.commit
         start = layout.data_offset
@@ -204,12 +250,11 @@ class RawDecoder:
             count = None
             if commit & MISSED_STORED and end + c_size <= len(page):
                 count = struct.unpack_from("=Q" if c_size == 8 else "=I", page, end)[0]
-            (out if lost is None else lost).append(LostEvents(cpu, count))
+            lost.append(LostEvents(cpu, count))
         return self._events(page, start, end, ts, cpu, out)
 
-    def _events(self, page: bytes, pos: int, end: int, ts: int, cpu: int,
-                out: list[TraceRecord | LostEvents]) -> int:
-        builders = self.builders
+    def _events(self, page: bytes, pos: int, end: int, ts: int, cpu: int, out: list[Located]) -> int:
+        handlers = self.handlers
         append = out.append
         header = _HEADER
         anomalies = 0
@@ -234,14 +279,11 @@ class RawDecoder:
                     if pos < data + 4 or pos > end:
                         return anomalies + self._error("event_header")
                     event_id = _U16(page, data)[0]
-                build = builders.get(event_id)
-                if build is None:
+                handler = handlers.get(event_id)
+                if handler is None:
                     anomalies += self._error("unknown_event")
                     continue
-                try:
-                    append(build(page, data, ts, cpu))
-                except struct.error:  # the record is shorter than its format says
-                    anomalies += self._error("record")
+                append((ts, handler, page, data, cpu))
             elif type_len == TYPE_TIME_EXTEND:
                 ts += (_U32(page, pos + 4)[0] << TS_SHIFT) + (w >> 5)
                 pos += 8

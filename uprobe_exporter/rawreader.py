@@ -21,24 +21,23 @@ from operator import itemgetter
 from pathlib import Path
 
 from uprobe_exporter.errors import TracefsError
-from uprobe_exporter.rawpage import RAW_ERROR_REASONS, RawDecoder
+from uprobe_exporter.rawpage import RAW_ERROR_REASONS, Located, RawDecoder
 from uprobe_exporter.reader import read_forever, readable
-from uprobe_exporter.records import LostEvents, TraceRecord
+from uprobe_exporter.records import LostEvents
 
-Item = TraceRecord | LostEvents
-_ts_of = itemgetter(4)  # TraceRecord.ts_ns
+_ts_of = itemgetter(0)  # Located: (ts_ns, handler, page, offset, cpu)
 
 
 class CpuMerge:
-    """Pure: merges per-CPU runs of records (each in timestamp order) into one order, holding back the
-    records younger than ``hold_ns`` (at most ``max_held`` of them) for the next batch."""
+    """Pure: merges per-CPU runs of located records (each in timestamp order) into one order, holding
+    back the records younger than ``hold_ns`` (at most ``max_held`` of them) for the next batch."""
 
     def __init__(self, hold_ns: int = 2_000_000, max_held: int = 1 << 16) -> None:
         self.hold_ns = hold_ns
         self.max_held = max_held
-        self.held: list[TraceRecord] = []
+        self.held: list[Located] = []
 
-    def push(self, runs: list[list[TraceRecord]], now_ns: int, final: bool = False) -> list[TraceRecord]:
+    def push(self, runs: list[list[Located]], now_ns: int, final: bool = False) -> list[Located]:
         runs = [r for r in runs if r]
         if self.held:
             runs.append(self.held)
@@ -56,7 +55,8 @@ class CpuMerge:
 
 
 class RawPipeReader:
-    """Reads every CPU's ``trace_pipe_raw`` and hands each merged batch to ``on_items``."""
+    """Reads every CPU's ``trace_pipe_raw`` and hands each merged batch of located records, with the
+    batch's lost-event markers, to ``on_records``."""
 
     error_reasons = RAW_ERROR_REASONS  # what the decoder counts, each exported from the start
 
@@ -65,13 +65,13 @@ class RawPipeReader:
         root: Path,
         cpus: list[int],
         decoder: RawDecoder,
-        on_items: Callable[[list[Item], bool], None],
+        on_records: Callable[[list[Located], list[LostEvents]], None],
         batch_delay: float = 0.01,
         pages_per_turn: int = 32,
         merge: CpuMerge | None = None,
     ) -> None:
         self.decoder = decoder
-        self.on_items = on_items
+        self.on_records = on_records
         self.batch_delay = batch_delay
         self.pages_per_turn = pages_per_turn
         self.merge = merge or CpuMerge()
@@ -92,9 +92,9 @@ class RawPipeReader:
             os.close(fd)
         self.fds.clear()
 
-    def _read_cpu(self, cpu: int, fd: int, limit: int | None, lost: list[LostEvents]) -> list[TraceRecord]:
-        out: list[TraceRecord] = []
-        decode = self.decoder.decode
+    def _read_cpu(self, cpu: int, fd: int, limit: int | None, lost: list[LostEvents]) -> list[Located]:
+        out: list[Located] = []
+        locate = self.decoder.locate
         size = self.page_size
         n = 0
         while limit is None or n < limit:
@@ -109,7 +109,7 @@ class RawPipeReader:
                 break
             n += 1
             self.bytes_read += len(page)
-            decode(page, cpu, out, lost)  # type: ignore[arg-type]  # with ``lost``, only records go to out
+            locate(page, cpu, out, lost)
         self.pages_read += n
         return out
 
@@ -119,9 +119,9 @@ class RawPipeReader:
         before = self.pages_read
         lost: list[LostEvents] = []
         runs = [self._read_cpu(cpu, fd, limit, lost) for cpu, fd in self.fds.items()]
-        records: list[Item] = self.merge.push(runs, now, final)  # type: ignore[assignment]  # list invariance
-        if records or lost or final:
-            self.on_items([*lost, *records] if lost else records, final)
+        records = self.merge.push(runs, now, final)
+        if records or lost:
+            self.on_records(records, lost)
         return self.pages_read - before
 
     async def run(self) -> None:

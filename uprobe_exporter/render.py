@@ -34,53 +34,63 @@ class Renderer:
     and cached; each record then costs one small ``orjson.dumps`` (its arguments) and one bytes
     format, about half of serializing the whole object."""
 
-    __slots__ = ("_middles", "_sec_ns", "_sec_text", "max_cached", "wall_offset_ns")
+    __slots__ = ("max_cached", "middles", "sec_ns", "sec_text", "wall_offset_ns")
 
     def __init__(self, wall_offset_ns: int, max_cached: int = 1 << 16) -> None:
         self.wall_offset_ns = wall_offset_ns
         self.max_cached = max_cached
-        self._sec_ns = -(10**18)  # the start of the second whose text is cached
-        self._sec_text = b""
-        self._middles: dict[tuple[Any, ...], bytes] = {}
+        self.sec_ns = -(10**18)  # the start of the second whose text is cached
+        self.sec_text = b""
+        self.middles: dict[tuple[Any, ...], bytes] = {}
 
     def iso_time(self, wall_ns: int) -> str:
         """``2026-11-25T18:11:05.123456Z``, the seconds part cached (records come in bursts)."""
-        return self._time(wall_ns).decode()
+        return self.second(wall_ns).decode()
 
-    def _time(self, wall_ns: int) -> bytes:
-        rel = wall_ns - self._sec_ns  # small ints: on the 19-digit wall_ns every division costs more
+    def second(self, wall_ns: int) -> bytes:
+        """The time text of ``wall_ns``; its second becomes the cached one (``sec_ns``, ``sec_text``)."""
+        rel = wall_ns - self.sec_ns  # small ints: on the 19-digit wall_ns every division costs more
         if not 0 <= rel < 1_000_000_000:
             sec = wall_ns // 1_000_000_000
-            self._sec_ns = sec * 1_000_000_000
-            self._sec_text = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(sec)).encode()
-            rel = wall_ns - self._sec_ns
-        return b"%s%06dZ" % (self._sec_text, rel // 1000)
+            self.sec_ns = sec * 1_000_000_000
+            self.sec_text = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(sec)).encode()
+            rel = wall_ns - self.sec_ns
+        return b"%s%06dZ" % (self.sec_text, rel // 1000)
 
-    def _middle(self, rec: TraceRecord, info: EventInfo, pid: int) -> bytes:
-        out: dict[str, Any] = {"probe": info.probe, "type": info.type, "event": info.full_name,
-                               "pid": pid or None, "tid": rec.tid, "comm": rec.comm, "cpu": rec.cpu}
-        if rec.is_return:
-            out["func"] = hex(rec.ip)
-            out["ret_ip"] = hex(rec.ret_ip)
-        else:
-            out["ip"] = hex(rec.ip)
-        return orjson.dumps(out)[1:-1]
+    def middle(self, info: EventInfo, pid: int, tid: int, comm: str, cpu: int, ip: int, ret_ip: int) -> bytes:
+        """The JSON of the fields between ``ts_ns`` and ``args``, without braces; cached."""
+        key = (info.full_name, pid, tid, comm, cpu, ip, ret_ip)  # a str hashes once; a dataclass per call
+        middle = self.middles.get(key)
+        if middle is None:
+            if len(self.middles) >= self.max_cached:
+                self.middles.clear()
+            out: dict[str, Any] = {"probe": info.probe, "type": info.type, "event": info.full_name,
+                                   "pid": pid or None, "tid": tid, "comm": comm, "cpu": cpu}
+            if info.type == "return":
+                out["func"] = hex(ip)
+                out["ret_ip"] = hex(ret_ip)
+            else:
+                out["ip"] = hex(ip)
+            middle = self.middles[key] = orjson.dumps(out)[1:-1]
+        return middle
 
     def render(self, rec: TraceRecord, info: EventInfo, duration_ns: int | None, pid: int) -> bytes:
         """One JSON line, with its newline."""
         wall_ns = rec[4] + self.wall_offset_ns  # ts_ns
-        rel = wall_ns - self._sec_ns
+        rel = wall_ns - self.sec_ns
         if not 0 <= rel < 1_000_000_000:
-            self._time(wall_ns)
-            rel = wall_ns - self._sec_ns
-        key = (info, pid, rec[1], rec[5], rec[3], rec[6], rec[7])  # tid, comm, cpu, ip, ret_ip
-        middle = self._middles.get(key)
-        if middle is None:
-            if len(self._middles) >= self.max_cached:
-                self._middles.clear()
-            middle = self._middles[key] = self._middle(rec, info, pid)
+            self.second(wall_ns)
+            rel = wall_ns - self.sec_ns
+        middle = self.middle(info, pid, rec[1], rec[5], rec[3], rec[6], rec[7])  # tid, comm, cpu, ip, ret_ip
         if duration_ns is None:
-            return b'{"time":"%s%06dZ","ts_ns":%d,%s,"args":%s}\n' % (
-                self._sec_text, rel // 1000, wall_ns, middle, orjson.dumps(rec[10]))
-        return b'{"time":"%s%06dZ","ts_ns":%d,%s,"args":%s,"duration_ns":%d}\n' % (
-            self._sec_text, rel // 1000, wall_ns, middle, orjson.dumps(rec[10]), duration_ns)
+            return _LINE % (self.sec_text, rel // 1000, wall_ns, middle, orjson.dumps(rec[10]))
+        return _LINE_DURATION % (self.sec_text, rel // 1000, wall_ns, middle, orjson.dumps(rec[10]), duration_ns)
+
+
+# A line is LINE_HEAD % (second text, µs, wall ns, middle), the args object, then LINE_END or DURATION_END
+# (% duration_ns); the raw pipeline's emitters put each event's args template between them.
+LINE_HEAD = b'{"time":"%s%06dZ","ts_ns":%d,%s,"args":'
+LINE_END = b"}\n"
+DURATION_END = b',"duration_ns":%d}\n'
+_LINE = LINE_HEAD + b"%s" + LINE_END
+_LINE_DURATION = LINE_HEAD + b"%s" + DURATION_END

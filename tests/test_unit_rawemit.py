@@ -1,0 +1,116 @@
+"""rawemit: the generated emitters give exactly what the record path gives (``RecordBuilder`` →
+``Pipeline.process_items`` → ``Renderer``): the same JSON bytes, counts, pairs, evictions, histograms and
+error counts, on the pages captured from this kernel and on synthetic and corrupted pages, for every
+kind of histogram labels and with JSON output off."""
+
+from __future__ import annotations
+
+import dataclasses
+import struct
+from operator import itemgetter
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tests.test_unit_pipeline import KERNEL, config, pipeline
+from tests.test_unit_rawpage import PAGE, Page, layout, pages
+from tests.test_unit_traceline import formats
+from uprobe_exporter.config import Config
+from uprobe_exporter.pairing import Pairing
+from uprobe_exporter.pipeline import Pipeline
+from uprobe_exporter.rawpage import RAW_ERROR_REASONS, Located, RawDecoder
+from uprobe_exporter.records import LostEvents, TraceRecord
+from uprobe_exporter.render import Renderer
+
+# the histogram labels of the "work" probe: none, comm only, an entry argument, a return argument
+LABELS = {"none": [], "comm": ["comm"], "entry_arg": ["comm", "s"], "return_arg": ["ret", "comm"]}
+
+
+def labelled(labels: list[str]) -> Config:
+    cfg = config()
+    work = dataclasses.replace(cfg.probes[0], labels=tuple(labels))
+    return dataclasses.replace(cfg, probes=(work, *cfg.probes[1:]))
+
+
+def both(labels: list[str], render: bool) -> tuple[Pipeline, Pipeline]:
+    """Two identical pipelines: one for records, one for emitters."""
+    made = []
+    for _ in range(2):
+        base = pipeline(Renderer(10**18) if render else None)
+        cfg = labelled(labels)
+        made.append(Pipeline(None, base.infos, cfg.probes, base.renderer, Pairing(max_pending=64), 3,
+                             lambda tid: tid // 2, dict.fromkeys(RAW_ERROR_REASONS, 0)))
+    return made[0], made[1]
+
+
+def state(p: Pipeline) -> Any:
+    hists = {name: {k: (list(h.counts), h.sum_ns) for k, h in ph.series.items()} for name, ph in p.histograms.items()}
+    return p.statistics(), p.pairing.statistics(), hists, dict(p.decode_errors)
+
+
+def run_both(labels: list[str], render: bool, batches: list[list[tuple[bytes, int]]]) -> None:
+    """Each batch: (page, cpu)s, merged by timestamp as the reader does, through both paths."""
+    by_record, by_emitter = both(labels, render)
+    records = RawDecoder(layout(), RawDecoder.for_formats(layout(), formats()).handlers, by_record.decode_errors)
+    located_decoder = RawDecoder(layout(), by_emitter.emitters(formats()), by_emitter.decode_errors)
+    out_records, out_emitted = b"", b""
+    for batch in batches:
+        recs: list[TraceRecord | LostEvents] = []
+        located: list[Located] = []
+        lost: list[LostEvents] = []
+        for page, cpu in batch:
+            records.decode(page, cpu, recs)
+            located_decoder.locate(page, cpu, located, lost)
+        lost_first = [r for r in recs if isinstance(r, LostEvents)]
+        ordered = sorted((r for r in recs if isinstance(r, TraceRecord)), key=itemgetter(4))
+        a = by_record.process_items([*lost_first, *ordered])
+        b = by_emitter.process_located(sorted(located, key=itemgetter(0)), lost)
+        assert (a is None) == (b is None) == (not render)
+        if a is not None and b is not None:
+            assert b[0] == a[0] and b[1] == a[1]
+            out_records, out_emitted = out_records + a[0], out_emitted + b[0]
+    assert state(by_emitter) == state(by_record)
+    if render:
+        assert out_emitted.count(b"\n") == sum(state(by_record)[0].events.values())
+
+
+def captured() -> list[list[tuple[bytes, int]]]:
+    """The captured pages of both CPUs, in batches of 3 pages per CPU."""
+    per_cpu = []
+    for path in sorted(KERNEL.glob("calls.raw.cpu*")):
+        data, cpu = path.read_bytes(), int(path.name.removeprefix("calls.raw.cpu"))
+        per_cpu.append([(data[i:i + PAGE], cpu) for i in range(0, len(data), PAGE)])
+    size = max(len(x) for x in per_cpu)
+    return [[pc for cpu in per_cpu for pc in cpu[i:i + 3]] for i in range(0, size, 3)]
+
+
+@pytest.mark.parametrize("render", [True, False], ids=["json", "no_json"])
+@pytest.mark.parametrize("labels", list(LABELS.values()), ids=list(LABELS))
+def test_captured_pages_give_the_same_output_both_ways(labels: list[str], render: bool) -> None:
+    run_both(labels, render, captured())
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(pages(), min_size=1, max_size=4), st.sampled_from(list(LABELS.values())), st.data())
+def test_synthetic_and_corrupted_pages_give_the_same_output_both_ways(
+        made: list[Page], labels: list[str], data: st.DataObject) -> None:
+    batch = []
+    for cpu, (page, _, _) in enumerate(made):
+        raw = bytearray(page)
+        if data.draw(st.booleans()):  # corrupt it: records cut short, bad headers, unknown ids
+            for _ in range(data.draw(st.integers(1, 10))):
+                raw[data.draw(st.integers(16, PAGE - 1))] = data.draw(st.integers(0, 255))
+        batch.append((bytes(raw), cpu))
+    run_both(labels, True, [batch])
+
+
+def test_a_record_shorter_than_its_format_is_counted() -> None:
+    fmt = next(f for f in formats() if f.name == "recurse_entry")
+    p = pipeline(Renderer(0))
+    p.decode_errors = dict.fromkeys(RAW_ERROR_REASONS, 0)
+    emitters = p.emitters(formats())
+    located: list[Located] = [(1, emitters[fmt.id], struct.pack("=HBBi", fmt.id, 0, 0, 7), 0, 0)]
+    assert p.process_located(located, [LostEvents(0, 5)]) == (b"", 0)
+    assert p.decode_errors["record"] == 1 and p.lost_markers == 1 and p.lost_inband == 5
