@@ -74,6 +74,8 @@ async def _housekeeping(rt: Runtime) -> None:
                     pairing.evict_thread(tid)
             pairing.drop_empty()
             rt.tgids.clear()
+            if rt.pipeline.renderer is not None:
+                rt.pipeline.renderer.forget_pids()
 
 
 class Signals:

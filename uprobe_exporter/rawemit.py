@@ -102,7 +102,7 @@ def compile_emitter(fmt: EventFormat, route: Route, sinks: Sinks) -> tuple[Handl
     if render:
         template, fill = args_template(plan, values)
         head = f"(r.sec_text, rel // 1000, wall, middle{fill}"
-        fields = f"pid, {plan.tid}, {plan.comm}, cpu, {plan.ip}, {plan.ret_ip}"  # Renderer.middle's, after info
+        fields = f"{plan.tid}, {plan.comm}, cpu, {plan.ip}, {plan.ret_ip}"  # Renderer.middle's, after info and pid
         lines += [
             "    r = _renderer",
             "    wall = ts + r.wall_offset_ns",
@@ -110,10 +110,9 @@ def compile_emitter(fmt: EventFormat, route: Route, sinks: Sinks) -> tuple[Handl
             "    if not 0 <= rel < 1000000000:",
             "        r.second(wall)",
             "        rel = wall - r.sec_ns",
-            f"    pid = _tgid_of({plan.tid})",
-            f"    middle = _middles.get(({info.full_name!r}, {fields}))",
+            f"    middle = _by_thread.get(({info.full_name!r}, {fields}))",
             "    if middle is None:",
-            f"        middle = r.middle(_info, {fields})",
+            f"        middle = r.thread_middle(_info, _tgid_of({plan.tid}), {fields})",
         ]
         line, with_duration = LINE_HEAD + template + LINE_END, LINE_HEAD + template + DURATION_END
         if duration:
@@ -128,7 +127,7 @@ def compile_emitter(fmt: EventFormat, route: Route, sinks: Sinks) -> tuple[Handl
     namespace: dict[str, Any] = {
         **plan.namespace(), "_counts": sinks.counts, "_enter": sinks.pairing.enter, "_leave": sinks.pairing.leave,
         "_observe": hist.observe if hist is not None else None, "_renderer": renderer, "_info": info,
-        "_middles": renderer.middles if renderer is not None else None, "_tgid_of": sinks.tgid_of,
+        "_by_thread": renderer.by_thread if renderer is not None else None, "_tgid_of": sinks.tgid_of,
         "_append": sinks.lines.append, "_dumps": orjson.dumps,
     }
     return compile_function(source, "emit", f"emitter {fmt.name}", namespace), source

@@ -34,7 +34,7 @@ class Renderer:
     and cached; each record then costs one small ``orjson.dumps`` (its arguments) and one bytes
     format, about half of serializing the whole object."""
 
-    __slots__ = ("max_cached", "middles", "sec_ns", "sec_text", "wall_offset_ns")
+    __slots__ = ("by_thread", "max_cached", "middles", "sec_ns", "sec_text", "wall_offset_ns")
 
     def __init__(self, wall_offset_ns: int, max_cached: int = 1 << 16) -> None:
         self.wall_offset_ns = wall_offset_ns
@@ -42,6 +42,9 @@ class Renderer:
         self.sec_ns = -(10**18)  # the start of the second whose text is cached
         self.sec_text = b""
         self.middles: dict[tuple[Any, ...], bytes] = {}
+        # the raw reader's emitters: the same middles keyed without the pid, which records do not carry
+        # (looked up once per thread); cleared with the tgid cache (``forget_pids``)
+        self.by_thread: dict[tuple[Any, ...], bytes] = {}
 
     def iso_time(self, wall_ns: int) -> str:
         """``2026-11-25T18:11:05.123456Z``, the seconds part cached (records come in bursts)."""
@@ -73,6 +76,18 @@ class Renderer:
                 out["ip"] = hex(ip)
             middle = self.middles[key] = orjson.dumps(out)[1:-1]
         return middle
+
+    def thread_middle(self, info: EventInfo, pid: int, tid: int, comm: str, cpu: int, ip: int, ret_ip: int) -> bytes:
+        """``middle``, also cached by everything but the pid (for the emitters' look-up)."""
+        if len(self.by_thread) >= self.max_cached:
+            self.by_thread.clear()
+        middle = self.by_thread[info.full_name, tid, comm, cpu, ip, ret_ip] = self.middle(info, pid, tid, comm, cpu, ip,
+                                                                                          ret_ip)
+        return middle
+
+    def forget_pids(self) -> None:
+        """Thread ids get reused: forget which process each thread belonged to."""
+        self.by_thread.clear()
 
     def render(self, rec: TraceRecord, info: EventInfo, duration_ns: int | None, pid: int) -> bytes:
         """One JSON line, with its newline."""
