@@ -34,8 +34,8 @@ from tests.prom import free_port  # noqa: E402
 from uprobe_exporter.config import ProbeConfig  # noqa: E402
 from uprobe_exporter.pairing import Pairing  # noqa: E402
 from uprobe_exporter.pipeline import Pipeline  # noqa: E402
-from uprobe_exporter.rawpage import PageLayout, RawDecoder  # noqa: E402
-from uprobe_exporter.records import LostEvents, TraceRecord  # noqa: E402
+from uprobe_exporter.rawpage import RAW_ERROR_REASONS, Located, PageLayout, RawDecoder  # noqa: E402
+from uprobe_exporter.records import LostEvents  # noqa: E402
 from uprobe_exporter.render import EventInfo, Renderer  # noqa: E402
 
 
@@ -54,8 +54,9 @@ def _pipeline(latency: bool) -> tuple[Pipeline, RawDecoder, list[bytes]]:
     for path in sorted(FIXTURES.glob("calls.raw.cpu*")):
         data = path.read_bytes()
         pages += [data[i:i + layout.page_size] for i in range(0, len(data), layout.page_size)]
-    pipeline = Pipeline(None, infos, probes, Renderer(0), Pairing(), tgid_of=lambda tid: 1)
-    return pipeline, RawDecoder.for_formats(layout, fmts), pages
+    pipeline = Pipeline(None, infos, probes, Renderer(0), Pairing(), tgid_of=lambda tid: 1,
+                        decode_errors=dict.fromkeys(RAW_ERROR_REASONS, 0))
+    return pipeline, RawDecoder(layout, pipeline.emitters(fmts), pipeline.decode_errors), pages
 
 
 def run_pipeline(latency: bool, repeat: int) -> tuple[float, int]:
@@ -63,10 +64,11 @@ def run_pipeline(latency: bool, repeat: int) -> tuple[float, int]:
     pipeline, decoder, pages = _pipeline(latency)
     t0 = time.process_time()
     for _ in range(repeat):
-        items: list[TraceRecord | LostEvents] = []
+        located: list[Located] = []
+        lost: list[LostEvents] = []
         for page in pages:
-            decoder.decode(page, 0, items)
-        pipeline.process_items(items)
+            decoder.locate(page, 0, located, lost)
+        pipeline.process_located(located, lost)
     return time.process_time() - t0, sum(pipeline.statistics().events.values())
 
 

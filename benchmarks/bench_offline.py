@@ -60,7 +60,11 @@ def pipeline(fmts: list[EventFormat], parser: TextParser | None, raw: bool = Fal
                     decode_errors=dict.fromkeys(RAW_ERROR_REASONS, 0) if raw else None)
 
 
-def text_workload(repeat: int) -> tuple[Callable[[], int], Callable[[], int]]:
+Workload = list[tuple[str, Callable[[], int]]]  # (what is measured, a run that returns the records)
+FULL = "decode + pair + histograms + JSON"
+
+
+def text_workload(repeat: int) -> Workload:
     fmts = formats()
     stream = (FIXTURES / "calls.trace_pipe").read_bytes() * repeat
     chunks = [stream[i:i + TEXT_READ] for i in range(0, len(stream), TEXT_READ)]
@@ -79,10 +83,10 @@ def text_workload(repeat: int) -> tuple[Callable[[], int], Callable[[], int]]:
         assert not p.statistics().parse_errors
         return n
 
-    return decode, full
+    return [("decode only", decode), (FULL, full)]
 
 
-def raw_workload(repeat: int) -> tuple[Callable[[], int], Callable[[], int]]:
+def raw_workload(repeat: int) -> Workload:
     fmts = formats()
     layout = PageLayout.parse((FIXTURES / "header_page").read_text())
     pages = []
@@ -90,6 +94,16 @@ def raw_workload(repeat: int) -> tuple[Callable[[], int], Callable[[], int]]:
         data = path.read_bytes()
         pages += [data[i:i + layout.page_size] for i in range(0, len(data), layout.page_size)]
     batches = [pages * PAGES_PER_BATCH] * (repeat // PAGES_PER_BATCH + 1)
+
+    def locate() -> int:
+        decoder, n = RawDecoder.for_formats(layout, fmts), 0
+        for batch in batches:
+            located: list[Located] = []
+            lost: list[LostEvents] = []
+            for page in batch:
+                decoder.locate(page, 0, located, lost)
+            n += len(located)
+        return n
 
     def decode() -> int:
         decoder, n = RawDecoder.for_formats(layout, fmts), 0
@@ -113,7 +127,8 @@ def raw_workload(repeat: int) -> tuple[Callable[[], int], Callable[[], int]]:
         assert not any(decoder.errors.values())
         return n
 
-    return decode, full
+    return [("pages walked (records located)", locate), ("decode to TraceRecords", decode),
+            (FULL + " (emitters)", full)]
 
 
 def measure(fn: Callable[[], int], runs: int) -> tuple[int, float, float]:
@@ -133,10 +148,9 @@ def main() -> None:
     args = ap.parse_args()
     print(f"{sys.executable}: {args.runs} runs each (best, median)")
     for reader, workload in (("raw", raw_workload), ("text", text_workload)):
-        decode, full = workload(args.repeat)
-        for label, fn in (("decode only", decode), ("decode + pair + histograms + JSON", full)):
+        for label, fn in workload(args.repeat):
             n, best, median = measure(fn, args.runs)
-            print(f"{reader:4} {label:34} {n / best / 1e3:6.0f} k records/s ({best / n * 1e6:5.2f} µs/record), "
+            print(f"{reader:4} {label:44} {n / best / 1e3:6.0f} k records/s ({best / n * 1e6:5.2f} µs/record), "
                   f"median {n / median / 1e3:6.0f} k/s ({median / n * 1e6:5.2f} µs)  [{n} records]")
 
 
