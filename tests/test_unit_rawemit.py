@@ -20,6 +20,7 @@ from tests.test_unit_traceline import formats
 from uprobe_exporter.config import Config
 from uprobe_exporter.pairing import Pairing
 from uprobe_exporter.pipeline import Pipeline
+from uprobe_exporter.rawemit import EmitPlan
 from uprobe_exporter.rawpage import RAW_ERROR_REASONS, Located, RawDecoder
 from uprobe_exporter.records import LostEvents, TraceRecord
 from uprobe_exporter.render import Renderer
@@ -50,11 +51,15 @@ def state(p: Pipeline) -> Any:
     return p.statistics(), p.pairing.statistics(), hists, dict(p.decode_errors)
 
 
-def run_both(labels: list[str], render: bool, batches: list[list[tuple[bytes, int]]]) -> None:
-    """Each batch: (page, cpu)s, merged by timestamp as the reader does, through both paths."""
+def run_both(labels: list[str], render: bool, batches: list[list[tuple[bytes, int]]], native: bool) -> None:
+    """Each batch: (page, cpu)s, merged by timestamp as the reader does, through both paths (the emitters:
+    native where built and covering the event, or all Python)."""
     by_record, by_emitter = both(labels, render)
     records = RawDecoder(layout(), RawDecoder.for_formats(layout(), formats()).handlers, by_record.decode_errors)
-    located_decoder = RawDecoder(layout(), by_emitter.emitters(formats()), by_emitter.decode_errors)
+    emitters = by_emitter.emitters(formats(), native)
+    assert EmitPlan is not None
+    assert any(isinstance(e, EmitPlan) for e in emitters.values()) == native
+    located_decoder = RawDecoder(layout(), emitters, by_emitter.decode_errors)
     out_records, out_emitted = b"", b""
     for batch in batches:
         recs: list[TraceRecord | LostEvents] = []
@@ -86,16 +91,25 @@ def captured() -> list[list[tuple[bytes, int]]]:
     return [[pc for cpu in per_cpu for pc in cpu[i:i + 3]] for i in range(0, size, 3)]
 
 
+NATIVE = pytest.mark.parametrize("native", [True, False], ids=["native", "python"])
+
+
+def test_the_native_emitter_is_built() -> None:
+    """CI installs with a C compiler: the native emitters are what runs, and what these tests compare."""
+    assert EmitPlan is not None
+
+
+@NATIVE
 @pytest.mark.parametrize("render", [True, False], ids=["json", "no_json"])
 @pytest.mark.parametrize("labels", list(LABELS.values()), ids=list(LABELS))
-def test_captured_pages_give_the_same_output_both_ways(labels: list[str], render: bool) -> None:
-    run_both(labels, render, captured())
+def test_captured_pages_give_the_same_output_both_ways(labels: list[str], render: bool, native: bool) -> None:
+    run_both(labels, render, captured(), native)
 
 
-@settings(max_examples=150, deadline=None)
-@given(st.lists(pages(), min_size=1, max_size=4), st.sampled_from(list(LABELS.values())), st.data())
+@settings(max_examples=200, deadline=None)
+@given(st.lists(pages(), min_size=1, max_size=4), st.sampled_from(list(LABELS.values())), st.booleans(), st.data())
 def test_synthetic_and_corrupted_pages_give_the_same_output_both_ways(
-        made: list[Page], labels: list[str], data: st.DataObject) -> None:
+        made: list[Page], labels: list[str], native: bool, data: st.DataObject) -> None:
     batch = []
     for cpu, (page, _, _) in enumerate(made):
         raw = bytearray(page)
@@ -103,7 +117,7 @@ def test_synthetic_and_corrupted_pages_give_the_same_output_both_ways(
             for _ in range(data.draw(st.integers(1, 10))):
                 raw[data.draw(st.integers(16, PAGE - 1))] = data.draw(st.integers(0, 255))
         batch.append((bytes(raw), cpu))
-    run_both(labels, True, [batch])
+    run_both(labels, True, [batch], native)
 
 
 def test_a_record_shorter_than_its_format_is_counted() -> None:

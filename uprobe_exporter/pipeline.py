@@ -19,7 +19,7 @@ from uprobe_exporter.formatfile import EventFormat
 from uprobe_exporter.histogram import COMM_LABEL, NO_LABELS, LabelFolder, ProbeHistograms, labels_kind
 from uprobe_exporter.pairing import Pairing
 from uprobe_exporter.probes import ProbeEvent
-from uprobe_exporter.rawemit import Route, Sinks, compile_emitter
+from uprobe_exporter.rawemit import Route, Sinks, compile_emitter, native_emitter
 from uprobe_exporter.rawpage import Handler, Located
 from uprobe_exporter.records import LostEvents, TraceRecord
 from uprobe_exporter.render import EventInfo, Renderer
@@ -102,10 +102,15 @@ class Pipeline:
                 append(chunk)
         return (b"".join(out), len(out)) if self.renderer is not None else None
 
-    def emitters(self, formats: Iterable[EventFormat]) -> dict[int, Handler]:
-        """Per event id, the emitter that counts, pairs and renders its raw records (``process_located``)."""
+    def emitters(self, formats: Iterable[EventFormat], native: bool = True) -> dict[int, Handler]:
+        """Per event id, the emitter that counts, pairs and renders its raw records (``process_located``):
+        the native one where it is built and covers the event (``native``), else the Python one."""
         sinks = Sinks(self.event_counts, self.pairing, self.renderer, self.tgid_of, self.lines)
-        return {f.id: compile_emitter(f, self.routes[f.name], sinks)[0] for f in formats}
+        out = {}
+        for f in formats:
+            emitter = compile_emitter(f, self.routes[f.name], sinks)[0]
+            out[f.id] = (native and native_emitter(f, self.routes[f.name], sinks, emitter)) or emitter
+        return out
 
     def process_located(self, located: list[Located], lost: list[LostEvents]) -> tuple[bytes, int] | None:
         """The raw reader's batch: records located in pages (in timestamp order), each run by its event's

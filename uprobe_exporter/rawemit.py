@@ -11,6 +11,7 @@ builder → pipeline → renderer chain of calls per record: about a third of th
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -19,10 +20,22 @@ import orjson
 
 from uprobe_exporter.codegen import compile_function
 from uprobe_exporter.formatfile import EventFormat, FieldKind
-from uprobe_exporter.histogram import ANY_LABELS, COMM_LABEL, ProbeHistograms
+from uprobe_exporter.histogram import ANY_LABELS, COMM_LABEL, NO_LABELS, ProbeHistograms
 from uprobe_exporter.pairing import Pairing
-from uprobe_exporter.rawpage import Handler, UnpackPlan
+from uprobe_exporter.rawpage import _COMMS, Handler, UnpackPlan, _new_comm
 from uprobe_exporter.render import DURATION_END, LINE_END, LINE_HEAD, EventInfo, Renderer
+from uprobe_exporter.traceline import HIDDEN_COMM, HIDDEN_SP
+
+try:  # the native emitter (uprobe_exporter/_emitplan.c), built at install when a C compiler is there
+    from uprobe_exporter._emitplan import EmitPlan as _EmitPlan
+
+    EmitPlan: type[_EmitPlan] | None = _EmitPlan
+except ImportError:  # then every event has its Python emitter
+    EmitPlan = None
+
+ARG_KINDS = {(FieldKind.INT, True): 0, (FieldKind.INT, False): 1, (FieldKind.STRING, True): 2,
+             (FieldKind.STRING, False): 2}  # _emitplan.c: ARG_SIGNED, ARG_UNSIGNED, ARG_STRING
+PAIR_NONE, PAIR_ENTER, PAIR_ENTER_COMM, PAIR_LEAVE = range(4)
 
 
 class Route(NamedTuple):
@@ -101,18 +114,18 @@ def compile_emitter(fmt: EventFormat, route: Route, sinks: Sinks) -> tuple[Handl
             lines.append(f"        _observe({labels}, duration)")
     if render:
         template, fill = args_template(plan, values)
-        head = f"(r.sec_text, rel // 1000, wall, middle{fill}"
+        head = f"(clock[2], rel // 1000, wall, middle{fill}"  # Renderer.clock: wall offset, sec_ns, sec_text
         fields = f"{plan.tid}, {plan.comm}, cpu, {plan.ip}, {plan.ret_ip}"  # Renderer.middle's, after info and pid
         lines += [
-            "    r = _renderer",
-            "    wall = ts + r.wall_offset_ns",
-            "    rel = wall - r.sec_ns",
+            "    clock = _clock",
+            "    wall = ts + clock[0]",
+            "    rel = wall - clock[1]",
             "    if not 0 <= rel < 1000000000:",
-            "        r.second(wall)",
-            "        rel = wall - r.sec_ns",
+            "        _renderer.second(wall)",
+            "        rel = wall - clock[1]",
             f"    middle = _by_thread.get(({info.full_name!r}, {fields}))",
             "    if middle is None:",
-            f"        middle = r.thread_middle(_info, _tgid_of({plan.tid}), {fields})",
+            f"        middle = _renderer.thread_middle(_info, _tgid_of({plan.tid}), {fields})",
         ]
         line, with_duration = LINE_HEAD + template + LINE_END, LINE_HEAD + template + DURATION_END
         if duration:
@@ -127,7 +140,56 @@ def compile_emitter(fmt: EventFormat, route: Route, sinks: Sinks) -> tuple[Handl
     namespace: dict[str, Any] = {
         **plan.namespace(), "_counts": sinks.counts, "_enter": sinks.pairing.enter, "_leave": sinks.pairing.leave,
         "_observe": hist.observe if hist is not None else None, "_renderer": renderer, "_info": info,
+        "_clock": renderer.clock if renderer is not None else None,
         "_by_thread": renderer.by_thread if renderer is not None else None, "_tgid_of": sinks.tgid_of,
         "_append": sinks.lines.append, "_dumps": orjson.dumps,
     }
     return compile_function(source, "emit", f"emitter {fmt.name}", namespace), source
+
+
+def native_emitter(fmt: EventFormat, route: Route, sinks: Sinks, emitter: Handler) -> Handler | None:
+    """The native emitter of the event, which does exactly what ``emitter`` (its Python emitter) does and
+    hands it what it does not cover; None when the extension is not built or the event has what only
+    the Python emitter handles: ``char`` or array arguments, or histogram labels from arguments."""
+    if EmitPlan is None:
+        return None
+    plan = UnpackPlan.of(fmt)
+    fields = {f.name: f for f in (*fmt.common, *fmt.fields)}
+
+    def offset(name: str, size: int) -> int:
+        f = fields.get(name)
+        return f.offset if f is not None and f.size == size else -1
+
+    args = []
+    for f, _ in plan.args:
+        kind = ARG_KINDS.get((f.kind, f.signed))
+        if kind is None or f.size not in (1, 2, 4, 8):
+            return None
+        args.append((orjson.dumps(f.name) + b":", kind, f.offset, f.size))
+    hist = route.histograms
+    if not route.paired:
+        pairing = PAIR_NONE
+    elif fmt.is_return:
+        if hist is not None and route.labels_at_return:
+            return None
+        pairing = PAIR_LEAVE
+    elif hist is None or route.labels_kind == NO_LABELS:
+        pairing = PAIR_ENTER
+    elif route.labels_kind == COMM_LABEL:
+        pairing = PAIR_ENTER_COMM
+    else:
+        return None
+    ip = offset("__probe_func" if fmt.is_return else "__probe_ip", 8)
+    tid = offset("common_pid", 4)
+    if ip < 0 or tid < 0:
+        return None
+    comm = fields.get(HIDDEN_COMM)
+    layout = (tid, ip, offset("__probe_ret_ip", 8), offset(HIDDEN_SP, 8),
+              comm.offset if comm is not None and comm.kind is FieldKind.STRING else -1,
+              struct.calcsize(plan.struct_layout))
+    r = sinks.renderer
+    return EmitPlan(emitter, fmt.name, route.info.probe, layout, tuple(args), pairing, (
+        sinks.pairing.enter, sinks.pairing.leave, hist.observe if hist is not None else None, sinks.counts, r,
+        route.info, route.info.full_name, sinks.tgid_of, r.by_thread if r is not None else {},
+        r.clock if r is not None else [0, 0, b""], sinks.lines,
+        _COMMS, _new_comm, orjson.dumps))

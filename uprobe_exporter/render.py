@@ -15,6 +15,8 @@ import orjson
 
 from uprobe_exporter.records import TraceRecord
 
+WALL_OFFSET, SEC_NS, SEC_TEXT = range(3)  # Renderer.clock
+
 
 @dataclass(frozen=True, slots=True)
 class EventInfo:  # hashable: part of the renderer's cache key
@@ -34,31 +36,48 @@ class Renderer:
     and cached; each record then costs one small ``orjson.dumps`` (its arguments) and one bytes
     format, about half of serializing the whole object."""
 
-    __slots__ = ("by_thread", "max_cached", "middles", "sec_ns", "sec_text", "wall_offset_ns")
+    __slots__ = ("by_thread", "clock", "max_cached", "middles")
 
     def __init__(self, wall_offset_ns: int, max_cached: int = 1 << 16) -> None:
-        self.wall_offset_ns = wall_offset_ns
+        # [wall_offset_ns, sec_ns: the start of the second whose text is cached, sec_text: that text]:
+        # one list, read per record by index by the emitters (Python and native) and kept here
+        self.clock: list[Any] = [wall_offset_ns, -(10**18), b""]
         self.max_cached = max_cached
-        self.sec_ns = -(10**18)  # the start of the second whose text is cached
-        self.sec_text = b""
         self.middles: dict[tuple[Any, ...], bytes] = {}
         # the raw reader's emitters: the same middles keyed without the pid, which records do not carry
         # (looked up once per thread); cleared with the tgid cache (``forget_pids``)
         self.by_thread: dict[tuple[Any, ...], bytes] = {}
+
+    @property
+    def wall_offset_ns(self) -> int:
+        return int(self.clock[WALL_OFFSET])
+
+    @wall_offset_ns.setter
+    def wall_offset_ns(self, value: int) -> None:
+        self.clock[WALL_OFFSET] = value
+
+    @property
+    def sec_ns(self) -> int:
+        return int(self.clock[SEC_NS])
+
+    @property
+    def sec_text(self) -> bytes:
+        return bytes(self.clock[SEC_TEXT])
 
     def iso_time(self, wall_ns: int) -> str:
         """``2026-11-25T18:11:05.123456Z``, the seconds part cached (records come in bursts)."""
         return self.second(wall_ns).decode()
 
     def second(self, wall_ns: int) -> bytes:
-        """The time text of ``wall_ns``; its second becomes the cached one (``sec_ns``, ``sec_text``)."""
-        rel = wall_ns - self.sec_ns  # small ints: on the 19-digit wall_ns every division costs more
+        """The time text of ``wall_ns``; its second becomes the cached one (``clock``)."""
+        clock = self.clock
+        rel = wall_ns - clock[SEC_NS]  # small ints: on the 19-digit wall_ns every division costs more
         if not 0 <= rel < 1_000_000_000:
             sec = wall_ns // 1_000_000_000
-            self.sec_ns = sec * 1_000_000_000
-            self.sec_text = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(sec)).encode()
-            rel = wall_ns - self.sec_ns
-        return b"%s%06dZ" % (self.sec_text, rel // 1000)
+            clock[SEC_NS] = sec * 1_000_000_000
+            clock[SEC_TEXT] = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(sec)).encode()
+            rel = wall_ns - clock[SEC_NS]
+        return b"%s%06dZ" % (clock[SEC_TEXT], rel // 1000)
 
     def middle(self, info: EventInfo, pid: int, tid: int, comm: str, cpu: int, ip: int, ret_ip: int) -> bytes:
         """The JSON of the fields between ``ts_ns`` and ``args``, without braces; cached."""
@@ -91,15 +110,16 @@ class Renderer:
 
     def render(self, rec: TraceRecord, info: EventInfo, duration_ns: int | None, pid: int) -> bytes:
         """One JSON line, with its newline."""
-        wall_ns = rec[4] + self.wall_offset_ns  # ts_ns
-        rel = wall_ns - self.sec_ns
+        clock = self.clock
+        wall_ns = rec[4] + clock[WALL_OFFSET]  # ts_ns
+        rel = wall_ns - clock[SEC_NS]
         if not 0 <= rel < 1_000_000_000:
             self.second(wall_ns)
-            rel = wall_ns - self.sec_ns
+            rel = wall_ns - clock[SEC_NS]
         middle = self.middle(info, pid, rec[1], rec[5], rec[3], rec[6], rec[7])  # tid, comm, cpu, ip, ret_ip
         if duration_ns is None:
-            return _LINE % (self.sec_text, rel // 1000, wall_ns, middle, orjson.dumps(rec[10]))
-        return _LINE_DURATION % (self.sec_text, rel // 1000, wall_ns, middle, orjson.dumps(rec[10]), duration_ns)
+            return _LINE % (clock[SEC_TEXT], rel // 1000, wall_ns, middle, orjson.dumps(rec[10]))
+        return _LINE_DURATION % (clock[SEC_TEXT], rel // 1000, wall_ns, middle, orjson.dumps(rec[10]), duration_ns)
 
 
 # A line is LINE_HEAD % (second text, µs, wall ns, middle), the args object, then LINE_END or DURATION_END

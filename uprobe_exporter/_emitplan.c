@@ -1,0 +1,390 @@
+/* Native emitter: one record of one event, straight from the page bytes, exactly as the emitter that
+ * rawemit.py generates in Python for the same event (which stays the reference, the fallback for what
+ * this does not cover, and what the tests compare this with byte for byte).
+ *
+ * An EmitPlan is called like the Python emitter: plan(page, offset, ts_ns, cpu). It reads the fields
+ * at their offsets, decodes the thread name through the shared comm cache, counts the record, calls the
+ * pairing's enter/leave and the histogram's observe (Python: they keep their own semantics and
+ * statistics), and renders the JSON line: the cached middle fields (Renderer.thread_middle), integers
+ * printed here, and every string serialized by orjson. Anything unusual (a record cut short, a
+ * timestamp out of range) is handed to the Python emitter, which raises or renders it as usual. */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+enum { ARG_SIGNED = 0, ARG_UNSIGNED = 1, ARG_STRING = 2 };
+enum { PAIR_NONE = 0, PAIR_ENTER = 1, PAIR_ENTER_COMM = 2, PAIR_LEAVE = 3 };
+
+typedef struct {
+    PyObject *key; /* bytes: "name": */
+    int kind, offset, size;
+} Arg;
+
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    PyObject *emitter, *name, *probe, *enter, *leave, *observe, *counts, *renderer, *info, *full_name;
+    PyObject *tgid_of, *by_thread, *clock, *lines, *comms, *new_comm, *dumps, *unknown_comm;
+    int tid_off, ip_off, ret_ip_off, sp_off, comm_off, fixed_size, pairing;
+    Py_ssize_t nargs;
+    Arg *args;
+} EmitPlan;
+
+static PyObject *str_second, *str_thread_middle, *empty_tuple, *one;
+
+static uint64_t load(const unsigned char *p, int size, int is_signed) {
+    switch (size) {
+    case 1: return is_signed ? (uint64_t)(int64_t)(int8_t)p[0] : p[0];
+    case 2: { uint16_t v; memcpy(&v, p, 2); return is_signed ? (uint64_t)(int64_t)(int16_t)v : v; }
+    case 4: { uint32_t v; memcpy(&v, p, 4); return is_signed ? (uint64_t)(int64_t)(int32_t)v : v; }
+    default: { uint64_t v; memcpy(&v, p, 8); return v; }
+    }
+}
+
+/* A __data_loc string's bytes as Python slices them: p[o + start : o + start + len - 1], clamped. */
+static void slice(Py_ssize_t n, Py_ssize_t o, uint32_t loc, Py_ssize_t *from, Py_ssize_t *to) {
+    Py_ssize_t a = o + (loc & 0xffff), b = a + (loc >> 16) - 1;
+    *from = a < n ? a : n;
+    *to = b < n ? b : n;
+    if (*to < *from) *to = *from;
+}
+
+static PyObject *fallback(EmitPlan *self, PyObject *const *args) {
+    return PyObject_Vectorcall(self->emitter, args, 4, NULL);
+}
+
+typedef struct { char *buf; Py_ssize_t len, cap; } Out;
+
+static int put(Out *o, const char *s, Py_ssize_t n) {
+    if (o->len + n > o->cap) {
+        Py_ssize_t cap = (o->len + n) * 2;
+        char *b = PyMem_Realloc(o->buf, cap);
+        if (!b) { PyErr_NoMemory(); return -1; }
+        o->buf = b; o->cap = cap;
+    }
+    memcpy(o->buf + o->len, s, n);
+    o->len += n;
+    return 0;
+}
+
+static int put_bytes(Out *o, PyObject *b) { return put(o, PyBytes_AS_STRING(b), PyBytes_GET_SIZE(b)); }
+
+/* Decimal digits of v (with a '-' when negative and signed), at least `width` digits, zero-padded. */
+static int put_int(Out *o, uint64_t v, int is_signed, int width) {
+    char tmp[24], *end = tmp + sizeof tmp, *q = end;
+    int negative = is_signed && (int64_t)v < 0;
+    uint64_t u = negative ? (uint64_t)0 - v : v;
+    do { *--q = (char)('0' + u % 10); u /= 10; } while (u);
+    while (end - q < width) *--q = '0';
+    if (negative) *--q = '-';
+    return put(o, q, end - q);
+}
+
+#define PUTS(o, s) put((o), (s), (Py_ssize_t)(sizeof(s) - 1))
+
+static PyObject *plan_call(PyObject *callable, PyObject *const *args, size_t nargsf, PyObject *kwnames) {
+    EmitPlan *self = (EmitPlan *)callable;
+    if (PyVectorcall_NARGS(nargsf) != 4 || kwnames || !PyBytes_CheckExact(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "EmitPlan(page: bytes, offset, ts_ns, cpu)");
+        return NULL;
+    }
+    PyObject *page = args[0];
+    Py_ssize_t o = PyLong_AsSsize_t(args[1]);
+    long long ts = PyLong_AsLongLong(args[2]);
+    long cpu = PyLong_AsLong(args[3]);
+    if (PyErr_Occurred()) { PyErr_Clear(); return fallback(self, args); }
+    Py_ssize_t n = PyBytes_GET_SIZE(page);
+    if (o < 0 || o + self->fixed_size > n || ts < 0) return fallback(self, args); /* it raises struct.error */
+    const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(page) + o;
+    long long wall = 0;
+    PyObject *renderer = self->renderer, *clock = self->clock;
+    if (renderer != Py_None) {  /* Renderer.clock: [wall_offset_ns, sec_ns, sec_text] */
+        long long offset = PyList_GET_SIZE(clock) == 3 ? PyLong_AsLongLong(PyList_GET_ITEM(clock, 0)) : -1;
+        if (PyErr_Occurred() || __builtin_add_overflow(ts, offset, &wall) || wall < 0) {
+            PyErr_Clear();
+            return fallback(self, args);
+        }
+    }
+    int32_t tid = (int32_t)load(p + self->tid_off, 4, 1);
+    uint64_t ip = load(p + self->ip_off, 8, 0);
+    uint64_t ret_ip = self->ret_ip_off >= 0 ? load(p + self->ret_ip_off, 8, 0) : 0;
+    uint64_t sp = self->sp_off >= 0 ? load(p + self->sp_off, 8, 0) : 0;
+
+    PyObject *comm = NULL, *tid_o = NULL, *sp_o = NULL, *ts_o = NULL, *frame = NULL, *result = NULL;
+    PyObject *middle = NULL, *line = NULL, *key = NULL;
+    PyObject **strings = NULL;
+    long long duration = 0;
+    int has_duration = 0;
+    Out out = {NULL, 0, 0};
+
+    if (self->comm_off >= 0) {
+        uint32_t loc = (uint32_t)load(p + self->comm_off, 4, 0);
+        if (loc >> 16) {
+            Py_ssize_t a, b;
+            slice(n, o, loc, &a, &b);
+            PyObject *raw = PyBytes_FromStringAndSize(PyBytes_AS_STRING(page) + a, b - a);
+            if (!raw) goto done;
+            comm = PyDict_GetItemWithError(self->comms, raw);
+            if (comm) Py_INCREF(comm);
+            else if (!PyErr_Occurred()) comm = PyObject_CallOneArg(self->new_comm, raw);
+            Py_DECREF(raw);
+            if (!comm) goto done;
+        }
+    }
+    if (!comm) { comm = self->unknown_comm; Py_INCREF(comm); }
+    /* the string arguments, decoded and serialized before anything is counted (as the generated code) */
+    if (self->nargs && renderer != Py_None) {
+        strings = PyMem_Calloc(self->nargs, sizeof(PyObject *));
+        if (!strings) { PyErr_NoMemory(); goto done; }
+        for (Py_ssize_t i = 0; i < self->nargs; i++) {
+            Arg *a = &self->args[i];
+            if (a->kind != ARG_STRING) continue;
+            uint32_t loc = (uint32_t)load(p + a->offset, 4, 0);
+            if (!(loc >> 16)) continue; /* faulted: null */
+            Py_ssize_t from, to;
+            slice(n, o, loc, &from, &to);
+            PyObject *s = PyUnicode_DecodeUTF8(PyBytes_AS_STRING(page) + from, to - from, "backslashreplace");
+            if (!s) goto done;
+            strings[i] = PyObject_CallOneArg(self->dumps, s);
+            Py_DECREF(s);
+            if (!strings[i]) goto done;
+        }
+    }
+    /* count */
+    {
+        PyObject *count = PyDict_GetItemWithError(self->counts, self->name);
+        if (!count) { if (!PyErr_Occurred()) PyErr_SetObject(PyExc_KeyError, self->name); goto done; }
+        PyObject *more = PyNumber_Add(count, one);
+        if (!more || PyDict_SetItem(self->counts, self->name, more) < 0) { Py_XDECREF(more); goto done; }
+        Py_DECREF(more);
+    }
+    tid_o = PyLong_FromLong(tid);
+    if (!tid_o) goto done;
+    if (self->pairing != PAIR_NONE) {
+        sp_o = PyLong_FromUnsignedLongLong(sp);
+        ts_o = PyLong_FromLongLong(ts);
+        if (!sp_o || !ts_o) goto done;
+        if (self->pairing == PAIR_LEAVE) {
+            PyObject *call[3] = {self->probe, tid_o, sp_o};
+            frame = PyObject_Vectorcall(self->leave, call, 3, NULL);
+            if (!frame) goto done;
+            if (frame != Py_None) {
+                PyObject *start = PyTuple_Check(frame) && PyTuple_GET_SIZE(frame) >= 3 ? PyTuple_GET_ITEM(frame, 1) : NULL;
+                long long t0 = start ? PyLong_AsLongLong(start) : 0;
+                if (!start || PyErr_Occurred()) { PyErr_SetString(PyExc_TypeError, "pairing frame"); goto done; }
+                duration = ts - t0;
+                has_duration = 1;
+                if (self->observe != Py_None) {
+                    PyObject *d = PyLong_FromLongLong(duration);
+                    if (!d) goto done;
+                    PyObject *obs[2] = {PyTuple_GET_ITEM(frame, 2), d};
+                    PyObject *r = PyObject_Vectorcall(self->observe, obs, 2, NULL);
+                    Py_DECREF(d);
+                    if (!r) goto done;
+                    Py_DECREF(r);
+                }
+            }
+        } else {
+            PyObject *extra = empty_tuple;
+            if (self->pairing == PAIR_ENTER_COMM && !(extra = PyTuple_Pack(1, comm))) goto done;
+            if (extra == empty_tuple) Py_INCREF(extra);
+            PyObject *call[5] = {self->probe, tid_o, sp_o, ts_o, extra};
+            PyObject *r = PyObject_Vectorcall(self->enter, call, 5, NULL);
+            Py_DECREF(extra);
+            if (!r) goto done;
+            Py_DECREF(r);
+        }
+    }
+    if (renderer == Py_None) { result = Py_None; Py_INCREF(result); goto done; }
+    /* the second's text (Renderer.second caches it) */
+    long long sec_ns = PyLong_AsLongLong(PyList_GET_ITEM(clock, 1));
+    if (PyErr_Occurred()) goto done;
+    long long rel = wall - sec_ns;
+    if (rel < 0 || rel >= 1000000000LL) {
+        PyObject *w = PyLong_FromLongLong(wall);
+        if (!w) goto done;
+        PyObject *r = PyObject_CallMethodOneArg(renderer, str_second, w);
+        Py_DECREF(w);
+        if (!r) goto done;
+        Py_DECREF(r);
+        if (PyList_GET_SIZE(clock) != 3) { PyErr_SetString(PyExc_TypeError, "Renderer.clock"); goto done; }
+        sec_ns = PyLong_AsLongLong(PyList_GET_ITEM(clock, 1));
+        if (PyErr_Occurred()) goto done;
+        rel = wall - sec_ns;
+        if (rel < 0 || rel >= 1000000000LL) { PyErr_SetString(PyExc_ValueError, "Renderer.second"); goto done; }
+    }
+    {
+        PyObject *cpu_o = PyLong_FromLong(cpu), *ip_o = PyLong_FromUnsignedLongLong(ip);
+        PyObject *ret_o = PyLong_FromUnsignedLongLong(ret_ip);
+        if (cpu_o && ip_o && ret_o) key = PyTuple_Pack(6, self->full_name, tid_o, comm, cpu_o, ip_o, ret_o);
+        if (key) {
+            middle = PyDict_GetItemWithError(self->by_thread, key);
+            if (middle) Py_INCREF(middle);
+            else if (!PyErr_Occurred()) {
+                PyObject *pid = PyObject_CallOneArg(self->tgid_of, tid_o);
+                if (pid) {
+                    PyObject *call[8] = {renderer, self->info, pid, tid_o, comm, cpu_o, ip_o, ret_o};
+                    middle = PyObject_VectorcallMethod(str_thread_middle, call, 8, NULL);
+                    Py_DECREF(pid);
+                }
+            }
+        }
+        Py_XDECREF(cpu_o); Py_XDECREF(ip_o); Py_XDECREF(ret_o);
+        if (!middle) goto done;
+        if (!PyBytes_Check(middle)) { PyErr_SetString(PyExc_TypeError, "middle"); goto done; }
+    }
+    PyObject *sec_text = PyList_GET_ITEM(clock, 2);
+    int ok = PUTS(&out, "{\"time\":\"") == 0 && PyBytes_Check(sec_text) && put_bytes(&out, sec_text) == 0
+             && put_int(&out, (uint64_t)(rel / 1000), 0, 6) == 0 && PUTS(&out, "Z\",\"ts_ns\":") == 0
+             && put_int(&out, (uint64_t)wall, 0, 1) == 0 && PUTS(&out, ",") == 0 && put_bytes(&out, middle) == 0
+             && PUTS(&out, ",\"args\":{") == 0;
+    if (!ok) { if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "sec_text"); goto done; }
+    for (Py_ssize_t i = 0; i < self->nargs; i++) {
+        Arg *a = &self->args[i];
+        if ((i && PUTS(&out, ",") < 0) || put_bytes(&out, a->key) < 0) goto done;
+        if (a->kind == ARG_STRING) {
+            if ((strings[i] ? put_bytes(&out, strings[i]) : PUTS(&out, "null")) < 0) goto done;
+        } else if (put_int(&out, load(p + a->offset, a->size, a->kind == ARG_SIGNED), a->kind == ARG_SIGNED, 1) < 0) {
+            goto done;
+        }
+    }
+    if (PUTS(&out, "}") < 0) goto done;
+    if (has_duration) {
+        if (PUTS(&out, ",\"duration_ns\":") < 0 || put_int(&out, (uint64_t)duration, 1, 1) < 0) goto done;
+    }
+    if (PUTS(&out, "}\n") < 0) goto done;
+    line = PyBytes_FromStringAndSize(out.buf, out.len);
+    if (!line || PyList_Append(self->lines, line) < 0) goto done;
+    result = Py_None;
+    Py_INCREF(result);
+done:
+    if (strings) {
+        for (Py_ssize_t i = 0; i < self->nargs; i++) Py_XDECREF(strings[i]);
+        PyMem_Free(strings);
+    }
+    PyMem_Free(out.buf);
+    Py_XDECREF(comm); Py_XDECREF(tid_o); Py_XDECREF(sp_o); Py_XDECREF(ts_o); Py_XDECREF(frame);
+    Py_XDECREF(middle); Py_XDECREF(line); Py_XDECREF(key);
+    return result;
+}
+
+static void plan_dealloc(EmitPlan *self) {
+    PyObject_GC_UnTrack(self);
+    Py_CLEAR(self->emitter); Py_CLEAR(self->name); Py_CLEAR(self->probe); Py_CLEAR(self->enter);
+    Py_CLEAR(self->leave); Py_CLEAR(self->observe); Py_CLEAR(self->counts); Py_CLEAR(self->renderer);
+    Py_CLEAR(self->info); Py_CLEAR(self->full_name); Py_CLEAR(self->tgid_of); Py_CLEAR(self->by_thread);
+    Py_CLEAR(self->clock); Py_CLEAR(self->lines); Py_CLEAR(self->comms); Py_CLEAR(self->new_comm); Py_CLEAR(self->dumps);
+    Py_CLEAR(self->unknown_comm);
+    for (Py_ssize_t i = 0; i < self->nargs; i++) Py_CLEAR(self->args[i].key);
+    PyMem_Free(self->args);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int plan_traverse(EmitPlan *self, visitproc visit, void *arg) {
+    Py_VISIT(self->emitter); Py_VISIT(self->enter); Py_VISIT(self->leave); Py_VISIT(self->observe);
+    Py_VISIT(self->counts); Py_VISIT(self->renderer); Py_VISIT(self->info); Py_VISIT(self->tgid_of);
+    Py_VISIT(self->by_thread); Py_VISIT(self->clock); Py_VISIT(self->lines); Py_VISIT(self->comms); Py_VISIT(self->new_comm);
+    Py_VISIT(self->dumps);
+    return 0;
+}
+
+/* EmitPlan(emitter, name, probe, fields, args, pairing, sinks)
+ *   fields = (tid_off, ip_off, ret_ip_off, sp_off, comm_off, fixed_size): -1 where the event has none
+ *   args = ((key_bytes, kind, offset, size), ...)
+ *   sinks = (enter, leave, observe, counts, renderer, info, full_name, tgid_of, by_thread, clock, lines,
+ *            comms, new_comm, dumps) */
+static PyObject *plan_new(PyTypeObject *type, PyObject *a, PyObject *kw) {
+    PyObject *emitter, *name, *probe, *fields, *args, *sinks;
+    int pairing;
+    if (kw && PyDict_GET_SIZE(kw)) { PyErr_SetString(PyExc_TypeError, "no keywords"); return NULL; }
+    if (!PyArg_ParseTuple(a, "OUUO!O!iO!", &emitter, &name, &probe, &PyTuple_Type, &fields, &PyTuple_Type, &args,
+                          &pairing, &PyTuple_Type, &sinks))
+        return NULL;
+    EmitPlan *self = (EmitPlan *)type->tp_alloc(type, 0);
+    if (!self) return NULL;
+    self->vectorcall = plan_call;
+    if (!PyArg_ParseTuple(fields, "iiiiii", &self->tid_off, &self->ip_off, &self->ret_ip_off, &self->sp_off,
+                          &self->comm_off, &self->fixed_size))
+        goto fail;
+    if (!PyArg_ParseTuple(sinks, "OOOO!OOUOO!O!O!O!OO", &self->enter, &self->leave, &self->observe, &PyDict_Type,
+                          &self->counts, &self->renderer, &self->info, &self->full_name, &self->tgid_of,
+                          &PyDict_Type, &self->by_thread, &PyList_Type, &self->clock, &PyList_Type, &self->lines,
+                          &PyDict_Type, &self->comms, &self->new_comm, &self->dumps)) {
+        self->enter = self->leave = self->observe = self->counts = self->renderer = self->info = NULL;
+        self->full_name = self->tgid_of = self->by_thread = self->clock = self->lines = self->comms = NULL;
+        self->new_comm = self->dumps = NULL;
+        goto fail;
+    }
+    Py_INCREF(self->enter); Py_INCREF(self->leave); Py_INCREF(self->observe); Py_INCREF(self->counts);
+    Py_INCREF(self->renderer); Py_INCREF(self->info); Py_INCREF(self->full_name); Py_INCREF(self->tgid_of);
+    Py_INCREF(self->by_thread); Py_INCREF(self->clock); Py_INCREF(self->lines); Py_INCREF(self->comms); Py_INCREF(self->new_comm);
+    Py_INCREF(self->dumps);
+    self->emitter = Py_NewRef(emitter);
+    self->name = Py_NewRef(name);
+    self->probe = Py_NewRef(probe);
+    self->pairing = pairing;
+    if (!(self->unknown_comm = PyUnicode_FromString("<...>"))) goto fail;
+    self->nargs = PyTuple_GET_SIZE(args);
+    self->args = PyMem_Calloc(self->nargs ? self->nargs : 1, sizeof(Arg));
+    if (!self->args) { PyErr_NoMemory(); goto fail; }
+    for (Py_ssize_t i = 0; i < self->nargs; i++) {
+        Arg *arg = &self->args[i];
+        PyObject *key;
+        if (!PyArg_ParseTuple(PyTuple_GET_ITEM(args, i), "O!iii", &PyBytes_Type, &key, &arg->kind, &arg->offset,
+                              &arg->size))
+            goto fail;
+        arg->key = Py_NewRef(key);
+        if (arg->kind < ARG_SIGNED || arg->kind > ARG_STRING || (arg->size != 1 && arg->size != 2 &&
+            arg->size != 4 && arg->size != 8) || arg->offset < 0 || arg->offset + arg->size > self->fixed_size) {
+            PyErr_SetString(PyExc_ValueError, "bad argument field");
+            goto fail;
+        }
+    }
+    if (self->tid_off < 0 || self->ip_off < 0 || self->tid_off + 4 > self->fixed_size
+        || self->ip_off + 8 > self->fixed_size || self->ret_ip_off + 8 > self->fixed_size
+        || self->sp_off + 8 > self->fixed_size || self->comm_off + 4 > self->fixed_size
+        || pairing < PAIR_NONE || pairing > PAIR_LEAVE) {
+        PyErr_SetString(PyExc_ValueError, "bad field offsets");
+        goto fail;
+    }
+    return (PyObject *)self;
+fail:
+    Py_DECREF(self);
+    return NULL;
+}
+
+static PyTypeObject EmitPlanType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "uprobe_exporter._emitplan.EmitPlan",
+    .tp_basicsize = sizeof(EmitPlan),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_new = plan_new,
+    .tp_dealloc = (destructor)plan_dealloc,
+    .tp_traverse = (traverseproc)plan_traverse,
+    .tp_call = PyVectorcall_Call,
+    .tp_vectorcall_offset = offsetof(EmitPlan, vectorcall),
+    .tp_doc = "A native emitter for one event (see rawemit.native_emitter).",
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_emitplan", "Native emitters.", -1, NULL};
+
+PyMODINIT_FUNC PyInit__emitplan(void) {
+    if (PyType_Ready(&EmitPlanType) < 0) return NULL;
+    str_second = PyUnicode_InternFromString("second");
+    str_thread_middle = PyUnicode_InternFromString("thread_middle");
+    empty_tuple = PyTuple_New(0);
+    one = PyLong_FromLong(1);
+    if (!str_second || !str_thread_middle || !empty_tuple || !one)
+        return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (!m) return NULL;
+    Py_INCREF(&EmitPlanType);
+    if (PyModule_AddObject(m, "EmitPlan", (PyObject *)&EmitPlanType) < 0) {
+        Py_DECREF(&EmitPlanType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
