@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from tests.test_unit_traceline import KERNEL, formats, text_of
 from uprobe_exporter.formatfile import EventFormat, FieldKind
-from uprobe_exporter.rawpage import RAW_ERROR_REASONS, PageLayout, RawDecoder
+from uprobe_exporter.rawpage import RAW_ERROR_REASONS, Located, PageLayout, RawDecoder, _native_locate
 from uprobe_exporter.records import LostEvents, TraceRecord
 
 PAGE = 4096
@@ -271,3 +271,35 @@ def test_every_header_type() -> None:
     short_padding = encode_event(rec, 0, False) + struct.pack("=I", 29)  # 4 bytes of padding end the data
     one: list[TraceRecord | LostEvents] = []
     assert d.decode(struct.pack("=QQ", 0, len(short_padding)) + short_padding, 0, one) == 0 and len(one) == 1
+
+
+@settings(max_examples=300, deadline=None)
+@given(pages(), st.data())
+def test_the_native_walk_is_the_python_walk(page: Page, data: st.DataObject) -> None:
+    """``_native.locate`` against the Python walk it mirrors: the same records, markers, error counts and
+    return value, on whole, corrupted and cut pages (and it is built: CI compiles it)."""
+    raw = bytearray(page[0])
+    for _ in range(data.draw(st.integers(0, 20))):
+        raw[data.draw(st.integers(0, PAGE - 1))] = data.draw(st.integers(0, 255))
+    cut = bytes(raw[:data.draw(st.sampled_from([PAGE, data.draw(st.integers(0, PAGE))]))])
+    assert _native_locate is not None
+    walks = []
+    handlers = decoder().handlers
+    for native in (True, False):
+        d = RawDecoder(layout(), handlers, native=native)
+        located: list[Located] = []
+        lost: list[LostEvents] = []
+        walks.append((d.locate(cut, 2, located, lost), located, lost, d.errors))
+    assert walks[0] == walks[1]
+
+
+def test_the_native_walk_leaves_timestamps_past_64_bits_to_python() -> None:
+    """Time extends that carry the stamp past 2**64: the Python ints follow it, the native walk hands over."""
+    extend = struct.pack("=II", ((1 << 27) - 1) << 5 | 30, (1 << 32) - 1)
+    data = extend * 40
+    page = struct.pack("=QQ", (1 << 64) - 1, len(data)) + data
+    d = decoder()
+    located: list[Located] = []
+    assert _native_locate is not None
+    assert _native_locate(page, 0, located, [], d.handlers, (0, 8, 8, 16, PAGE), d.errors, LostEvents) is None
+    assert d.locate(page, 0, located, []) == 0 and located == []

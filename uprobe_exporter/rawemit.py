@@ -26,15 +26,15 @@ from uprobe_exporter.rawpage import _COMMS, Handler, UnpackPlan, _new_comm
 from uprobe_exporter.render import DURATION_END, LINE_END, LINE_HEAD, EventInfo, Renderer
 from uprobe_exporter.traceline import HIDDEN_COMM, HIDDEN_SP
 
-try:  # the native emitter (uprobe_exporter/_emitplan.c), built at install when a C compiler is there
-    from uprobe_exporter._emitplan import EmitPlan as _EmitPlan
+try:  # the native emitter (uprobe_exporter/_native.c), built at install when a C compiler is there
+    from uprobe_exporter._native import EmitPlan as _EmitPlan
 
     EmitPlan: type[_EmitPlan] | None = _EmitPlan
 except ImportError:  # then every event has its Python emitter
     EmitPlan = None
 
 ARG_KINDS = {(FieldKind.INT, True): 0, (FieldKind.INT, False): 1, (FieldKind.STRING, True): 2,
-             (FieldKind.STRING, False): 2}  # _emitplan.c: ARG_SIGNED, ARG_UNSIGNED, ARG_STRING
+             (FieldKind.STRING, False): 2}  # _native.c: ARG_SIGNED, ARG_UNSIGNED, ARG_STRING
 PAIR_NONE, PAIR_ENTER, PAIR_ENTER_COMM, PAIR_LEAVE = range(4)
 
 

@@ -29,6 +29,13 @@ from uprobe_exporter.formatfile import EventFormat, Field, FieldKind
 from uprobe_exporter.records import LostEvents, TraceRecord
 from uprobe_exporter.traceline import HIDDEN_COMM, HIDDEN_SP
 
+try:  # the native page walk (uprobe_exporter/_native.c), built at install when a C compiler is there
+    from uprobe_exporter import _native
+
+    _native_locate: Callable[..., int | None] | None = _native.locate
+except ImportError:  # then the walk in RawDecoder._events does it
+    _native_locate = None
+
 COMMIT_MASK = (1 << 27) - 1
 MISSED_EVENTS = 1 << 31  # RB_MISSED_EVENTS
 MISSED_STORED = 1 << 30  # RB_MISSED_STORED
@@ -215,6 +222,7 @@ class RawDecoder:
     layout: PageLayout
     handlers: dict[int, Handler]
     errors: dict[str, int] = field(default_factory=lambda: dict.fromkeys(RAW_ERROR_REASONS, 0))
+    native: bool = True  # walk with _native.locate where built (the walk below is its reference)
 
     @classmethod
     def for_formats(cls, layout: PageLayout, formats: Iterable[EventFormat]) -> RawDecoder:
@@ -237,6 +245,11 @@ class RawDecoder:
         """Append ``(ts_ns, handler, page, offset, cpu)`` per record of the page to ``out``, and a
         LostEvents to ``lost`` when the kernel missed events before the page; returns the anomalies."""
         layout = self.layout
+        if _native_locate is not None and self.native:
+            done = _native_locate(page, cpu, out, lost, self.handlers, (
+                layout.timestamp[0], *layout.commit, layout.data_offset, layout.page_size), self.errors, LostEvents)
+            if done is not None:  # None: a timestamp past 64 bits, which only Python ints follow
+                return done
         c_off, c_size = layout.commit
         start = layout.data_offset
         if len(page) < start:

@@ -1,4 +1,9 @@
-/* Native emitter: one record of one event, straight from the page bytes, exactly as the emitter that
+/* Native parts of the raw reader's hot path, each the exact twin of a Python reference that stays the
+ * fallback (where this is not built or does not cover a case) and that the tests compare it with:
+ *   locate()  walks a trace_pipe_raw page, as rawpage.RawDecoder.locate does in Python;
+ *   EmitPlan  emits one record, as the emitter rawemit.py generates does.
+ *
+ * Native emitter: one record of one event, straight from the page bytes, exactly as the emitter that
  * rawemit.py generates in Python for the same event (which stays the reference, the fallback for what
  * this does not cover, and what the tests compare this with byte for byte).
  *
@@ -357,7 +362,7 @@ fail:
 
 static PyTypeObject EmitPlanType = {
     PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "uprobe_exporter._emitplan.EmitPlan",
+    .tp_name = "uprobe_exporter._native.EmitPlan",
     .tp_basicsize = sizeof(EmitPlan),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
     .tp_new = plan_new,
@@ -368,9 +373,176 @@ static PyTypeObject EmitPlanType = {
     .tp_doc = "A native emitter for one event (see rawemit.native_emitter).",
 };
 
-static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_emitplan", "Native emitters.", -1, NULL};
 
-PyMODINIT_FUNC PyInit__emitplan(void) {
+/* ---- locate(): the page walk of rawpage.RawDecoder.locate/_events ------------------------------------ */
+
+#define COMMIT_MASK ((1ULL << 27) - 1)
+#define MISSED_EVENTS (1ULL << 31)
+#define MISSED_STORED (1ULL << 30)
+#define TS_MSB (~((1ULL << 59) - 1))
+enum { TYPE_DATA_MAX = 28, TYPE_PADDING = 29, TYPE_TIME_EXTEND = 30, TYPE_TIME_STAMP = 31 };
+
+static uint32_t u32(const unsigned char *p) { uint32_t v; memcpy(&v, p, 4); return v; }
+static uint16_t u16(const unsigned char *p) { uint16_t v; memcpy(&v, p, 2); return v; }
+
+typedef struct { uint64_t ts; PyObject *handler; Py_ssize_t data; } Found;
+
+/* locate(page, cpu, out, lost, handlers, layout, errors, lost_type) -> anomalies, or None when a
+ * timestamp would pass 64 bits (then the Python walker, with its unbounded ints, takes the page).
+ * layout = (timestamp_offset, commit_offset, commit_size, data_offset, page_size). Nothing is appended
+ * or counted unless the whole page was walked. */
+static PyObject *locate(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    (void)module;
+    if (nargs != 8 || !PyBytes_CheckExact(args[0]) || !PyList_CheckExact(args[2]) || !PyList_CheckExact(args[3])
+        || !PyDict_CheckExact(args[4]) || !PyTuple_CheckExact(args[5]) || !PyDict_Check(args[6])) {
+        PyErr_SetString(PyExc_TypeError, "locate(page, cpu, out, lost, handlers, layout, errors, lost_type)");
+        return NULL;
+    }
+    PyObject *page = args[0], *cpu = args[1], *out = args[2], *lost = args[3], *handlers = args[4];
+    PyObject *errors = args[6], *lost_type = args[7];
+    Py_ssize_t ts_off, c_off, c_size, start, page_size;
+    if (!PyArg_ParseTuple(args[5], "nnnnn", &ts_off, &c_off, &c_size, &start, &page_size)) return NULL;
+    const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(page);
+    Py_ssize_t n = PyBytes_GET_SIZE(page);
+    const char *reason = NULL;
+    long page_errors = 0, unknown = 0;
+    Found *found = NULL;
+    Py_ssize_t nfound = 0, cap = 0;
+    PyObject *missed = NULL, *result = NULL;
+    if (n < start) {
+        if (!n) return PyLong_FromLong(0);
+        reason = "page_header";
+        goto count;
+    }
+    if (ts_off < 0 || ts_off + 8 > n || c_off < 0 || c_off + c_size > n || (c_size != 4 && c_size != 8)) {
+        reason = "page_header";
+        goto count;
+    }
+    uint64_t ts, commit;
+    memcpy(&ts, p + ts_off, 8);
+    commit = c_size == 8 ? ({ uint64_t v; memcpy(&v, p + c_off, 8); v; }) : u32(p + c_off);
+    Py_ssize_t end = start + (Py_ssize_t)(commit & COMMIT_MASK);
+    if (end > n || end > page_size) { reason = "page_header"; goto count; }
+    if (commit & MISSED_EVENTS) {
+        PyObject *count = Py_None;
+        Py_INCREF(count);
+        if ((commit & MISSED_STORED) && end + c_size <= n) {
+            Py_DECREF(count);
+            count = c_size == 8 ? PyLong_FromUnsignedLongLong(({ uint64_t v; memcpy(&v, p + end, 8); v; }))
+                                : PyLong_FromUnsignedLong(u32(p + end));
+            if (!count) return NULL;
+        }
+        missed = PyObject_CallFunctionObjArgs(lost_type, cpu, count, NULL);
+        Py_DECREF(count);
+        if (!missed) return NULL;
+    }
+    Py_ssize_t pos = start, last = end - 8;
+    while (pos < end) {
+        uint32_t w;
+        if (pos > last) {
+            w = pos + 4 <= end ? u32(p + pos) : TYPE_TIME_STAMP;
+            if ((w & 31) == TYPE_PADDING && !(w >> 5)) break;
+            if ((w & 31) == 0 || (w & 31) > TYPE_DATA_MAX || pos + 4 + (Py_ssize_t)(w & 31) * 4 > end) {
+                reason = "event_header";
+                break;
+            }
+        }
+        w = u32(p + pos);
+        unsigned type_len = w & 31;
+        if (type_len <= TYPE_DATA_MAX) {
+            if (__builtin_add_overflow(ts, (uint64_t)(w >> 5), &ts)) goto too_big;
+            Py_ssize_t data;
+            unsigned event_id = u16(p + pos + 4);
+            if (type_len) {
+                data = pos + 4;
+                pos = data + type_len * 4;
+            } else {
+                data = pos + 8;
+                pos += 4 + (Py_ssize_t)u32(p + pos + 4);
+                if (pos < data + 4 || pos > end) { reason = "event_header"; break; }
+                event_id = u16(p + data);
+            }
+            PyObject *id = PyLong_FromUnsignedLong(event_id);
+            if (!id) goto fail;
+            PyObject *handler = PyDict_GetItemWithError(handlers, id);
+            Py_DECREF(id);
+            if (!handler) {
+                if (PyErr_Occurred()) goto fail;
+                unknown++;
+                continue;
+            }
+            if (nfound == cap) {
+                cap = cap ? cap * 2 : 128;
+                Found *grown = PyMem_Realloc(found, cap * sizeof(Found));
+                if (!grown) { PyErr_NoMemory(); goto fail; }
+                found = grown;
+            }
+            found[nfound++] = (Found){ts, handler, data};
+        } else if (type_len == TYPE_TIME_EXTEND) {
+            uint64_t hi = u32(p + pos + 4), extend = (hi << 27) + (w >> 5);
+            if (hi >> 37 || __builtin_add_overflow(ts, extend, &ts)) goto too_big;
+            pos += 8;
+        } else if (type_len == TYPE_PADDING) {
+            if (!(w >> 5)) break;
+            pos += 4 + (Py_ssize_t)u32(p + pos + 4);
+        } else {
+            uint64_t hi = u32(p + pos + 4), stamp = (hi << 27) | (w >> 5);
+            if (hi >> 37) goto too_big;
+            ts = (stamp & TS_MSB) ? stamp : (stamp | (ts & TS_MSB));
+            pos += 8;
+        }
+    }
+    if (missed && PyList_Append(lost, missed) < 0) goto fail;
+    for (Py_ssize_t i = 0; i < nfound; i++) {
+        PyObject *item = PyTuple_New(5);
+        if (!item) goto fail;
+        PyObject *t = PyLong_FromUnsignedLongLong(found[i].ts), *d = PyLong_FromSsize_t(found[i].data);
+        if (!t || !d) { Py_XDECREF(t); Py_XDECREF(d); Py_DECREF(item); goto fail; }
+        Py_INCREF(found[i].handler); Py_INCREF(page); Py_INCREF(cpu);
+        PyTuple_SET_ITEM(item, 0, t); PyTuple_SET_ITEM(item, 1, found[i].handler);
+        PyTuple_SET_ITEM(item, 2, page); PyTuple_SET_ITEM(item, 3, d); PyTuple_SET_ITEM(item, 4, cpu);
+        int bad = PyList_Append(out, item);
+        Py_DECREF(item);
+        if (bad < 0) goto fail;
+    }
+count:
+    page_errors = reason != NULL;
+    if (unknown) {
+        PyObject *key = PyUnicode_FromString("unknown_event");
+        PyObject *old = key ? PyDict_GetItemWithError(errors, key) : NULL;
+        PyObject *inc = old ? PyLong_FromLong(unknown) : NULL;
+        PyObject *now = inc ? PyNumber_Add(old, inc) : NULL;
+        int bad = !now || PyDict_SetItem(errors, key, now) < 0;
+        Py_XDECREF(key); Py_XDECREF(inc); Py_XDECREF(now);
+        if (bad) { if (!PyErr_Occurred()) PyErr_SetString(PyExc_KeyError, "unknown_event"); goto fail; }
+    }
+    if (reason) {
+        PyObject *key = PyUnicode_FromString(reason);
+        PyObject *old = key ? PyDict_GetItemWithError(errors, key) : NULL;
+        PyObject *now = old ? PyNumber_Add(old, one) : NULL;
+        int bad = !now || PyDict_SetItem(errors, key, now) < 0;
+        Py_XDECREF(key); Py_XDECREF(now);
+        if (bad) { if (!PyErr_Occurred()) PyErr_SetString(PyExc_KeyError, reason); goto fail; }
+    }
+    result = PyLong_FromLong(unknown + page_errors);
+    goto fail;
+too_big:
+    result = Py_None;
+    Py_INCREF(result);
+fail:
+    PyMem_Free(found);
+    Py_XDECREF(missed);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"locate", (PyCFunction)(void (*)(void))locate, METH_FASTCALL, "Walk a trace_pipe_raw page (RawDecoder.locate)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_native", "Native parts of the raw reader.", -1, methods};
+
+PyMODINIT_FUNC PyInit__native(void) {
     if (PyType_Ready(&EmitPlanType) < 0) return NULL;
     str_second = PyUnicode_InternFromString("second");
     str_thread_middle = PyUnicode_InternFromString("thread_middle");
