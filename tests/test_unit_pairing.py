@@ -237,3 +237,32 @@ def test_a_stack_that_empties_is_kept_for_the_next_call_until_dropped() -> None:
     assert p.stacks == {("f", 7): []} and p.threads() == set() and p.pending == 0
     p.drop_empty()
     assert not p.stacks
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(
+    st.sampled_from(["enter", "leave", "exit", "drop"]), st.sampled_from(["f", "g", "h"]), st.integers(1, 5),
+    st.sampled_from([0, 3, SP, SP - 0x20, SP - 0x40, SP - 0x60, SP + RET, SP - 0x20 + RET, SP - 0x40 + RET]),
+), max_size=300), st.integers(1, 6), st.integers(1, 4))
+def test_the_native_pairing_is_the_python_pairing(
+    ops: list[tuple[str, str, int, int]], max_pending: int, max_depth: int,
+) -> None:
+    """Every call, on the native pairing and on the Python reference: the same answers, stacks (in the
+    same activity order) and statistics (and the native one is built: CI compiles it)."""
+    native, python = Pairing(max_pending, max_depth), Pairing(max_pending, max_depth, native=False)
+    assert type(native.core) is not type(python.core)
+    for ts, (op, probe, tid, sp) in enumerate(ops):
+        results = []
+        for p in (native, python):
+            if op == "enter":
+                results.append(p.enter(probe, tid, sp, ts, (probe, ts)))
+            elif op == "leave":
+                results.append(p.leave(probe, tid, sp))
+            elif op == "exit":
+                results.append(p.evict_thread(tid))
+            else:
+                results.append(p.drop_empty())
+        assert results[0] == results[1]
+        assert list(native.stacks.items()) == list(python.stacks.items())
+        assert native.statistics() == python.statistics()
+        assert native.threads() == python.threads() and native.pending == python.pending

@@ -17,8 +17,16 @@ as much as the pairing itself); stacks of threads that exited go with ``evict_th
 from __future__ import annotations
 
 from collections import Counter, OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
+
+try:  # the native pairing (uprobe_exporter/_pairing.c), built at install when a C compiler is there
+    from uprobe_exporter._pairing import Pairing as _Native
+
+    _NativePairing: type[_Native] | None = _Native
+except ImportError:  # then PythonPairing does it
+    _NativePairing = None
 
 RETURN_ADDRESS_SIZE = 8  # x86-64: `ret` pops the return address
 _new_frame = tuple.__new__  # skips the NamedTuple's Python-level __new__
@@ -48,8 +56,9 @@ class Frame(NamedTuple):
     extra: Any  # what the caller wants back at the return (e.g. label values of the entry)
 
 
-class Pairing:
-    """Pending entries per (probe, tid); ``enter``/``leave`` are called in timestamp order."""
+class PythonPairing:
+    """Pending entries per (probe, tid); ``enter``/``leave`` are called in timestamp order. The reference
+    implementation: ``_pairing.Pairing`` (C) does exactly this, and the tests run both on the same calls."""
 
     def __init__(self, max_pending: int = 65536, max_depth: int = 4096) -> None:
         self.max_pending = max_pending
@@ -135,11 +144,44 @@ class Pairing:
         self.pending -= n
         return n
 
-    def statistics(self) -> PairingStats:
-        """A snapshot; safe to call from another thread (the copies are single C-level operations)."""
+    def counts(self) -> Counts:
+        """Per probe: pending entries, paired calls, returns without entry; evictions per (probe, reason).
+        Safe to call from another thread (the copies are single C-level operations)."""
         pending: Counter[str] = Counter()
         for (probe, _), stack in list(self.stacks.items()):
             pending[probe] += len(stack)
-        paired, without, evicted = dict(self.paired), dict(self.returns_without_entry), dict(self.evicted)
+        return dict(pending), dict(self.paired), dict(self.returns_without_entry), dict(self.evicted)
+
+
+Counts = tuple[dict[str, int], dict[str, int], dict[str, int], dict[tuple[str, str], int]]
+
+
+class Pairing:
+    """The pairing a pipeline uses: the native one (``_pairing.Pairing``) where it is built, else
+    ``PythonPairing``. Its methods are the implementation's own, bound once: a call costs no extra layer."""
+
+    def __init__(self, max_pending: int = 65536, max_depth: int = 4096, native: bool = True) -> None:
+        core: PythonPairing | Any = PythonPairing(max_pending, max_depth)
+        if native and _NativePairing is not None:
+            core = _NativePairing(Frame, max_pending, max_depth)
+        self.core = core
+        self.enter: Callable[..., None] = core.enter  # (probe, tid, sp, ts_ns, extra=None)
+        self.leave: Callable[[str, int, int], Frame | None] = core.leave
+        self.drop_empty: Callable[[], None] = core.drop_empty
+        self.threads: Callable[[], set[int]] = core.threads
+        self.evict_thread: Callable[[int], int] = core.evict_thread
+
+    @property
+    def stacks(self) -> dict[tuple[str, int], list[Frame]]:
+        """The pending entries per (probe, tid), least recently active first (a copy when native)."""
+        return self.core.stacks
+
+    @property
+    def pending(self) -> int:
+        return int(self.core.pending)
+
+    def statistics(self) -> PairingStats:
+        """A snapshot; safe to call from another thread."""
+        pending, paired, without, evicted = self.core.counts()
         return PairingStats(sum(pending.values()), sum(paired.values()), sum(without.values()),
-                            sum(evicted.values()), dict(pending), paired, without, evicted)
+                            sum(evicted.values()), pending, paired, without, evicted)
