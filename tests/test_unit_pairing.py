@@ -252,7 +252,7 @@ def test_the_native_pairing_is_the_python_pairing(
     native, python = Pairing(max_pending, max_depth), Pairing(max_pending, max_depth, native=False)
     assert type(native.core) is not type(python.core)
     for ts, (op, probe, tid, sp) in enumerate(ops):
-        results = []
+        results: list[object] = []
         for p in (native, python):
             if op == "enter":
                 results.append(p.enter(probe, tid, sp, ts, (probe, ts)))

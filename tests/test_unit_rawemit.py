@@ -35,14 +35,14 @@ def labelled(labels: list[str]) -> Config:
     return dataclasses.replace(cfg, probes=(work, *cfg.probes[1:]))
 
 
-def both(labels: list[str], render: bool) -> tuple[Pipeline, Pipeline]:
-    """Two identical pipelines: one for records, one for emitters."""
+def both(labels: list[str], render: bool, native: bool) -> tuple[Pipeline, Pipeline]:
+    """Two identical pipelines: one for records, one for emitters (native ones or Python ones)."""
     made = []
-    for _ in range(2):
+    for use_native in (False, native):  # the record path: all Python
         base = pipeline(Renderer(10**18) if render else None)
         cfg = labelled(labels)
-        made.append(Pipeline(None, base.infos, cfg.probes, base.renderer, Pairing(max_pending=64), 3,
-                             lambda tid: tid // 2, dict.fromkeys(RAW_ERROR_REASONS, 0)))
+        made.append(Pipeline(None, base.infos, cfg.probes, base.renderer, Pairing(max_pending=64, native=use_native), 3,
+                             lambda tid: tid // 2, dict.fromkeys(RAW_ERROR_REASONS, 0), native=use_native))
     return made[0], made[1]
 
 
@@ -54,9 +54,9 @@ def state(p: Pipeline) -> Any:
 def run_both(labels: list[str], render: bool, batches: list[list[tuple[bytes, int]]], native: bool) -> None:
     """Each batch: (page, cpu)s, merged by timestamp as the reader does, through both paths (the emitters:
     native where built and covering the event, or all Python)."""
-    by_record, by_emitter = both(labels, render)
+    by_record, by_emitter = both(labels, render, native)
     records = RawDecoder(layout(), RawDecoder.for_formats(layout(), formats()).handlers, by_record.decode_errors)
-    emitters = by_emitter.emitters(formats(), native)
+    emitters = by_emitter.emitters(formats())
     assert EmitPlan is not None
     assert any(isinstance(e, EmitPlan) for e in emitters.values()) == native
     located_decoder = RawDecoder(layout(), emitters, by_emitter.decode_errors)

@@ -20,12 +20,22 @@
 #include <string.h>
 
 enum { ARG_SIGNED = 0, ARG_UNSIGNED = 1, ARG_STRING = 2 };
+#define MAX_INLINE_ARGS 16
+#define MIDDLES 512 /* per-event cache of the middle fields, direct-mapped by thread */
+#define COMM_CACHE 32
 enum { PAIR_NONE = 0, PAIR_ENTER = 1, PAIR_ENTER_COMM = 2, PAIR_LEAVE = 3 };
 
 typedef struct {
     PyObject *key; /* bytes: "name": */
     int kind, offset, size;
 } Arg;
+
+typedef struct {
+    int32_t tid;
+    long cpu;
+    uint64_t ip, ret_ip;
+    PyObject *comm, *middle; /* strong references: a cached comm pointer cannot be reused by another */
+} Middle;
 
 typedef struct {
     PyObject_HEAD
@@ -35,6 +45,13 @@ typedef struct {
     int tid_off, ip_off, ret_ip_off, sp_off, comm_off, fixed_size, pairing;
     Py_ssize_t nargs;
     Arg *args;
+    /* the last thread name seen, by its bytes (a thread's records come in runs) */
+    PyObject *last_comm;
+    Py_ssize_t last_comm_len;
+    char last_comm_raw[COMM_CACHE];
+    /* the middle fields by (tid, comm, cpu, ip, ret_ip), valid for one generation of Renderer.clock[3] */
+    long long generation;
+    Middle middles[MIDDLES];
 } EmitPlan;
 
 static PyObject *str_second, *str_thread_middle, *empty_tuple, *one;
@@ -60,13 +77,14 @@ static PyObject *fallback(EmitPlan *self, PyObject *const *args) {
     return PyObject_Vectorcall(self->emitter, args, 4, NULL);
 }
 
-typedef struct { char *buf; Py_ssize_t len, cap; } Out;
+typedef struct { char *buf; Py_ssize_t len, cap; char inline_buf[1024]; } Out; /* a line fits inline */
 
 static int put(Out *o, const char *s, Py_ssize_t n) {
     if (o->len + n > o->cap) {
         Py_ssize_t cap = (o->len + n) * 2;
-        char *b = PyMem_Realloc(o->buf, cap);
+        char *b = o->buf == o->inline_buf ? PyMem_Malloc(cap) : PyMem_Realloc(o->buf, cap);
         if (!b) { PyErr_NoMemory(); return -1; }
+        if (o->buf == o->inline_buf) memcpy(b, o->inline_buf, o->len);
         o->buf = b; o->cap = cap;
     }
     memcpy(o->buf + o->len, s, n);
@@ -106,7 +124,8 @@ static PyObject *plan_call(PyObject *callable, PyObject *const *args, size_t nar
     long long wall = 0;
     PyObject *renderer = self->renderer, *clock = self->clock;
     if (renderer != Py_None) {  /* Renderer.clock: [wall_offset_ns, sec_ns, sec_text] */
-        long long offset = PyList_GET_SIZE(clock) == 3 ? PyLong_AsLongLong(PyList_GET_ITEM(clock, 0)) : -1;
+        if (PyList_GET_SIZE(clock) != 4) { PyErr_SetString(PyExc_TypeError, "Renderer.clock"); return NULL; }
+        long long offset = PyLong_AsLongLong(PyList_GET_ITEM(clock, 0));
         if (PyErr_Occurred() || __builtin_add_overflow(ts, offset, &wall) || wall < 0) {
             PyErr_Clear();
             return fallback(self, args);
@@ -119,29 +138,42 @@ static PyObject *plan_call(PyObject *callable, PyObject *const *args, size_t nar
 
     PyObject *comm = NULL, *tid_o = NULL, *sp_o = NULL, *ts_o = NULL, *frame = NULL, *result = NULL;
     PyObject *middle = NULL, *line = NULL, *key = NULL;
-    PyObject **strings = NULL;
+    PyObject **strings = NULL, *inline_strings[MAX_INLINE_ARGS] = {NULL};
     long long duration = 0;
     int has_duration = 0;
-    Out out = {NULL, 0, 0};
+    Out out;
+    out.buf = out.inline_buf;
+    out.len = 0;
+    out.cap = sizeof out.inline_buf;
 
     if (self->comm_off >= 0) {
         uint32_t loc = (uint32_t)load(p + self->comm_off, 4, 0);
         if (loc >> 16) {
             Py_ssize_t a, b;
             slice(n, o, loc, &a, &b);
-            PyObject *raw = PyBytes_FromStringAndSize(PyBytes_AS_STRING(page) + a, b - a);
-            if (!raw) goto done;
-            comm = PyDict_GetItemWithError(self->comms, raw);
-            if (comm) Py_INCREF(comm);
-            else if (!PyErr_Occurred()) comm = PyObject_CallOneArg(self->new_comm, raw);
-            Py_DECREF(raw);
-            if (!comm) goto done;
+            const char *bytes = PyBytes_AS_STRING(page) + a;
+            if (self->last_comm && b - a == self->last_comm_len && memcmp(bytes, self->last_comm_raw, b - a) == 0) {
+                comm = Py_NewRef(self->last_comm);
+            } else {
+                PyObject *raw = PyBytes_FromStringAndSize(bytes, b - a);
+                if (!raw) goto done;
+                comm = PyDict_GetItemWithError(self->comms, raw);
+                if (comm) Py_INCREF(comm);
+                else if (!PyErr_Occurred()) comm = PyObject_CallOneArg(self->new_comm, raw);
+                Py_DECREF(raw);
+                if (!comm) goto done;
+                if (b - a <= COMM_CACHE) {
+                    Py_XSETREF(self->last_comm, Py_NewRef(comm));
+                    self->last_comm_len = b - a;
+                    memcpy(self->last_comm_raw, bytes, b - a);
+                }
+            }
         }
     }
     if (!comm) { comm = self->unknown_comm; Py_INCREF(comm); }
     /* the string arguments, decoded and serialized before anything is counted (as the generated code) */
     if (self->nargs && renderer != Py_None) {
-        strings = PyMem_Calloc(self->nargs, sizeof(PyObject *));
+        strings = self->nargs <= MAX_INLINE_ARGS ? inline_strings : PyMem_Calloc(self->nargs, sizeof(PyObject *));
         if (!strings) { PyErr_NoMemory(); goto done; }
         for (Py_ssize_t i = 0; i < self->nargs; i++) {
             Arg *a = &self->args[i];
@@ -214,31 +246,46 @@ static PyObject *plan_call(PyObject *callable, PyObject *const *args, size_t nar
         Py_DECREF(w);
         if (!r) goto done;
         Py_DECREF(r);
-        if (PyList_GET_SIZE(clock) != 3) { PyErr_SetString(PyExc_TypeError, "Renderer.clock"); goto done; }
+        if (PyList_GET_SIZE(clock) != 4) { PyErr_SetString(PyExc_TypeError, "Renderer.clock"); goto done; }
         sec_ns = PyLong_AsLongLong(PyList_GET_ITEM(clock, 1));
         if (PyErr_Occurred()) goto done;
         rel = wall - sec_ns;
         if (rel < 0 || rel >= 1000000000LL) { PyErr_SetString(PyExc_ValueError, "Renderer.second"); goto done; }
     }
     {
-        PyObject *cpu_o = PyLong_FromLong(cpu), *ip_o = PyLong_FromUnsignedLongLong(ip);
-        PyObject *ret_o = PyLong_FromUnsignedLongLong(ret_ip);
-        if (cpu_o && ip_o && ret_o) key = PyTuple_Pack(6, self->full_name, tid_o, comm, cpu_o, ip_o, ret_o);
-        if (key) {
-            middle = PyDict_GetItemWithError(self->by_thread, key);
-            if (middle) Py_INCREF(middle);
-            else if (!PyErr_Occurred()) {
-                PyObject *pid = PyObject_CallOneArg(self->tgid_of, tid_o);
-                if (pid) {
-                    PyObject *call[8] = {renderer, self->info, pid, tid_o, comm, cpu_o, ip_o, ret_o};
-                    middle = PyObject_VectorcallMethod(str_thread_middle, call, 8, NULL);
-                    Py_DECREF(pid);
+        long long generation = PyLong_AsLongLong(PyList_GET_ITEM(clock, 3));
+        if (PyErr_Occurred()) goto done;
+        if (generation != self->generation) {  /* Renderer.forget_pids: process ids may have changed */
+            for (int i = 0; i < MIDDLES; i++) { Py_CLEAR(self->middles[i].comm); Py_CLEAR(self->middles[i].middle); }
+            self->generation = generation;
+        }
+        uint64_t h = ((uint64_t)(uint32_t)tid * 0x9E3779B97F4A7C15ULL) ^ (ip * 0xC2B2AE3D27D4EB4FULL) ^ ret_ip ^ (uint64_t)cpu;
+        Middle *m = &self->middles[(h ^ (h >> 32)) & (MIDDLES - 1)];
+        if (m->middle && m->tid == tid && m->cpu == cpu && m->ip == ip && m->ret_ip == ret_ip && m->comm == comm) {
+            middle = Py_NewRef(m->middle);
+        } else {
+            PyObject *cpu_o = PyLong_FromLong(cpu), *ip_o = PyLong_FromUnsignedLongLong(ip);
+            PyObject *ret_o = PyLong_FromUnsignedLongLong(ret_ip);
+            if (cpu_o && ip_o && ret_o) key = PyTuple_Pack(6, self->full_name, tid_o, comm, cpu_o, ip_o, ret_o);
+            if (key) {
+                middle = PyDict_GetItemWithError(self->by_thread, key);
+                if (middle) Py_INCREF(middle);
+                else if (!PyErr_Occurred()) {
+                    PyObject *pid = PyObject_CallOneArg(self->tgid_of, tid_o);
+                    if (pid) {
+                        PyObject *call[8] = {renderer, self->info, pid, tid_o, comm, cpu_o, ip_o, ret_o};
+                        middle = PyObject_VectorcallMethod(str_thread_middle, call, 8, NULL);
+                        Py_DECREF(pid);
+                    }
                 }
             }
+            Py_XDECREF(cpu_o); Py_XDECREF(ip_o); Py_XDECREF(ret_o);
+            if (!middle) goto done;
+            if (!PyBytes_Check(middle)) { PyErr_SetString(PyExc_TypeError, "middle"); goto done; }
+            Py_XSETREF(m->comm, Py_NewRef(comm));
+            Py_XSETREF(m->middle, Py_NewRef(middle));
+            m->tid = tid; m->cpu = cpu; m->ip = ip; m->ret_ip = ret_ip;
         }
-        Py_XDECREF(cpu_o); Py_XDECREF(ip_o); Py_XDECREF(ret_o);
-        if (!middle) goto done;
-        if (!PyBytes_Check(middle)) { PyErr_SetString(PyExc_TypeError, "middle"); goto done; }
     }
     PyObject *sec_text = PyList_GET_ITEM(clock, 2);
     int ok = PUTS(&out, "{\"time\":\"") == 0 && PyBytes_Check(sec_text) && put_bytes(&out, sec_text) == 0
@@ -267,9 +314,9 @@ static PyObject *plan_call(PyObject *callable, PyObject *const *args, size_t nar
 done:
     if (strings) {
         for (Py_ssize_t i = 0; i < self->nargs; i++) Py_XDECREF(strings[i]);
-        PyMem_Free(strings);
+        if (strings != inline_strings) PyMem_Free(strings);
     }
-    PyMem_Free(out.buf);
+    if (out.buf != out.inline_buf) PyMem_Free(out.buf);
     Py_XDECREF(comm); Py_XDECREF(tid_o); Py_XDECREF(sp_o); Py_XDECREF(ts_o); Py_XDECREF(frame);
     Py_XDECREF(middle); Py_XDECREF(line); Py_XDECREF(key);
     return result;
@@ -282,6 +329,8 @@ static void plan_dealloc(EmitPlan *self) {
     Py_CLEAR(self->info); Py_CLEAR(self->full_name); Py_CLEAR(self->tgid_of); Py_CLEAR(self->by_thread);
     Py_CLEAR(self->clock); Py_CLEAR(self->lines); Py_CLEAR(self->comms); Py_CLEAR(self->new_comm); Py_CLEAR(self->dumps);
     Py_CLEAR(self->unknown_comm);
+    Py_CLEAR(self->last_comm);
+    for (int i = 0; i < MIDDLES; i++) { Py_CLEAR(self->middles[i].comm); Py_CLEAR(self->middles[i].middle); }
     for (Py_ssize_t i = 0; i < self->nargs; i++) Py_CLEAR(self->args[i].key);
     PyMem_Free(self->args);
     Py_TYPE(self)->tp_free((PyObject *)self);
@@ -331,6 +380,7 @@ static PyObject *plan_new(PyTypeObject *type, PyObject *a, PyObject *kw) {
     self->probe = Py_NewRef(probe);
     self->pairing = pairing;
     if (!(self->unknown_comm = PyUnicode_FromString("<...>"))) goto fail;
+    self->generation = -1;
     self->nargs = PyTuple_GET_SIZE(args);
     self->args = PyMem_Calloc(self->nargs ? self->nargs : 1, sizeof(Arg));
     if (!self->args) { PyErr_NoMemory(); goto fail; }
@@ -535,8 +585,57 @@ fail:
     return result;
 }
 
+/* run(located, errors, struct_error): each located record through its handler, as the loop of
+ * pipeline.Pipeline.process_located does in Python (a record shorter than its format counts as
+ * errors["record"]). */
+static PyObject *run(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    (void)module;
+    if (nargs != 3 || !PyList_CheckExact(args[0]) || !PyDict_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "run(located: list, errors: dict, struct_error)");
+        return NULL;
+    }
+    PyObject *located = args[0], *errors = args[1], *struct_error = args[2];
+    long short_records = 0;
+    int failed = 0;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(located); i++) {
+        PyObject *item = PyList_GET_ITEM(located, i);
+        if (!PyTuple_CheckExact(item) || PyTuple_GET_SIZE(item) != 5) {
+            PyErr_SetString(PyExc_TypeError, "a located record is (ts_ns, handler, page, offset, cpu)");
+            failed = 1;
+            break;
+        }
+        PyObject *handler = PyTuple_GET_ITEM(item, 1);
+        PyObject *call[4] = {PyTuple_GET_ITEM(item, 2), PyTuple_GET_ITEM(item, 3), PyTuple_GET_ITEM(item, 0),
+                             PyTuple_GET_ITEM(item, 4)};
+        Py_INCREF(item); /* the handler may run Python code */
+        PyObject *r = Py_IS_TYPE(handler, &EmitPlanType) ? plan_call(handler, call, 4, NULL)
+                                                          : PyObject_Vectorcall(handler, call, 4, NULL);
+        Py_DECREF(item);
+        if (r) { Py_DECREF(r); continue; }
+        if (!PyErr_ExceptionMatches(struct_error)) { failed = 1; break; }
+        PyErr_Clear();
+        short_records++;
+    }
+    if (short_records) {
+        PyObject *exc_type, *exc_value, *exc_tb;
+        PyErr_Fetch(&exc_type, &exc_value, &exc_tb);
+        PyObject *key = PyUnicode_FromString("record");
+        PyObject *old = key ? PyDict_GetItemWithError(errors, key) : NULL;
+        PyObject *inc = old ? PyLong_FromLong(short_records) : NULL;
+        PyObject *now = inc ? PyNumber_Add(old, inc) : NULL;
+        int bad = !now || PyDict_SetItem(errors, key, now) < 0;
+        Py_XDECREF(key); Py_XDECREF(inc); Py_XDECREF(now);
+        if (bad && !PyErr_Occurred()) PyErr_SetString(PyExc_KeyError, "record");
+        if (bad) { Py_XDECREF(exc_type); Py_XDECREF(exc_value); Py_XDECREF(exc_tb); return NULL; }
+        PyErr_Restore(exc_type, exc_value, exc_tb);
+    }
+    if (failed) return NULL;
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"locate", (PyCFunction)(void (*)(void))locate, METH_FASTCALL, "Walk a trace_pipe_raw page (RawDecoder.locate)."},
+    {"run", (PyCFunction)(void (*)(void))run, METH_FASTCALL, "Run located records (Pipeline.process_located)."},
     {NULL, NULL, 0, NULL},
 };
 

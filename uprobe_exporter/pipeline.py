@@ -25,6 +25,13 @@ from uprobe_exporter.records import LostEvents, TraceRecord
 from uprobe_exporter.render import EventInfo, Renderer
 from uprobe_exporter.traceline import TextParser
 
+try:  # the native loop over located records (uprobe_exporter/_native.c)
+    from uprobe_exporter import _native
+
+    _native_run: Callable[[list[Located], dict[str, int], type[Exception]], None] | None = _native.run
+except ImportError:
+    _native_run = None
+
 log = logging.getLogger(__name__)
 
 
@@ -57,7 +64,9 @@ class Pipeline:
         label_values_max: int = 100,
         tgid_of: Callable[[int], int] = lambda tid: 0,
         decode_errors: dict[str, int] | None = None,
+        native: bool = True,
     ) -> None:
+        self.native = native  # native emitters and loop where built (rawemit.native_emitter, _native.run)
         self.parser = parser
         self.infos = infos
         self.renderer = renderer
@@ -102,14 +111,15 @@ class Pipeline:
                 append(chunk)
         return (b"".join(out), len(out)) if self.renderer is not None else None
 
-    def emitters(self, formats: Iterable[EventFormat], native: bool = True) -> dict[int, Handler]:
+    def emitters(self, formats: Iterable[EventFormat]) -> dict[int, Handler]:
         """Per event id, the emitter that counts, pairs and renders its raw records (``process_located``):
-        the native one where it is built and covers the event (``native``), else the Python one."""
+        the native one where it is built and covers the event (unless ``native`` is off), else the Python
+        one."""
         sinks = Sinks(self.event_counts, self.pairing, self.renderer, self.tgid_of, self.lines)
         out = {}
         for f in formats:
             emitter = compile_emitter(f, self.routes[f.name], sinks)[0]
-            out[f.id] = (native and native_emitter(f, self.routes[f.name], sinks, emitter)) or emitter
+            out[f.id] = (self.native and native_emitter(f, self.routes[f.name], sinks, emitter)) or emitter
         return out
 
     def process_located(self, located: list[Located], lost: list[LostEvents]) -> tuple[bytes, int] | None:
@@ -118,11 +128,14 @@ class Pipeline:
         for item in lost:
             self._lost(item)
         errors = self.decode_errors
-        for ts, emit, page, offset, cpu in located:
-            try:
-                emit(page, offset, ts, cpu)
-            except struct.error:  # the record is shorter than its format says
-                errors["record"] += 1
+        if _native_run is not None and self.native:
+            _native_run(located, errors, struct.error)  # the loop below, in C
+        else:
+            for ts, emit, page, offset, cpu in located:
+                try:
+                    emit(page, offset, ts, cpu)
+                except struct.error:  # the record is shorter than its format says
+                    errors["record"] += 1
         if self.renderer is None:
             return None
         lines = self.lines

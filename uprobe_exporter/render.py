@@ -15,7 +15,7 @@ import orjson
 
 from uprobe_exporter.records import TraceRecord
 
-WALL_OFFSET, SEC_NS, SEC_TEXT = range(3)  # Renderer.clock
+WALL_OFFSET, SEC_NS, SEC_TEXT, PID_GENERATION = range(4)  # Renderer.clock
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,9 +39,10 @@ class Renderer:
     __slots__ = ("by_thread", "clock", "max_cached", "middles")
 
     def __init__(self, wall_offset_ns: int, max_cached: int = 1 << 16) -> None:
-        # [wall_offset_ns, sec_ns: the start of the second whose text is cached, sec_text: that text]:
-        # one list, read per record by index by the emitters (Python and native) and kept here
-        self.clock: list[Any] = [wall_offset_ns, -(10**18), b""]
+        # [wall_offset_ns, sec_ns: the start of the second whose text is cached, sec_text: that text,
+        # the generation of the process ids (forget_pids)]: one list, read per record by index by the
+        # emitters (Python and native) and kept here
+        self.clock: list[Any] = [wall_offset_ns, -(10**18), b"", 0]
         self.max_cached = max_cached
         self.middles: dict[tuple[Any, ...], bytes] = {}
         # the raw reader's emitters: the same middles keyed without the pid, which records do not carry
@@ -107,6 +108,7 @@ class Renderer:
     def forget_pids(self) -> None:
         """Thread ids get reused: forget which process each thread belonged to."""
         self.by_thread.clear()
+        self.clock[PID_GENERATION] += 1  # the native emitters' own caches follow
 
     def render(self, rec: TraceRecord, info: EventInfo, duration_ns: int | None, pid: int) -> bytes:
         """One JSON line, with its newline."""
