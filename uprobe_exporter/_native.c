@@ -13,11 +13,8 @@
  * statistics), and renders the JSON line: the cached middle fields (Renderer.thread_middle), integers
  * printed here, and every string serialized by orjson. Anything unusual (a record cut short, a
  * timestamp out of range) is handed to the Python emitter, which raises or renders it as usual. */
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
+#include "_native.h"
 #include <stddef.h>
-#include <stdint.h>
-#include <string.h>
 
 enum { ARG_SIGNED = 0, ARG_UNSIGNED = 1, ARG_STRING = 2 };
 #define MAX_INLINE_ARGS 16
@@ -42,7 +39,8 @@ typedef struct {
     vectorcallfunc vectorcall;
     PyObject *emitter, *name, *probe, *enter, *leave, *observe, *counts, *renderer, *info, *full_name;
     PyObject *tgid_of, *by_thread, *clock, *lines, *comms, *new_comm, *dumps, *unknown_comm;
-    int tid_off, ip_off, ret_ip_off, sp_off, comm_off, fixed_size, pairing;
+    PyObject *pairing; /* borrowed from enter's binding: a native Pairing, called in C; else NULL */
+    int tid_off, ip_off, ret_ip_off, sp_off, comm_off, fixed_size, pairing_mode;
     Py_ssize_t nargs;
     Arg *args;
     /* the last thread name seen, by its bytes (a thread's records come in runs) */
@@ -199,13 +197,18 @@ static PyObject *plan_call(PyObject *callable, PyObject *const *args, size_t nar
     }
     tid_o = PyLong_FromLong(tid);
     if (!tid_o) goto done;
-    if (self->pairing != PAIR_NONE) {
-        sp_o = PyLong_FromUnsignedLongLong(sp);
-        ts_o = PyLong_FromLongLong(ts);
-        if (!sp_o || !ts_o) goto done;
-        if (self->pairing == PAIR_LEAVE) {
-            PyObject *call[3] = {self->probe, tid_o, sp_o};
-            frame = PyObject_Vectorcall(self->leave, call, 3, NULL);
+    if (self->pairing_mode != PAIR_NONE) {
+        if (!self->pairing) {
+            sp_o = PyLong_FromUnsignedLongLong(sp);
+            ts_o = PyLong_FromLongLong(ts);
+            if (!sp_o || !ts_o) goto done;
+        }
+        if (self->pairing_mode == PAIR_LEAVE) {
+            if (self->pairing) frame = pairing_leave(self->pairing, self->probe, tid, sp);
+            else {
+                PyObject *call[3] = {self->probe, tid_o, sp_o};
+                frame = PyObject_Vectorcall(self->leave, call, 3, NULL);
+            }
             if (!frame) goto done;
             if (frame != Py_None) {
                 PyObject *start = PyTuple_Check(frame) && PyTuple_GET_SIZE(frame) >= 3 ? PyTuple_GET_ITEM(frame, 1) : NULL;
@@ -225,13 +228,19 @@ static PyObject *plan_call(PyObject *callable, PyObject *const *args, size_t nar
             }
         } else {
             PyObject *extra = empty_tuple;
-            if (self->pairing == PAIR_ENTER_COMM && !(extra = PyTuple_Pack(1, comm))) goto done;
+            if (self->pairing_mode == PAIR_ENTER_COMM && !(extra = PyTuple_Pack(1, comm))) goto done;
             if (extra == empty_tuple) Py_INCREF(extra);
-            PyObject *call[5] = {self->probe, tid_o, sp_o, ts_o, extra};
-            PyObject *r = PyObject_Vectorcall(self->enter, call, 5, NULL);
-            Py_DECREF(extra);
-            if (!r) goto done;
-            Py_DECREF(r);
+            if (self->pairing) {
+                int bad = pairing_enter(self->pairing, self->probe, tid, sp, ts, extra) < 0;
+                Py_DECREF(extra);
+                if (bad) goto done;
+            } else {
+                PyObject *call[5] = {self->probe, tid_o, sp_o, ts_o, extra};
+                PyObject *r = PyObject_Vectorcall(self->enter, call, 5, NULL);
+                Py_DECREF(extra);
+                if (!r) goto done;
+                Py_DECREF(r);
+            }
         }
     }
     if (renderer == Py_None) { result = Py_None; Py_INCREF(result); goto done; }
@@ -378,7 +387,10 @@ static PyObject *plan_new(PyTypeObject *type, PyObject *a, PyObject *kw) {
     self->emitter = Py_NewRef(emitter);
     self->name = Py_NewRef(name);
     self->probe = Py_NewRef(probe);
-    self->pairing = pairing;
+    self->pairing_mode = pairing;
+    if (PyCFunction_Check(self->enter) && PyCFunction_GET_SELF(self->enter)
+        && PyObject_TypeCheck(PyCFunction_GET_SELF(self->enter), &PairingType))
+        self->pairing = PyCFunction_GET_SELF(self->enter); /* kept alive by self->enter */
     if (!(self->unknown_comm = PyUnicode_FromString("<...>"))) goto fail;
     self->generation = -1;
     self->nargs = PyTuple_GET_SIZE(args);
@@ -642,7 +654,7 @@ static PyMethodDef methods[] = {
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_native", "Native parts of the raw reader.", -1, methods};
 
 PyMODINIT_FUNC PyInit__native(void) {
-    if (PyType_Ready(&EmitPlanType) < 0) return NULL;
+    if (PyType_Ready(&EmitPlanType) < 0 || PyType_Ready(&PairingType) < 0) return NULL;
     str_second = PyUnicode_InternFromString("second");
     str_thread_middle = PyUnicode_InternFromString("thread_middle");
     empty_tuple = PyTuple_New(0);
@@ -651,9 +663,8 @@ PyMODINIT_FUNC PyInit__native(void) {
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (!m) return NULL;
-    Py_INCREF(&EmitPlanType);
-    if (PyModule_AddObject(m, "EmitPlan", (PyObject *)&EmitPlanType) < 0) {
-        Py_DECREF(&EmitPlanType);
+    if (PyModule_AddObjectRef(m, "EmitPlan", (PyObject *)&EmitPlanType) < 0
+        || PyModule_AddObjectRef(m, "Pairing", (PyObject *)&PairingType) < 0) {
         Py_DECREF(m);
         return NULL;
     }

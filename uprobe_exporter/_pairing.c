@@ -5,10 +5,7 @@
  * Stacks live in an open-addressing table keyed by (probe index, tid) and in a doubly linked list in
  * order of last activity (the OrderedDict of the Python class); frames are C structs, turned into
  * Frame tuples only when a return hands one back. */
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
-#include <stdint.h>
-#include <string.h>
+#include "_native.h"
 
 enum { UNWOUND = 0, THREAD_EXIT = 1, CAPACITY = 2, REASONS = 3 };
 static const char *REASON_NAMES[REASONS] = {"unwound", "thread_exit", "capacity"};
@@ -178,25 +175,17 @@ static int parse_key(Pairing *self, PyObject *probe, PyObject *tid_o, PyObject *
     return 0;
 }
 
-static PyObject *Pairing_enter(Pairing *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames) {
-    PyObject *extra = nargs == 5 ? args[4] : Py_None;
-    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
-    if (nkw == 1 && nargs == 4 && PyUnicode_CompareWithASCIIString(PyTuple_GET_ITEM(kwnames, 0), "extra") == 0)
-        extra = args[4];
-    else if (nkw || nargs < 4 || nargs > 5) {
-        PyErr_SetString(PyExc_TypeError, "enter(probe, tid, sp, ts_ns, extra=None)");
-        return NULL;
-    }
-    Py_ssize_t probe; long long tid; uint64_t sp;
-    if (parse_key(self, args[0], args[1], args[2], &probe, &tid, &sp) < 0) return NULL;
-    long long ts = PyLong_AsLongLong(args[3]);
-    if (ts == -1 && PyErr_Occurred()) return NULL;
+/* enter() with C values: what the native emitters call (_native.c), and the method below. */
+int pairing_enter(PyObject *obj, PyObject *probe_name, long long tid, uint64_t sp, long long ts, PyObject *extra) {
+    Pairing *self = (Pairing *)obj;
+    Py_ssize_t probe = probe_index(self, probe_name);
+    if (probe < 0) return -1;
     int found;
     Py_ssize_t i = slot_of(self, probe, tid, &found);
     Stack *s;
     if (!found) {
         if (self->nstacks >= self->max_pending) drop_empty_stacks(self);
-        if (!(s = new_stack(self, probe, tid))) return NULL;
+        if (!(s = new_stack(self, probe, tid))) return -1;
     } else {
         s = self->table[i];
         unlink_stack(self, s);
@@ -215,7 +204,7 @@ static PyObject *Pairing_enter(Pairing *self, PyObject *const *args, Py_ssize_t 
     if (s->n == s->cap) {
         Py_ssize_t cap = s->cap ? s->cap * 2 : 4;
         CFrame *grown = PyMem_Realloc(s->frames, cap * sizeof(CFrame));
-        if (!grown) return PyErr_NoMemory();
+        if (!grown) { PyErr_NoMemory(); return -1; }
         s->frames = grown;
         s->cap = cap;
     }
@@ -231,6 +220,23 @@ static PyObject *Pairing_enter(Pairing *self, PyObject *const *args, Py_ssize_t 
             }
         }
     }
+    return 0;
+}
+
+static PyObject *Pairing_enter(Pairing *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames) {
+    PyObject *extra = nargs == 5 ? args[4] : Py_None;
+    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    if (nkw == 1 && nargs == 4 && PyUnicode_CompareWithASCIIString(PyTuple_GET_ITEM(kwnames, 0), "extra") == 0)
+        extra = args[4];
+    else if (nkw || nargs < 4 || nargs > 5) {
+        PyErr_SetString(PyExc_TypeError, "enter(probe, tid, sp, ts_ns, extra=None)");
+        return NULL;
+    }
+    Py_ssize_t probe; long long tid; uint64_t sp;
+    if (parse_key(self, args[0], args[1], args[2], &probe, &tid, &sp) < 0) return NULL;
+    long long ts = PyLong_AsLongLong(args[3]);
+    if (ts == -1 && PyErr_Occurred()) return NULL;
+    if (pairing_enter((PyObject *)self, args[0], tid, sp, ts, extra) < 0) return NULL;
     Py_RETURN_NONE;
 }
 
@@ -244,10 +250,11 @@ static PyObject *make_frame(Pairing *self, CFrame f) {
     return frame;
 }
 
-static PyObject *Pairing_leave(Pairing *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 3) { PyErr_SetString(PyExc_TypeError, "leave(probe, tid, sp)"); return NULL; }
-    Py_ssize_t probe; long long tid; uint64_t sp;
-    if (parse_key(self, args[0], args[1], args[2], &probe, &tid, &sp) < 0) return NULL;
+/* leave() with C values: the Frame, None, or NULL with an exception. */
+PyObject *pairing_leave(PyObject *obj, PyObject *probe_name, long long tid, uint64_t sp) {
+    Pairing *self = (Pairing *)obj;
+    Py_ssize_t probe = probe_index(self, probe_name);
+    if (probe < 0) return NULL;
     int found;
     Py_ssize_t i = slot_of(self, probe, tid, &found);
     Stack *s = found ? self->table[i] : NULL;
@@ -268,6 +275,13 @@ static PyObject *Pairing_leave(Pairing *self, PyObject *const *args, Py_ssize_t 
     PyObject *frame = make_frame(self, f);
     if (!frame) Py_XDECREF(f.extra);
     return frame;
+}
+
+static PyObject *Pairing_leave(Pairing *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3) { PyErr_SetString(PyExc_TypeError, "leave(probe, tid, sp)"); return NULL; }
+    Py_ssize_t probe; long long tid; uint64_t sp;
+    if (parse_key(self, args[0], args[1], args[2], &probe, &tid, &sp) < 0) return NULL;
+    return pairing_leave((PyObject *)self, args[0], tid, sp);
 }
 
 static PyObject *Pairing_drop_empty(Pairing *self, PyObject *unused) {
@@ -449,9 +463,9 @@ static PyGetSetDef Pairing_getset[] = {
     {NULL, NULL, NULL, NULL, NULL},
 };
 
-static PyTypeObject PairingType = {
+PyTypeObject PairingType = {
     PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "uprobe_exporter._pairing.Pairing",
+    .tp_name = "uprobe_exporter._native.Pairing",
     .tp_basicsize = sizeof(Pairing),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_BASETYPE,
     .tp_new = PyType_GenericNew,
@@ -463,18 +477,3 @@ static PyTypeObject PairingType = {
     .tp_getset = Pairing_getset,
     .tp_doc = "Native pairing of entries and returns (see pairing.Pairing).",
 };
-
-static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_pairing", "Native pairing.", -1, NULL};
-
-PyMODINIT_FUNC PyInit__pairing(void) {
-    if (PyType_Ready(&PairingType) < 0) return NULL;
-    PyObject *m = PyModule_Create(&module);
-    if (!m) return NULL;
-    Py_INCREF(&PairingType);
-    if (PyModule_AddObject(m, "Pairing", (PyObject *)&PairingType) < 0) {
-        Py_DECREF(&PairingType);
-        Py_DECREF(m);
-        return NULL;
-    }
-    return m;
-}

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 try:  # the native pairing (uprobe_exporter/_pairing.c), built at install when a C compiler is there
-    from uprobe_exporter._pairing import Pairing as _Native
+    from uprobe_exporter._native import Pairing as _Native
 
     _NativePairing: type[_Native] | None = _Native
 except ImportError:  # then PythonPairing does it
@@ -58,7 +58,8 @@ class Frame(NamedTuple):
 
 class PythonPairing:
     """Pending entries per (probe, tid); ``enter``/``leave`` are called in timestamp order. The reference
-    implementation: ``_pairing.Pairing`` (C) does exactly this, and the tests run both on the same calls."""
+    implementation: ``_native.Pairing`` (_pairing.c) does exactly this, and the tests run both on the same
+    calls."""
 
     def __init__(self, max_pending: int = 65536, max_depth: int = 4096) -> None:
         self.max_pending = max_pending
@@ -157,7 +158,7 @@ Counts = tuple[dict[str, int], dict[str, int], dict[str, int], dict[tuple[str, s
 
 
 class Pairing:
-    """The pairing a pipeline uses: the native one (``_pairing.Pairing``) where it is built, else
+    """The pairing a pipeline uses: the native one (``_native.Pairing``) where it is built, else
     ``PythonPairing``. Its methods are the implementation's own, bound once: a call costs no extra layer."""
 
     def __init__(self, max_pending: int = 65536, max_depth: int = 4096, native: bool = True) -> None:
