@@ -40,6 +40,7 @@ typedef struct {
     PyObject *emitter, *name, *probe, *enter, *leave, *observe, *counts, *renderer, *info, *full_name;
     PyObject *tgid_of, *by_thread, *clock, *lines, *comms, *new_comm, *dumps, *unknown_comm;
     PyObject *pairing; /* borrowed from enter's binding: a native Pairing, called in C; else NULL */
+    long long unflushed; /* records counted, not yet added to counts[name] */
     int tid_off, ip_off, ret_ip_off, sp_off, comm_off, fixed_size, pairing_mode;
     Py_ssize_t nargs;
     Arg *args;
@@ -105,9 +106,25 @@ static int put_int(Out *o, uint64_t v, int is_signed, int width) {
 
 #define PUTS(o, s) put((o), (s), (Py_ssize_t)(sizeof(s) - 1))
 
+/* Add the records counted since the last flush to counts[name]. */
+static int flush_count(EmitPlan *self) {
+    if (!self->unflushed) return 0;
+    PyObject *count = PyDict_GetItemWithError(self->counts, self->name);
+    if (!count) { if (!PyErr_Occurred()) PyErr_SetObject(PyExc_KeyError, self->name); return -1; }
+    PyObject *inc = PyLong_FromLongLong(self->unflushed);
+    PyObject *more = inc ? PyNumber_Add(count, inc) : NULL;
+    Py_XDECREF(inc);
+    if (!more || PyDict_SetItem(self->counts, self->name, more) < 0) { Py_XDECREF(more); return -1; }
+    Py_DECREF(more);
+    self->unflushed = 0;
+    return 0;
+}
+
+#define DEFER_COUNT ((size_t)1 << (8 * sizeof(size_t) - 2)) /* a nargsf bit of run()'s own: not Python's */
+
 static PyObject *plan_call(PyObject *callable, PyObject *const *args, size_t nargsf, PyObject *kwnames) {
     EmitPlan *self = (EmitPlan *)callable;
-    if (PyVectorcall_NARGS(nargsf) != 4 || kwnames || !PyBytes_CheckExact(args[0])) {
+    if ((PyVectorcall_NARGS(nargsf) & ~DEFER_COUNT) != 4 || kwnames || !PyBytes_CheckExact(args[0])) {
         PyErr_SetString(PyExc_TypeError, "EmitPlan(page: bytes, offset, ts_ns, cpu)");
         return NULL;
     }
@@ -187,14 +204,9 @@ static PyObject *plan_call(PyObject *callable, PyObject *const *args, size_t nar
             if (!strings[i]) goto done;
         }
     }
-    /* count */
-    {
-        PyObject *count = PyDict_GetItemWithError(self->counts, self->name);
-        if (!count) { if (!PyErr_Occurred()) PyErr_SetObject(PyExc_KeyError, self->name); goto done; }
-        PyObject *more = PyNumber_Add(count, one);
-        if (!more || PyDict_SetItem(self->counts, self->name, more) < 0) { Py_XDECREF(more); goto done; }
-        Py_DECREF(more);
-    }
+    /* count: run() adds a batch's counts at its end; a call from Python counts at once */
+    self->unflushed++;
+    if (!(nargsf & DEFER_COUNT) && flush_count(self) < 0) goto done;
     tid_o = PyLong_FromLong(tid);
     if (!tid_o) goto done;
     if (self->pairing_mode != PAIR_NONE) {
@@ -609,6 +621,8 @@ static PyObject *run(PyObject *module, PyObject *const *args, Py_ssize_t nargs) 
     PyObject *located = args[0], *errors = args[1], *struct_error = args[2];
     long short_records = 0;
     int failed = 0;
+    EmitPlan *plans[64]; /* the plans that deferred their counts in this run */
+    int nplans = 0;
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(located); i++) {
         PyObject *item = PyList_GET_ITEM(located, i);
         if (!PyTuple_CheckExact(item) || PyTuple_GET_SIZE(item) != 5) {
@@ -620,17 +634,31 @@ static PyObject *run(PyObject *module, PyObject *const *args, Py_ssize_t nargs) 
         PyObject *call[4] = {PyTuple_GET_ITEM(item, 2), PyTuple_GET_ITEM(item, 3), PyTuple_GET_ITEM(item, 0),
                              PyTuple_GET_ITEM(item, 4)};
         Py_INCREF(item); /* the handler may run Python code */
-        PyObject *r = Py_IS_TYPE(handler, &EmitPlanType) ? plan_call(handler, call, 4, NULL)
-                                                          : PyObject_Vectorcall(handler, call, 4, NULL);
+        PyObject *r;
+        if (Py_IS_TYPE(handler, &EmitPlanType)) {
+            EmitPlan *plan = (EmitPlan *)handler;
+            int k = 0;
+            while (k < nplans && plans[k] != plan) k++;
+            if (k == nplans && nplans < 64) plans[nplans++] = plan;
+            r = plan_call(handler, call, 4 | (k < 64 ? DEFER_COUNT : 0), NULL);
+        } else {
+            r = PyObject_Vectorcall(handler, call, 4, NULL);
+        }
         Py_DECREF(item);
         if (r) { Py_DECREF(r); continue; }
         if (!PyErr_ExceptionMatches(struct_error)) { failed = 1; break; }
         PyErr_Clear();
         short_records++;
     }
+    PyObject *exc_type, *exc_value, *exc_tb;
+    PyErr_Fetch(&exc_type, &exc_value, &exc_tb);
+    for (int k = 0; k < nplans; k++) {
+        if (flush_count(plans[k]) < 0) {
+            Py_XDECREF(exc_type); Py_XDECREF(exc_value); Py_XDECREF(exc_tb);
+            return NULL;
+        }
+    }
     if (short_records) {
-        PyObject *exc_type, *exc_value, *exc_tb;
-        PyErr_Fetch(&exc_type, &exc_value, &exc_tb);
         PyObject *key = PyUnicode_FromString("record");
         PyObject *old = key ? PyDict_GetItemWithError(errors, key) : NULL;
         PyObject *inc = old ? PyLong_FromLong(short_records) : NULL;
@@ -639,8 +667,8 @@ static PyObject *run(PyObject *module, PyObject *const *args, Py_ssize_t nargs) 
         Py_XDECREF(key); Py_XDECREF(inc); Py_XDECREF(now);
         if (bad && !PyErr_Occurred()) PyErr_SetString(PyExc_KeyError, "record");
         if (bad) { Py_XDECREF(exc_type); Py_XDECREF(exc_value); Py_XDECREF(exc_tb); return NULL; }
-        PyErr_Restore(exc_type, exc_value, exc_tb);
     }
+    PyErr_Restore(exc_type, exc_value, exc_tb);
     if (failed) return NULL;
     Py_RETURN_NONE;
 }
