@@ -16,7 +16,7 @@
 #include "_native.h"
 #include <stddef.h>
 
-enum { ARG_SIGNED = 0, ARG_UNSIGNED = 1, ARG_STRING = 2 };
+enum { ARG_SIGNED = 0, ARG_UNSIGNED = 1, ARG_STRING = 2, ARG_CHAR = 3, ARG_ARRAY_SIGNED = 4, ARG_ARRAY_UNSIGNED = 5 };
 #define MAX_INLINE_ARGS 16
 #define MIDDLES 512 /* per-event cache of the middle fields, direct-mapped by thread */
 #define COMM_CACHE 32
@@ -24,7 +24,7 @@ enum { PAIR_NONE = 0, PAIR_ENTER = 1, PAIR_ENTER_COMM = 2, PAIR_LEAVE = 3 };
 
 typedef struct {
     PyObject *key; /* bytes: "name": */
-    int kind, offset, size;
+    int kind, offset, size, count; /* size: of one element; count: 1 but for arrays */
 } Arg;
 
 typedef struct {
@@ -192,12 +192,19 @@ static PyObject *plan_call(PyObject *callable, PyObject *const *args, size_t nar
         if (!strings) { PyErr_NoMemory(); goto done; }
         for (Py_ssize_t i = 0; i < self->nargs; i++) {
             Arg *a = &self->args[i];
-            if (a->kind != ARG_STRING) continue;
-            uint32_t loc = (uint32_t)load(p + a->offset, 4, 0);
-            if (!(loc >> 16)) continue; /* faulted: null */
-            Py_ssize_t from, to;
-            slice(n, o, loc, &from, &to);
-            PyObject *s = PyUnicode_DecodeUTF8(PyBytes_AS_STRING(page) + from, to - from, "backslashreplace");
+            PyObject *s;
+            if (a->kind == ARG_CHAR) { /* rawpage._char: the byte as '%c' prints it */
+                unsigned char c = p[a->offset];
+                s = c < 0x80 ? PyUnicode_FromOrdinal(c) : PyUnicode_DecodeUTF8((const char *)&c, 1, "backslashreplace");
+            } else if (a->kind == ARG_STRING) {
+                uint32_t loc = (uint32_t)load(p + a->offset, 4, 0);
+                if (!(loc >> 16)) continue; /* faulted: null */
+                Py_ssize_t from, to;
+                slice(n, o, loc, &from, &to);
+                s = PyUnicode_DecodeUTF8(PyBytes_AS_STRING(page) + from, to - from, "backslashreplace");
+            } else {
+                continue;
+            }
             if (!s) goto done;
             strings[i] = PyObject_CallOneArg(self->dumps, s);
             Py_DECREF(s);
@@ -317,8 +324,17 @@ static PyObject *plan_call(PyObject *callable, PyObject *const *args, size_t nar
     for (Py_ssize_t i = 0; i < self->nargs; i++) {
         Arg *a = &self->args[i];
         if ((i && PUTS(&out, ",") < 0) || put_bytes(&out, a->key) < 0) goto done;
-        if (a->kind == ARG_STRING) {
+        if (a->kind == ARG_STRING || a->kind == ARG_CHAR) {
             if ((strings[i] ? put_bytes(&out, strings[i]) : PUTS(&out, "null")) < 0) goto done;
+        } else if (a->kind == ARG_ARRAY_SIGNED || a->kind == ARG_ARRAY_UNSIGNED) { /* as orjson: [1,2,3] */
+            int is_signed = a->kind == ARG_ARRAY_SIGNED;
+            if (PUTS(&out, "[") < 0) goto done;
+            for (int k = 0; k < a->count; k++) {
+                if ((k && PUTS(&out, ",") < 0)
+                    || put_int(&out, load(p + a->offset + k * a->size, a->size, is_signed), is_signed, 1) < 0)
+                    goto done;
+            }
+            if (PUTS(&out, "]") < 0) goto done;
         } else if (put_int(&out, load(p + a->offset, a->size, a->kind == ARG_SIGNED), a->kind == ARG_SIGNED, 1) < 0) {
             goto done;
         }
@@ -367,7 +383,7 @@ static int plan_traverse(EmitPlan *self, visitproc visit, void *arg) {
 
 /* EmitPlan(emitter, name, probe, fields, args, pairing, sinks)
  *   fields = (tid_off, ip_off, ret_ip_off, sp_off, comm_off, fixed_size): -1 where the event has none
- *   args = ((key_bytes, kind, offset, size), ...)
+ *   args = ((key_bytes, kind, offset, element size, count), ...)
  *   sinks = (enter, leave, observe, counts, renderer, info, full_name, tgid_of, by_thread, clock, lines,
  *            comms, new_comm, dumps) */
 static PyObject *plan_new(PyTypeObject *type, PyObject *a, PyObject *kw) {
@@ -411,12 +427,14 @@ static PyObject *plan_new(PyTypeObject *type, PyObject *a, PyObject *kw) {
     for (Py_ssize_t i = 0; i < self->nargs; i++) {
         Arg *arg = &self->args[i];
         PyObject *key;
-        if (!PyArg_ParseTuple(PyTuple_GET_ITEM(args, i), "O!iii", &PyBytes_Type, &key, &arg->kind, &arg->offset,
-                              &arg->size))
+        if (!PyArg_ParseTuple(PyTuple_GET_ITEM(args, i), "O!iiii", &PyBytes_Type, &key, &arg->kind, &arg->offset,
+                              &arg->size, &arg->count))
             goto fail;
         arg->key = Py_NewRef(key);
-        if (arg->kind < ARG_SIGNED || arg->kind > ARG_STRING || (arg->size != 1 && arg->size != 2 &&
-            arg->size != 4 && arg->size != 8) || arg->offset < 0 || arg->offset + arg->size > self->fixed_size) {
+        if (arg->kind < ARG_SIGNED || arg->kind > ARG_ARRAY_UNSIGNED || (arg->size != 1 && arg->size != 2 &&
+            arg->size != 4 && arg->size != 8) || arg->count < 1 || (arg->count > 1 && arg->kind < ARG_ARRAY_SIGNED)
+            || (arg->kind == ARG_STRING && arg->size != 4) || (arg->kind == ARG_CHAR && arg->size != 1)
+            || arg->offset < 0 || arg->offset + (Py_ssize_t)arg->size * arg->count > self->fixed_size) {
             PyErr_SetString(PyExc_ValueError, "bad argument field");
             goto fail;
         }

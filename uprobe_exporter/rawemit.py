@@ -33,8 +33,7 @@ try:  # the native emitter (uprobe_exporter/_native.c), built at install when a 
 except ImportError:  # then every event has its Python emitter
     EmitPlan = None
 
-ARG_KINDS = {(FieldKind.INT, True): 0, (FieldKind.INT, False): 1, (FieldKind.STRING, True): 2,
-             (FieldKind.STRING, False): 2}  # _native.c: ARG_SIGNED, ARG_UNSIGNED, ARG_STRING
+ARG_SIGNED, ARG_UNSIGNED, ARG_STRING, ARG_CHAR, ARG_ARRAY_SIGNED, ARG_ARRAY_UNSIGNED = range(6)  # _native.c
 PAIR_NONE, PAIR_ENTER, PAIR_ENTER_COMM, PAIR_LEAVE = range(4)
 
 
@@ -150,7 +149,7 @@ def compile_emitter(fmt: EventFormat, route: Route, sinks: Sinks) -> tuple[Handl
 def native_emitter(fmt: EventFormat, route: Route, sinks: Sinks, emitter: Handler) -> Handler | None:
     """The native emitter of the event, which does exactly what ``emitter`` (its Python emitter) does and
     hands it what it does not cover; None when the extension is not built or the event has what only
-    the Python emitter handles: ``char`` or array arguments, or histogram labels from arguments."""
+    the Python emitter handles: histogram labels taken from arguments."""
     if EmitPlan is None:
         return None
     plan = UnpackPlan.of(fmt)
@@ -162,10 +161,17 @@ def native_emitter(fmt: EventFormat, route: Route, sinks: Sinks, emitter: Handle
 
     args = []
     for f, _ in plan.args:
-        kind = ARG_KINDS.get((f.kind, f.signed))
-        if kind is None or f.size not in (1, 2, 4, 8):
+        key = orjson.dumps(f.name) + b":"
+        if f.kind is FieldKind.ARRAY:
+            args.append((key, ARG_ARRAY_SIGNED if f.signed else ARG_ARRAY_UNSIGNED, f.offset, f.elem_size, f.count))
+        elif f.kind is FieldKind.STRING:
+            args.append((key, ARG_STRING, f.offset, 4, 1))
+        elif f.kind is FieldKind.CHAR:
+            args.append((key, ARG_CHAR, f.offset, 1, 1))
+        elif f.size in (1, 2, 4, 8):
+            args.append((key, ARG_SIGNED if f.signed else ARG_UNSIGNED, f.offset, f.size, 1))
+        else:
             return None
-        args.append((orjson.dumps(f.name) + b":", kind, f.offset, f.size))
     hist = route.histograms
     if not route.paired:
         pairing = PAIR_NONE
