@@ -52,11 +52,15 @@ def probes_of() -> list[ProbeConfig]:
             for n in ("work", "recurse", "types")]  # the captured "types" probe has no return events
 
 
+NATIVE = [True]  # --python-only: the pure-Python twins of the native parts (what runs without a C compiler)
+
+
 def pipeline(fmts: list[EventFormat], parser: TextParser | None, raw: bool = False, render: bool = True) -> Pipeline:
     probes = probes_of()
     infos = {f.name: EventInfo(f.name.rsplit("_", 1)[0], "return" if f.is_return else "entry", f"g/{f.name}")
              for f in fmts}
-    return Pipeline(parser, infos, probes, Renderer(0) if render else None, Pairing(), tgid_of=lambda tid: 1,
+    return Pipeline(parser, infos, probes, Renderer(0) if render else None, Pairing(native=NATIVE[0]),
+                    tgid_of=lambda tid: 1, native=NATIVE[0],
                     decode_errors=dict.fromkeys(RAW_ERROR_REASONS, 0) if raw else None)
 
 
@@ -96,7 +100,7 @@ def raw_workload(repeat: int) -> Workload:
     batches = [pages * PAGES_PER_BATCH] * (repeat // PAGES_PER_BATCH + 1)
 
     def locate() -> int:
-        decoder, n = RawDecoder.for_formats(layout, fmts), 0
+        decoder, n = RawDecoder(layout, RawDecoder.for_formats(layout, fmts).handlers, native=NATIVE[0]), 0
         for batch in batches:
             located: list[Located] = []
             lost: list[LostEvents] = []
@@ -106,7 +110,7 @@ def raw_workload(repeat: int) -> Workload:
         return n
 
     def decode() -> int:
-        decoder, n = RawDecoder.for_formats(layout, fmts), 0
+        decoder, n = RawDecoder(layout, RawDecoder.for_formats(layout, fmts).handlers, native=NATIVE[0]), 0
         for batch in batches:  # each batch dropped after counting, as the reader hands it on
             items: list[TraceRecord | LostEvents] = []
             for page in batch:
@@ -116,7 +120,7 @@ def raw_workload(repeat: int) -> Workload:
 
     def emitted(render: bool) -> int:
         p = pipeline(fmts, None, raw=True, render=render)
-        decoder = RawDecoder(layout, p.emitters(fmts), p.decode_errors)
+        decoder = RawDecoder(layout, p.emitters(fmts), p.decode_errors, native=NATIVE[0])
         for batch in batches:
             located: list[Located] = []
             lost: list[LostEvents] = []
@@ -145,8 +149,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeat", type=int, default=300, help="copies of the captured trace in the stream")
     ap.add_argument("--runs", type=int, default=5, help="this machine is noisy: best and median of N runs")
+    ap.add_argument("--python-only", action="store_true", help="without the native parts (_native.c)")
     args = ap.parse_args()
-    print(f"{sys.executable}: {args.runs} runs each (best, median)")
+    NATIVE[0] = not args.python_only
+    print(f"{sys.executable}: {args.runs} runs each (best, median); native parts {'on' if NATIVE[0] else 'off'}")
     for reader, workload in (("raw", raw_workload), ("text", text_workload)):
         for label, fn in workload(args.repeat):
             n, best, median = measure(fn, args.runs)

@@ -1,7 +1,8 @@
 """Pure wiring of parsed records: counting, pairing, latency histograms and JSON rendering.
 
 The text reader hands over batches of complete lines (``process``), the raw reader batches of
-decoded records (``process_items``); both return the JSON lines of the batch as one ``bytes`` (or None
+located records (``process_located``), which the events' emitters run; both return the JSON lines of
+the batch as one ``bytes`` (or None
 when JSON output is off). Nothing here does I/O: looking up a process id the
 kernel did not know is a callable given by the daemon.
 """
