@@ -53,7 +53,7 @@ typedef struct {
     Middle middles[MIDDLES];
 } EmitPlan;
 
-static PyObject *str_second, *str_thread_middle, *empty_tuple, *one;
+static PyObject *str_second, *str_thread_middle, *empty_tuple;
 
 static uint64_t load(const unsigned char *p, int size, int is_signed) {
     switch (size) {
@@ -106,16 +106,27 @@ static int put_int(Out *o, uint64_t v, int is_signed, int width) {
 
 #define PUTS(o, s) put((o), (s), (Py_ssize_t)(sizeof(s) - 1))
 
+/* dict[key] += n, for the pipeline's counters (dicts of ints); KeyError if the key is not there. */
+static int dict_add(PyObject *dict, PyObject *key, long long n) {
+    PyObject *old = PyDict_GetItemWithError(dict, key);
+    if (!old) { if (!PyErr_Occurred()) PyErr_SetObject(PyExc_KeyError, key); return -1; }
+    PyObject *inc = PyLong_FromLongLong(n), *now = inc ? PyNumber_Add(old, inc) : NULL;
+    int bad = !now || PyDict_SetItem(dict, key, now) < 0;
+    Py_XDECREF(inc); Py_XDECREF(now);
+    return bad ? -1 : 0;
+}
+
+static int add_error(PyObject *errors, const char *reason, long long n) {
+    PyObject *key = PyUnicode_FromString(reason);
+    int bad = !key || dict_add(errors, key, n) < 0;
+    Py_XDECREF(key);
+    return bad ? -1 : 0;
+}
+
 /* Add the records counted since the last flush to counts[name]. */
 static int flush_count(EmitPlan *self) {
     if (!self->unflushed) return 0;
-    PyObject *count = PyDict_GetItemWithError(self->counts, self->name);
-    if (!count) { if (!PyErr_Occurred()) PyErr_SetObject(PyExc_KeyError, self->name); return -1; }
-    PyObject *inc = PyLong_FromLongLong(self->unflushed);
-    PyObject *more = inc ? PyNumber_Add(count, inc) : NULL;
-    Py_XDECREF(inc);
-    if (!more || PyDict_SetItem(self->counts, self->name, more) < 0) { Py_XDECREF(more); return -1; }
-    Py_DECREF(more);
+    if (dict_add(self->counts, self->name, self->unflushed) < 0) return -1;
     self->unflushed = 0;
     return 0;
 }
@@ -599,23 +610,8 @@ static PyObject *locate(PyObject *module, PyObject *const *args, Py_ssize_t narg
     }
 count:
     page_errors = reason != NULL;
-    if (unknown) {
-        PyObject *key = PyUnicode_FromString("unknown_event");
-        PyObject *old = key ? PyDict_GetItemWithError(errors, key) : NULL;
-        PyObject *inc = old ? PyLong_FromLong(unknown) : NULL;
-        PyObject *now = inc ? PyNumber_Add(old, inc) : NULL;
-        int bad = !now || PyDict_SetItem(errors, key, now) < 0;
-        Py_XDECREF(key); Py_XDECREF(inc); Py_XDECREF(now);
-        if (bad) { if (!PyErr_Occurred()) PyErr_SetString(PyExc_KeyError, "unknown_event"); goto fail; }
-    }
-    if (reason) {
-        PyObject *key = PyUnicode_FromString(reason);
-        PyObject *old = key ? PyDict_GetItemWithError(errors, key) : NULL;
-        PyObject *now = old ? PyNumber_Add(old, one) : NULL;
-        int bad = !now || PyDict_SetItem(errors, key, now) < 0;
-        Py_XDECREF(key); Py_XDECREF(now);
-        if (bad) { if (!PyErr_Occurred()) PyErr_SetString(PyExc_KeyError, reason); goto fail; }
-    }
+    if (unknown && add_error(errors, "unknown_event", unknown) < 0) goto fail;
+    if (reason && add_error(errors, reason, 1) < 0) goto fail;
     result = PyLong_FromLong(unknown + page_errors);
     goto fail;
 too_big:
@@ -676,15 +672,9 @@ static PyObject *run(PyObject *module, PyObject *const *args, Py_ssize_t nargs) 
             return NULL;
         }
     }
-    if (short_records) {
-        PyObject *key = PyUnicode_FromString("record");
-        PyObject *old = key ? PyDict_GetItemWithError(errors, key) : NULL;
-        PyObject *inc = old ? PyLong_FromLong(short_records) : NULL;
-        PyObject *now = inc ? PyNumber_Add(old, inc) : NULL;
-        int bad = !now || PyDict_SetItem(errors, key, now) < 0;
-        Py_XDECREF(key); Py_XDECREF(inc); Py_XDECREF(now);
-        if (bad && !PyErr_Occurred()) PyErr_SetString(PyExc_KeyError, "record");
-        if (bad) { Py_XDECREF(exc_type); Py_XDECREF(exc_value); Py_XDECREF(exc_tb); return NULL; }
+    if (short_records && add_error(errors, "record", short_records) < 0) {
+        Py_XDECREF(exc_type); Py_XDECREF(exc_value); Py_XDECREF(exc_tb);
+        return NULL;
     }
     PyErr_Restore(exc_type, exc_value, exc_tb);
     if (failed) return NULL;
@@ -704,8 +694,7 @@ PyMODINIT_FUNC PyInit__native(void) {
     str_second = PyUnicode_InternFromString("second");
     str_thread_middle = PyUnicode_InternFromString("thread_middle");
     empty_tuple = PyTuple_New(0);
-    one = PyLong_FromLong(1);
-    if (!str_second || !str_thread_middle || !empty_tuple || !one)
+    if (!str_second || !str_thread_middle || !empty_tuple)
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (!m) return NULL;

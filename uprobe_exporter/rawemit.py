@@ -22,7 +22,7 @@ from uprobe_exporter.codegen import compile_function
 from uprobe_exporter.formatfile import EventFormat, FieldKind
 from uprobe_exporter.histogram import ANY_LABELS, COMM_LABEL, NO_LABELS, ProbeHistograms
 from uprobe_exporter.pairing import Pairing
-from uprobe_exporter.rawpage import _COMMS, Handler, UnpackPlan, _new_comm
+from uprobe_exporter.rawpage import COMMS, Handler, UnpackPlan, new_comm
 from uprobe_exporter.render import DURATION_END, LINE_END, LINE_HEAD, EventInfo, Renderer
 from uprobe_exporter.traceline import HIDDEN_COMM, HIDDEN_SP
 
@@ -198,4 +198,4 @@ def native_emitter(fmt: EventFormat, route: Route, sinks: Sinks, emitter: Handle
         sinks.pairing.enter, sinks.pairing.leave, hist.observe if hist is not None else None, sinks.counts, r,
         route.info, route.info.full_name, sinks.tgid_of, r.by_thread if r is not None else {},
         r.clock if r is not None else [0, 0, b"", 0], sinks.lines,
-        _COMMS, _new_comm, orjson.dumps))
+        COMMS, new_comm, orjson.dumps))

@@ -165,8 +165,8 @@ class UnpackPlan:
 
     def namespace(self) -> dict[str, Any]:
         """What the generated code refers to: ``_unpack``, ``_char``, ``_comms``, ``_comm``."""
-        return {"_unpack": struct.Struct(self.struct_layout).unpack_from, "_char": _char, "_comms": _COMMS,
-                "_comm": _new_comm}
+        return {"_unpack": struct.Struct(self.struct_layout).unpack_from, "_char": _char, "_comms": COMMS,
+                "_comm": new_comm}
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,13 +192,14 @@ class RecordBuilder:
         return cls(fmt, compile_function(source, "build", f"record builder {fmt.name}", namespace), source)
 
 
-_COMMS: dict[bytes, str] = {}  # thread names by their bytes (TASK_COMM_LEN: at most 15 bytes each)
+COMMS: dict[bytes, str] = {}  # thread names by their bytes (TASK_COMM_LEN: at most 15 bytes each)
 
 
-def _new_comm(raw: bytes) -> str:
-    if len(_COMMS) >= 4096:
-        _COMMS.clear()
-    comm = _COMMS[raw] = raw.decode("utf-8", "backslashreplace")
+def new_comm(raw: bytes) -> str:
+    """A thread name the cache does not hold yet, decoded (non-UTF-8 bytes kept as ``\\xNN``) and cached."""
+    if len(COMMS) >= 4096:
+        COMMS.clear()
+    comm = COMMS[raw] = raw.decode("utf-8", "backslashreplace")
     return comm
 
 
