@@ -21,6 +21,7 @@ from uprobe_exporter.metrics import start_metrics_server
 from uprobe_exporter.pairing import Pairing
 from uprobe_exporter.pipeline import Pipeline, event_infos
 from uprobe_exporter.procfs import TgidCache, thread_exists
+from uprobe_exporter.rawemit import EmitPlan
 from uprobe_exporter.rawpage import RAW_ERROR_REASONS, PageLayout, RawDecoder
 from uprobe_exporter.rawreader import RawPipeReader
 from uprobe_exporter.reader import TracePipeReader
@@ -160,8 +161,11 @@ def _reader(
             sink.submit(*batch)
 
     if raw:
-        decoder = RawDecoder(PageLayout.parse(instance.read_header_page()), pipeline.emitters(formats),
-                             pipeline.decode_errors)
+        emitters = pipeline.emitters(formats)
+        native = sum(EmitPlan is not None and isinstance(e, EmitPlan) for e in emitters.values())
+        log.info("raw reader: native emitters for %d of %d events%s", native, len(emitters),
+                 "" if EmitPlan is not None else " (the native parts were not built: no C compiler at install)")
+        decoder = RawDecoder(PageLayout.parse(instance.read_header_page()), emitters, pipeline.decode_errors)
         return pipeline, RawPipeReader(instance.root, instance.cpus(), decoder,
                                        lambda located, lost: submit(pipeline.process_located(located, lost)))
     return pipeline, TracePipeReader(instance.trace_pipe, lambda lines, final: submit(pipeline.process(lines, final)))

@@ -2,9 +2,8 @@
 
 The text reader hands over batches of complete lines (``process``), the raw reader batches of
 located records (``process_located``), which the events' emitters run; both return the JSON lines of
-the batch as one ``bytes`` (or None
-when JSON output is off). Nothing here does I/O: looking up a process id the
-kernel did not know is a callable given by the daemon.
+the batch as one ``bytes`` (or None when JSON output is off). Nothing here does I/O: looking up a
+process id the kernel did not know is a callable given by the daemon.
 """
 
 from __future__ import annotations
