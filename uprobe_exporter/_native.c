@@ -162,7 +162,7 @@ static PyObject *plan_call(PyObject *callable, PyObject *const *args, size_t nar
     uint64_t ret_ip = self->ret_ip_off >= 0 ? load(p + self->ret_ip_off, 8, 0) : 0;
     uint64_t sp = self->sp_off >= 0 ? load(p + self->sp_off, 8, 0) : 0;
 
-    PyObject *comm = NULL, *tid_o = NULL, *sp_o = NULL, *ts_o = NULL, *frame = NULL, *result = NULL;
+    PyObject *comm = NULL, *tid_o = NULL, *sp_o = NULL, *ts_o = NULL, *frame = NULL, *labels = NULL, *result = NULL;
     PyObject *middle = NULL, *line = NULL, *key = NULL;
     PyObject **strings = NULL, *inline_strings[MAX_INLINE_ARGS] = {NULL};
     long long duration = 0;
@@ -225,31 +225,40 @@ static PyObject *plan_call(PyObject *callable, PyObject *const *args, size_t nar
     /* count: run() adds a batch's counts at its end; a call from Python counts at once */
     self->unflushed++;
     if (!(nargsf & DEFER_COUNT) && flush_count(self) < 0) goto done;
-    tid_o = PyLong_FromLong(tid);
-    if (!tid_o) goto done;
     if (self->pairing_mode != PAIR_NONE) {
-        if (!self->pairing) {
+        if (!self->pairing) { /* Python pairing: its arguments as Python ints */
+            tid_o = PyLong_FromLong(tid);
             sp_o = PyLong_FromUnsignedLongLong(sp);
             ts_o = PyLong_FromLongLong(ts);
-            if (!sp_o || !ts_o) goto done;
+            if (!tid_o || !sp_o || !ts_o) goto done;
         }
         if (self->pairing_mode == PAIR_LEAVE) {
-            if (self->pairing) frame = pairing_leave(self->pairing, self->probe, tid, sp);
-            else {
+            long long t0 = 0;
+            int found;
+            if (self->pairing) { /* native: the entry's frame without a Frame object */
+                CFrame entry;
+                found = pairing_leave_c(self->pairing, self->probe, tid, sp, &entry);
+                if (found < 0) goto done;
+                if (found) { t0 = entry.ts; labels = entry.extra; }
+            } else {
                 PyObject *call[3] = {self->probe, tid_o, sp_o};
                 frame = PyObject_Vectorcall(self->leave, call, 3, NULL);
+                if (!frame) goto done;
+                found = frame != Py_None;
+                if (found) {
+                    PyObject *start = PyTuple_Check(frame) && PyTuple_GET_SIZE(frame) >= 3 ? PyTuple_GET_ITEM(frame, 1) : NULL;
+                    t0 = start ? PyLong_AsLongLong(start) : 0;
+                    if (!start || PyErr_Occurred()) { PyErr_SetString(PyExc_TypeError, "pairing frame"); goto done; }
+                    labels = Py_NewRef(PyTuple_GET_ITEM(frame, 2));
+                }
             }
-            if (!frame) goto done;
-            if (frame != Py_None) {
-                PyObject *start = PyTuple_Check(frame) && PyTuple_GET_SIZE(frame) >= 3 ? PyTuple_GET_ITEM(frame, 1) : NULL;
-                long long t0 = start ? PyLong_AsLongLong(start) : 0;
-                if (!start || PyErr_Occurred()) { PyErr_SetString(PyExc_TypeError, "pairing frame"); goto done; }
+            if (found) {
                 duration = ts - t0;
                 has_duration = 1;
                 if (self->observe != Py_None) {
                     PyObject *d = PyLong_FromLongLong(duration);
                     if (!d) goto done;
-                    PyObject *obs[2] = {PyTuple_GET_ITEM(frame, 2), d};
+                    PyObject *obs[2] = {labels, d};
                     PyObject *r = PyObject_Vectorcall(self->observe, obs, 2, NULL);
                     Py_DECREF(d);
                     if (!r) goto done;
@@ -303,6 +312,7 @@ static PyObject *plan_call(PyObject *callable, PyObject *const *args, size_t nar
         if (m->middle && m->tid == tid && m->cpu == cpu && m->ip == ip && m->ret_ip == ret_ip && m->comm == comm) {
             middle = Py_NewRef(m->middle);
         } else {
+            if (!tid_o && !(tid_o = PyLong_FromLong(tid))) goto done;
             PyObject *cpu_o = PyLong_FromLong(cpu), *ip_o = PyLong_FromUnsignedLongLong(ip);
             PyObject *ret_o = PyLong_FromUnsignedLongLong(ret_ip);
             if (cpu_o && ip_o && ret_o) key = PyTuple_Pack(6, self->full_name, tid_o, comm, cpu_o, ip_o, ret_o);
@@ -365,7 +375,7 @@ done:
         if (strings != inline_strings) PyMem_Free(strings);
     }
     if (out.buf != out.inline_buf) PyMem_Free(out.buf);
-    Py_XDECREF(comm); Py_XDECREF(tid_o); Py_XDECREF(sp_o); Py_XDECREF(ts_o); Py_XDECREF(frame);
+    Py_XDECREF(comm); Py_XDECREF(tid_o); Py_XDECREF(sp_o); Py_XDECREF(ts_o); Py_XDECREF(frame); Py_XDECREF(labels);
     Py_XDECREF(middle); Py_XDECREF(line); Py_XDECREF(key);
     return result;
 }

@@ -7,7 +7,10 @@
 #include <stdint.h>
 #include <string.h>
 
+typedef struct { uint64_t sp; long long ts; PyObject *extra; } CFrame; /* a pending entry */
+
 extern PyTypeObject PairingType;
 int pairing_enter(PyObject *pairing, PyObject *probe, long long tid, uint64_t sp, long long ts, PyObject *extra);
 PyObject *pairing_leave(PyObject *pairing, PyObject *probe, long long tid, uint64_t sp);
+int pairing_leave_c(PyObject *pairing, PyObject *probe, long long tid, uint64_t sp, CFrame *entry);
 #endif

@@ -10,7 +10,6 @@
 enum { UNWOUND = 0, THREAD_EXIT = 1, CAPACITY = 2, REASONS = 3 };
 static const char *REASON_NAMES[REASONS] = {"unwound", "thread_exit", "capacity"};
 
-typedef struct { uint64_t sp; long long ts; PyObject *extra; } CFrame;
 
 typedef struct Stack {
     Py_ssize_t probe;
@@ -250,30 +249,43 @@ static PyObject *make_frame(Pairing *self, CFrame f) {
     return frame;
 }
 
-/* leave() with C values: the Frame, None, or NULL with an exception. */
-PyObject *pairing_leave(PyObject *obj, PyObject *probe_name, long long tid, uint64_t sp) {
+/* leave() with C values: 1 and the entry's frame (its extra: a new reference) when the return closes a
+ * pending entry, 0 when it does not (counted), -1 with an exception. */
+int pairing_leave_c(PyObject *obj, PyObject *probe_name, long long tid, uint64_t sp, CFrame *entry) {
     Pairing *self = (Pairing *)obj;
     Py_ssize_t probe = probe_index(self, probe_name);
-    if (probe < 0) return NULL;
+    if (probe < 0) return -1;
     int found;
     Py_ssize_t i = slot_of(self, probe, tid, &found);
     Stack *s = found ? self->table[i] : NULL;
-    if (!s || !s->n) { self->counts[probe].without_entry++; Py_RETURN_NONE; }
+    if (!s || !s->n) { self->counts[probe].without_entry++; return 0; }
     if (sp) {
-        if (sp < 8) { self->counts[probe].without_entry++; Py_RETURN_NONE; } /* below any frame */
+        if (sp < 8) { self->counts[probe].without_entry++; return 0; } /* below any frame */
         uint64_t target = sp - 8; /* RETURN_ADDRESS_SIZE */
         while (s->n && s->frames[s->n - 1].sp < target) {
             Py_XDECREF(s->frames[--s->n].extra);
             evict(self, probe, UNWOUND);
         }
-        if (!s->n || s->frames[s->n - 1].sp != target) { self->counts[probe].without_entry++; Py_RETURN_NONE; }
+        if (!s->n || s->frames[s->n - 1].sp != target) { self->counts[probe].without_entry++; return 0; }
     }
     CFrame f = s->frames[--s->n];
     self->pending--;
     self->counts[probe].paired++;
     self->counts[probe].paired_seen = 1;
-    PyObject *frame = make_frame(self, f);
-    if (!frame) Py_XDECREF(f.extra);
+    *entry = f; /* with the reference the stack held on extra */
+    return 1;
+}
+
+/* leave() with C values: the Frame, None, or NULL with an exception. */
+PyObject *pairing_leave(PyObject *obj, PyObject *probe_name, long long tid, uint64_t sp) {
+    CFrame f;
+    int found = pairing_leave_c(obj, probe_name, tid, sp, &f);
+    if (found <= 0) {
+        if (found < 0) return NULL;
+        Py_RETURN_NONE;
+    }
+    PyObject *frame = make_frame((Pairing *)obj, f);
+    if (!frame) Py_DECREF(f.extra);
     return frame;
 }
 
