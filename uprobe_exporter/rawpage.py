@@ -224,6 +224,11 @@ class RawDecoder:
     handlers: dict[int, Handler]
     errors: dict[str, int] = field(default_factory=lambda: dict.fromkeys(RAW_ERROR_REASONS, 0))
     native: bool = True  # walk with _native.locate where built (the walk below is its reference)
+    native_layout: tuple[int, ...] = field(init=False, default=())  # the page layout as _native.locate takes it
+
+    def __post_init__(self) -> None:
+        layout = self.layout
+        self.native_layout = (layout.timestamp[0], *layout.commit, layout.data_offset, layout.page_size)
 
     @classmethod
     def for_formats(cls, layout: PageLayout, formats: Iterable[EventFormat]) -> RawDecoder:
@@ -247,8 +252,7 @@ class RawDecoder:
         LostEvents to ``lost`` when the kernel missed events before the page; returns the anomalies."""
         layout = self.layout
         if _native_locate is not None and self.native:
-            done = _native_locate(page, cpu, out, lost, self.handlers, (
-                layout.timestamp[0], *layout.commit, layout.data_offset, layout.page_size), self.errors, LostEvents)
+            done = _native_locate(page, cpu, out, lost, self.handlers, self.native_layout, self.errors, LostEvents)
             if done is not None:  # None: a timestamp past 64 bits, which only Python ints follow
                 return done
         c_off, c_size = layout.commit

@@ -57,14 +57,6 @@ class Renderer:
     def wall_offset_ns(self, value: int) -> None:
         self.clock[WALL_OFFSET] = value
 
-    @property
-    def sec_ns(self) -> int:
-        return int(self.clock[SEC_NS])
-
-    @property
-    def sec_text(self) -> bytes:
-        return bytes(self.clock[SEC_TEXT])
-
     def iso_time(self, wall_ns: int) -> str:
         """``2026-11-25T18:11:05.123456Z``, the seconds part cached (records come in bursts)."""
         return self.second(wall_ns).decode()
