@@ -22,6 +22,7 @@ from uprobe_exporter.pairing import Pairing
 from uprobe_exporter.pipeline import Pipeline
 from uprobe_exporter.rawemit import EmitPlan
 from uprobe_exporter.rawpage import RAW_ERROR_REASONS, Located, RawDecoder
+from uprobe_exporter.rawreader import CpuMerge, NativeCpuMerge
 from uprobe_exporter.records import LostEvents, TraceRecord
 from uprobe_exporter.render import Renderer
 
@@ -60,10 +61,11 @@ def run_both(labels: list[str], render: bool, batches: list[list[tuple[bytes, in
     assert EmitPlan is not None
     assert any(isinstance(e, EmitPlan) for e in emitters.values()) == native
     located_decoder = RawDecoder(layout(), emitters, by_emitter.decode_errors)
+    merge = NativeCpuMerge() if native else CpuMerge()  # the native one releases what _native.run emits in C
     out_records, out_emitted = b"", b""
     for batch in batches:
         recs: list[TraceRecord | LostEvents] = []
-        located: list[Located] = []
+        located = merge.new_run()
         lost: list[LostEvents] = []
         for page, cpu in batch:
             records.decode(page, cpu, recs)
@@ -71,7 +73,7 @@ def run_both(labels: list[str], render: bool, batches: list[list[tuple[bytes, in
         lost_first = [r for r in recs if isinstance(r, LostEvents)]
         ordered = sorted((r for r in recs if isinstance(r, TraceRecord)), key=itemgetter(4))
         a = by_record.process_items([*lost_first, *ordered])
-        b = by_emitter.process_located(sorted(located, key=itemgetter(0)), lost)
+        b = by_emitter.process_located(merge.push([located], 0, final=True), lost)
         assert (a is None) == (b is None) == (not render)
         if a is not None and b is not None:
             assert b[0] == a[0] and b[1] == a[1]
@@ -128,3 +130,25 @@ def test_a_record_shorter_than_its_format_is_counted() -> None:
     located: list[Located] = [(1, emitters[fmt.id], struct.pack("=HBBi", fmt.id, 0, 0, 7), 0, 0)]
     assert p.process_located(located, [LostEvents(0, 5)]) == (b"", 0)
     assert p.decode_errors["record"] == 1 and p.lost_markers == 1 and p.lost_inband == 5
+
+
+@pytest.mark.parametrize("native_run", [True, False], ids=["native_run", "python_loop"])
+def test_what_the_native_merge_released_runs_in_either_loop(native_run: bool) -> None:
+    """A ``_native.Released`` batch gives the same output through ``_native.run`` as through the Python
+    loop, which iterates it as Located tuples."""
+    outputs = []
+    for use_native in (True, False):
+        p = pipeline(Renderer(10**18))
+        p.decode_errors = dict.fromkeys(RAW_ERROR_REASONS, 0)
+        p.native = native_run and use_native
+        decoder = RawDecoder(layout(), p.emitters(formats()), p.decode_errors)
+        merge = NativeCpuMerge() if use_native else CpuMerge()
+        out: list[Any] = []
+        for batch in captured():
+            run = merge.new_run()
+            lost: list[LostEvents] = []
+            for page, cpu in batch:
+                decoder.locate(page, cpu, run, lost)
+            out.append(p.process_located(merge.push([run], 0, final=True), lost))
+        outputs.append((out, state(p)))
+    assert outputs[0] == outputs[1] and outputs[0][0][0][1] > 0

@@ -293,13 +293,20 @@ def test_the_native_walk_is_the_python_walk(page: Page, data: st.DataObject) -> 
     assert walks[0] == walks[1]
 
 
-def test_the_native_walk_leaves_timestamps_past_64_bits_to_python() -> None:
-    """Time extends that carry the stamp past 2**64: the Python ints follow it, the native walk hands over."""
+def test_a_timestamp_past_64_bits_ends_the_walk_as_a_bad_event_header() -> None:
+    """Time extends that carry the stamp past 2**64 (only a corrupt page has them): both walks keep the
+    records before, count one bad event header and stop there."""
+    fmt = next(f for f in formats() if f.name == "recurse_entry")
+    rec = encode_event(encode_record(Spec(fmt, 42, 0, {"__probe_ip": 1, "__comm": b"t", "__sp": 2, "n": 5})), 1,
+                       False)
     extend = struct.pack("=II", ((1 << 27) - 1) << 5 | 30, (1 << 32) - 1)
-    data = extend * 40
-    page = struct.pack("=QQ", (1 << 64) - 1, len(data)) + data
-    d = decoder()
-    located: list[Located] = []
-    assert _native_locate is not None
-    assert _native_locate(page, 0, located, [], d.handlers, (0, 8, 8, 16, PAGE), d.errors, LostEvents) is None
-    assert d.locate(page, 0, located, []) == 0 and located == []
+    data = rec + extend * 40 + rec
+    page = struct.pack("=QQ", (1 << 64) - (1 << 40), len(data)) + data
+    walks = []
+    for native in (True, False):
+        d = decoder()
+        d.native = native
+        located: list[Located] = []
+        walks.append((d.locate(page, 0, located, []), [r[0] for r in located], d.errors))
+    assert walks[0] == walks[1]
+    assert walks[0][0] == 1 and len(walks[0][1]) == 1 and walks[0][2]["event_header"] == 1

@@ -1,13 +1,17 @@
 """rawreader.CpuMerge: per-CPU runs of located records come out in one timestamp order; young records
-wait, bounded."""
+wait, bounded; its native twin does exactly the same."""
 
 from __future__ import annotations
 
-from hypothesis import given
+import struct
+
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from uprobe_exporter.rawpage import Located
-from uprobe_exporter.rawreader import CpuMerge
+from tests.test_unit_rawpage import PAGE, Spec, encode_event, encode_record, layout
+from tests.test_unit_traceline import formats
+from uprobe_exporter.rawpage import Located, RawDecoder
+from uprobe_exporter.rawreader import CpuMerge, NativeCpuMerge, cpu_merge
 
 
 def handler(page: bytes, offset: int, ts: int, cpu: int) -> None:
@@ -51,3 +55,53 @@ def test_any_batches_come_out_complete(cpus: list[list[int]], nows: list[int]) -
     out += merge.push([], nows[-1], final=True)
     assert sorted(out, key=lambda r: (r[0], r[4])) == sorted((r for run in runs for r in run),
                                                                 key=lambda r: (r[0], r[4]))
+
+
+# --- the native merge (_native.Merge) against CpuMerge, on pages the walks located -----------------------
+
+@st.composite
+def merge_pages(draw: st.DrawFn) -> bytes:
+    """A page of records close in time (ties and interleaving across CPUs), some with an absolute time
+    stamp that goes back (a run out of order, as only a corrupt page has)."""
+    fmt = next(f for f in formats() if f.name == "recurse_entry")
+    data = b""
+    for _ in range(draw(st.integers(0, 12))):
+        if draw(st.integers(0, 7)) == 0:
+            data += struct.pack("=II", (draw(st.integers(0, 40)) << 5) | 31, 0)
+        spec = Spec(fmt, draw(st.integers(1, 4)), draw(st.integers(0, 3)),
+                    {"__probe_ip": 1, "__comm": b"t", "__sp": 2, "n": 3})
+        data += encode_event(encode_record(spec), spec.delta, False)
+    page = struct.pack("=QQ", draw(st.integers(0, 30)), len(data)) + data
+    return page + b"\0" * (PAGE - len(page))
+
+
+def held_count(merge: CpuMerge | NativeCpuMerge) -> int:
+    return merge.held if isinstance(merge, NativeCpuMerge) else len(merge.held)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.lists(st.lists(merge_pages(), max_size=3), min_size=1, max_size=3), min_size=1, max_size=4),
+       st.lists(st.integers(0, 80), min_size=4, max_size=4), st.integers(0, 20), st.integers(0, 6))
+def test_the_native_merge_is_the_python_merge(batches: list[list[list[bytes]]], nows: list[int], hold_ns: int,
+                                               max_held: int) -> None:
+    """Batches of per-CPU pages, walked into each merge: the same records released in the same order (ties
+    between CPUs and with held records, runs out of order), the same held back, and all of them at the
+    end."""
+    handlers = RawDecoder.for_formats(layout(), formats()).handlers
+    results = []
+    for native in (False, True):
+        decoder = RawDecoder(layout(), handlers, native=native)
+        merge = cpu_merge(decoder, hold_ns, max_held)
+        assert isinstance(merge, NativeCpuMerge) == native
+        out = []
+        for batch, now in zip(batches, sorted(nows), strict=False):
+            runs = []
+            for cpu, cpu_pages in enumerate(batch):
+                run = merge.new_run()
+                for page in cpu_pages:
+                    decoder.locate(page, cpu, run, [])
+                runs.append(run)
+            out.append((list(merge.push(runs, now)), held_count(merge)))
+        out.append((list(merge.push([], 0, final=True)), held_count(merge)))
+        results.append(out)
+    assert results[0] == results[1]

@@ -51,6 +51,8 @@ typedef struct {
     /* the middle fields by (tid, comm, cpu, ip, ret_ip), valid for one generation of Renderer.clock[3] */
     long long generation;
     Middle middles[MIDDLES];
+    PyObject *clock_objs[4]; /* Renderer.clock's items last converted, and their values */
+    long long clock_vals[4];
 } EmitPlan;
 
 static PyObject *str_second, *str_thread_middle, *empty_tuple;
@@ -72,8 +74,25 @@ static void slice(Py_ssize_t n, Py_ssize_t o, uint32_t loc, Py_ssize_t *from, Py
     if (*to < *from) *to = *from;
 }
 
-static PyObject *fallback(EmitPlan *self, PyObject *const *args) {
-    return PyObject_Vectorcall(self->emitter, args, 4, NULL);
+/* The Python emitter, for what this does not cover (it raises struct.error for a short record). */
+static PyObject *fallback(EmitPlan *self, PyObject *page, Py_ssize_t o, uint64_t ts, long cpu) {
+    PyObject *args[4] = {page, PyLong_FromSsize_t(o), PyLong_FromUnsignedLongLong(ts), PyLong_FromLong(cpu)};
+    PyObject *r = args[1] && args[2] && args[3] ? PyObject_Vectorcall(self->emitter, args, 4, NULL) : NULL;
+    Py_XDECREF(args[1]); Py_XDECREF(args[2]); Py_XDECREF(args[3]);
+    return r;
+}
+
+/* Renderer.clock[i] as a C value, converted again only when the list holds another object. */
+static int clock_get(EmitPlan *self, int i, long long *v) {
+    PyObject *o = PyList_GET_ITEM(self->clock, i);
+    if (o != self->clock_objs[i]) {
+        long long x = PyLong_AsLongLong(o);
+        if (x == -1 && PyErr_Occurred()) return -1;
+        Py_XSETREF(self->clock_objs[i], Py_NewRef(o));
+        self->clock_vals[i] = x;
+    }
+    *v = self->clock_vals[i];
+    return 0;
 }
 
 typedef struct { char *buf; Py_ssize_t len, cap; char inline_buf[1024]; } Out; /* a line fits inline */
@@ -131,30 +150,23 @@ static int flush_count(EmitPlan *self) {
     return 0;
 }
 
-#define DEFER_COUNT ((size_t)1 << (8 * sizeof(size_t) - 2)) /* a nargsf bit of run()'s own: not Python's */
-
-static PyObject *plan_call(PyObject *callable, PyObject *const *args, size_t nargsf, PyObject *kwnames) {
-    EmitPlan *self = (EmitPlan *)callable;
-    if ((PyVectorcall_NARGS(nargsf) & ~DEFER_COUNT) != 4 || kwnames || !PyBytes_CheckExact(args[0])) {
-        PyErr_SetString(PyExc_TypeError, "EmitPlan(page: bytes, offset, ts_ns, cpu)");
-        return NULL;
-    }
-    PyObject *page = args[0];
-    Py_ssize_t o = PyLong_AsSsize_t(args[1]);
-    long long ts = PyLong_AsLongLong(args[2]);
-    long cpu = PyLong_AsLong(args[3]);
-    if (PyErr_Occurred()) { PyErr_Clear(); return fallback(self, args); }
+/* One record: the page, the record's offset in it, its timestamp and CPU; `defer`: count it at run()'s
+ * end. Returns None (a new reference), or NULL with an exception set. */
+PyObject *plan_emit(PyObject *plan, PyObject *page, Py_ssize_t o, uint64_t ts_u, long cpu, int defer) {
+    EmitPlan *self = (EmitPlan *)plan;
     Py_ssize_t n = PyBytes_GET_SIZE(page);
-    if (o < 0 || o + self->fixed_size > n || ts < 0) return fallback(self, args); /* it raises struct.error */
+    if (o < 0 || o + self->fixed_size > n || ts_u > (uint64_t)LLONG_MAX) /* the emitter raises struct.error */
+        return fallback(self, page, o, ts_u, cpu);
+    long long ts = (long long)ts_u;
     const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(page) + o;
     long long wall = 0;
     PyObject *renderer = self->renderer, *clock = self->clock;
-    if (renderer != Py_None) {  /* Renderer.clock: [wall_offset_ns, sec_ns, sec_text] */
+    if (renderer != Py_None) {  /* Renderer.clock: [wall_offset_ns, sec_ns, sec_text, pid_generation] */
         if (PyList_GET_SIZE(clock) != 4) { PyErr_SetString(PyExc_TypeError, "Renderer.clock"); return NULL; }
-        long long offset = PyLong_AsLongLong(PyList_GET_ITEM(clock, 0));
-        if (PyErr_Occurred() || __builtin_add_overflow(ts, offset, &wall) || wall < 0) {
+        long long offset;
+        if (clock_get(self, 0, &offset) < 0 || __builtin_add_overflow(ts, offset, &wall) || wall < 0) {
             PyErr_Clear();
-            return fallback(self, args);
+            return fallback(self, page, o, ts_u, cpu);
         }
     }
     int32_t tid = (int32_t)load(p + self->tid_off, 4, 1);
@@ -224,7 +236,7 @@ static PyObject *plan_call(PyObject *callable, PyObject *const *args, size_t nar
     }
     /* count: run() adds a batch's counts at its end; a call from Python counts at once */
     self->unflushed++;
-    if (!(nargsf & DEFER_COUNT) && flush_count(self) < 0) goto done;
+    if (!defer && flush_count(self) < 0) goto done;
     if (self->pairing_mode != PAIR_NONE) {
         if (!self->pairing) { /* Python pairing: its arguments as Python ints */
             tid_o = PyLong_FromLong(tid);
@@ -284,8 +296,8 @@ static PyObject *plan_call(PyObject *callable, PyObject *const *args, size_t nar
     }
     if (renderer == Py_None) { result = Py_None; Py_INCREF(result); goto done; }
     /* the second's text (Renderer.second caches it) */
-    long long sec_ns = PyLong_AsLongLong(PyList_GET_ITEM(clock, 1));
-    if (PyErr_Occurred()) goto done;
+    long long sec_ns;
+    if (clock_get(self, 1, &sec_ns) < 0) goto done;
     long long rel = wall - sec_ns;
     if (rel < 0 || rel >= 1000000000LL) {
         PyObject *w = PyLong_FromLongLong(wall);
@@ -295,14 +307,13 @@ static PyObject *plan_call(PyObject *callable, PyObject *const *args, size_t nar
         if (!r) goto done;
         Py_DECREF(r);
         if (PyList_GET_SIZE(clock) != 4) { PyErr_SetString(PyExc_TypeError, "Renderer.clock"); goto done; }
-        sec_ns = PyLong_AsLongLong(PyList_GET_ITEM(clock, 1));
-        if (PyErr_Occurred()) goto done;
+        if (clock_get(self, 1, &sec_ns) < 0) goto done;
         rel = wall - sec_ns;
         if (rel < 0 || rel >= 1000000000LL) { PyErr_SetString(PyExc_ValueError, "Renderer.second"); goto done; }
     }
     {
-        long long generation = PyLong_AsLongLong(PyList_GET_ITEM(clock, 3));
-        if (PyErr_Occurred()) goto done;
+        long long generation;
+        if (clock_get(self, 3, &generation) < 0) goto done;
         if (generation != self->generation) {  /* Renderer.forget_pids: process ids may have changed */
             for (int i = 0; i < MIDDLES; i++) { Py_CLEAR(self->middles[i].comm); Py_CLEAR(self->middles[i].middle); }
             self->generation = generation;
@@ -380,6 +391,30 @@ done:
     return result;
 }
 
+/* plan(page, offset, ts_ns, cpu) with Python arguments */
+static PyObject *plan_args(PyObject *plan, PyObject *const *args, int defer) {
+    if (!PyBytes_CheckExact(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "EmitPlan(page: bytes, offset, ts_ns, cpu)");
+        return NULL;
+    }
+    Py_ssize_t o = PyLong_AsSsize_t(args[1]);
+    long long ts = PyLong_AsLongLong(args[2]);
+    long cpu = PyLong_AsLong(args[3]);
+    if (PyErr_Occurred() || ts < 0) { /* what C does not hold: the Python emitter */
+        PyErr_Clear();
+        return PyObject_Vectorcall(((EmitPlan *)plan)->emitter, args, 4, NULL);
+    }
+    return plan_emit(plan, args[0], o, (uint64_t)ts, cpu, defer);
+}
+
+static PyObject *plan_call(PyObject *callable, PyObject *const *args, size_t nargsf, PyObject *kwnames) {
+    if (PyVectorcall_NARGS(nargsf) != 4 || kwnames) {
+        PyErr_SetString(PyExc_TypeError, "EmitPlan(page: bytes, offset, ts_ns, cpu)");
+        return NULL;
+    }
+    return plan_args(callable, args, 0);
+}
+
 static void plan_dealloc(EmitPlan *self) {
     PyObject_GC_UnTrack(self);
     Py_CLEAR(self->emitter); Py_CLEAR(self->name); Py_CLEAR(self->probe); Py_CLEAR(self->enter);
@@ -389,6 +424,7 @@ static void plan_dealloc(EmitPlan *self) {
     Py_CLEAR(self->unknown_comm);
     Py_CLEAR(self->last_comm);
     for (int i = 0; i < MIDDLES; i++) { Py_CLEAR(self->middles[i].comm); Py_CLEAR(self->middles[i].middle); }
+    for (int i = 0; i < 4; i++) Py_CLEAR(self->clock_objs[i]);
     for (Py_ssize_t i = 0; i < self->nargs; i++) Py_CLEAR(self->args[i].key);
     PyMem_Free(self->args);
     Py_TYPE(self)->tp_free((PyObject *)self);
@@ -473,7 +509,7 @@ fail:
     return NULL;
 }
 
-static PyTypeObject EmitPlanType = {
+PyTypeObject EmitPlanType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "uprobe_exporter._native.EmitPlan",
     .tp_basicsize = sizeof(EmitPlan),
@@ -500,13 +536,15 @@ static uint16_t u16(const unsigned char *p) { uint16_t v; memcpy(&v, p, 2); retu
 
 typedef struct { uint64_t ts; PyObject *handler; Py_ssize_t data; } Found;
 
-/* locate(page, cpu, out, lost, handlers, layout, errors, lost_type) -> anomalies, or None when a
- * timestamp would pass 64 bits (then the Python walker, with its unbounded ints, takes the page).
+/* locate(page, cpu, out, lost, handlers, layout, errors, lost_type) -> anomalies. out: a list, which
+ * gets (ts_ns, handler, page, offset, cpu) tuples, or a Merge, which gets them as C structs.
  * layout = (timestamp_offset, commit_offset, commit_size, data_offset, page_size). Nothing is appended
- * or counted unless the whole page was walked. */
+ * or counted unless the whole page was walked. A timestamp past 64 bits (only a corrupt page has one)
+ * ends the walk as a bad event header, as in Python. */
 static PyObject *locate(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     (void)module;
-    if (nargs != 8 || !PyBytes_CheckExact(args[0]) || !PyList_CheckExact(args[2]) || !PyList_CheckExact(args[3])
+    if (nargs != 8 || !PyBytes_CheckExact(args[0]) || !(PyList_CheckExact(args[2]) || Py_IS_TYPE(args[2], &MergeType))
+        || !PyList_CheckExact(args[3])
         || !PyDict_CheckExact(args[4]) || !PyTuple_CheckExact(args[5]) || !PyDict_Check(args[6])) {
         PyErr_SetString(PyExc_TypeError, "locate(page, cpu, out, lost, handlers, layout, errors, lost_type)");
         return NULL;
@@ -563,7 +601,7 @@ static PyObject *locate(PyObject *module, PyObject *const *args, Py_ssize_t narg
         w = u32(p + pos);
         unsigned type_len = w & 31;
         if (type_len <= TYPE_DATA_MAX) {
-            if (__builtin_add_overflow(ts, (uint64_t)(w >> 5), &ts)) goto too_big;
+            if (__builtin_add_overflow(ts, (uint64_t)(w >> 5), &ts)) { reason = "event_header"; break; }
             Py_ssize_t data;
             unsigned event_id = u16(p + pos + 4);
             if (type_len) {
@@ -593,19 +631,25 @@ static PyObject *locate(PyObject *module, PyObject *const *args, Py_ssize_t narg
             found[nfound++] = (Found){ts, handler, data};
         } else if (type_len == TYPE_TIME_EXTEND) {
             uint64_t hi = u32(p + pos + 4), extend = (hi << 27) + (w >> 5);
-            if (hi >> 37 || __builtin_add_overflow(ts, extend, &ts)) goto too_big;
+            if (__builtin_add_overflow(ts, extend, &ts)) { reason = "event_header"; break; }
             pos += 8;
         } else if (type_len == TYPE_PADDING) {
             if (!(w >> 5)) break;
             pos += 4 + (Py_ssize_t)u32(p + pos + 4);
         } else {
             uint64_t hi = u32(p + pos + 4), stamp = (hi << 27) | (w >> 5);
-            if (hi >> 37) goto too_big;
             ts = (stamp & TS_MSB) ? stamp : (stamp | (ts & TS_MSB));
             pos += 8;
         }
     }
     if (missed && PyList_Append(lost, missed) < 0) goto fail;
+    if (Py_IS_TYPE(out, &MergeType)) {
+        long c = PyLong_AsLong(cpu);
+        if (c == -1 && PyErr_Occurred()) goto fail;
+        for (Py_ssize_t i = 0; i < nfound; i++)
+            if (merge_append(out, found[i].ts, found[i].handler, page, found[i].data, c) < 0) goto fail;
+        nfound = 0;
+    }
     for (Py_ssize_t i = 0; i < nfound; i++) {
         PyObject *item = PyTuple_New(5);
         if (!item) goto fail;
@@ -624,51 +668,69 @@ count:
     if (reason && add_error(errors, reason, 1) < 0) goto fail;
     result = PyLong_FromLong(unknown + page_errors);
     goto fail;
-too_big:
-    result = Py_None;
-    Py_INCREF(result);
 fail:
     PyMem_Free(found);
     Py_XDECREF(missed);
     return result;
 }
 
-/* run(located, errors, struct_error): each located record through its handler, as the loop of
- * pipeline.Pipeline.process_located does in Python (a record shorter than its format counts as
- * errors["record"]). */
+/* run(located, errors, struct_error): each located record (a list of Located tuples, or what
+ * Merge.push released) through its handler, as the loop of pipeline.Pipeline.process_located does in
+ * Python (a record shorter than its format counts as errors["record"]). Native emitters add their
+ * counts once, at the end. */
 static PyObject *run(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     (void)module;
-    if (nargs != 3 || !PyList_CheckExact(args[0]) || !PyDict_Check(args[1])) {
-        PyErr_SetString(PyExc_TypeError, "run(located: list, errors: dict, struct_error)");
+    if (nargs != 3 || !(PyList_CheckExact(args[0]) || Py_IS_TYPE(args[0], &ReleasedType)) || !PyDict_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "run(located: list | Released, errors: dict, struct_error)");
         return NULL;
     }
     PyObject *located = args[0], *errors = args[1], *struct_error = args[2];
+    Released *released = Py_IS_TYPE(located, &ReleasedType) ? (Released *)located : NULL;
     long short_records = 0;
     int failed = 0;
     EmitPlan *plans[64]; /* the plans that deferred their counts in this run */
     int nplans = 0;
-    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(located); i++) {
-        PyObject *item = PyList_GET_ITEM(located, i);
-        if (!PyTuple_CheckExact(item) || PyTuple_GET_SIZE(item) != 5) {
-            PyErr_SetString(PyExc_TypeError, "a located record is (ts_ns, handler, page, offset, cpu)");
-            failed = 1;
-            break;
+    for (Py_ssize_t i = 0; i < (released ? released->n : PyList_GET_SIZE(located)); i++) {
+        PyObject *handler, *item = NULL, *r;
+        Entry *e = NULL;
+        if (released) {
+            e = &released->entries[i];
+            handler = e->handler;
+        } else {
+            item = PyList_GET_ITEM(located, i);
+            if (!PyTuple_CheckExact(item) || PyTuple_GET_SIZE(item) != 5) {
+                PyErr_SetString(PyExc_TypeError, "a located record is (ts_ns, handler, page, offset, cpu)");
+                failed = 1;
+                break;
+            }
+            handler = PyTuple_GET_ITEM(item, 1);
+            Py_INCREF(item); /* the handler may run Python code */
         }
-        PyObject *handler = PyTuple_GET_ITEM(item, 1);
-        PyObject *call[4] = {PyTuple_GET_ITEM(item, 2), PyTuple_GET_ITEM(item, 3), PyTuple_GET_ITEM(item, 0),
-                             PyTuple_GET_ITEM(item, 4)};
-        Py_INCREF(item); /* the handler may run Python code */
-        PyObject *r;
+        int defer = 0;
         if (Py_IS_TYPE(handler, &EmitPlanType)) {
             EmitPlan *plan = (EmitPlan *)handler;
             int k = 0;
             while (k < nplans && plans[k] != plan) k++;
             if (k == nplans && nplans < 64) plans[nplans++] = plan;
-            r = plan_call(handler, call, 4 | (k < 64 ? DEFER_COUNT : 0), NULL);
-        } else {
-            r = PyObject_Vectorcall(handler, call, 4, NULL);
+            defer = k < 64;
         }
-        Py_DECREF(item);
+        if (e && defer) {
+            r = plan_emit(handler, e->page, e->offset, e->ts, e->cpu, 1);
+        } else {
+            PyObject *call[4];
+            if (e) {
+                call[0] = Py_NewRef(e->page); call[1] = PyLong_FromSsize_t(e->offset);
+                call[2] = PyLong_FromUnsignedLongLong(e->ts); call[3] = PyLong_FromLong(e->cpu);
+            } else {
+                call[0] = PyTuple_GET_ITEM(item, 2); call[1] = PyTuple_GET_ITEM(item, 3);
+                call[2] = PyTuple_GET_ITEM(item, 0); call[3] = PyTuple_GET_ITEM(item, 4);
+            }
+            if (!call[1] || !call[2] || !call[3]) r = NULL;
+            else if (defer) r = plan_args(handler, call, 1);
+            else r = PyObject_Vectorcall(handler, call, 4, NULL);
+            if (e) { Py_DECREF(call[0]); Py_XDECREF(call[1]); Py_XDECREF(call[2]); Py_XDECREF(call[3]); }
+        }
+        Py_XDECREF(item);
         if (r) { Py_DECREF(r); continue; }
         if (!PyErr_ExceptionMatches(struct_error)) { failed = 1; break; }
         PyErr_Clear();
@@ -700,7 +762,9 @@ static PyMethodDef methods[] = {
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_native", "Native parts of the raw reader.", -1, methods};
 
 PyMODINIT_FUNC PyInit__native(void) {
-    if (PyType_Ready(&EmitPlanType) < 0 || PyType_Ready(&PairingType) < 0) return NULL;
+    if (PyType_Ready(&EmitPlanType) < 0 || PyType_Ready(&PairingType) < 0 || PyType_Ready(&MergeType) < 0
+        || PyType_Ready(&ReleasedType) < 0)
+        return NULL;
     str_second = PyUnicode_InternFromString("second");
     str_thread_middle = PyUnicode_InternFromString("thread_middle");
     empty_tuple = PyTuple_New(0);
@@ -709,7 +773,9 @@ PyMODINIT_FUNC PyInit__native(void) {
     PyObject *m = PyModule_Create(&module);
     if (!m) return NULL;
     if (PyModule_AddObjectRef(m, "EmitPlan", (PyObject *)&EmitPlanType) < 0
-        || PyModule_AddObjectRef(m, "Pairing", (PyObject *)&PairingType) < 0) {
+        || PyModule_AddObjectRef(m, "Pairing", (PyObject *)&PairingType) < 0
+        || PyModule_AddObjectRef(m, "Merge", (PyObject *)&MergeType) < 0
+        || PyModule_AddObjectRef(m, "Released", (PyObject *)&ReleasedType) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -1,5 +1,6 @@
-/* What the two sources of the _native extension share: _pairing.c's Pairing, which _native.c's
- * emitters call without going through Python. */
+/* What the sources of the _native extension share: _pairing.c's Pairing, which _native.c's emitters
+ * call without going through Python; _merge.c's located records, which _native.c's locate() fills and
+ * run() emits. */
 #ifndef UPROBE_EXPORTER_NATIVE_H
 #define UPROBE_EXPORTER_NATIVE_H
 #define PY_SSIZE_T_CLEAN
@@ -13,4 +14,14 @@ extern PyTypeObject PairingType;
 int pairing_enter(PyObject *pairing, PyObject *probe, long long tid, uint64_t sp, long long ts, PyObject *extra);
 PyObject *pairing_leave(PyObject *pairing, PyObject *probe, long long tid, uint64_t sp);
 int pairing_leave_c(PyObject *pairing, PyObject *probe, long long tid, uint64_t sp, CFrame *entry);
+
+/* A located record (rawpage.Located as a C struct): strong references to its handler and page. */
+typedef struct { uint64_t ts; PyObject *handler, *page; Py_ssize_t offset; long cpu; } Entry;
+/* Merge's released batch: a read-only sequence of Located tuples, made only when Python asks */
+typedef struct { PyObject_HEAD Entry *entries; Py_ssize_t n; } Released;
+extern PyTypeObject MergeType, ReleasedType;
+int merge_append(PyObject *merge, uint64_t ts, PyObject *handler, PyObject *page, Py_ssize_t offset, long cpu);
+
+extern PyTypeObject EmitPlanType;
+PyObject *plan_emit(PyObject *plan, PyObject *page, Py_ssize_t offset, uint64_t ts, long cpu, int defer);
 #endif

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import struct
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from uprobe_exporter.config import ProbeConfig
@@ -28,7 +28,7 @@ from uprobe_exporter.traceline import TextParser
 try:  # the native loop over located records (uprobe_exporter/_native.c)
     from uprobe_exporter import _native
 
-    _native_run: Callable[[list[Located], dict[str, int], type[Exception]], None] | None = _native.run
+    _native_run: Callable[[Sequence[Located], dict[str, int], type[Exception]], None] | None = _native.run
 except ImportError:
     _native_run = None
 
@@ -122,7 +122,7 @@ class Pipeline:
             out[f.id] = (self.native and native_emitter(f, self.routes[f.name], sinks, emitter)) or emitter
         return out
 
-    def process_located(self, located: list[Located], lost: list[LostEvents]) -> tuple[bytes, int] | None:
+    def process_located(self, located: Sequence[Located], lost: list[LostEvents]) -> tuple[bytes, int] | None:
         """The raw reader's batch: records located in pages (in timestamp order), each run by its event's
         emitter, and the CPUs' lost-event markers; returns the JSON lines like ``process_items``."""
         for item in lost:

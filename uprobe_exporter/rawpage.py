@@ -32,7 +32,7 @@ from uprobe_exporter.traceline import HIDDEN_COMM, HIDDEN_SP
 try:  # the native page walk (uprobe_exporter/_native.c), built at install when a C compiler is there
     from uprobe_exporter import _native
 
-    _native_locate: Callable[..., int | None] | None = _native.locate
+    _native_locate: Callable[..., int] | None = _native.locate
 except ImportError:  # then the walk in RawDecoder._events does it
     _native_locate = None
 
@@ -247,14 +247,14 @@ class RawDecoder:
                 anomalies += self._error("record")
         return anomalies
 
-    def locate(self, page: bytes, cpu: int, out: list[Located], lost: list[Any]) -> int:
-        """Append ``(ts_ns, handler, page, offset, cpu)`` per record of the page to ``out``, and a
-        LostEvents to ``lost`` when the kernel missed events before the page; returns the anomalies."""
+    def locate(self, page: bytes, cpu: int, out: list[Located] | Any, lost: list[Any]) -> int:
+        """Append ``(ts_ns, handler, page, offset, cpu)`` per record of the page to ``out`` (a list, or
+        for the native walk a ``_native.Merge`` too), and a LostEvents to ``lost`` when the kernel missed
+        events before the page; returns the anomalies. A timestamp past 64 bits, which only a corrupt
+        page has, ends the walk as a bad event header."""
         layout = self.layout
         if _native_locate is not None and self.native:
-            done = _native_locate(page, cpu, out, lost, self.handlers, self.native_layout, self.errors, LostEvents)
-            if done is not None:  # None: a timestamp past 64 bits, which only Python ints follow
-                return done
+            return _native_locate(page, cpu, out, lost, self.handlers, self.native_layout, self.errors, LostEvents)
         c_off, c_size = layout.commit
         start = layout.data_offset
         if len(page) < start:
@@ -288,6 +288,8 @@ class RawDecoder:
             type_len = w & 31
             if type_len <= TYPE_DATA_MAX:
                 ts += w >> 5
+                if ts >> 64:
+                    return anomalies + self._error("event_header")
                 if type_len:
                     data = pos + 4
                     pos = data + type_len * 4
@@ -304,6 +306,8 @@ class RawDecoder:
                 append((ts, handler, page, data, cpu))
             elif type_len == TYPE_TIME_EXTEND:
                 ts += (_U32(page, pos + 4)[0] << TS_SHIFT) + (w >> 5)
+                if ts >> 64:
+                    return anomalies + self._error("event_header")
                 pos += 8
             elif type_len == TYPE_PADDING:
                 if not w >> 5:

@@ -16,14 +16,22 @@ from __future__ import annotations
 import os
 import time
 from bisect import bisect_right
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from operator import itemgetter
 from pathlib import Path
+from typing import Any, cast
 
 from uprobe_exporter.errors import TracefsError
 from uprobe_exporter.rawpage import RAW_ERROR_REASONS, Located, RawDecoder
 from uprobe_exporter.reader import read_forever, readable
 from uprobe_exporter.records import LostEvents
+
+try:  # rawreader.CpuMerge in C (uprobe_exporter/_merge.c), built at install when a C compiler is there
+    from uprobe_exporter import _native
+
+    _NativeMerge: Any = _native.Merge
+except ImportError:
+    _NativeMerge = None
 
 _ts_of = itemgetter(0)  # Located: (ts_ns, handler, page, offset, cpu)
 
@@ -37,14 +45,13 @@ class CpuMerge:
         self.max_held = max_held
         self.held: list[Located] = []
 
-    def push(self, runs: list[list[Located]], now_ns: int, final: bool = False) -> list[Located]:
-        runs = [r for r in runs if r]
-        if self.held:
-            runs.append(self.held)
-        if not runs:
-            return []
-        # sorted() merges already-ordered runs in linear time (timsort), in C
-        merged = runs[0] if len(runs) == 1 else sorted([r for run in runs for r in run], key=_ts_of)
+    def new_run(self) -> list[Located]:
+        """Where the decoder puts one CPU's records of this batch (a run passed to ``push``)."""
+        return []
+
+    def push(self, runs: list[list[Located]], now_ns: int, final: bool = False) -> Sequence[Located]:
+        # sorted() is stable and merges already-ordered runs in linear time (timsort), in C
+        merged = sorted([r for run in (*runs, self.held) for r in run], key=_ts_of)
         if final:
             self.held = []
             return merged
@@ -52,6 +59,34 @@ class CpuMerge:
         cut = max(cut, len(merged) - self.max_held)
         self.held = merged[cut:]
         return merged[:cut] if cut < len(merged) else merged
+
+
+class NativeCpuMerge:
+    """``CpuMerge`` in C (``_native.Merge``, its exact twin): the decoder's native walk puts the records
+    straight into it, and ``push`` releases them as a ``_native.Released`` that ``_native.run`` emits
+    without a Python object per record."""
+
+    def __init__(self, hold_ns: int = 2_000_000, max_held: int = 1 << 16) -> None:
+        self.core = _NativeMerge(hold_ns, max_held)
+        self.hold_ns = hold_ns
+        self.max_held = max_held
+
+    @property
+    def held(self) -> int:
+        return int(self.core.held)
+
+    def new_run(self) -> Any:
+        return self.core
+
+    def push(self, runs: list[Any], now_ns: int, final: bool = False) -> Sequence[Located]:
+        return cast(Sequence[Located], self.core.push(now_ns, final))  # a _native.Released
+
+
+def cpu_merge(decoder: RawDecoder, hold_ns: int = 2_000_000, max_held: int = 1 << 16) -> CpuMerge | NativeCpuMerge:
+    """The native merge where the extension is built and the decoder walks natively; else the Python one."""
+    if _NativeMerge is not None and decoder.native:
+        return NativeCpuMerge(hold_ns, max_held)
+    return CpuMerge(hold_ns, max_held)
 
 
 class RawPipeReader:
@@ -65,16 +100,16 @@ class RawPipeReader:
         root: Path,
         cpus: list[int],
         decoder: RawDecoder,
-        on_records: Callable[[list[Located], list[LostEvents]], None],
+        on_records: Callable[[Sequence[Located], list[LostEvents]], None],
         batch_delay: float = 0.01,
         pages_per_turn: int = 32,
-        merge: CpuMerge | None = None,
+        merge: CpuMerge | NativeCpuMerge | None = None,
     ) -> None:
         self.decoder = decoder
         self.on_records = on_records
         self.batch_delay = batch_delay
         self.pages_per_turn = pages_per_turn
-        self.merge = merge or CpuMerge()
+        self.merge = merge or cpu_merge(decoder)
         self.page_size = decoder.layout.page_size
         self.bytes_read = 0
         self.pages_read = 0
@@ -92,8 +127,8 @@ class RawPipeReader:
             os.close(fd)
         self.fds.clear()
 
-    def _read_cpu(self, cpu: int, fd: int, limit: int | None, lost: list[LostEvents]) -> list[Located]:
-        out: list[Located] = []
+    def _read_cpu(self, cpu: int, fd: int, limit: int | None, lost: list[LostEvents]) -> Any:
+        out = self.merge.new_run()
         locate = self.decoder.locate
         size = self.page_size
         n = 0
