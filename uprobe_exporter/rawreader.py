@@ -113,6 +113,7 @@ class RawPipeReader:
         self.page_size = decoder.layout.page_size
         self.bytes_read = 0
         self.pages_read = 0
+        self.behind = False  # the last turn stopped at its page limit on some CPU: more is waiting
         self.paths = {cpu: root / "per_cpu" / f"cpu{cpu}" / "trace_pipe_raw" for cpu in cpus}
         self.fds: dict[int, int] = {}
         for cpu, path in self.paths.items():
@@ -132,7 +133,10 @@ class RawPipeReader:
         locate = self.decoder.locate
         size = self.page_size
         n = 0
-        while limit is None or n < limit:
+        while True:
+            if limit is not None and n >= limit:
+                self.behind = True
+                break
             try:
                 page = os.read(fd, size)  # EINTR is retried by Python itself (PEP 475)
             except BlockingIOError:
@@ -152,6 +156,7 @@ class RawPipeReader:
         """Read every CPU until empty (or ``limit`` pages each); returns the number of pages read."""
         now = time.clock_gettime_ns(time.CLOCK_MONOTONIC)  # the instance's trace_clock is mono
         before = self.pages_read
+        self.behind = False
         lost: list[LostEvents] = []
         runs = [self._read_cpu(cpu, fd, limit, lost) for cpu, fd in self.fds.items()]
         records = self.merge.push(runs, now, final)
@@ -166,7 +171,11 @@ class RawPipeReader:
             hold = self.merge.hold_ns / 1e9 + self.batch_delay if self.merge.held else None
             return readable(list(self.fds.values()), hold)
 
-        await read_forever(lambda: self.read_available(self.pages_per_turn), wait, self.batch_delay)
+        # Reading on as soon as a turn ends would catch the writers on every turn: many pages read
+        # nearly empty, each a syscall. So a turn that emptied every CPU sleeps ``batch_delay`` (the
+        # buffers hold far more than that) and the pages it reads next are full.
+        await read_forever(lambda: self.read_available(self.pages_per_turn), wait, self.batch_delay,
+                           lambda: self.behind)
 
     def drain(self) -> None:
         """Read everything left and release every held record."""

@@ -40,15 +40,17 @@ async def readable(fds: Iterable[int], timeout: float | None = None) -> None:
             loop.remove_reader(fd)
 
 
-async def read_forever(read_some: Callable[[], int], wait: Callable[[], Awaitable[None]], batch_delay: float) -> None:
+async def read_forever(read_some: Callable[[], int], wait: Callable[[], Awaitable[None]], batch_delay: float,
+                       behind: Callable[[], bool] = lambda: True) -> None:
     """Read while there is something to read (yielding to the loop between turns); when there is not,
-    wait for data, then sleep ``batch_delay`` so that a burst is read in a few large reads."""
+    wait for data, then sleep ``batch_delay`` so that a burst is read in a few large reads. A turn that
+    read something but caught up with the writers (``behind()`` is false) also sleeps ``batch_delay``."""
     while True:
         if read_some() == 0:
             await wait()
             await asyncio.sleep(batch_delay)
         else:
-            await asyncio.sleep(0)
+            await asyncio.sleep(0 if behind() else batch_delay)
 
 
 class LineSplitter:
