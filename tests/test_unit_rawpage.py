@@ -310,3 +310,14 @@ def test_a_timestamp_past_64_bits_ends_the_walk_as_a_bad_event_header() -> None:
         walks.append((d.locate(page, 0, located, []), [r[0] for r in located], d.errors))
     assert walks[0] == walks[1]
     assert walks[0][0] == 1 and len(walks[0][1]) == 1 and walks[0][2]["event_header"] == 1
+
+
+def test_half_full_tells_a_page_taken_from_under_its_writer() -> None:
+    """A full page holds at least half its capacity whatever the event size; the reader stops reading a
+    CPU at a page under half full (see RawPipeReader.run)."""
+    lay = layout()
+    capacity = lay.page_size - lay.data_offset
+    for commit, full in ((capacity, True), (capacity // 2, True), (capacity // 2 - 4, False), (0, False)):
+        page = struct.pack("=QQ", 1, commit | (1 << 31)) + b"\0" * capacity  # the missed-events flag is not size
+        assert lay.half_full(page) is full
+    assert not lay.half_full(b"\0" * 12), "a page cut inside its header"

@@ -70,6 +70,15 @@ class PageLayout:
             raise TraceParseError("header_page", f"unsupported layout ({sys.byteorder}-endian): {text[:200]}")
         return cls(ts, commit, data[0], data[0] + data[1])
 
+    def half_full(self, page: bytes) -> bool:
+        """Whether the page's data fills half of it or more. A page read while the buffer holds more is
+        full but for the event that did not fit; one under half full was taken from under the writer."""
+        off, size = self.commit
+        if len(page) < off + size:
+            return False
+        commit: int = struct.unpack_from("=Q" if size == 8 else "=I", page, off)[0] & COMMIT_MASK
+        return commit * 2 >= self.page_size - self.data_offset
+
 
 def _struct_code(f: Field) -> str:
     if f.kind is FieldKind.STRING:

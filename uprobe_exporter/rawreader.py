@@ -131,6 +131,7 @@ class RawPipeReader:
     def _read_cpu(self, cpu: int, fd: int, limit: int | None, lost: list[LostEvents]) -> Any:
         out = self.merge.new_run()
         locate = self.decoder.locate
+        half_full = self.decoder.layout.half_full
         size = self.page_size
         n = 0
         while True:
@@ -149,6 +150,8 @@ class RawPipeReader:
             n += 1
             self.bytes_read += len(page)
             locate(page, cpu, out, lost)
+            if not half_full(page):  # caught up with this CPU's writer: the rest is for the next turn
+                break
         self.pages_read += n
         return out
 
@@ -172,8 +175,9 @@ class RawPipeReader:
             return readable(list(self.fds.values()), hold)
 
         # Reading on as soon as a turn ends would catch the writers on every turn: many pages read
-        # nearly empty, each a syscall. So a turn that emptied every CPU sleeps ``batch_delay`` (the
-        # buffers hold far more than that) and the pages it reads next are full.
+        # nearly empty, each a read() of its own. So a CPU's reading stops for the turn at a page under
+        # half full (taken from under its writer), a turn that caught up with every CPU sleeps
+        # ``batch_delay`` (the buffers hold far more than that), and the pages read next are full.
         await read_forever(lambda: self.read_available(self.pages_per_turn), wait, self.batch_delay,
                            lambda: self.behind)
 
