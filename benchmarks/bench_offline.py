@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import struct
 import sys
 import time
 from collections.abc import Callable
@@ -26,6 +27,7 @@ from uprobe_exporter.formatfile import EventFormat, parse_format  # noqa: E402
 from uprobe_exporter.pairing import Pairing  # noqa: E402
 from uprobe_exporter.pipeline import Pipeline  # noqa: E402
 from uprobe_exporter.rawpage import RAW_ERROR_REASONS, Located, PageLayout, RawDecoder  # noqa: E402
+from uprobe_exporter.rawreader import cpu_merge  # noqa: E402
 from uprobe_exporter.reader import LineSplitter  # noqa: E402
 from uprobe_exporter.records import LostEvents, TraceRecord  # noqa: E402
 from uprobe_exporter.render import EventInfo, Renderer  # noqa: E402
@@ -91,21 +93,30 @@ def text_workload(repeat: int) -> Workload:
 
 
 def raw_workload(repeat: int) -> Workload:
+    """The captured pages of each CPU, ``repeat`` copies, each copy's page timestamps moved on so that a
+    CPU's pages stay in time order, read ``PAGES_PER_BATCH`` copies per batch as the reader reads them."""
     fmts = formats()
     layout = PageLayout.parse((FIXTURES / "header_page").read_text())
-    pages = []
+    captured: dict[int, list[bytes]] = {}
     for path in sorted(FIXTURES.glob("calls.raw.cpu*")):
         data = path.read_bytes()
-        pages += [data[i:i + layout.page_size] for i in range(0, len(data), layout.page_size)]
-    batches = [pages * PAGES_PER_BATCH] * (repeat // PAGES_PER_BATCH + 1)
+        captured[int(path.name.removeprefix("calls.raw.cpu"))] = [
+            data[i:i + layout.page_size] for i in range(0, len(data), layout.page_size)]
+
+    def copy(page: bytes, k: int) -> bytes:
+        return struct.pack("=Q", struct.unpack_from("=Q", page)[0] + k * (1 << 40)) + page[8:]
+
+    batches = [{cpu: [copy(p, k) for k in range(b, b + PAGES_PER_BATCH) for p in cpu_pages]
+                for cpu, cpu_pages in captured.items()} for b in range(0, repeat, PAGES_PER_BATCH)]
 
     def locate() -> int:
         decoder, n = RawDecoder(layout, RawDecoder.for_formats(layout, fmts).handlers, native=NATIVE[0]), 0
         for batch in batches:
             located: list[Located] = []
             lost: list[LostEvents] = []
-            for page in batch:
-                decoder.locate(page, 0, located, lost)
+            for cpu, cpu_pages in batch.items():
+                for page in cpu_pages:
+                    decoder.locate(page, cpu, located, lost)
             n += len(located)
         return n
 
@@ -113,20 +124,28 @@ def raw_workload(repeat: int) -> Workload:
         decoder, n = RawDecoder(layout, RawDecoder.for_formats(layout, fmts).handlers, native=NATIVE[0]), 0
         for batch in batches:  # each batch dropped after counting, as the reader hands it on
             items: list[TraceRecord | LostEvents] = []
-            for page in batch:
-                decoder.decode(page, 0, items)
+            for cpu, cpu_pages in batch.items():
+                for page in cpu_pages:
+                    decoder.decode(page, cpu, items)
             n += len(items)
         return n
 
     def emitted(render: bool) -> int:
+        """As RawPipeReader and the daemon: per-CPU runs merged in time order (CpuMerge, or its native
+        twin), each record emitted by its event's emitter."""
         p = pipeline(fmts, None, raw=True, render=render)
         decoder = RawDecoder(layout, p.emitters(fmts), p.decode_errors, native=NATIVE[0])
+        merge = cpu_merge(decoder, hold_ns=0)
         for batch in batches:
-            located: list[Located] = []
             lost: list[LostEvents] = []
-            for page in batch:
-                decoder.locate(page, 0, located, lost)
-            p.process_located(located, lost)
+            runs = []
+            for cpu, cpu_pages in batch.items():
+                run = merge.new_run()
+                for page in cpu_pages:
+                    decoder.locate(page, cpu, run, lost)
+                runs.append(run)
+            p.process_located(merge.push(runs, 1 << 62), lost)
+        p.process_located(merge.push([], 0, final=True), [])
         assert not any(decoder.errors.values())
         return sum(p.statistics().events.values())
 

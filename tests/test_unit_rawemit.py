@@ -20,7 +20,7 @@ from tests.test_unit_traceline import formats
 from uprobe_exporter.config import Config
 from uprobe_exporter.pairing import Pairing
 from uprobe_exporter.pipeline import Pipeline
-from uprobe_exporter.rawemit import EmitPlan
+from uprobe_exporter.rawemit import EmitPlan, LineList, new_lines
 from uprobe_exporter.rawpage import RAW_ERROR_REASONS, Located, RawDecoder
 from uprobe_exporter.rawreader import CpuMerge, NativeCpuMerge
 from uprobe_exporter.records import LostEvents, TraceRecord
@@ -152,3 +152,22 @@ def test_what_the_native_merge_released_runs_in_either_loop(native_run: bool) ->
             out.append(p.process_located(merge.push([run], 0, final=True), lost))
         outputs.append((out, state(p)))
     assert outputs[0] == outputs[1] and outputs[0][0][0][1] > 0
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native", "python"])
+def test_lines_are_taken_per_batch_in_order(native: bool) -> None:
+    """``_native.Lines`` and its twin ``LineList``: lines in the order appended, taken joined with their
+    count, empty after; a batch larger than the buffer kept (16 MiB) comes out whole too."""
+    lines = new_lines(native)
+    assert isinstance(lines, LineList) != native
+    assert lines.take() == (b"", 0)
+    for i in range(1000):
+        lines.append(b'{"n":%d}\n' % i)
+    assert len(lines) == 1000
+    assert lines.take() == (b"".join(b'{"n":%d}\n' % i for i in range(1000)), 1000) and len(lines) == 0
+    big = b"x" * (1 << 20) + b"\n"
+    for _ in range(20):
+        lines.append(big)
+    assert lines.take() == (big * 20, 20)
+    lines.append(b"after\n")
+    assert lines.take() == (b"after\n", 1)

@@ -95,16 +95,27 @@ static int clock_get(EmitPlan *self, int i, long long *v) {
     return 0;
 }
 
-typedef struct { char *buf; Py_ssize_t len, cap; char inline_buf[1024]; } Out; /* a line fits inline */
+/* A line being rendered: into a Lines' buffer (target), or into inline_buf, for a list of bytes */
+typedef struct { char *buf; Py_ssize_t len, cap; Lines *target; char inline_buf[1024]; } Out;
 
-static int put(Out *o, const char *s, Py_ssize_t n) {
-    if (o->len + n > o->cap) {
-        Py_ssize_t cap = (o->len + n) * 2;
-        char *b = o->buf == o->inline_buf ? PyMem_Malloc(cap) : PyMem_Realloc(o->buf, cap);
-        if (!b) { PyErr_NoMemory(); return -1; }
-        if (o->buf == o->inline_buf) memcpy(b, o->inline_buf, o->len);
-        o->buf = b; o->cap = cap;
+static int grow(Out *o, Py_ssize_t n) {
+    if (o->target) {
+        if (lines_reserve(o->target, o->len + n) < 0) return -1;
+        o->buf = o->target->buf;
+        o->cap = o->target->cap;
+        return 0;
     }
+    Py_ssize_t cap = (o->len + n) * 2;
+    char *b = o->buf == o->inline_buf ? PyMem_Malloc(cap) : PyMem_Realloc(o->buf, cap);
+    if (!b) { PyErr_NoMemory(); return -1; }
+    if (o->buf == o->inline_buf) memcpy(b, o->inline_buf, o->len);
+    o->buf = b; o->cap = cap;
+    return 0;
+}
+
+/* inlined: most pieces are constants, whose copy the compiler then makes a few moves */
+static inline __attribute__((always_inline)) int put(Out *o, const char *s, Py_ssize_t n) {
+    if (o->len + n > o->cap && grow(o, n) < 0) return -1;
     memcpy(o->buf + o->len, s, n);
     o->len += n;
     return 0;
@@ -112,12 +123,22 @@ static int put(Out *o, const char *s, Py_ssize_t n) {
 
 static int put_bytes(Out *o, PyObject *b) { return put(o, PyBytes_AS_STRING(b), PyBytes_GET_SIZE(b)); }
 
+static const char DIGITS[] = "00010203040506070809101112131415161718192021222324252627282930313233343536373839"
+                             "40414243444546474849505152535455565758596061626364656667686970717273747576777879"
+                             "8081828384858687888990919293949596979899";
+
 /* Decimal digits of v (with a '-' when negative and signed), at least `width` digits, zero-padded. */
 static int put_int(Out *o, uint64_t v, int is_signed, int width) {
     char tmp[24], *end = tmp + sizeof tmp, *q = end;
     int negative = is_signed && (int64_t)v < 0;
     uint64_t u = negative ? (uint64_t)0 - v : v;
-    do { *--q = (char)('0' + u % 10); u /= 10; } while (u);
+    while (u >= 100) { /* two digits at a time */
+        q -= 2;
+        memcpy(q, DIGITS + 2 * (u % 100), 2);
+        u /= 100;
+    }
+    if (u >= 10) { q -= 2; memcpy(q, DIGITS + 2 * u, 2); }
+    else *--q = (char)('0' + u);
     while (end - q < width) *--q = '0';
     if (negative) *--q = '-';
     return put(o, q, end - q);
@@ -183,6 +204,7 @@ PyObject *plan_emit(PyObject *plan, PyObject *page, Py_ssize_t o, uint64_t ts_u,
     out.buf = out.inline_buf;
     out.len = 0;
     out.cap = sizeof out.inline_buf;
+    out.target = NULL;
 
     if (self->comm_off >= 0) {
         uint32_t loc = (uint32_t)load(p + self->comm_off, 4, 0);
@@ -348,6 +370,12 @@ PyObject *plan_emit(PyObject *plan, PyObject *page, Py_ssize_t o, uint64_t ts_u,
         }
     }
     PyObject *sec_text = PyList_GET_ITEM(clock, 2);
+    if (Py_IS_TYPE(self->lines, &LinesType)) { /* from here on no Python code runs until the line is done */
+        out.target = (Lines *)self->lines;
+        out.buf = out.target->buf;
+        out.len = out.target->len;
+        out.cap = out.target->cap;
+    }
     int ok = PUTS(&out, "{\"time\":\"") == 0 && PyBytes_Check(sec_text) && put_bytes(&out, sec_text) == 0
              && put_int(&out, (uint64_t)(rel / 1000), 0, 6) == 0 && PUTS(&out, "Z\",\"ts_ns\":") == 0
              && put_int(&out, (uint64_t)wall, 0, 1) == 0 && PUTS(&out, ",") == 0 && put_bytes(&out, middle) == 0
@@ -376,8 +404,13 @@ PyObject *plan_emit(PyObject *plan, PyObject *page, Py_ssize_t o, uint64_t ts_u,
         if (PUTS(&out, ",\"duration_ns\":") < 0 || put_int(&out, (uint64_t)duration, 1, 1) < 0) goto done;
     }
     if (PUTS(&out, "}\n") < 0) goto done;
-    line = PyBytes_FromStringAndSize(out.buf, out.len);
-    if (!line || PyList_Append(self->lines, line) < 0) goto done;
+    if (out.target) {
+        out.target->len = out.len;
+        out.target->count++;
+    } else {
+        line = PyBytes_FromStringAndSize(out.buf, out.len);
+        if (!line || PyList_Append(self->lines, line) < 0) goto done;
+    }
     result = Py_None;
     Py_INCREF(result);
 done:
@@ -385,7 +418,7 @@ done:
         for (Py_ssize_t i = 0; i < self->nargs; i++) Py_XDECREF(strings[i]);
         if (strings != inline_strings) PyMem_Free(strings);
     }
-    if (out.buf != out.inline_buf) PyMem_Free(out.buf);
+    if (!out.target && out.buf != out.inline_buf) PyMem_Free(out.buf);
     Py_XDECREF(comm); Py_XDECREF(tid_o); Py_XDECREF(sp_o); Py_XDECREF(ts_o); Py_XDECREF(frame); Py_XDECREF(labels);
     Py_XDECREF(middle); Py_XDECREF(line); Py_XDECREF(key);
     return result;
@@ -458,7 +491,7 @@ static PyObject *plan_new(PyTypeObject *type, PyObject *a, PyObject *kw) {
         goto fail;
     if (!PyArg_ParseTuple(sinks, "OOOO!OOUOO!O!O!O!OO", &self->enter, &self->leave, &self->observe, &PyDict_Type,
                           &self->counts, &self->renderer, &self->info, &self->full_name, &self->tgid_of,
-                          &PyDict_Type, &self->by_thread, &PyList_Type, &self->clock, &PyList_Type, &self->lines,
+                          &PyDict_Type, &self->by_thread, &PyList_Type, &self->clock, &PyBaseObject_Type, &self->lines,
                           &PyDict_Type, &self->comms, &self->new_comm, &self->dumps)) {
         self->enter = self->leave = self->observe = self->counts = self->renderer = self->info = NULL;
         self->full_name = self->tgid_of = self->by_thread = self->clock = self->lines = self->comms = NULL;
@@ -469,6 +502,10 @@ static PyObject *plan_new(PyTypeObject *type, PyObject *a, PyObject *kw) {
     Py_INCREF(self->renderer); Py_INCREF(self->info); Py_INCREF(self->full_name); Py_INCREF(self->tgid_of);
     Py_INCREF(self->by_thread); Py_INCREF(self->clock); Py_INCREF(self->lines); Py_INCREF(self->comms); Py_INCREF(self->new_comm);
     Py_INCREF(self->dumps);
+    if (!PyList_Check(self->lines) && !Py_IS_TYPE(self->lines, &LinesType)) {
+        PyErr_SetString(PyExc_TypeError, "lines: a list or a Lines");
+        goto fail;
+    }
     self->emitter = Py_NewRef(emitter);
     self->name = Py_NewRef(name);
     self->probe = Py_NewRef(probe);
@@ -763,7 +800,7 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_native", "Native pa
 
 PyMODINIT_FUNC PyInit__native(void) {
     if (PyType_Ready(&EmitPlanType) < 0 || PyType_Ready(&PairingType) < 0 || PyType_Ready(&MergeType) < 0
-        || PyType_Ready(&ReleasedType) < 0)
+        || PyType_Ready(&ReleasedType) < 0 || PyType_Ready(&LinesType) < 0)
         return NULL;
     str_second = PyUnicode_InternFromString("second");
     str_thread_middle = PyUnicode_InternFromString("thread_middle");
@@ -775,7 +812,8 @@ PyMODINIT_FUNC PyInit__native(void) {
     if (PyModule_AddObjectRef(m, "EmitPlan", (PyObject *)&EmitPlanType) < 0
         || PyModule_AddObjectRef(m, "Pairing", (PyObject *)&PairingType) < 0
         || PyModule_AddObjectRef(m, "Merge", (PyObject *)&MergeType) < 0
-        || PyModule_AddObjectRef(m, "Released", (PyObject *)&ReleasedType) < 0) {
+        || PyModule_AddObjectRef(m, "Released", (PyObject *)&ReleasedType) < 0
+        || PyModule_AddObjectRef(m, "Lines", (PyObject *)&LinesType) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -1,6 +1,6 @@
 /* What the sources of the _native extension share: _pairing.c's Pairing, which _native.c's emitters
  * call without going through Python; _merge.c's located records, which _native.c's locate() fills and
- * run() emits. */
+ * run() emits; _lines.c's buffer, which the emitters render into. */
 #ifndef UPROBE_EXPORTER_NATIVE_H
 #define UPROBE_EXPORTER_NATIVE_H
 #define PY_SSIZE_T_CLEAN
@@ -21,6 +21,11 @@ typedef struct { uint64_t ts; PyObject *handler, *page; Py_ssize_t offset; long 
 typedef struct { PyObject_HEAD Entry *entries; Py_ssize_t n; } Released;
 extern PyTypeObject MergeType, ReleasedType;
 int merge_append(PyObject *merge, uint64_t ts, PyObject *handler, PyObject *page, Py_ssize_t offset, long cpu);
+
+/* _lines.c: a batch's JSON lines in one buffer, which native emitters render into */
+typedef struct { PyObject_HEAD char *buf; Py_ssize_t len, cap, count; } Lines;
+extern PyTypeObject LinesType;
+int lines_reserve(Lines *lines, Py_ssize_t total);
 
 extern PyTypeObject EmitPlanType;
 PyObject *plan_emit(PyObject *plan, PyObject *page, Py_ssize_t offset, uint64_t ts, long cpu, int defer);

@@ -19,7 +19,7 @@ from uprobe_exporter.formatfile import EventFormat
 from uprobe_exporter.histogram import COMM_LABEL, NO_LABELS, LabelFolder, ProbeHistograms, labels_kind
 from uprobe_exporter.pairing import Pairing
 from uprobe_exporter.probes import ProbeEvent
-from uprobe_exporter.rawemit import Route, Sinks, compile_emitter, native_emitter
+from uprobe_exporter.rawemit import Route, Sinks, compile_emitter, native_emitter, new_lines
 from uprobe_exporter.rawpage import Handler, Located
 from uprobe_exporter.records import LostEvents, TraceRecord
 from uprobe_exporter.render import EventInfo, Renderer
@@ -87,7 +87,7 @@ class Pipeline:
         self.decode_errors = decode_errors if decode_errors is not None else {}  # kept by the raw decoder
         self.lost_markers = 0
         self.lost_inband = 0
-        self.lines: list[bytes] = []  # what the raw reader's emitters rendered, taken per batch
+        self.lines = new_lines(native)  # what the raw reader's emitters rendered, taken per batch
 
     def process(self, lines: list[str], final: bool = False) -> tuple[bytes, int] | None:
         """Parse, count, pair; returns the JSON lines of the batch and how many (None: no JSON output)."""
@@ -138,9 +138,7 @@ class Pipeline:
                     errors["record"] += 1
         if self.renderer is None:
             return None
-        lines = self.lines
-        batch = (b"".join(lines), len(lines))
-        lines.clear()
+        batch: tuple[bytes, int] = self.lines.take()
         return batch
 
     def _lost(self, item: LostEvents) -> None:

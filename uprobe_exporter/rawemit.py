@@ -28,10 +28,12 @@ from uprobe_exporter.traceline import HIDDEN_COMM, HIDDEN_SP
 
 try:  # the native emitter (uprobe_exporter/_native.c), built at install when a C compiler is there
     from uprobe_exporter._native import EmitPlan as _EmitPlan
+    from uprobe_exporter._native import Lines as _Lines
 
     EmitPlan: type[_EmitPlan] | None = _EmitPlan
+    NativeLines: type[_Lines] | None = _Lines
 except ImportError:  # then every event has its Python emitter
-    EmitPlan = None
+    EmitPlan = NativeLines = None
 
 ARG_SIGNED, ARG_UNSIGNED, ARG_STRING, ARG_CHAR, ARG_ARRAY_SIGNED, ARG_ARRAY_UNSIGNED = range(6)  # _native.c
 PAIR_NONE, PAIR_ENTER, PAIR_ENTER_COMM, PAIR_LEAVE = range(4)
@@ -47,6 +49,21 @@ class Route(NamedTuple):
     labels_kind: str  # NO_LABELS, COMM_LABEL or ANY_LABELS: what an entry keeps for its return
 
 
+class LineList(list[bytes]):
+    """The JSON lines of a batch, as the emitters append them; ``take`` joins and empties. Its native
+    twin ``_native.Lines`` keeps them in one buffer, which native emitters render straight into."""
+
+    def take(self) -> tuple[bytes, int]:
+        batch = (b"".join(self), len(self))
+        self.clear()
+        return batch
+
+
+def new_lines(native: bool = True) -> LineList | Any:
+    """``_native.Lines`` where built (unless ``native`` is off), else a ``LineList``."""
+    return NativeLines() if native and NativeLines is not None else LineList()
+
+
 @dataclass(frozen=True, slots=True)
 class Sinks:
     """What every emitter of a pipeline writes to."""
@@ -55,7 +72,7 @@ class Sinks:
     pairing: Pairing
     renderer: Renderer | None  # None: no JSON output
     tgid_of: Callable[[int], int]
-    lines: list[bytes]  # the JSON lines of the batch, taken by the pipeline
+    lines: LineList | Any  # the JSON lines of the batch (or a _native.Lines), taken by the pipeline
 
 
 def args_template(plan: UnpackPlan, values: list[str]) -> tuple[bytes, str]:
