@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Callable
@@ -17,6 +19,9 @@ import pytest
 from tests.helpers import ExporterProcess, build_config, read_jsonl, run_cli, toml_dumps, wait_for_lines
 from tests.prom import free_port
 from uprobe_exporter.elf import load_elf
+from uprobe_exporter.errors import KernelRefusedError
+from uprobe_exporter.probes import removal_command
+from uprobe_exporter.session import remove_event, remove_group
 from uprobe_exporter.tracefs import Tracefs
 
 WORK = {"name": "work", "function": "work", "args": {"a": "%di:s32"}, "return": True}
@@ -249,3 +254,31 @@ def test_sigterm_during_startup_leaves_nothing(
     assert "Traceback" not in exporter.stderr
     assert ours(tracefs, group) == []
     assert not tracefs.instance(group).exists()
+
+
+def test_removal_retries_while_the_event_is_busy(build: Callable[..., Path], tracefs: Tracefs, group: str) -> None:
+    """The kernel refuses to remove an enabled event (EBUSY). Removal retries: an event that becomes
+    free within the retries (here disabled by someone else 0.2 s later) is removed; one that stays
+    busy fails with the kernel's EBUSY, and is removed once free."""
+    binary = build("calls")
+    instance = tracefs.instance(group)
+    instance.create()
+    command = f"p:{group}/busy {binary}:{load_elf(binary).resolve('work'):#x}"
+    try:
+        tracefs.write_uprobe_events(command)
+        instance.set_enabled(group, "busy", True)
+        timer = threading.Timer(0.2, instance.set_enabled, (group, "busy", False))
+        timer.start()
+        try:
+            remove_event(tracefs, removal_command(group, "busy"))
+        finally:
+            timer.join()
+        assert ours(tracefs, group) == []
+        tracefs.write_uprobe_events(command)
+        instance.set_enabled(group, "busy", True)
+        with pytest.raises(KernelRefusedError) as refused:
+            remove_event(tracefs, removal_command(group, "busy"), attempts=3)
+        assert refused.value.errno == errno.EBUSY and ours(tracefs, group) == ["busy"]
+    finally:
+        remove_group(tracefs, group, instance)  # disables it everywhere first
+    assert ours(tracefs, group) == [] and not instance.exists()

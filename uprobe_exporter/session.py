@@ -9,7 +9,9 @@ it (kernel/trace/trace_events.c since 417d5ea6e735), which is why draining comes
 
 from __future__ import annotations
 
+import errno
 import logging
+import time
 from types import TracebackType
 
 from uprobe_exporter.errors import KernelRefusedError, ProbeRefusedError, TracefsError
@@ -28,7 +30,7 @@ def remove_events(tracefs: Tracefs, group: str, events: list[str], instance: Ins
     for event in events:
         try:
             tracefs.disable_everywhere(group, event)
-            tracefs.write_uprobe_events(removal_command(group, event))
+            remove_event(tracefs, removal_command(group, event))
             removed.append(f"{group}/{event}")
         except TracefsError as exc:
             failures.append(exc)
@@ -41,6 +43,19 @@ def remove_events(tracefs: Tracefs, group: str, events: list[str], instance: Ins
     if failures:
         raise failures[0]
     return removed
+
+
+def remove_event(tracefs: Tracefs, command: str, attempts: int = 20) -> None:
+    """EBUSY while a file of the event is still open or it was just disabled (a reader finishing, a
+    scrape): retry for up to a second, as ``Instance.remove`` does."""
+    for attempt in range(attempts):
+        try:
+            tracefs.write_uprobe_events(command)
+            return
+        except KernelRefusedError as exc:
+            if exc.errno != errno.EBUSY or attempt == attempts - 1:
+                raise
+            time.sleep(0.05)
 
 
 def remove_group(tracefs: Tracefs, group: str, instance: Instance | None = None) -> list[str]:
