@@ -10,6 +10,7 @@ import struct
 from operator import itemgetter
 from typing import Any
 
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -30,19 +31,22 @@ from uprobe_exporter.render import Renderer
 LABELS = {"none": [], "comm": ["comm"], "entry_arg": ["comm", "s"], "return_arg": ["ret", "comm"]}
 
 
-def labelled(labels: list[str]) -> Config:
+def labelled(labels: list[str], buckets: tuple[float, ...] | None = None) -> Config:
     cfg = config()
-    work = dataclasses.replace(cfg.probes[0], labels=tuple(labels))
+    work = dataclasses.replace(cfg.probes[0], labels=tuple(labels), buckets=buckets or cfg.probes[0].buckets)
     return dataclasses.replace(cfg, probes=(work, *cfg.probes[1:]))
 
 
-def both(labels: list[str], render: bool, native: bool) -> tuple[Pipeline, Pipeline]:
+def both(labels: list[str], render: bool, native: bool,
+         buckets: tuple[float, ...] | None = None) -> tuple[Pipeline, Pipeline]:
     """Two identical pipelines: one for records, one for emitters (native ones or Python ones)."""
     made = []
     for use_native in (False, native):  # the record path: all Python
         base = pipeline(Renderer(10**18) if render else None)
-        cfg = labelled(labels)
-        made.append(Pipeline(None, base.infos, cfg.probes, base.renderer, Pairing(max_pending=64, native=use_native), 3,
+        cfg = labelled(labels, buckets)
+        infos = {name: dataclasses.replace(info, labels=tuple(labels)) if info.probe == "work" else info
+                 for name, info in base.infos.items()}  # the labels each event's route is made for
+        made.append(Pipeline(None, infos, cfg.probes, base.renderer, Pairing(max_pending=64, native=use_native), 3,
                              lambda tid: tid // 2, dict.fromkeys(RAW_ERROR_REASONS, 0), native=use_native))
     return made[0], made[1]
 
@@ -52,10 +56,11 @@ def state(p: Pipeline) -> Any:
     return p.statistics(), p.pairing.statistics(), hists, dict(p.decode_errors)
 
 
-def run_both(labels: list[str], render: bool, batches: list[list[tuple[bytes, int]]], native: bool) -> None:
+def run_both(labels: list[str], render: bool, batches: list[list[tuple[bytes, int]]], native: bool,
+             buckets: tuple[float, ...] | None = None) -> None:
     """Each batch: (page, cpu)s, merged by timestamp as the reader does, through both paths (the emitters:
     native where built and covering the event, or all Python)."""
-    by_record, by_emitter = both(labels, render, native)
+    by_record, by_emitter = both(labels, render, native, buckets)
     records = RawDecoder(layout(), RawDecoder.for_formats(layout(), formats()).handlers, by_record.decode_errors)
     emitters = by_emitter.emitters(formats())
     assert EmitPlan is not None
@@ -130,6 +135,26 @@ def test_a_record_shorter_than_its_format_is_counted() -> None:
     located: list[Located] = [(1, emitters[fmt.id], struct.pack("=HBBi", fmt.id, 0, 0, 7), 0, 0)]
     assert p.process_located(located, [LostEvents(0, 5)]) == (b"", 0)
     assert p.decode_errors["record"] == 1 and p.lost_markers == 1 and p.lost_inband == 5
+
+
+@NATIVE
+@pytest.mark.parametrize("labels", [LABELS["none"], LABELS["comm"]], ids=["none", "comm"])
+def test_a_duration_equal_to_a_bound_falls_in_that_bucket_both_ways(labels: list[str], native: bool) -> None:
+    """Histogram bounds set to durations the captured calls took: each of those calls counts in the
+    bucket whose bound it equals (le), by the emitters as by the record path."""
+    _, p = both(labels, True, False)
+    recs: list[TraceRecord | LostEvents] = []
+    decoder = RawDecoder.for_formats(layout(), formats())
+    for batch in captured():
+        for page, cpu in batch:
+            decoder.decode(page, cpu, recs)
+    records: list[TraceRecord] = [r for r in recs if isinstance(r, TraceRecord)]
+    out = p.process_items(sorted(records, key=lambda r: r.ts_ns))
+    assert out is not None
+    durations = sorted({d for d in (orjson.loads(x).get("duration_ns") for x in out[0].splitlines()) if d})
+    buckets = tuple(d / 1e9 for d in durations[::3] if round(d / 1e9 * 1e9) == d)
+    assert len(buckets) >= 3
+    run_both(labels, True, captured(), native, buckets)
 
 
 @pytest.mark.parametrize("native_run", [True, False], ids=["native_run", "python_loop"])

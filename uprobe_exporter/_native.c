@@ -51,6 +51,7 @@ typedef struct {
     /* the middle fields by (tid, comm, cpu, ip, ret_ip), valid for one generation of Renderer.clock[3] */
     long long generation;
     Middle middles[MIDDLES];
+    HistCache hist;
     PyObject *clock_objs[4]; /* Renderer.clock's items last converted, and their values */
     long long clock_vals[4];
 } EmitPlan;
@@ -289,7 +290,9 @@ PyObject *plan_emit(PyObject *plan, PyObject *page, Py_ssize_t o, uint64_t ts_u,
             if (found) {
                 duration = ts - t0;
                 has_duration = 1;
-                if (self->observe != Py_None) {
+                int observed = self->observe != Py_None ? hist_observe(&self->hist, labels, duration) : 1;
+                if (observed < 0) goto done;
+                if (!observed) { /* a label set without its series yet: ProbeHistograms.observe */
                     PyObject *d = PyLong_FromLongLong(duration);
                     if (!d) goto done;
                     PyObject *obs[2] = {labels, d};
@@ -458,6 +461,7 @@ static void plan_dealloc(EmitPlan *self) {
     Py_CLEAR(self->last_comm);
     for (int i = 0; i < MIDDLES; i++) { Py_CLEAR(self->middles[i].comm); Py_CLEAR(self->middles[i].middle); }
     for (int i = 0; i < 4; i++) Py_CLEAR(self->clock_objs[i]);
+    hist_clear(&self->hist);
     for (Py_ssize_t i = 0; i < self->nargs; i++) Py_CLEAR(self->args[i].key);
     PyMem_Free(self->args);
     Py_TYPE(self)->tp_free((PyObject *)self);
@@ -475,7 +479,7 @@ static int plan_traverse(EmitPlan *self, visitproc visit, void *arg) {
  *   fields = (tid_off, ip_off, ret_ip_off, sp_off, comm_off, fixed_size): -1 where the event has none
  *   args = ((key_bytes, kind, offset, element size, count), ...)
  *   sinks = (enter, leave, observe, counts, renderer, info, full_name, tgid_of, by_thread, clock, lines,
- *            comms, new_comm, dumps) */
+ *            comms, new_comm, dumps, histograms): histograms, the ProbeHistograms observe belongs to (or None) */
 static PyObject *plan_new(PyTypeObject *type, PyObject *a, PyObject *kw) {
     PyObject *emitter, *name, *probe, *fields, *args, *sinks;
     int pairing;
@@ -489,10 +493,11 @@ static PyObject *plan_new(PyTypeObject *type, PyObject *a, PyObject *kw) {
     if (!PyArg_ParseTuple(fields, "iiiiii", &self->tid_off, &self->ip_off, &self->ret_ip_off, &self->sp_off,
                           &self->comm_off, &self->fixed_size))
         goto fail;
-    if (!PyArg_ParseTuple(sinks, "OOOO!OOUOO!O!O!O!OO", &self->enter, &self->leave, &self->observe, &PyDict_Type,
+    PyObject *histograms;
+    if (!PyArg_ParseTuple(sinks, "OOOO!OOUOO!O!O!O!OOO", &self->enter, &self->leave, &self->observe, &PyDict_Type,
                           &self->counts, &self->renderer, &self->info, &self->full_name, &self->tgid_of,
                           &PyDict_Type, &self->by_thread, &PyList_Type, &self->clock, &PyBaseObject_Type, &self->lines,
-                          &PyDict_Type, &self->comms, &self->new_comm, &self->dumps)) {
+                          &PyDict_Type, &self->comms, &self->new_comm, &self->dumps, &histograms)) {
         self->enter = self->leave = self->observe = self->counts = self->renderer = self->info = NULL;
         self->full_name = self->tgid_of = self->by_thread = self->clock = self->lines = self->comms = NULL;
         self->new_comm = self->dumps = NULL;
@@ -502,6 +507,7 @@ static PyObject *plan_new(PyTypeObject *type, PyObject *a, PyObject *kw) {
     Py_INCREF(self->renderer); Py_INCREF(self->info); Py_INCREF(self->full_name); Py_INCREF(self->tgid_of);
     Py_INCREF(self->by_thread); Py_INCREF(self->clock); Py_INCREF(self->lines); Py_INCREF(self->comms); Py_INCREF(self->new_comm);
     Py_INCREF(self->dumps);
+    if (hist_init(&self->hist, self->observe == Py_None ? Py_None : histograms) < 0) goto fail;
     if (!PyList_Check(self->lines) && !Py_IS_TYPE(self->lines, &LinesType)) {
         PyErr_SetString(PyExc_TypeError, "lines: a list or a Lines");
         goto fail;

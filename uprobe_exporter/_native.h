@@ -1,6 +1,6 @@
 /* What the sources of the _native extension share: _pairing.c's Pairing, which _native.c's emitters
  * call without going through Python; _merge.c's located records, which _native.c's locate() fills and
- * run() emits; _lines.c's buffer, which the emitters render into. */
+ * run() emits; _lines.c's buffer, which the emitters render into; _histogram.c's observe. */
 #ifndef UPROBE_EXPORTER_NATIVE_H
 #define UPROBE_EXPORTER_NATIVE_H
 #define PY_SSIZE_T_CLEAN
@@ -26,6 +26,12 @@ int merge_append(PyObject *merge, uint64_t ts, PyObject *handler, PyObject *page
 typedef struct { PyObject_HEAD char *buf; Py_ssize_t len, cap, count; } Lines;
 extern PyTypeObject LinesType;
 int lines_reserve(Lines *lines, Py_ssize_t total);
+
+/* _histogram.c: a native emitter's way into its probe's latency histograms */
+typedef struct { PyObject *series; long long *bounds; Py_ssize_t nbounds; PyObject *labels, *last; } HistCache;
+int hist_init(HistCache *cache, PyObject *histograms);
+int hist_observe(HistCache *cache, PyObject *labels, long long duration); /* 1 done, 0 for Python, -1 error */
+void hist_clear(HistCache *cache);
 
 extern PyTypeObject EmitPlanType;
 PyObject *plan_emit(PyObject *plan, PyObject *page, Py_ssize_t offset, uint64_t ts, long cpu, int defer);

@@ -215,4 +215,4 @@ def native_emitter(fmt: EventFormat, route: Route, sinks: Sinks, emitter: Handle
         sinks.pairing.enter, sinks.pairing.leave, hist.observe if hist is not None else None, sinks.counts, r,
         route.info, route.info.full_name, sinks.tgid_of, r.by_thread if r is not None else {},
         r.clock if r is not None else [0, 0, b"", 0], sinks.lines,
-        COMMS, new_comm, orjson.dumps))
+        COMMS, new_comm, orjson.dumps, hist))
