@@ -148,8 +148,9 @@ def test_a_duration_equal_to_a_bound_falls_in_that_bucket_both_ways(labels: list
     for batch in captured():
         for page, cpu in batch:
             decoder.decode(page, cpu, recs)
-    records: list[TraceRecord] = [r for r in recs if isinstance(r, TraceRecord)]
-    out = p.process_items(sorted(records, key=lambda r: r.ts_ns))
+    records = [r for r in recs if isinstance(r, TraceRecord)]
+    records.sort(key=itemgetter(4))
+    out = p.process_items([*records])
     assert out is not None
     durations = sorted({d for d in (orjson.loads(x).get("duration_ns") for x in out[0].splitlines()) if d})
     buckets = tuple(d / 1e9 for d in durations[::3] if round(d / 1e9 * 1e9) == d)
