@@ -11,9 +11,9 @@ runs of the same length:
   text     uprobe-exporter run, reader = "text" (trace_pipe), JSON lines to a file
   cat      cat instances/<name>/trace_pipe > file
 and prints, per run: calls/s of the target, events generated (uprobe_profile hits), records emitted,
-events lost in the kernel (per-CPU stats), whether they add up exactly, reader CPU µs per record
-(per event generated, for the CPU/event ratio), the target's slowdown against nobody reading, the
-exporter's peak RSS, and the exporter/cat ratios.
+events lost in the kernel (per-CPU stats), records the exporter's JSON sink dropped (its queue full),
+whether they add up exactly, reader CPU µs per record (per event generated, for the CPU/event ratio),
+the target's slowdown against nobody reading, the exporter's peak RSS, and the exporter/cat ratios.
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ class Run:
     lost: int
     cpu_s: float
     rss_kb: tuple[int, int] = (0, 0)  # at the start of the run, at its end
+    dropped: int = 0  # records the exporter's JSON sink dropped (its queue full), counted by it
 
     @property
     def rate(self) -> float:
@@ -59,7 +60,7 @@ class Run:
 
     @property
     def adds_up(self) -> bool:
-        return self.hits == self.records + self.lost
+        return self.hits == self.records + self.lost + self.dropped
 
 
 def cpu_seconds(pid: int) -> float:
@@ -178,21 +179,23 @@ def run_exporter(binary: Path, mode: str, seconds: float, producers: int, tmp: P
     exporter.wait()
     m = re.search(r"(\d+) lost in the kernel", log)
     lost = int(m[1]) if m else -1
-    return Run(reader, calls, elapsed, hits, count_records(out), lost, cpu, (rss0, rss1))
+    m = re.search(r"(\d+) dropped by the sink", log)
+    dropped = int(m[1]) if m else -1
+    return Run(reader, calls, elapsed, hits, count_records(out), lost, cpu, (rss0, rss1), dropped)
 
 
 def report(mode: str, producers: int, runs: dict[str, Run]) -> None:
     none = runs["none"]
     print(f"\n== target '{mode}' x{producers}: entry + return probes, {none.seconds:.1f} s per run ==")
-    print(f"{'run':6} {'calls/s':>10} {'events':>10} {'records':>10} {'lost':>10} {'loss%':>6} "
+    print(f"{'run':6} {'calls/s':>10} {'events':>10} {'records':>10} {'lost':>10} {'dropped':>8} {'loss%':>6} "
           f"{'adds up':>7} {'µs CPU/rec':>10} {'µs CPU/ev':>9} {'slowdown':>8} {'RSS MB start/end':>16}")
     for r in runs.values():
         per_rec = r.cpu_s / r.records * 1e6 if r.records and r.cpu_s else 0.0
         per_ev = r.cpu_s / r.hits * 1e6 if r.hits and r.cpu_s else 0.0
         slowdown = (none.rate / r.rate - 1) * 100
         rss = f"{r.rss_kb[0] / 1024:.1f}/{r.rss_kb[1] / 1024:.1f}" if r.rss_kb[0] else ""
-        print(f"{r.name:6} {r.rate:10.0f} {r.hits:10d} {r.records:10d} {r.lost:10d} "
-              f"{r.lost / max(r.hits, 1) * 100:6.2f} {'yes' if r.adds_up else 'NO':>7} {per_rec:10.2f} "
+        print(f"{r.name:6} {r.rate:10.0f} {r.hits:10d} {r.records:10d} {r.lost:10d} {r.dropped:8d} "
+              f"{(r.lost + r.dropped) / max(r.hits, 1) * 100:6.2f} {'yes' if r.adds_up else 'NO':>7} {per_rec:10.2f} "
               f"{per_ev:9.2f} {slowdown:7.1f}% {rss:>16}")
     cat = runs["cat"]
     for name in ("raw", "text"):
@@ -201,7 +204,8 @@ def report(mode: str, producers: int, runs: dict[str, Run]) -> None:
         exp = runs[name]
         print(f"{name}/cat: CPU per event {exp.cpu_s / max(exp.hits, 1) / (cat.cpu_s / max(cat.hits, 1)):.2f}x, "
               f"CPU per record {exp.cpu_s / max(exp.records, 1) / (cat.cpu_s / max(cat.records, 1)):.2f}x, "
-              f"loss {exp.lost / max(exp.hits, 1) * 100:.2f}% vs {cat.lost / max(cat.hits, 1) * 100:.2f}%, "
+              f"loss {(exp.lost + exp.dropped) / max(exp.hits, 1) * 100:.2f}% "
+              f"vs {cat.lost / max(cat.hits, 1) * 100:.2f}%, "
               f"slowdown {(none.rate / exp.rate - 1) * 100:.1f}% vs {(none.rate / cat.rate - 1) * 100:.1f}%, "
               f"events/s {exp.hits / exp.seconds:.0f}")
 

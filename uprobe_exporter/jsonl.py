@@ -19,6 +19,7 @@ import aiofiles
 from uprobe_exporter.errors import ConfigError, OutputClosed, OutputError
 
 log = logging.getLogger(__name__)
+WRITE_BYTES = 4 << 20  # what one write takes from the queue at most (but at least one batch)
 
 
 class JsonlSink:
@@ -26,11 +27,13 @@ class JsonlSink:
     ``reopen`` on SIGHUP, ``finish`` then ``close`` at the end.
 
     The queue is bounded in bytes (``max_queue_bytes``), which bounds memory whatever the batch sizes.
-    The writer takes everything queued at each wake-up and writes it with one unbuffered write."""
+    The writer takes what is queued at each wake-up and writes it in unbuffered writes of up to
+    ``write_bytes`` (so joining batches copies at most that much more)."""
 
-    def __init__(self, path: str, max_queue_bytes: int = 32 << 20) -> None:
+    def __init__(self, path: str, max_queue_bytes: int = 32 << 20, write_bytes: int = WRITE_BYTES) -> None:
         self.path = path
         self.max_queue_bytes = max_queue_bytes
+        self.write_bytes = write_bytes
         self.queue: deque[tuple[bytes, int]] = deque()
         self.queued_bytes = 0
         self.records_written = 0
@@ -93,13 +96,23 @@ class JsonlSink:
             if self._reopen and self.path != "-":
                 self._reopen = False
                 await self._reopen_file()
-            while self.queue:
-                batches = list(self.queue)
-                self.queue.clear()
-                self.queued_bytes = 0
-                await self._write(b"".join(b for b, _ in batches), sum(n for _, n in batches))
+            while self.queue:  # a few MiB per write: one syscall for many batches, a bounded copy
+                data, records = self._take(self.write_bytes)
+                await self._write(data, records)
             if self._closing:
                 return
+
+    def _take(self, limit: int) -> tuple[bytes, int]:
+        """The oldest queued batches, joined, up to ``limit`` bytes (at least one batch)."""
+        batches: list[bytes] = []
+        size = records = 0
+        while self.queue and (not batches or size + len(self.queue[0][0]) <= limit):
+            batch, n = self.queue.popleft()
+            batches.append(batch)
+            size += len(batch)
+            records += n
+        self.queued_bytes -= size
+        return b"".join(batches), records  # one batch: itself, no copy
 
     async def _write(self, data: bytes, records: int) -> None:
         view = memoryview(data)
