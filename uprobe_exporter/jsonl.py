@@ -19,7 +19,7 @@ import aiofiles
 from uprobe_exporter.errors import ConfigError, OutputClosed, OutputError
 
 log = logging.getLogger(__name__)
-WRITE_BYTES = 4 << 20  # what one write takes from the queue at most (but at least one batch)
+WRITE_BYTES = 16 << 20  # what one write takes from the queue at most (but at least one batch)
 
 
 class JsonlSink:
