@@ -1,6 +1,7 @@
-/* What the sources of the _native extension share: _pairing.c's Pairing, which _native.c's emitters
- * call without going through Python; _merge.c's located records, which _native.c's locate() fills and
- * run() emits; _lines.c's buffer, which the emitters render into; _histogram.c's observe. */
+/* What the sources of the _native extension share (the module itself is defined in _walk.c):
+ * _pairing.c's Pairing, which _native.c's emitters call without going through Python; _merge.c's
+ * located records, which _walk.c's locate() fills and run() emits; _lines.c's buffer, which the emitters
+ * render into; _histogram.c's observe. */
 #ifndef UPROBE_EXPORTER_NATIVE_H
 #define UPROBE_EXPORTER_NATIVE_H
 #define PY_SSIZE_T_CLEAN
@@ -33,6 +34,11 @@ int hist_init(HistCache *cache, PyObject *histograms);
 int hist_observe(HistCache *cache, PyObject *labels, long long duration); /* 1 done, 0 for Python, -1 error */
 void hist_clear(HistCache *cache);
 
+/* _native.c: the native emitter */
 extern PyTypeObject EmitPlanType;
 PyObject *plan_emit(PyObject *plan, PyObject *page, Py_ssize_t offset, uint64_t ts, long cpu, int defer);
+PyObject *plan_args(PyObject *plan, PyObject *const *args, int defer); /* (page, offset, ts_ns, cpu) */
+int plan_flush(PyObject *plan); /* add the counts deferred by plan_emit(..., defer=1) */
+int plan_module_init(void);
+int add_error(PyObject *errors, const char *reason, long long n); /* errors[reason] += n */
 #endif

@@ -1,5 +1,5 @@
-"""Native parts of the raw reader (uprobe_exporter/_native.c); see rawpage.RawDecoder.locate and
-rawemit.native_emitter."""
+"""Native parts of the raw reader (uprobe_exporter/_walk.c and the sources it names); see
+rawpage.RawDecoder.locate, rawreader.NativeCpuMerge and rawemit.native_emitter."""
 
 from collections.abc import Sequence
 from typing import Any

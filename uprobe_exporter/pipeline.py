@@ -25,7 +25,7 @@ from uprobe_exporter.records import LostEvents, TraceRecord
 from uprobe_exporter.render import EventInfo, Renderer
 from uprobe_exporter.traceline import TextParser
 
-try:  # the native loop over located records (uprobe_exporter/_native.c)
+try:  # the native loop over located records (uprobe_exporter/_walk.c)
     from uprobe_exporter import _native
 
     _native_run: Callable[[Sequence[Located], dict[str, int], type[Exception]], None] | None = _native.run

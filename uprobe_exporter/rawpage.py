@@ -29,7 +29,7 @@ from uprobe_exporter.formatfile import EventFormat, Field, FieldKind
 from uprobe_exporter.records import LostEvents, TraceRecord
 from uprobe_exporter.traceline import HIDDEN_COMM, HIDDEN_SP
 
-try:  # the native page walk (uprobe_exporter/_native.c), built at install when a C compiler is there
+try:  # the native page walk (uprobe_exporter/_walk.c), built at install when a C compiler is there
     from uprobe_exporter import _native
 
     _native_locate: Callable[..., int] | None = _native.locate
