@@ -4,14 +4,16 @@ wait, bounded; its native twin does exactly the same."""
 from __future__ import annotations
 
 import struct
+from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.test_unit_rawpage import PAGE, Spec, encode_event, encode_record, layout
 from tests.test_unit_traceline import formats
 from uprobe_exporter.rawpage import Located, RawDecoder
-from uprobe_exporter.rawreader import CpuMerge, NativeCpuMerge, cpu_merge
+from uprobe_exporter.rawreader import CpuMerge, NativeCpuMerge, RawPipeReader, cpu_merge
 
 
 def handler(page: bytes, offset: int, ts: int, cpu: int) -> None:
@@ -105,3 +107,41 @@ def test_the_native_merge_is_the_python_merge(batches: list[list[list[bytes]]], 
         out.append((list(merge.push([], 0, final=True)), held_count(merge)))
         results.append(out)
     assert results[0] == results[1]
+
+
+def full_page(first_ts: int, step: int, records: int = 80) -> bytes:
+    """A page with ``records`` records ``step`` ns apart from ``first_ts`` (over half full)."""
+    fmt = next(f for f in formats() if f.name == "recurse_entry")
+    spec = Spec(fmt, 7, step, {"__probe_ip": 1, "__comm": b"t", "__sp": 2, "n": 3})
+    data = encode_event(encode_record(Spec(fmt, 7, 0, spec.values)), 0, False)
+    data += b"".join(encode_event(encode_record(spec), step, False) for _ in range(records - 1))
+    page = struct.pack("=QQ", first_ts, len(data)) + data
+    assert len(page) <= PAGE and layout().half_full(page + b"\0" * (PAGE - len(page)))
+    return page + b"\0" * (PAGE - len(page))
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native", "python"])
+def test_a_cpu_read_only_in_part_holds_back_the_others(tmp_path: Path, native: bool) -> None:
+    """CPU 0 has more pages than a turn reads; CPU 1's records span the same time. A turn releases
+    nothing younger than the last record it read of CPU 0, so every record comes out in time order
+    (an entry read late from CPU 0 still comes before its return from CPU 1)."""
+    cpu_pages = {0: [full_page(1000 + i * 8000, 100) for i in range(40)],
+                 1: [full_page(1050 + i * 80_000, 1000) for i in range(4)]}
+    for cpu, pages in cpu_pages.items():
+        (tmp_path / "per_cpu" / f"cpu{cpu}").mkdir(parents=True)
+        (tmp_path / "per_cpu" / f"cpu{cpu}" / "trace_pipe_raw").write_bytes(b"".join(pages))
+    decoder = RawDecoder.for_formats(layout(), formats())
+    decoder.native = native
+    released: list[int] = []
+    reader = RawPipeReader(tmp_path, [0, 1], decoder, lambda located, lost: released.extend(r[0] for r in located),
+                           pages_per_turn=32)
+    assert isinstance(reader.merge, NativeCpuMerge) == native
+    try:
+        assert reader.read_available(32) == 32 + 4 and reader.behind
+        assert released and max(released) <= 1000 + 31 * 8000 + 79 * 100, "CPU 0's unread pages are older"
+        while reader.read_available(32):
+            pass
+        reader.drain()
+    finally:
+        reader.close()
+    assert len(released) == 44 * 80 and released == sorted(released)

@@ -133,6 +133,17 @@ static PyObject *merge_held(Merge *self, void *closure) {
     return PyLong_FromSsize_t(self->nheld);
 }
 
+static PyObject *merge_located(Merge *self, void *closure) {
+    (void)closure;
+    return PyLong_FromSsize_t(self->nfresh);
+}
+
+static PyObject *merge_last_ts(Merge *self, void *closure) {
+    (void)closure;
+    if (!self->nfresh) Py_RETURN_NONE;
+    return PyLong_FromUnsignedLongLong(self->fresh[self->nfresh - 1].ts);
+}
+
 static PyMethodDef merge_methods[] = {
     {"push", (PyCFunction)(void (*)(void))merge_push, METH_FASTCALL, "Merge, release what is old enough, hold the rest."},
     {NULL, NULL, 0, NULL},
@@ -146,6 +157,8 @@ static PyMemberDef merge_members[] = {
 
 static PyGetSetDef merge_getset[] = {
     {"held", (getter)merge_held, NULL, "the number of records held back", NULL},
+    {"located", (getter)merge_located, NULL, "the number of records located since the last push", NULL},
+    {"last_ts", (getter)merge_last_ts, NULL, "the timestamp of the last record located, or None", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 

@@ -49,6 +49,10 @@ class CpuMerge:
         """Where the decoder puts one CPU's records of this batch (a run passed to ``push``)."""
         return []
 
+    def last_ts(self, run: list[Located]) -> int | None:
+        """The timestamp of the last record in ``run``, or None."""
+        return run[-1][0] if run else None
+
     def push(self, runs: list[list[Located]], now_ns: int, final: bool = False) -> Sequence[Located]:
         # sorted() is stable and merges already-ordered runs in linear time (timsort), in C
         merged = sorted([r for run in (*runs, self.held) for r in run], key=_ts_of)
@@ -70,13 +74,18 @@ class NativeCpuMerge:
         self.core = _NativeMerge(hold_ns, max_held)
         self.hold_ns = hold_ns
         self.max_held = max_held
+        self._run_start = 0
 
     @property
     def held(self) -> int:
         return int(self.core.held)
 
     def new_run(self) -> Any:
+        self._run_start = self.core.located
         return self.core
+
+    def last_ts(self, run: Any) -> int | None:
+        return self.core.last_ts if self.core.located > self._run_start else None
 
     def push(self, runs: list[Any], now_ns: int, final: bool = False) -> Sequence[Located]:
         return cast(Sequence[Located], self.core.push(now_ns, final))  # a _native.Released
@@ -114,6 +123,7 @@ class RawPipeReader:
         self.bytes_read = 0
         self.pages_read = 0
         self.behind = False  # the last turn stopped at its page limit on some CPU: more is waiting
+        self.unread_after: int | None = None  # the oldest last timestamp read of such a CPU (-1: none read)
         self.paths = {cpu: root / "per_cpu" / f"cpu{cpu}" / "trace_pipe_raw" for cpu in cpus}
         self.fds: dict[int, int] = {}
         for cpu, path in self.paths.items():
@@ -135,8 +145,11 @@ class RawPipeReader:
         size = self.page_size
         n = 0
         while True:
-            if limit is not None and n >= limit:
+            if limit is not None and n >= limit:  # the rest is older than ``now``, yet to be read
                 self.behind = True
+                last = self.merge.last_ts(out)
+                last = -1 if last is None else last
+                self.unread_after = last if self.unread_after is None else min(self.unread_after, last)
                 break
             try:
                 page = os.read(fd, size)  # EINTR is retried by Python itself (PEP 475)
@@ -159,9 +172,11 @@ class RawPipeReader:
         """Read every CPU until empty (or ``limit`` pages each); returns the number of pages read."""
         now = time.clock_gettime_ns(time.CLOCK_MONOTONIC)  # the instance's trace_clock is mono
         before = self.pages_read
-        self.behind = False
+        self.behind, self.unread_after = False, None
         lost: list[LostEvents] = []
         runs = [self._read_cpu(cpu, fd, limit, lost) for cpu, fd in self.fds.items()]
+        if self.unread_after is not None:  # a CPU has records older than now still unread: release
+            now = min(now, self.unread_after + self.merge.hold_ns)  # none younger than what was read of it
         records = self.merge.push(runs, now, final)
         if records or lost:
             self.on_records(records, lost)
