@@ -46,7 +46,10 @@ static PyObject *lines_take(Lines *self, PyObject *unused) {
 static Py_ssize_t lines_len(Lines *self) { return self->count; }
 
 static PyObject *lines_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
-    if (!_PyArg_NoPositional("Lines", args) || !_PyArg_NoKeywords("Lines", kw)) return NULL;
+    if (PyTuple_GET_SIZE(args) || (kw && PyDict_GET_SIZE(kw))) {
+        PyErr_SetString(PyExc_TypeError, "Lines() takes no arguments");
+        return NULL;
+    }
     return type->tp_alloc(type, 0);
 }
 
