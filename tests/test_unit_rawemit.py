@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import struct
+import sys
 from operator import itemgetter
 from typing import Any
 
@@ -197,3 +198,15 @@ def test_lines_are_taken_per_batch_in_order(native: bool) -> None:
     assert lines.take() == (big * 20, 20)
     lines.append(b"after\n")
     assert lines.take() == (b"after\n", 1)
+
+
+def test_an_offset_past_the_page_is_a_short_record_natively_too() -> None:
+    """Offsets near the largest int do not wrap around in the native bounds check: struct.error, as the
+    Python emitter raises."""
+    p = pipeline(Renderer(0))
+    p.decode_errors = dict.fromkeys(RAW_ERROR_REASONS, 0)
+    assert EmitPlan is not None
+    emitter = next(e for e in p.emitters(formats()).values() if isinstance(e, EmitPlan))
+    for offset in (sys.maxsize - 4, PAGE, -1):
+        with pytest.raises(struct.error):
+            emitter(b"\0" * PAGE, offset, 1, 0)

@@ -12,8 +12,8 @@ static PyObject *str_counts, *str_sum_ns, *one;
 int hist_init(HistCache *c, PyObject *histograms) {
     memset(c, 0, sizeof *c);
     if (histograms == Py_None) return 0;
-    if (!str_counts && (!(str_counts = PyUnicode_InternFromString("counts"))
-                        || !(str_sum_ns = PyUnicode_InternFromString("sum_ns")) || !(one = PyLong_FromLong(1))))
+    if ((!str_counts && !(str_counts = PyUnicode_InternFromString("counts")))
+        || (!str_sum_ns && !(str_sum_ns = PyUnicode_InternFromString("sum_ns"))) || (!one && !(one = PyLong_FromLong(1))))
         return -1;
     PyObject *series = PyObject_GetAttrString(histograms, "series");
     PyObject *bounds = series ? PyObject_GetAttrString(histograms, "bounds_ns") : NULL;

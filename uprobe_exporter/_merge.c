@@ -32,6 +32,11 @@ static int reserve(Entry **a, Py_ssize_t *cap, Py_ssize_t n) {
     return 0;
 }
 
+int merge_reserve(PyObject *merge, Py_ssize_t more) {
+    Merge *self = (Merge *)merge;
+    return reserve(&self->fresh, &self->capfresh, self->nfresh + more);
+}
+
 int merge_append(PyObject *merge, uint64_t ts, PyObject *handler, PyObject *page, Py_ssize_t offset, long cpu) {
     Merge *self = (Merge *)merge;
     if (reserve(&self->fresh, &self->capfresh, self->nfresh + 1) < 0) return -1;
@@ -41,12 +46,10 @@ int merge_append(PyObject *merge, uint64_t ts, PyObject *handler, PyObject *page
 
 /* Stable sort by timestamp: merges adjacent non-decreasing runs, the left one first on ties, until one
  * run is left (linear for what is already in order, as the records of one CPU are). */
-static int sort_entries(Entry *a, Py_ssize_t n) {
+static void sort_entries(Entry *a, Py_ssize_t n, Entry *tmp) {
     Py_ssize_t i = 1;
     while (i < n && a[i - 1].ts <= a[i].ts) i++;
-    if (i >= n) return 0;
-    Entry *tmp = PyMem_Malloc(n * sizeof(Entry));
-    if (!tmp) { PyErr_NoMemory(); return -1; }
+    if (i >= n) return;
     Entry *src = a, *dst = tmp;
     for (;;) {
         Py_ssize_t runs = 0;
@@ -66,8 +69,6 @@ static int sort_entries(Entry *a, Py_ssize_t n) {
         if (runs == 1) break;
     }
     if (src != a) memcpy(a, src, n * sizeof(Entry));
-    PyMem_Free(tmp);
-    return 0;
 }
 
 /* push(now_ns, final) -> Released: as CpuMerge.push(runs, now_ns, final) with the runs located here */
@@ -77,17 +78,25 @@ static PyObject *merge_push(Merge *self, PyObject *const *args, Py_ssize_t nargs
     int final = PyObject_IsTrue(args[1]);
     if ((now == -1 && PyErr_Occurred()) || final < 0) return NULL;
     Py_ssize_t n = self->nfresh + self->nheld;
-    Released *out = PyObject_New(Released, &ReleasedType);
-    if (!out) return NULL;
-    out->n = 0;
-    out->entries = PyMem_Malloc((n ? n : 1) * sizeof(Entry));
-    if (!out->entries) { Py_DECREF(out); return PyErr_NoMemory(); }
+    /* everything that can fail comes first: then no record changes hands until none can be lost */
+    Entry *tmp = PyMem_Malloc((n ? n : 1) * sizeof(Entry));
+    Released *out = tmp && reserve(&self->held, &self->capheld, n) == 0 ? PyObject_New(Released, &ReleasedType) : NULL;
+    if (out) {
+        out->n = 0;
+        out->entries = PyMem_Malloc((n ? n : 1) * sizeof(Entry));
+    }
+    if (!out || !out->entries) {
+        PyMem_Free(tmp);
+        Py_XDECREF(out);
+        return PyErr_Occurred() ? NULL : PyErr_NoMemory();
+    }
     Entry *work = out->entries;
-    memcpy(work, self->fresh, self->nfresh * sizeof(Entry));
-    memcpy(work + self->nfresh, self->held, self->nheld * sizeof(Entry));
+    if (self->nfresh) memcpy(work, self->fresh, self->nfresh * sizeof(Entry));
+    if (self->nheld) memcpy(work + self->nfresh, self->held, self->nheld * sizeof(Entry));
     self->nfresh = self->nheld = 0;
     out->n = n; /* from here the entries are out's */
-    if (sort_entries(work, n) < 0) { Py_DECREF(out); return NULL; }
+    sort_entries(work, n, tmp);
+    PyMem_Free(tmp);
     Py_ssize_t cut = n;
     if (!final) {
         long long limit;
@@ -100,8 +109,7 @@ static PyObject *merge_push(Merge *self, PyObject *const *args, Py_ssize_t nargs
         }
         cut = n - self->max_held > lo ? n - self->max_held : lo;
     }
-    if (reserve(&self->held, &self->capheld, n - cut) < 0) { Py_DECREF(out); return NULL; }
-    memcpy(self->held, work + cut, (n - cut) * sizeof(Entry));
+    if (n > cut) memcpy(self->held, work + cut, (n - cut) * sizeof(Entry)); /* room was reserved */
     self->nheld = n - cut;
     out->n = cut;
     return (PyObject *)out;
@@ -112,7 +120,10 @@ static PyObject *merge_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
     long long hold_ns = 2000000;
     Py_ssize_t max_held = 1 << 16;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "|Ln", names, &hold_ns, &max_held)) return NULL;
-    if (max_held < 0) { PyErr_SetString(PyExc_ValueError, "max_held must not be negative"); return NULL; }
+    if (max_held < 0 || hold_ns < 0) {
+        PyErr_SetString(PyExc_ValueError, "hold_ns and max_held must not be negative");
+        return NULL;
+    }
     Merge *self = (Merge *)type->tp_alloc(type, 0);
     if (!self) return NULL;
     self->hold_ns = hold_ns;

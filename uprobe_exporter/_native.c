@@ -174,7 +174,7 @@ int plan_flush(PyObject *plan) { return flush_count((EmitPlan *)plan); }
 PyObject *plan_emit(PyObject *plan, PyObject *page, Py_ssize_t o, uint64_t ts_u, long cpu, int defer) {
     EmitPlan *self = (EmitPlan *)plan;
     Py_ssize_t n = PyBytes_GET_SIZE(page);
-    if (o < 0 || o + self->fixed_size > n || ts_u > (uint64_t)LLONG_MAX) /* the emitter raises struct.error */
+    if (o < 0 || o > n - self->fixed_size || ts_u > (uint64_t)LLONG_MAX) /* the emitter raises struct.error */
         return fallback(self, page, o, ts_u, cpu);
     long long ts = (long long)ts_u;
     const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(page) + o;
@@ -252,6 +252,7 @@ PyObject *plan_emit(PyObject *plan, PyObject *page, Py_ssize_t o, uint64_t ts_u,
             strings[i] = PyObject_CallOneArg(self->dumps, s);
             Py_DECREF(s);
             if (!strings[i]) goto done;
+            if (!PyBytes_Check(strings[i])) { PyErr_SetString(PyExc_TypeError, "dumps must return bytes"); goto done; }
         }
     }
     /* count: run() adds a batch's counts at its end; a call from Python counts at once */
@@ -468,7 +469,8 @@ static int plan_traverse(EmitPlan *self, visitproc visit, void *arg) {
     Py_VISIT(self->emitter); Py_VISIT(self->enter); Py_VISIT(self->leave); Py_VISIT(self->observe);
     Py_VISIT(self->counts); Py_VISIT(self->renderer); Py_VISIT(self->info); Py_VISIT(self->tgid_of);
     Py_VISIT(self->by_thread); Py_VISIT(self->clock); Py_VISIT(self->lines); Py_VISIT(self->comms); Py_VISIT(self->new_comm);
-    Py_VISIT(self->dumps);
+    Py_VISIT(self->dumps); Py_VISIT(self->hist.series); Py_VISIT(self->hist.labels); Py_VISIT(self->hist.last);
+    for (int i = 0; i < 4; i++) Py_VISIT(self->clock_objs[i]);
     return 0;
 }
 

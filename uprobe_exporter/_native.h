@@ -21,6 +21,7 @@ typedef struct { uint64_t ts; PyObject *handler, *page; Py_ssize_t offset; long 
 /* Merge's released batch: a read-only sequence of Located tuples, made only when Python asks */
 typedef struct { PyObject_HEAD Entry *entries; Py_ssize_t n; } Released;
 extern PyTypeObject MergeType, ReleasedType;
+int merge_reserve(PyObject *merge, Py_ssize_t more); /* room for `more` appends that then cannot fail */
 int merge_append(PyObject *merge, uint64_t ts, PyObject *handler, PyObject *page, Py_ssize_t offset, long cpu);
 
 /* _lines.c: a batch's JSON lines in one buffer, which native emitters render into */

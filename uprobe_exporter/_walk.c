@@ -113,7 +113,7 @@ static PyObject *locate(PyObject *module, PyObject *const *args, Py_ssize_t narg
                 if (!grown) { PyErr_NoMemory(); goto fail; }
                 found = grown;
             }
-            found[nfound++] = (Found){ts, handler, data};
+            found[nfound++] = (Found){ts, Py_NewRef(handler), data}; /* Python may run before it is used */
         } else if (type_len == TYPE_TIME_EXTEND) {
             uint64_t hi = u32(p + pos + 4), extend = (hi << 27) + (w >> 5);
             if (__builtin_add_overflow(ts, extend, &ts)) { reason = "event_header"; break; }
@@ -127,15 +127,13 @@ static PyObject *locate(PyObject *module, PyObject *const *args, Py_ssize_t narg
             pos += 8;
         }
     }
+    int to_merge = Py_IS_TYPE(out, &MergeType);
+    long c = to_merge ? PyLong_AsLong(cpu) : 0;
+    if ((c == -1 && PyErr_Occurred()) || (to_merge && merge_reserve(out, nfound) < 0)) goto fail;
     if (missed && PyList_Append(lost, missed) < 0) goto fail;
-    if (Py_IS_TYPE(out, &MergeType)) {
-        long c = PyLong_AsLong(cpu);
-        if (c == -1 && PyErr_Occurred()) goto fail;
-        for (Py_ssize_t i = 0; i < nfound; i++)
-            if (merge_append(out, found[i].ts, found[i].handler, page, found[i].data, c) < 0) goto fail;
-        nfound = 0;
-    }
-    for (Py_ssize_t i = 0; i < nfound; i++) {
+    for (Py_ssize_t i = 0; to_merge && i < nfound; i++) /* cannot fail: room was reserved */
+        merge_append(out, found[i].ts, found[i].handler, page, found[i].data, c);
+    for (Py_ssize_t i = 0; !to_merge && i < nfound; i++) {
         PyObject *item = PyTuple_New(5);
         if (!item) goto fail;
         PyObject *t = PyLong_FromUnsignedLongLong(found[i].ts), *d = PyLong_FromSsize_t(found[i].data);
@@ -154,6 +152,7 @@ count:
     result = PyLong_FromLong(unknown + page_errors);
     goto fail;
 fail:
+    for (Py_ssize_t i = 0; i < nfound; i++) Py_DECREF(found[i].handler);
     PyMem_Free(found);
     Py_XDECREF(missed);
     return result;
@@ -196,7 +195,7 @@ static PyObject *run(PyObject *module, PyObject *const *args, Py_ssize_t nargs) 
             PyObject *plan = handler;
             int k = 0;
             while (k < nplans && plans[k] != plan) k++;
-            if (k == nplans && nplans < 64) plans[nplans++] = plan;
+            if (k == nplans && nplans < 64) plans[nplans++] = Py_NewRef(plan); /* until its counts are added */
             defer = k < 64;
         }
         if (e && defer) {
@@ -223,11 +222,14 @@ static PyObject *run(PyObject *module, PyObject *const *args, Py_ssize_t nargs) 
     }
     PyObject *exc_type, *exc_value, *exc_tb;
     PyErr_Fetch(&exc_type, &exc_value, &exc_tb);
+    int flushed = 0;
     for (int k = 0; k < nplans; k++) {
-        if (plan_flush(plans[k]) < 0) {
-            Py_XDECREF(exc_type); Py_XDECREF(exc_value); Py_XDECREF(exc_tb);
-            return NULL;
-        }
+        if (!flushed && plan_flush(plans[k]) < 0) flushed = -1;
+        Py_DECREF(plans[k]);
+    }
+    if (flushed < 0) {
+        Py_XDECREF(exc_type); Py_XDECREF(exc_value); Py_XDECREF(exc_tb);
+        return NULL;
     }
     if (short_records && add_error(errors, "record", short_records) < 0) {
         Py_XDECREF(exc_type); Py_XDECREF(exc_value); Py_XDECREF(exc_tb);
