@@ -36,6 +36,7 @@ typedef struct {
     PyObject *tgid_of, *by_thread, *clock, *lines, *comms, *new_comm, *dumps, *unknown_comm;
     PyObject *pairing; /* borrowed from enter's binding: a native Pairing, called in C; else NULL */
     long long unflushed; /* records counted, not yet added to counts[name] */
+    int deferred; /* in the list of plans whose counts run() adds at its end */
     int tid_off, ip_off, ret_ip_off, sp_off, comm_off, fixed_size, pairing_mode;
     Py_ssize_t nargs;
     Arg *args;
@@ -167,7 +168,35 @@ static int flush_count(EmitPlan *self) {
     return 0;
 }
 
-int plan_flush(PyObject *plan) { return flush_count((EmitPlan *)plan); }
+/* The plans that deferred their counts since the last plan_flush_deferred() (strong references). */
+static EmitPlan **deferred;
+static Py_ssize_t ndeferred, capdeferred;
+
+static int defer_count(EmitPlan *self) {
+    if (self->deferred) return 0;
+    if (ndeferred == capdeferred) {
+        Py_ssize_t cap = capdeferred ? capdeferred * 2 : 64;
+        EmitPlan **grown = PyMem_Realloc(deferred, cap * sizeof *grown);
+        if (!grown) { PyErr_NoMemory(); return -1; }
+        deferred = grown;
+        capdeferred = cap;
+    }
+    deferred[ndeferred++] = (EmitPlan *)Py_NewRef(self);
+    self->deferred = 1;
+    return 0;
+}
+
+int plan_flush_deferred(void) {
+    int bad = 0;
+    for (Py_ssize_t i = 0; i < ndeferred; i++) {
+        EmitPlan *plan = deferred[i];
+        if (!bad && flush_count(plan) < 0) bad = 1; /* the first error is the one raised */
+        plan->deferred = 0;
+        Py_DECREF(plan);
+    }
+    ndeferred = 0;
+    return bad ? -1 : 0;
+}
 
 /* One record: the page, the record's offset in it, its timestamp and CPU; `defer`: count it at run()'s
  * end. Returns None (a new reference), or NULL with an exception set. */
@@ -256,6 +285,7 @@ PyObject *plan_emit(PyObject *plan, PyObject *page, Py_ssize_t o, uint64_t ts_u,
         }
     }
     /* count: run() adds a batch's counts at its end; a call from Python counts at once */
+    if (defer && defer_count(self) < 0) goto done;
     self->unflushed++;
     if (!defer && flush_count(self) < 0) goto done;
     if (self->pairing_mode != PAIR_NONE) {
@@ -477,8 +507,8 @@ static int plan_traverse(EmitPlan *self, visitproc visit, void *arg) {
 /* EmitPlan(emitter, name, probe, fields, args, pairing, sinks)
  *   fields = (tid_off, ip_off, ret_ip_off, sp_off, comm_off, fixed_size): -1 where the event has none
  *   args = ((key_bytes, kind, offset, element size, count), ...)
- *   sinks = (enter, leave, observe, counts, renderer, info, full_name, tgid_of, by_thread, clock, lines,
- *            comms, new_comm, dumps, histograms): histograms, the ProbeHistograms observe belongs to (or None) */
+ *   sinks = (enter, leave, histograms, counts, renderer, info, full_name, tgid_of, by_thread, clock, lines,
+ *            comms, new_comm, dumps): histograms, the probe's ProbeHistograms or None */
 static PyObject *plan_new(PyTypeObject *type, PyObject *a, PyObject *kw) {
     PyObject *emitter, *name, *probe, *fields, *args, *sinks;
     int pairing;
@@ -493,20 +523,22 @@ static PyObject *plan_new(PyTypeObject *type, PyObject *a, PyObject *kw) {
                           &self->comm_off, &self->fixed_size))
         goto fail;
     PyObject *histograms;
-    if (!PyArg_ParseTuple(sinks, "OOOO!OOUOO!O!O!O!OOO", &self->enter, &self->leave, &self->observe, &PyDict_Type,
+    if (!PyArg_ParseTuple(sinks, "OOOO!OOUOO!O!O!O!OO", &self->enter, &self->leave, &histograms, &PyDict_Type,
                           &self->counts, &self->renderer, &self->info, &self->full_name, &self->tgid_of,
                           &PyDict_Type, &self->by_thread, &PyList_Type, &self->clock, &PyBaseObject_Type, &self->lines,
-                          &PyDict_Type, &self->comms, &self->new_comm, &self->dumps, &histograms)) {
-        self->enter = self->leave = self->observe = self->counts = self->renderer = self->info = NULL;
+                          &PyDict_Type, &self->comms, &self->new_comm, &self->dumps)) {
+        self->enter = self->leave = self->counts = self->renderer = self->info = NULL;
         self->full_name = self->tgid_of = self->by_thread = self->clock = self->lines = self->comms = NULL;
         self->new_comm = self->dumps = NULL;
         goto fail;
     }
-    Py_INCREF(self->enter); Py_INCREF(self->leave); Py_INCREF(self->observe); Py_INCREF(self->counts);
+    Py_INCREF(self->enter); Py_INCREF(self->leave); Py_INCREF(self->counts);
     Py_INCREF(self->renderer); Py_INCREF(self->info); Py_INCREF(self->full_name); Py_INCREF(self->tgid_of);
     Py_INCREF(self->by_thread); Py_INCREF(self->clock); Py_INCREF(self->lines); Py_INCREF(self->comms); Py_INCREF(self->new_comm);
     Py_INCREF(self->dumps);
-    if (hist_init(&self->hist, self->observe == Py_None ? Py_None : histograms) < 0) goto fail;
+    /* the probe's ProbeHistograms (or None): its observe() for new label sets, its series for the rest */
+    self->observe = histograms == Py_None ? Py_NewRef(Py_None) : PyObject_GetAttrString(histograms, "observe");
+    if (!self->observe || hist_init(&self->hist, histograms) < 0) goto fail;
     if (!PyList_Check(self->lines) && !Py_IS_TYPE(self->lines, &LinesType)) {
         PyErr_SetString(PyExc_TypeError, "lines: a list or a Lines");
         goto fail;

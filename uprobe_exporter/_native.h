@@ -39,7 +39,7 @@ void hist_clear(HistCache *cache);
 extern PyTypeObject EmitPlanType;
 PyObject *plan_emit(PyObject *plan, PyObject *page, Py_ssize_t offset, uint64_t ts, long cpu, int defer);
 PyObject *plan_args(PyObject *plan, PyObject *const *args, int defer); /* (page, offset, ts_ns, cpu) */
-int plan_flush(PyObject *plan); /* add the counts deferred by plan_emit(..., defer=1) */
+int plan_flush_deferred(void); /* add the counts plan_emit(..., defer=1) deferred, of every plan */
 int plan_module_init(void);
 int add_error(PyObject *errors, const char *reason, long long n); /* errors[reason] += n */
 #endif

@@ -172,8 +172,6 @@ static PyObject *run(PyObject *module, PyObject *const *args, Py_ssize_t nargs) 
     Released *released = Py_IS_TYPE(located, &ReleasedType) ? (Released *)located : NULL;
     long short_records = 0;
     int failed = 0;
-    PyObject *plans[64]; /* the plans that deferred their counts in this run */
-    int nplans = 0;
     for (Py_ssize_t i = 0; i < (released ? released->n : PyList_GET_SIZE(located)); i++) {
         PyObject *handler, *item = NULL, *r;
         Entry *e = NULL;
@@ -190,14 +188,7 @@ static PyObject *run(PyObject *module, PyObject *const *args, Py_ssize_t nargs) 
             handler = PyTuple_GET_ITEM(item, 1);
             Py_INCREF(item); /* the handler may run Python code */
         }
-        int defer = 0;
-        if (Py_IS_TYPE(handler, &EmitPlanType)) {
-            PyObject *plan = handler;
-            int k = 0;
-            while (k < nplans && plans[k] != plan) k++;
-            if (k == nplans && nplans < 64) plans[nplans++] = Py_NewRef(plan); /* until its counts are added */
-            defer = k < 64;
-        }
+        int defer = Py_IS_TYPE(handler, &EmitPlanType); /* its counts are added at the end */
         if (e && defer) {
             r = plan_emit(handler, e->page, e->offset, e->ts, e->cpu, 1);
         } else {
@@ -222,12 +213,7 @@ static PyObject *run(PyObject *module, PyObject *const *args, Py_ssize_t nargs) 
     }
     PyObject *exc_type, *exc_value, *exc_tb;
     PyErr_Fetch(&exc_type, &exc_value, &exc_tb);
-    int flushed = 0;
-    for (int k = 0; k < nplans; k++) {
-        if (!flushed && plan_flush(plans[k]) < 0) flushed = -1;
-        Py_DECREF(plans[k]);
-    }
-    if (flushed < 0) {
+    if (plan_flush_deferred() < 0) {
         Py_XDECREF(exc_type); Py_XDECREF(exc_value); Py_XDECREF(exc_tb);
         return NULL;
     }

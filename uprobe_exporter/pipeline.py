@@ -20,7 +20,7 @@ from uprobe_exporter.histogram import COMM_LABEL, NO_LABELS, LabelFolder, ProbeH
 from uprobe_exporter.pairing import Pairing
 from uprobe_exporter.probes import ProbeEvent
 from uprobe_exporter.rawemit import Route, Sinks, compile_emitter, native_emitter, new_lines
-from uprobe_exporter.rawpage import Handler, Located
+from uprobe_exporter.rawpage import Handler, Located, UnpackPlan
 from uprobe_exporter.records import LostEvents, TraceRecord
 from uprobe_exporter.render import EventInfo, Renderer
 from uprobe_exporter.traceline import TextParser
@@ -118,8 +118,9 @@ class Pipeline:
         sinks = Sinks(self.event_counts, self.pairing, self.renderer, self.tgid_of, self.lines)
         out = {}
         for f in formats:
-            emitter = compile_emitter(f, self.routes[f.name], sinks)[0]
-            out[f.id] = (self.native and native_emitter(f, self.routes[f.name], sinks, emitter)) or emitter
+            plan, route = UnpackPlan.of(f), self.routes[f.name]
+            emitter = compile_emitter(plan, route, sinks)[0]
+            out[f.id] = (self.native and native_emitter(plan, route, sinks, emitter)) or emitter
         return out
 
     def process_located(self, located: Sequence[Located], lost: list[LostEvents]) -> tuple[bytes, int] | None:

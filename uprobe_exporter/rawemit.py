@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 import orjson
 
 from uprobe_exporter.codegen import compile_function
-from uprobe_exporter.formatfile import EventFormat, FieldKind
+from uprobe_exporter.formatfile import FieldKind
 from uprobe_exporter.histogram import ANY_LABELS, COMM_LABEL, NO_LABELS, ProbeHistograms
 from uprobe_exporter.pairing import Pairing
 from uprobe_exporter.rawpage import COMMS, Handler, UnpackPlan, new_comm
@@ -101,9 +101,9 @@ def _label_tuple(plan: UnpackPlan, labels: tuple[str, ...], values: list[str], e
     return f"({', '.join(items)},)"
 
 
-def compile_emitter(fmt: EventFormat, route: Route, sinks: Sinks) -> tuple[Handler, str]:
-    """The emitter of one event, ``emit(page, offset, ts_ns, cpu)``, and its source."""
-    plan = UnpackPlan.of(fmt)
+def compile_emitter(plan: UnpackPlan, route: Route, sinks: Sinks) -> tuple[Handler, str]:
+    """The emitter of one event (``plan.fmt``), ``emit(page, offset, ts_ns, cpu)``, and its source."""
+    fmt = plan.fmt
     info = route.info
     values = [f"a{i}" for i in range(len(plan.args))]
     hist, render = route.histograms, sinks.renderer is not None
@@ -163,13 +163,13 @@ def compile_emitter(fmt: EventFormat, route: Route, sinks: Sinks) -> tuple[Handl
     return compile_function(source, "emit", f"emitter {fmt.name}", namespace), source
 
 
-def native_emitter(fmt: EventFormat, route: Route, sinks: Sinks, emitter: Handler) -> Handler | None:
+def native_emitter(plan: UnpackPlan, route: Route, sinks: Sinks, emitter: Handler) -> Handler | None:
     """The native emitter of the event, which does exactly what ``emitter`` (its Python emitter) does and
     hands it what it does not cover; None when the extension is not built or the event has what only
     the Python emitter handles: histogram labels taken from arguments."""
     if EmitPlan is None:
         return None
-    plan = UnpackPlan.of(fmt)
+    fmt = plan.fmt
     fields = {f.name: f for f in (*fmt.common, *fmt.fields)}
 
     def offset(name: str, size: int) -> int:
@@ -212,7 +212,6 @@ def native_emitter(fmt: EventFormat, route: Route, sinks: Sinks, emitter: Handle
               struct.calcsize(plan.struct_layout))
     r = sinks.renderer
     return EmitPlan(emitter, fmt.name, route.info.probe, layout, tuple(args), pairing, (
-        sinks.pairing.enter, sinks.pairing.leave, hist.observe if hist is not None else None, sinks.counts, r,
-        route.info, route.info.full_name, sinks.tgid_of, r.by_thread if r is not None else {},
-        r.clock if r is not None else [0, 0, b"", 0], sinks.lines,
-        COMMS, new_comm, orjson.dumps, hist))
+        sinks.pairing.enter, sinks.pairing.leave, hist, sinks.counts, r, route.info, route.info.full_name,
+        sinks.tgid_of, r.by_thread if r is not None else {}, r.clock if r is not None else [0, 0, b"", 0],
+        sinks.lines, COMMS, new_comm, orjson.dumps))

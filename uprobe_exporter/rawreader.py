@@ -72,9 +72,11 @@ class NativeCpuMerge:
 
     def __init__(self, hold_ns: int = 2_000_000, max_held: int = 1 << 16) -> None:
         self.core = _NativeMerge(hold_ns, max_held)
-        self.hold_ns = hold_ns
-        self.max_held = max_held
         self._run_start = 0
+
+    @property
+    def hold_ns(self) -> int:
+        return int(self.core.hold_ns)
 
     @property
     def held(self) -> int:
