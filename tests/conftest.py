@@ -21,8 +21,10 @@ _counter = itertools.count()
 
 
 def _ours(tracefs: Tracefs) -> tuple[list[str], list[str]]:
-    events = [f"{e.group}/{e.event}" for e in tracefs.read_uprobe_events() if e.group.startswith(TEST_PREFIX)]
-    instances = sorted(p.name for p in (tracefs.root / "instances").iterdir() if p.name.startswith(TEST_PREFIX))
+    """What this pytest process's groups left; another test session may run beside this one."""
+    mine = f"{TEST_PREFIX}_{os.getpid()}_"
+    events = [f"{e.group}/{e.event}" for e in tracefs.read_uprobe_events() if e.group.startswith(mine)]
+    instances = sorted(p.name for p in (tracefs.root / "instances").iterdir() if p.name.startswith(mine))
     return events, instances
 
 
