@@ -46,7 +46,8 @@ class PipelineStats:
 def event_infos(events: Iterable[ProbeEvent], probes: Iterable[ProbeConfig]) -> dict[str, EventInfo]:
     by_name = {p.name: p for p in probes}
     return {
-        e.event: EventInfo(e.probe, "return" if e.is_return else "entry", e.full_name, by_name[e.probe].labels)
+        e.event: EventInfo(e.probe, "return" if e.is_return else "entry", e.full_name, by_name[e.probe].labels,
+                           e.usdt)
         for e in events
     }
 
@@ -77,9 +78,10 @@ class Pipeline:
             p.name: ProbeHistograms(p.buckets, p.labels, LabelFolder(label_values_max))
             for p in probes if p.latency
         }
-        return_args = {p.name: {n for n, _ in p.return_args} for p in probes}
+        # labels of the return's own arguments; one named in both args and return_args is the entry's
+        return_args = {p.name: {n for n, _ in p.return_args} - {n for n, _ in p.args} for p in probes}
         self.routes = {name: Route(info, info.probe in self.paired, self.histograms.get(info.probe),
-                                   any(label in return_args.get(info.probe, ()) for label in info.labels),
+                                   frozenset(x for x in info.labels if x in return_args.get(info.probe, ())),
                                    labels_kind(info.labels, info.probe in self.histograms))
                        for name, info in infos.items()}
         self.event_counts: dict[str, int] = dict.fromkeys(infos, 0)  # not a Counter: += is 3x cheaper
@@ -164,7 +166,8 @@ class Pipeline:
                 if frame is not None:
                     duration = rec[4] - frame[1]
                     if hist is not None:
-                        values = _label_values(rec, info.labels, frame[2]) if labels_at_return else frame[2]
+                        values = (_label_values(rec, info.labels, frame[2], labels_at_return) if labels_at_return
+                                  else frame[2])
                         hist.observe(values, duration)
         if self.renderer is None:
             return None
@@ -181,11 +184,14 @@ class Pipeline:
         return PipelineStats(dict(events), errors, self.lost_markers, self.lost_inband)
 
 
-def _label_values(rec: TraceRecord, labels: tuple[str, ...], entry: tuple[str, ...] | None) -> tuple[str, ...]:
-    """Label values from the record (comm, its args); at a return, the entry's values fill the gaps."""
+def _label_values(
+    rec: TraceRecord, labels: tuple[str, ...], entry: tuple[str, ...] | None, at_return: frozenset[str] = frozenset(),
+) -> tuple[str, ...]:
+    """Label values from the record (comm, its args); at a return, the entry's values except for the
+    labels taken at the return (``at_return``)."""
     values = []
     for i, name in enumerate(labels):
-        if name in rec.args:
+        if name in rec.args and (entry is None or name in at_return):
             values.append(str(rec.args[name]))
         elif entry is not None:
             values.append(entry[i])

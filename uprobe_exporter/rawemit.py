@@ -45,7 +45,7 @@ class Route(NamedTuple):
     info: EventInfo
     paired: bool  # its probe has a return probe: entries and returns are paired
     histograms: ProbeHistograms | None  # its probe's latency histograms
-    labels_at_return: bool  # a histogram label comes from the return's own arguments
+    labels_at_return: frozenset[str]  # histogram labels from the return's own arguments (not also in args)
     labels_kind: str  # NO_LABELS, COMM_LABEL or ANY_LABELS: what an entry keeps for its return
 
 
@@ -86,13 +86,16 @@ def args_template(plan: UnpackPlan, values: list[str]) -> tuple[bytes, str]:
     return b"{" + b",".join(parts) + b"}", "".join(f", {x}" for x in fill)
 
 
-def _label_tuple(plan: UnpackPlan, labels: tuple[str, ...], values: list[str], entry: str | None) -> str:
+def _label_tuple(
+    plan: UnpackPlan, labels: tuple[str, ...], values: list[str], entry: str | None,
+    at_return: frozenset[str] = frozenset(),
+) -> str:
     """The label values as ``pipeline._label_values`` takes them: an argument of this event, else the
     entry's value (``entry``: the frame's tuple), else comm for "comm" and "" for the rest."""
     names = [f.name for f, _ in plan.args]
     items = []
     for i, label in enumerate(labels):
-        if label in names:
+        if label in names and (entry is None or label in at_return):
             items.append(f"str({values[names.index(label)]})")
         elif entry is not None:
             items.append(f"{entry}[{i}]")
@@ -126,7 +129,8 @@ def compile_emitter(plan: UnpackPlan, route: Route, sinks: Sinks) -> tuple[Handl
                   "    if frame is not None:",
                   "        duration = ts - frame[1]"]
         if hist is not None:
-            labels = _label_tuple(plan, info.labels, values, "frame[2]") if route.labels_at_return else "frame[2]"
+            labels = (_label_tuple(plan, info.labels, values, "frame[2]", route.labels_at_return)
+                      if route.labels_at_return else "frame[2]")
             lines.append(f"        _observe({labels}, duration)")
     if render:
         template, fill = args_template(plan, values)
@@ -202,7 +206,7 @@ def native_emitter(plan: UnpackPlan, route: Route, sinks: Sinks, emitter: Handle
         pairing = PAIR_ENTER_COMM
     else:
         return None
-    ip = offset("__probe_func" if fmt.is_return else "__probe_ip", 8)
+    ip = offset("__probe_func" if fmt.is_retprobe else "__probe_ip", 8)
     tid = offset("common_pid", 4)
     if ip < 0 or tid < 0:
         return None

@@ -12,11 +12,12 @@ from __future__ import annotations
 import errno
 import logging
 import time
+from dataclasses import replace
 from types import TracebackType
 
 from uprobe_exporter.errors import KernelRefusedError, ProbeRefusedError, TracefsError
 from uprobe_exporter.formatfile import EventFormat, parse_format
-from uprobe_exporter.probes import ProbeEvent, removal_command
+from uprobe_exporter.probes import ProbeEvent, removal_command, unique_events
 from uprobe_exporter.tracefs import Instance, Tracefs
 
 log = logging.getLogger(__name__)
@@ -91,8 +92,9 @@ class ProbeSession:
                 except KernelRefusedError as exc:
                     raise ProbeRefusedError(ev.location or ev.full_name, exc) from exc
                 self.registered.append(ev)
-            for ev in self.events:
-                self.formats[ev.event] = parse_format(self.instance.read_format(self.group, ev.event))
+            for ev in unique_events(self.events):  # a USDT event has one command per site
+                fmt = parse_format(self.instance.read_format(self.group, ev.event))
+                self.formats[ev.event] = replace(fmt, ends_call=True) if ev.usdt and ev.is_return else fmt
                 if ev.filter:
                     try:
                         self.instance.set_filter(self.group, ev.event, ev.filter)
@@ -100,7 +102,7 @@ class ProbeSession:
                         key = "return_filter" if ev.is_return else "filter"
                         raise ProbeRefusedError(f"{ev.location}.{key}" if ev.location else ev.full_name,
                                                 exc) from exc
-            for ev in self.events:
+            for ev in unique_events(self.events):
                 self.instance.set_enabled(self.group, ev.event, True)
         except BaseException:
             self.close()
@@ -109,7 +111,7 @@ class ProbeSession:
 
     def disable(self) -> None:
         """Stop recording (the buffer keeps what it has until it is drained)."""
-        for ev in self.registered:
+        for ev in unique_events(self.registered):
             try:
                 self.instance.set_enabled(self.group, ev.event, False)
             except TracefsError as exc:
@@ -117,7 +119,7 @@ class ProbeSession:
 
     def close(self) -> None:
         """Disable, remove our events and our instance (drain between ``disable`` and this)."""
-        events = [ev.event for ev in reversed(self.registered)]
+        events = [ev.event for ev in reversed(unique_events(self.registered))]
         self.registered.clear()
         remove_events(self.tracefs, self.group, events, self.instance)
 
