@@ -256,12 +256,16 @@ def check_usdt_arg(value: str) -> str | None:
     return None
 
 
-def _common_type(args: Sequence[UsdtArg]) -> str:
+def _common_type(args: Sequence[UsdtArg], value: str) -> str:
     """One type for an argument at every site (the kernel refuses sites of one event whose types
-    differ, DIFF_ARG_TYPE): the widest size, signed if any site says so."""
-    size = max(a.size for a in args)
+    differ, DIFF_ARG_TYPE): signed if any site says so. Sizes that differ need a type from the user:
+    reading a 4-byte operand as 8 bytes would fetch whatever lies beside it."""
+    sizes = sorted({a.size for a in args})
+    if len(sizes) > 1:
+        raise ResolveError(f"'{value}' is {' or '.join(f'{s} bytes' for s in sizes)} at different sites "
+                           f"({', '.join(a.spec for a in args)}); give the type, e.g. '{value}:s{sizes[0] * 8}'")
     signed = any(a.signed for a in args)
-    return f"{'s' if signed else 'u'}{size * 8}"
+    return f"{'s' if signed else 'u'}{sizes[0] * 8}"
 
 
 def site_fetchargs(sites: Sequence[UsdtSite], args: Sequence[tuple[str, str]]) -> list[str]:
@@ -284,7 +288,7 @@ def site_fetchargs(sites: Sequence[UsdtSite], args: Sequence[tuple[str, str]]) -
                     + (f" (arg0..arg{have - 1}: {' '.join(site.note.args)})" if have else "")
                     + (f" at {site.offset:#x}" if len(sites) > 1 else ""), symbol=site.note.full_name)
             specs.append(parse_arg_spec(site.note.args[n]))
-        kind = m["type"] or _common_type(specs)
+        kind = m["type"] or _common_type(specs, value)
         for out, spec in zip(per_site, specs, strict=True):
             out.append(f"{name}={render_fetcharg(spec, kind)}")
     return [" ".join(out) for out in per_site]
