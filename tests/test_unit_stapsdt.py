@@ -82,7 +82,7 @@ def test_type_suffix_overrides_and_strings_read_through_the_pointer() -> None:
 def test_a_spec_the_kernel_cannot_fetch_is_named(spec: str) -> None:
     with pytest.raises(ResolveError) as exc:
         parse_arg_spec(spec)
-    assert spec.split()[0] in str(exc.value) or "SIZE@OPERAND" in str(exc.value)
+    assert spec.split(maxsplit=1)[0] in str(exc.value) or "SIZE@OPERAND" in str(exc.value)
 
 
 def test_usdt_arg_values() -> None:
@@ -98,7 +98,9 @@ def _desc(pc: int, base: int, sem: int, provider: str, name: str, args: str) -> 
 
 def _note(desc: bytes, owner: bytes = b"stapsdt", kind: int = 3) -> bytes:
     name = owner + b"\0"
-    pad = lambda b: b + b"\0" * (-len(b) % 4)  # noqa: E731
+    def pad(b: bytes) -> bytes:
+        return b + b"\0" * (-len(b) % 4)
+
     return struct.pack("<3I", len(name), len(desc), kind) + pad(name) + pad(desc)
 
 

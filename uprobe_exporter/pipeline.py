@@ -80,9 +80,11 @@ class Pipeline:
         }
         # labels of the return's own arguments; one named in both args and return_args is the entry's
         return_args = {p.name: {n for n, _ in p.return_args} - {n for n, _ in p.args} for p in probes}
+        match = {p.name: {n for n, _ in p.return_args} & {n for n, _ in p.args} for p in probes if p.usdt}
         self.routes = {name: Route(info, info.probe in self.paired, self.histograms.get(info.probe),
                                    frozenset(x for x in info.labels if x in return_args.get(info.probe, ())),
-                                   labels_kind(info.labels, info.probe in self.histograms))
+                                   labels_kind(info.labels, info.probe in self.histograms),
+                                   frozenset(x for x in info.labels if x in match.get(info.probe, ())))
                        for name, info in infos.items()}
         self.event_counts: dict[str, int] = dict.fromkeys(infos, 0)  # not a Counter: += is 3x cheaper
         self.parse_errors: Counter[str] = Counter()
@@ -152,7 +154,7 @@ class Pipeline:
         # indexes, not attribute names: this runs once per record (0 event, 1 tid, 2 tgid, 4 ts_ns,
         # 5 comm, 8 is_return, 9 sp)
         name = rec[0]
-        info, paired, hist, labels_at_return, kind = self.routes[name]
+        info, paired, hist, labels_at_return, kind, match = self.routes[name]
         self.event_counts[name] += 1
         duration = None
         if paired:
@@ -162,7 +164,8 @@ class Pipeline:
                     (rec[5],) if kind is COMM_LABEL else _label_values(rec, info.labels, None))
                 self.pairing.enter(info.probe, rec[1], rec[9], rec[4], extra)
             else:
-                frame = self.pairing.leave(info.probe, rec[1], rec[9])
+                frame = (self.pairing.leave_matching(info.probe, rec[1], _wanted(rec, info.labels, match)) if match
+                         else self.pairing.leave(info.probe, rec[1], rec[9]))
                 if frame is not None:
                     duration = rec[4] - frame[1]
                     if hist is not None:
@@ -182,6 +185,11 @@ class Pipeline:
         for reason, n in list(self.decode_errors.items()):
             errors[reason] = errors.get(reason, 0) + n
         return PipelineStats(dict(events), errors, self.lost_markers, self.lost_inband)
+
+
+def _wanted(rec: TraceRecord, labels: tuple[str, ...], match: frozenset[str]) -> tuple[str | None, ...]:
+    """What a USDT return requires of the entry it closes: its values of the labels in ``match``."""
+    return tuple(str(rec.args[name]) if name in match else None for name in labels)
 
 
 def _label_values(

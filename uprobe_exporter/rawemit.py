@@ -47,6 +47,8 @@ class Route(NamedTuple):
     histograms: ProbeHistograms | None  # its probe's latency histograms
     labels_at_return: frozenset[str]  # histogram labels from the return's own arguments (not also in args)
     labels_kind: str  # NO_LABELS, COMM_LABEL or ANY_LABELS: what an entry keeps for its return
+    # USDT: labels in both args and return_args; a return closes the innermost entry only if they agree
+    match: frozenset[str] = frozenset()
 
 
 class LineList(list[bytes]):
@@ -104,6 +106,13 @@ def _label_tuple(
     return f"({', '.join(items)},)"
 
 
+def _wanted(plan: UnpackPlan, labels: tuple[str, ...], values: list[str], match: frozenset[str]) -> str:
+    """The tuple ``pipeline._wanted`` makes: this return's values of the labels in ``match``, else None."""
+    names = [f.name for f, _ in plan.args]
+    items = [f"str({values[names.index(x)]})" if x in match and x in names else "None" for x in labels]
+    return f"({', '.join(items)},)"
+
+
 def compile_emitter(plan: UnpackPlan, route: Route, sinks: Sinks) -> tuple[Handler, str]:
     """The emitter of one event (``plan.fmt``), ``emit(page, offset, ts_ns, cpu)``, and its source."""
     fmt = plan.fmt
@@ -124,8 +133,10 @@ def compile_emitter(plan: UnpackPlan, route: Route, sinks: Sinks) -> tuple[Handl
         lines.append(f"    _enter({info.probe!r}, {plan.tid}, {plan.sp}, ts, {extra})")
     elif route.paired:
         duration = True
+        leave = (f"_leave({info.probe!r}, {plan.tid}, {plan.sp})" if not route.match else
+                 f"_leave_matching({info.probe!r}, {plan.tid}, {_wanted(plan, info.labels, values, route.match)})")
         lines += ["    duration = None",
-                  f"    frame = _leave({info.probe!r}, {plan.tid}, {plan.sp})",
+                  f"    frame = {leave}",
                   "    if frame is not None:",
                   "        duration = ts - frame[1]"]
         if hist is not None:
@@ -159,6 +170,7 @@ def compile_emitter(plan: UnpackPlan, route: Route, sinks: Sinks) -> tuple[Handl
     renderer = sinks.renderer
     namespace: dict[str, Any] = {
         **plan.namespace(), "_counts": sinks.counts, "_enter": sinks.pairing.enter, "_leave": sinks.pairing.leave,
+        "_leave_matching": sinks.pairing.leave_matching,
         "_observe": hist.observe if hist is not None else None, "_renderer": renderer, "_info": info,
         "_clock": renderer.clock if renderer is not None else None,
         "_by_thread": renderer.by_thread if renderer is not None else None, "_tgid_of": sinks.tgid_of,
@@ -197,7 +209,7 @@ def native_emitter(plan: UnpackPlan, route: Route, sinks: Sinks, emitter: Handle
     if not route.paired:
         pairing = PAIR_NONE
     elif fmt.is_return:
-        if hist is not None and route.labels_at_return:
+        if (hist is not None and route.labels_at_return) or route.match:
             return None
         pairing = PAIR_LEAVE
     elif hist is None or route.labels_kind == NO_LABELS:

@@ -68,7 +68,9 @@ static void __attribute__((noinline)) args_probe(int round, const char *text) {
            (uint8_t)(round + 7), (int16_t)(-round - 9), (uint32_t)(round * 3u + 1), (long long)((int64_t)round - 11),
            (int8_t)(-round - 1));
     printf("{\"probe\":\"args\",\"tid\":%ld,\"u8\":%u,\"s16\":%d,\"u32\":%u,\"s64\":%lld,\"mem\":%d,\"const\":5,"
-           "\"text\":\"%s\",\"round\":%d}\n", tid(), u8, s16, u32, (long long)s64, in_memory, text, round);
+           "\"round\":%d,\"text\":\"", tid(), u8, s16, u32, (long long)s64, in_memory, round);
+    for (const char *c = text; *c; c++) printf(*c == '"' || *c == '\\' ? "\\%c" : "%c", *c);
+    printf("\"}\n");
 }
 
 int main(void) {
