@@ -22,12 +22,21 @@ import pytest
 from tests.helpers import ROOT, ExporterProcess, build_config, read_jsonl, run_cli, toml_dumps, wait_for_lines
 from tests.prom import free_port
 from tests.test_kernel_metrics import scrape
+from uprobe_exporter.config import load_config_partial
 from uprobe_exporter.elf import read_stapsdt
+from uprobe_exporter.pairing import Pairing
+from uprobe_exporter.pipeline import Pipeline, event_infos
+from uprobe_exporter.rawpage import RAW_ERROR_REASONS, PageLayout, RawDecoder
+from uprobe_exporter.records import LostEvents, TraceRecord
+from uprobe_exporter.render import Renderer
+from uprobe_exporter.resolve import plan_events
+from uprobe_exporter.session import ProbeSession
 from uprobe_exporter.stapsdt import find_notes
 from uprobe_exporter.tracefs import Tracefs
 
 PYTHON = Path("/usr/bin/python3.11")
 ROUNDS = 5
+PAGE = 4096
 
 
 def read_u16(pid: int, address: int) -> int:
@@ -407,3 +416,66 @@ def test_the_readme_python_recipe_gives_per_function_histograms(
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__]))
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native", "python"])
+def test_usdt_pages_give_the_same_output_by_records_and_by_emitters(
+    target: Target, build: Callable[..., Path], group: str, tmp_path: Path, tracefs: Tracefs, native: bool,
+) -> None:
+    """The pages the kernel wrote for the C target's USDT probes (sites, a USDT return with ip, labels
+    from arguments, matched returns) through the record path and through the emitters: the same bytes,
+    counts, pairs and histograms."""
+    binary = build("usdt")
+    config = load_config_partial(str(write_config(tmp_path / "c.toml", group, tmp_path / "o", binary, C_PROBES)))[0]
+    events = plan_events(config)
+    instance = tracefs.instance(group)
+    pages: list[tuple[bytes, int]] = []
+    with ProbeSession(tracefs, instance, group, events, 1024) as session:
+        target.go(ROUNDS)
+        session.disable()
+        for cpu in instance.cpus():
+            raw = instance.root / "per_cpu" / f"cpu{cpu}" / "trace_pipe_raw"
+            fd = os.open(raw, os.O_RDONLY | os.O_NONBLOCK)
+            try:
+                while True:
+                    try:
+                        page = os.read(fd, PAGE)
+                    except BlockingIOError:
+                        break
+                    if not page:
+                        break
+                    pages.append((page, cpu))
+            finally:
+                os.close(fd)
+        formats = list(session.formats.values())
+        layout = PageLayout.parse(instance.read_header_page())
+    assert any(f.ends_call for f in formats)
+    made = []
+    for use_native in (False, native):
+        infos = event_infos(events, config.probes)
+        made.append(Pipeline(None, infos, config.probes, Renderer(10**18), Pairing(native=use_native), 100,
+                             lambda tid: tid, dict.fromkeys(RAW_ERROR_REASONS, 0), native=use_native))
+    by_record, by_emitter = made
+    records: list[TraceRecord | LostEvents] = []
+    decoder = RawDecoder.for_formats(layout, formats)
+    emitters = by_emitter.emitters(formats)
+    located: list[Any] = []
+    lost: list[LostEvents] = []
+    locator = RawDecoder(layout, emitters, by_emitter.decode_errors)
+    for page, cpu in pages:
+        decoder.decode(page, cpu, records)
+        locator.locate(page, cpu, located, lost)
+    ordered = sorted((r for r in records if isinstance(r, TraceRecord)), key=lambda r: r.ts_ns)
+    a = by_record.process_items(list(ordered))
+    b = by_emitter.process_located(sorted(located, key=lambda x: x[0]), lost)
+    assert a is not None and b is not None and a[1] > 0
+    assert b == a
+    hists = [{name: {k: (list(h.counts), h.sum_ns) for k, h in ph.series.items()} for name, ph in p.histograms.items()}
+             for p in made]
+    assert hists[0] == hists[1] and hists[0]["nest"]
+    assert by_emitter.statistics() == by_record.statistics()
+    assert by_emitter.pairing.statistics() == by_record.pairing.statistics()
+    assert by_record.pairing.statistics().paired == 3 * ROUNDS
+    lines = [json.loads(x) for x in a[0].splitlines()]
+    nest_returns = [r for r in lines if r["probe"] == "nest" and r["type"] == "return"]
+    assert {("ip" in r, "func" in r) for r in nest_returns} == {(True, False)}
