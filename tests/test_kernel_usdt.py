@@ -127,13 +127,14 @@ def check_pairs(records: list[dict[str, Any]], probe: str) -> int:
     return paired
 
 
+@pytest.mark.parametrize("reader", ["raw", "text"])
 def test_c_target_every_argument_form_sites_semaphores_and_pairing(
-    target: Target, build: Callable[..., Path], group: str, tmp_path: Path,
+    target: Target, build: Callable[..., Path], group: str, tmp_path: Path, reader: str,
 ) -> None:
     binary = build("usdt")
     out, port = tmp_path / "out.jsonl", free_port()
     config = write_config(tmp_path / "c.toml", group, out, binary, C_PROBES,
-                          metrics={"listen": f"127.0.0.1:{port}"})
+                          metrics={"listen": f"127.0.0.1:{port}"}, exporter={"reader": reader})
     before = target.go(1)  # no tracer: the semaphore-guarded probes are skipped by the program itself
     assert read_u16(target.pid, target.semaphore) == 0
     assert not [r for r in before if r["probe"] in ("sem",)]
