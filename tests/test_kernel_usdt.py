@@ -480,3 +480,24 @@ def test_usdt_pages_give_the_same_output_by_records_and_by_emitters(
     lines = [json.loads(x) for x in a[0].splitlines()]
     nest_returns = [r for r in lines if r["probe"] == "nest" and r["type"] == "return"]
     assert {("ip" in r, "func" in r) for r in nest_returns} == {(True, False)}
+
+
+def test_a_site_probed_with_another_semaphore_offset_is_explained(
+    build: Callable[..., Path], group: str, tmp_path: Path, tracefs: Tracefs,
+) -> None:
+    binary = build("usdt")
+    config = write_config(tmp_path / "c.toml", group, tmp_path / "o", binary, C_PROBES[3:4])
+    line = next(x for x in run_cli("check", "--config", str(config)).stdout.splitlines() if "sem_entry" in x)
+    m = re.search(r":(0x[0-9a-f]+)\((0x[0-9a-f]+)\)", line)
+    assert m
+    other = f"{group}_other"  # another tracer's probe on the same site, with another semaphore offset
+    tracefs.write_uprobe_events(f"p:{other}/sem {binary}:{m[1]}({int(m[2], 16) + 2:#x})")
+    try:
+        done = run_cli("run", "--config", str(config))
+    finally:
+        tracefs.write_uprobe_events(f"-:{other}/sem")
+    assert done.returncode == 2, done.stderr
+    assert re.search(rf"probes\[0\]: .*already probed by {other}/sem with 0x[0-9a-f]+ as its semaphore offset",
+                     done.stderr), done.stderr
+    assert not [e for e in tracefs.read_uprobe_events() if e.group == group]
+    assert not tracefs.instance(group).exists()
