@@ -65,9 +65,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_check(args: argparse.Namespace) -> int:
     _, events = load_plan(args.config)
+    filtered = set()
     for ev in events:
         print(ev.command)
-        if ev.filter:
+        if ev.filter and ev.event not in filtered:  # once per event (a USDT event has a command per site)
+            filtered.add(ev.event)
             print(f"# filter {ev.full_name}: {ev.filter}")
     return 0
 
