@@ -124,6 +124,24 @@ def test_without_stack_pointer_pairs_innermost_first() -> None:
     assert stats(p) == Totals(0, 3, 1, 0, 0, 0)
 
 
+def test_leave_matching_closes_only_the_same_function() -> None:
+    """A USDT return (CPython: function__return of a frame whose entry was not fired) closes the innermost
+    entry only when the labels agree; otherwise it is a return without entry and the entry stays."""
+    for native in (True, False):
+        p = Pairing(native=native)
+        p.enter("py", 1, 0, 10, ("outer", "a.py"))
+        p.enter("py", 1, 0, 20, ("leaf", "a.py"))
+        assert p.leave_matching("py", 1, ("middle", None)) is None  # middle's entry was never seen
+        frame = p.leave_matching("py", 1, ("leaf", None))
+        assert frame is not None and frame.ts_ns == 20
+        assert p.leave_matching("py", 1, (None, "b.py")) is None
+        frame = p.leave_matching("py", 1, ("outer", "a.py"))
+        assert frame is not None and frame.ts_ns == 10
+        assert p.leave_matching("py", 1, ("outer", None)) is None  # nothing open
+        assert p.leave_matching("py", 2, ()) is None
+        assert stats(p) == Totals(0, 2, 4, 0, 0, 0)
+
+
 def test_evict_thread() -> None:
     p = Pairing()
     p.enter("f", 5, SP, 1)
@@ -241,7 +259,7 @@ def test_a_stack_that_empties_is_kept_for_the_next_call_until_dropped() -> None:
 
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.tuples(
-    st.sampled_from(["enter", "leave", "exit", "drop"]), st.sampled_from(["f", "g", "h"]), st.integers(1, 5),
+    st.sampled_from(["enter", "leave", "exit", "drop", "match"]), st.sampled_from(["f", "g", "h"]), st.integers(1, 5),
     st.sampled_from([0, 3, SP, SP - 0x20, SP - 0x40, SP - 0x60, SP + RET, SP - 0x20 + RET, SP - 0x40 + RET]),
 ), max_size=300), st.integers(1, 6), st.integers(1, 4))
 def test_the_native_pairing_is_the_python_pairing(
@@ -258,6 +276,8 @@ def test_the_native_pairing_is_the_python_pairing(
                 results.append(p.enter(probe, tid, sp, ts, (probe, ts)))
             elif op == "leave":
                 results.append(p.leave(probe, tid, sp))
+            elif op == "match":  # a USDT return: the innermost entry, if its extra[0] is the wanted one
+                results.append(p.leave_matching(probe, tid, (("f", "g", "h")[sp % 3], None)))
             elif op == "exit":
                 results.append(p.evict_thread(tid))
             else:

@@ -276,6 +276,37 @@ int pairing_leave_c(PyObject *obj, PyObject *probe_name, long long tid, uint64_t
     return 1;
 }
 
+/* leave_matching(probe, tid, want): like leave(probe, tid, 0), but the innermost entry is closed only
+ * when each non-None item of ``want`` equals the same item of its extra (its label values); otherwise the
+ * return is counted as without entry and the entry stays open. */
+static PyObject *Pairing_leave_matching(Pairing *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3 || !PyTuple_Check(args[2])) {
+        PyErr_SetString(PyExc_TypeError, "leave_matching(probe, tid, want: tuple)");
+        return NULL;
+    }
+    Py_ssize_t probe = probe_index(self, args[0]);
+    if (probe < 0) return NULL;
+    long long tid = PyLong_AsLongLong(args[1]);
+    if (tid == -1 && PyErr_Occurred()) return NULL;
+    int found;
+    Py_ssize_t i = slot_of(self, probe, tid, &found);
+    Stack *s = found ? self->table[i] : NULL;
+    if (!s || !s->n) { self->counts[probe].without_entry++; Py_RETURN_NONE; }
+    PyObject *extra = s->frames[s->n - 1].extra, *want = args[2];
+    for (Py_ssize_t j = 0; j < PyTuple_GET_SIZE(want); j++) {
+        PyObject *w = PyTuple_GET_ITEM(want, j);
+        if (w == Py_None) continue;
+        if (!PyTuple_Check(extra) || j >= PyTuple_GET_SIZE(extra)) {
+            PyErr_SetString(PyExc_ValueError, "leave_matching: the entry's extra has no such item");
+            return NULL;
+        }
+        int eq = PyObject_RichCompareBool(PyTuple_GET_ITEM(extra, j), w, Py_EQ);
+        if (eq < 0) return NULL;
+        if (!eq) { self->counts[probe].without_entry++; Py_RETURN_NONE; }
+    }
+    return pairing_leave((PyObject *)self, args[0], tid, 0);
+}
+
 /* leave() with C values: the Frame, None, or NULL with an exception. */
 PyObject *pairing_leave(PyObject *obj, PyObject *probe_name, long long tid, uint64_t sp) {
     CFrame f;
@@ -460,6 +491,8 @@ static void Pairing_dealloc(Pairing *self) {
 static PyMethodDef Pairing_methods[] = {
     {"enter", (PyCFunction)(void (*)(void))Pairing_enter, METH_FASTCALL | METH_KEYWORDS, "Pairing.enter(probe, tid, sp, ts_ns, extra)"},
     {"leave", (PyCFunction)(void (*)(void))Pairing_leave, METH_FASTCALL, "Pairing.leave(probe, tid, sp)"},
+    {"leave_matching", (PyCFunction)(void (*)(void))Pairing_leave_matching, METH_FASTCALL,
+     "Pairing.leave_matching(probe, tid, want)"},
     {"drop_empty", (PyCFunction)Pairing_drop_empty, METH_NOARGS, "Forget the empty stacks."},
     {"threads", (PyCFunction)Pairing_threads, METH_NOARGS, "Thread ids with pending entries."},
     {"evict_thread", (PyCFunction)Pairing_evict_thread, METH_O, "Forget a thread that exited."},

@@ -1,4 +1,4 @@
-"""Command line: ``run``, ``check``, ``symbols``, ``cleanup``; the one place errors become exit codes.
+"""Command line: ``run``, ``check``, ``symbols``, ``usdt``, ``cleanup``; the one place errors become exit codes.
 
 Exit codes: 0 ok, 2 bad configuration or usage, 1 runtime failure. Expected failures print one
 ``uprobe-exporter: error: ...`` line (plus the kernel's error_log lines when it refused a command),
@@ -18,7 +18,7 @@ from uprobe_exporter import __version__
 from uprobe_exporter.binaries import resolve_binary
 from uprobe_exporter.config import load_config_partial
 from uprobe_exporter.daemon import open_tracefs, run
-from uprobe_exporter.elf import load_elf, match_functions
+from uprobe_exporter.elf import load_elf, match_functions, read_stapsdt, render_usdt_listing
 from uprobe_exporter.errors import ConfigError, UprobeExporterError
 from uprobe_exporter.resolve import load_plan
 from uprobe_exporter.session import remove_group
@@ -39,6 +39,10 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("binary", help="a path, or a library name such as libc.so.6")
     s.add_argument("pattern", nargs="?", help="a glob (or substring) the function name must match")
     s.add_argument("--host-root", default="/", metavar="DIR", help="resolve the binary inside DIR")
+    u = sub.add_parser("usdt", help="list the USDT probes (.note.stapsdt) of a binary: sites, semaphore, arguments")
+    u.add_argument("binary", help="a path, or a library name such as libstdc++.so.6")
+    u.add_argument("pattern", nargs="?", help="a glob (or substring) provider:name must match")
+    u.add_argument("--host-root", default="/", metavar="DIR", help="resolve the binary inside DIR")
     k = sub.add_parser("cleanup", help="remove leftovers of our group and instance (after a crash)")
     k.add_argument("--config", "-c", metavar="FILE", help=config_help)
     return p
@@ -61,9 +65,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_check(args: argparse.Namespace) -> int:
     _, events = load_plan(args.config)
+    filtered = set()
     for ev in events:
         print(ev.command)
-        if ev.filter:
+        if ev.filter and ev.event not in filtered:  # once per event (a USDT event has a command per site)
+            filtered.add(ev.event)
             print(f"# filter {ev.full_name}: {ev.filter}")
     return 0
 
@@ -72,6 +78,14 @@ def _cmd_symbols(args: argparse.Namespace) -> int:
     path = resolve_binary(args.binary, args.host_root)
     for sym, offset in match_functions(load_elf(path, args.host_root), args.pattern):
         print(f"{offset:#010x} {sym.size:8d} {sym.name}")
+    return 0
+
+
+def _cmd_usdt(args: argparse.Namespace) -> int:
+    path = resolve_binary(args.binary, args.host_root)
+    info = read_stapsdt(path)
+    for line in render_usdt_listing(info, args.pattern):
+        print(line)
     return 0
 
 
@@ -87,7 +101,8 @@ def _cmd_cleanup(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": _cmd_run, "check": _cmd_check, "symbols": _cmd_symbols, "cleanup": _cmd_cleanup}
+COMMANDS = {"run": _cmd_run, "check": _cmd_check, "symbols": _cmd_symbols, "usdt": _cmd_usdt,
+            "cleanup": _cmd_cleanup}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

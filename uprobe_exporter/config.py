@@ -18,6 +18,7 @@ from typing import Any
 
 from uprobe_exporter.errors import ConfigError
 from uprobe_exporter.fetchargs import check_fetcharg
+from uprobe_exporter.stapsdt import check_usdt_arg
 
 DEFAULT_PORT = 9527
 DEFAULT_BUCKETS = (0.00001, 0.00005, 0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0)
@@ -79,10 +80,14 @@ class ProbeConfig:
     latency: bool = False
     buckets: tuple[float, ...] = DEFAULT_BUCKETS
     labels: tuple[str, ...] = ()
+    usdt: str = ""  # provider:name of a USDT probe (.note.stapsdt), instead of function/offset
+    return_usdt: str = ""  # the USDT that ends the call (then return_probe is True)
 
     @property
     def where(self) -> str:
-        """The probed location as a person wrote it: ``readline``, ``work+0x4`` or ``0x1149``."""
+        """The probed location as a person wrote it: ``readline``, ``work+0x4``, ``0x1149`` or ``python:line``."""
+        if self.usdt:
+            return self.usdt
         if self.offset is not None:
             return hex(self.offset)
         return self.function + (f"+{self.function_offset:#x}" if self.function_offset else "")
@@ -223,7 +228,7 @@ def _parse_metrics(data: Mapping[str, Any], problems: _Problems) -> MetricsConfi
 
 
 def _parse_args(
-    value: Any, where: str, is_return: bool, problems: _Problems,
+    value: Any, where: str, is_return: bool, problems: _Problems, usdt: bool = False,
 ) -> tuple[tuple[str, str], ...]:
     if not isinstance(value, Mapping):
         problems.add(where, "must be a table of name = \"fetcharg[:type]\"")
@@ -238,7 +243,10 @@ def _parse_args(
         if not isinstance(fetcharg, str):
             problems.add(loc, "must be a string such as \"%di:s32\" or \"+0(%si):string\"")
             continue
-        if (err := check_fetcharg(fetcharg, is_return=is_return)) is not None:
+        if usdt and fetcharg.startswith("arg"):  # argN[:type] of the note; any other value is a fetcharg
+            if (err := check_usdt_arg(fetcharg)) is not None:
+                problems.add(loc, err)
+        elif (err := check_fetcharg(fetcharg, is_return=is_return)) is not None:
             problems.add(loc, err)
         args.append((name, fetcharg))
     return tuple(args)
@@ -250,7 +258,7 @@ def _parse_probe(index: int, t: Any, problems: _Problems) -> ProbeConfig | None:
         problems.add(where, "must be a table ([[probes]])")
         return None
     known = ("name", "binary", "function", "offset", "args", "return", "return_args", "filter",
-             "return_filter", "latency", "buckets", "labels")
+             "return_filter", "latency", "buckets", "labels", *USDT_KEYS)
     _unknown_keys(t, known, where, problems)
     name = _get(t, "name", str, "", where, problems)
     if not NAME_RE.match(name):
@@ -263,8 +271,12 @@ def _parse_probe(index: int, t: Any, problems: _Problems) -> ProbeConfig | None:
     function = _get(t, "function", str, "", where, problems)
     offset = _get(t, "offset", int, None, where, problems)
     symbol, function_offset = "", 0
-    if bool(function) == (offset is not None):
-        problems.add(where, "give exactly one of 'function' (a symbol) or 'offset' (a file offset)")
+    usdt, return_usdt = _parse_usdt(t, where, problems)
+    if usdt and (function or offset is not None):
+        problems.add(where, "give one of 'function', 'offset' or 'usdt', not several")
+    elif not usdt and bool(function) == (offset is not None):
+        problems.add(where, "give exactly one of 'function' (a symbol), 'offset' (a file offset) or 'usdt' "
+                     "(provider:name)")
     elif function:
         m = FUNCTION_RE.match(function)
         if not m:
@@ -273,18 +285,19 @@ def _parse_probe(index: int, t: Any, problems: _Problems) -> ProbeConfig | None:
             symbol, function_offset = m["symbol"], int(m["off"] or "0", 0)
     elif offset is not None and offset < 0:
         problems.add(f"{where}.offset", "must be a non-negative file offset")
-    return_probe = _get(t, "return", bool, False, where, problems)
+    return_probe = _get(t, "return", bool, False, where, problems) or bool(return_usdt)
     if return_probe and function_offset:
         # a uretprobe replaces the return address it finds at the top of the stack: only true at entry
         problems.add(f"{where}.function", f"a return probe must be at the function's first instruction, not "
                      f"{function}; drop the +offset or return = true")
-    args = _parse_args(t.get("args", {}), f"{where}.args", False, problems)
-    return_args = _parse_args(t.get("return_args", {}), f"{where}.return_args", True, problems)
+    args = _parse_args(t.get("args", {}), f"{where}.args", False, problems, bool(usdt))
+    return_args = _parse_args(t.get("return_args", {}), f"{where}.return_args", not usdt, problems, bool(usdt))
+    ret_key = "return_usdt" if usdt else "return = true"
     if return_args and not return_probe:
-        problems.add(f"{where}.return_args", "needs return = true")
+        problems.add(f"{where}.return_args", f"needs {ret_key}")
     latency = _get(t, "latency", bool, False, where, problems)
     if latency and not return_probe:
-        problems.add(f"{where}.latency", "needs return = true: latency pairs entry and return events")
+        problems.add(f"{where}.latency", f"needs {ret_key}: latency pairs entry and return events")
     buckets = _get(t, "buckets", list, list(DEFAULT_BUCKETS), where, problems)
     if not buckets or not all(isinstance(b, int | float) and not isinstance(b, bool) and 0 < b < math.inf
                               for b in buckets) or sorted(set(buckets)) != list(buckets):
@@ -304,13 +317,34 @@ def _parse_probe(index: int, t: Any, problems: _Problems) -> ProbeConfig | None:
             problems.add(f"{where}.labels[{i}]", f"unknown label '{label}'; {hint}")
     filters = {k: _get(t, k, str, "", where, problems) for k in ("filter", "return_filter")}
     if filters["return_filter"] and not return_probe:
-        problems.add(f"{where}.return_filter", "needs return = true")
+        problems.add(f"{where}.return_filter", f"needs {ret_key}")
     return ProbeConfig(
         name=name, binary=binary, index=index, function=symbol, function_offset=function_offset, offset=offset,
         args=args, return_probe=return_probe, return_args=return_args, filter=filters["filter"],
         return_filter=filters["return_filter"], latency=latency,
         buckets=tuple(float(b) for b in buckets), labels=tuple(str(x) for x in labels),
+        usdt=usdt, return_usdt=return_usdt,
     )
+
+
+USDT_KEYS = ("usdt", "return_usdt")
+USDT_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*:[A-Za-z_][A-Za-z0-9_]*\Z")
+
+
+def _parse_usdt(t: Mapping[str, Any], where: str, problems: _Problems) -> tuple[str, str]:
+    """``usdt`` and ``return_usdt`` (``provider:name``); ``return = true`` does not apply to a USDT."""
+    usdt = _get(t, "usdt", str, "", where, problems)
+    return_usdt = _get(t, "return_usdt", str, "", where, problems)
+    for key, value in (("usdt", usdt), ("return_usdt", return_usdt)):
+        if value and not USDT_RE.match(value):
+            problems.add(f"{where}.{key}", f"'{value}' must be provider:name, as 'uprobe-exporter usdt BINARY' "
+                         "lists them (for example python:function__entry)")
+    if return_usdt and not usdt:
+        problems.add(f"{where}.return_usdt", "needs usdt = \"provider:name\" (the USDT that starts the call)")
+    if usdt and t.get("return") is True:
+        problems.add(f"{where}.return", "a USDT is not a function: there is no return to probe; name the USDT "
+                     "that ends the call with return_usdt = \"provider:name\"")
+    return usdt, return_usdt
 
 
 def parse_config_partial(data: Mapping[str, Any], source: str = "<mapping>") -> tuple[Config, list[str]]:

@@ -19,6 +19,7 @@ from elftools.elf.constants import P_FLAGS
 from elftools.elf.elffile import ELFFile
 
 from uprobe_exporter.errors import ResolveError
+from uprobe_exporter.stapsdt import LoadSegment, UsdtNote, match_notes, parse_stapsdt_section, resolve_site
 
 FUNCTION_TYPES = ("STT_FUNC",)
 STT_GNU_IFUNC = "STT_GNU_IFUNC"
@@ -207,3 +208,58 @@ def match_functions(info: ElfInfo, pattern: str | None) -> list[tuple[Symbol, in
         if offset is not None:
             out.append((sym, offset))
     return out
+
+
+@dataclass(frozen=True, slots=True)
+class StapsdtInfo:
+    """What USDT resolution needs of a file: its notes, ``.stapsdt.base``'s address, its PT_LOAD segments."""
+
+    path: Path
+    notes: tuple[UsdtNote, ...]
+    stapsdt_base: int | None
+    segments: tuple[LoadSegment, ...]
+
+
+def read_stapsdt(path: Path) -> StapsdtInfo:
+    """Read the ``.note.stapsdt`` notes of an ELF file (none: an empty tuple)."""
+    try:
+        with open(path, "rb") as f:
+            elf = ELFFile(f)
+            segments = tuple(
+                LoadSegment(seg["p_vaddr"], seg["p_offset"], seg["p_filesz"], seg["p_memsz"],
+                            bool(seg["p_flags"] & P_FLAGS.PF_X), bool(seg["p_flags"] & P_FLAGS.PF_W))
+                for seg in elf.iter_segments() if seg["p_type"] == "PT_LOAD")
+            section = elf.get_section_by_name(".note.stapsdt")
+            address_size = 8 if elf.elfclass == 64 else 4
+            notes = tuple(parse_stapsdt_section(section.data(), address_size)) if section is not None else ()
+            base = elf.get_section_by_name(".stapsdt.base")
+            stapsdt_base = int(base["sh_addr"]) if base is not None else None
+    except ELFError as exc:
+        raise ResolveError(f"{path} is not a valid ELF file: {exc}", binary=str(path)) from exc
+    except OSError as exc:
+        raise ResolveError(f"cannot read {path}: {exc.strerror}", binary=str(path)) from exc
+    return StapsdtInfo(path, notes, stapsdt_base, segments)
+
+
+def render_usdt_listing(info: StapsdtInfo, pattern: str | None) -> list[str]:
+    """``provider:name``, its sites (file offsets), semaphore file offset and argument specs, one probe a
+    line: ``python:function__entry sites=0xc779b semaphore=0x67dd40 args=arg0=8@%rbp arg1=8@%r12 ...``.
+    A site whose addresses do not resolve is listed with the reason."""
+    by_name: dict[str, list[UsdtNote]] = {}
+    for note in match_notes(info.notes, pattern):
+        by_name.setdefault(note.full_name, []).append(note)
+    lines = []
+    for name, notes in sorted(by_name.items()):
+        offsets, semaphores = [], set()
+        try:
+            for note in notes:
+                site = resolve_site(note, info.stapsdt_base, info.segments, str(info.path))
+                offsets.append(f"{site.offset:#x}")
+                semaphores.add("-" if site.ref_ctr_offset is None else f"{site.ref_ctr_offset:#x}")
+        except ResolveError as exc:
+            lines.append(f"{name} ({exc})")
+            continue
+        specs = sorted({" ".join(f"arg{i}={a}" for i, a in enumerate(n.args)) for n in notes})
+        lines.append(f"{name} sites={','.join(offsets)} semaphore={','.join(sorted(semaphores))} "
+                     f"args={' | '.join(specs) or '-'}")
+    return lines

@@ -96,7 +96,7 @@ class UprobeCollector(Collector):
         yield info
         registered = GaugeMetricFamily("uprobe_exporter_events_registered",
                                        "uprobe events the exporter has registered in its group.")
-        registered.add_metric([], len(s.events) if s.pipeline is not None else 0)
+        registered.add_metric([], len({e.event for e in s.events}) if s.pipeline is not None else 0)
         yield registered
         if s.pipeline is None or s.tracefs is None or s.instance is None:
             yield from self._scrape_errors()
@@ -111,10 +111,14 @@ class UprobeCollector(Collector):
             "before filtering and before the ring buffer.", labels=["probe", "event", "path"])
         try:
             ours = {(e.group, e.event): e for e in events}
+            per_event: dict[tuple[str, str, str], int] = {}  # a USDT event has a line per site: summed
             for kernel_event, n in tracefs.read_uprobe_hits():
                 ev = ours.get((kernel_event.group, kernel_event.event))
                 if ev is not None:
-                    hits.add_metric([ev.probe, ev.full_name, ev.path], n)
+                    site = (ev.probe, ev.full_name, ev.path)
+                    per_event[site] = per_event.get(site, 0) + n
+            for labels, n in per_event.items():
+                hits.add_metric(list(labels), n)
         except UprobeExporterError:
             self.sources.count_scrape_error("uprobe_profile")
         yield hits

@@ -117,6 +117,18 @@ class PythonPairing:
             self.paired[probe] = 1
         return frame
 
+    def leave_matching(self, probe: str, tid: int, want: tuple[Any, ...]) -> Frame | None:
+        """``leave`` without a stack pointer (the innermost entry), but only if each non-None item of
+        ``want`` equals the same item of that entry's ``extra`` (its label values); otherwise the return
+        is counted as without entry and the entry stays open. A USDT return whose function is not the
+        innermost entry's (CPython 3.11 fires function__return for every frame, function__entry only
+        for frames entered from C) then does not close it."""
+        stack = self.stacks.get((probe, tid))
+        if stack and all(w is None or stack[-1][2][j] == w for j, w in enumerate(want)):
+            return self.leave(probe, tid, 0)
+        self.returns_without_entry[probe] += 1
+        return None
+
     def _evict_oldest(self) -> None:
         """The least recently active thread with a pending entry loses its oldest one."""
         for key, stack in self.stacks.items():
@@ -168,6 +180,7 @@ class Pairing:
         self.core = core
         self.enter: Callable[..., None] = core.enter  # (probe, tid, sp, ts_ns, extra=None)
         self.leave: Callable[[str, int, int], Frame | None] = core.leave
+        self.leave_matching: Callable[[str, int, tuple[Any, ...]], Frame | None] = core.leave_matching
         self.drop_empty: Callable[[], None] = core.drop_empty
         self.threads: Callable[[], set[int]] = core.threads
         self.evict_thread: Callable[[int], int] = core.evict_thread

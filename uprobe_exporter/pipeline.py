@@ -46,7 +46,8 @@ class PipelineStats:
 def event_infos(events: Iterable[ProbeEvent], probes: Iterable[ProbeConfig]) -> dict[str, EventInfo]:
     by_name = {p.name: p for p in probes}
     return {
-        e.event: EventInfo(e.probe, "return" if e.is_return else "entry", e.full_name, by_name[e.probe].labels)
+        e.event: EventInfo(e.probe, "return" if e.is_return else "entry", e.full_name, by_name[e.probe].labels,
+                           e.usdt)
         for e in events
     }
 
@@ -77,10 +78,13 @@ class Pipeline:
             p.name: ProbeHistograms(p.buckets, p.labels, LabelFolder(label_values_max))
             for p in probes if p.latency
         }
-        return_args = {p.name: {n for n, _ in p.return_args} for p in probes}
+        # labels of the return's own arguments; one named in both args and return_args is the entry's
+        return_args = {p.name: {n for n, _ in p.return_args} - {n for n, _ in p.args} for p in probes}
+        match = {p.name: {n for n, _ in p.return_args} & {n for n, _ in p.args} for p in probes if p.usdt}
         self.routes = {name: Route(info, info.probe in self.paired, self.histograms.get(info.probe),
-                                   any(label in return_args.get(info.probe, ()) for label in info.labels),
-                                   labels_kind(info.labels, info.probe in self.histograms))
+                                   frozenset(x for x in info.labels if x in return_args.get(info.probe, ())),
+                                   labels_kind(info.labels, info.probe in self.histograms),
+                                   frozenset(x for x in info.labels if x in match.get(info.probe, ())))
                        for name, info in infos.items()}
         self.event_counts: dict[str, int] = dict.fromkeys(infos, 0)  # not a Counter: += is 3x cheaper
         self.parse_errors: Counter[str] = Counter()
@@ -150,7 +154,7 @@ class Pipeline:
         # indexes, not attribute names: this runs once per record (0 event, 1 tid, 2 tgid, 4 ts_ns,
         # 5 comm, 8 is_return, 9 sp)
         name = rec[0]
-        info, paired, hist, labels_at_return, kind = self.routes[name]
+        info, paired, hist, labels_at_return, kind, match = self.routes[name]
         self.event_counts[name] += 1
         duration = None
         if paired:
@@ -160,11 +164,13 @@ class Pipeline:
                     (rec[5],) if kind is COMM_LABEL else _label_values(rec, info.labels, None))
                 self.pairing.enter(info.probe, rec[1], rec[9], rec[4], extra)
             else:
-                frame = self.pairing.leave(info.probe, rec[1], rec[9])
+                frame = (self.pairing.leave_matching(info.probe, rec[1], _wanted(rec, info.labels, match)) if match
+                         else self.pairing.leave(info.probe, rec[1], rec[9]))
                 if frame is not None:
                     duration = rec[4] - frame[1]
                     if hist is not None:
-                        values = _label_values(rec, info.labels, frame[2]) if labels_at_return else frame[2]
+                        values = (_label_values(rec, info.labels, frame[2], labels_at_return) if labels_at_return
+                                  else frame[2])
                         hist.observe(values, duration)
         if self.renderer is None:
             return None
@@ -181,11 +187,19 @@ class Pipeline:
         return PipelineStats(dict(events), errors, self.lost_markers, self.lost_inband)
 
 
-def _label_values(rec: TraceRecord, labels: tuple[str, ...], entry: tuple[str, ...] | None) -> tuple[str, ...]:
-    """Label values from the record (comm, its args); at a return, the entry's values fill the gaps."""
+def _wanted(rec: TraceRecord, labels: tuple[str, ...], match: frozenset[str]) -> tuple[str | None, ...]:
+    """What a USDT return requires of the entry it closes: its values of the labels in ``match``."""
+    return tuple(str(rec.args[name]) if name in match else None for name in labels)
+
+
+def _label_values(
+    rec: TraceRecord, labels: tuple[str, ...], entry: tuple[str, ...] | None, at_return: frozenset[str] = frozenset(),
+) -> tuple[str, ...]:
+    """Label values from the record (comm, its args); at a return, the entry's values except for the
+    labels taken at the return (``at_return``)."""
     values = []
     for i, name in enumerate(labels):
-        if name in rec.args:
+        if name in rec.args and (entry is None or name in at_return):
             values.append(str(rec.args[name]))
         elif entry is not None:
             values.append(entry[i])

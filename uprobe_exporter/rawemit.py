@@ -45,8 +45,10 @@ class Route(NamedTuple):
     info: EventInfo
     paired: bool  # its probe has a return probe: entries and returns are paired
     histograms: ProbeHistograms | None  # its probe's latency histograms
-    labels_at_return: bool  # a histogram label comes from the return's own arguments
+    labels_at_return: frozenset[str]  # histogram labels from the return's own arguments (not also in args)
     labels_kind: str  # NO_LABELS, COMM_LABEL or ANY_LABELS: what an entry keeps for its return
+    # USDT: labels in both args and return_args; a return closes the innermost entry only if they agree
+    match: frozenset[str] = frozenset()
 
 
 class LineList(list[bytes]):
@@ -86,18 +88,28 @@ def args_template(plan: UnpackPlan, values: list[str]) -> tuple[bytes, str]:
     return b"{" + b",".join(parts) + b"}", "".join(f", {x}" for x in fill)
 
 
-def _label_tuple(plan: UnpackPlan, labels: tuple[str, ...], values: list[str], entry: str | None) -> str:
+def _label_tuple(
+    plan: UnpackPlan, labels: tuple[str, ...], values: list[str], entry: str | None,
+    at_return: frozenset[str] = frozenset(),
+) -> str:
     """The label values as ``pipeline._label_values`` takes them: an argument of this event, else the
     entry's value (``entry``: the frame's tuple), else comm for "comm" and "" for the rest."""
     names = [f.name for f, _ in plan.args]
     items = []
     for i, label in enumerate(labels):
-        if label in names:
+        if label in names and (entry is None or label in at_return):
             items.append(f"str({values[names.index(label)]})")
         elif entry is not None:
             items.append(f"{entry}[{i}]")
         else:
             items.append(plan.comm if label == "comm" else "''")
+    return f"({', '.join(items)},)"
+
+
+def _wanted(plan: UnpackPlan, labels: tuple[str, ...], values: list[str], match: frozenset[str]) -> str:
+    """The tuple ``pipeline._wanted`` makes: this return's values of the labels in ``match``, else None."""
+    names = [f.name for f, _ in plan.args]
+    items = [f"str({values[names.index(x)]})" if x in match and x in names else "None" for x in labels]
     return f"({', '.join(items)},)"
 
 
@@ -121,12 +133,15 @@ def compile_emitter(plan: UnpackPlan, route: Route, sinks: Sinks) -> tuple[Handl
         lines.append(f"    _enter({info.probe!r}, {plan.tid}, {plan.sp}, ts, {extra})")
     elif route.paired:
         duration = True
+        leave = (f"_leave({info.probe!r}, {plan.tid}, {plan.sp})" if not route.match else
+                 f"_leave_matching({info.probe!r}, {plan.tid}, {_wanted(plan, info.labels, values, route.match)})")
         lines += ["    duration = None",
-                  f"    frame = _leave({info.probe!r}, {plan.tid}, {plan.sp})",
+                  f"    frame = {leave}",
                   "    if frame is not None:",
                   "        duration = ts - frame[1]"]
         if hist is not None:
-            labels = _label_tuple(plan, info.labels, values, "frame[2]") if route.labels_at_return else "frame[2]"
+            labels = (_label_tuple(plan, info.labels, values, "frame[2]", route.labels_at_return)
+                      if route.labels_at_return else "frame[2]")
             lines.append(f"        _observe({labels}, duration)")
     if render:
         template, fill = args_template(plan, values)
@@ -155,6 +170,7 @@ def compile_emitter(plan: UnpackPlan, route: Route, sinks: Sinks) -> tuple[Handl
     renderer = sinks.renderer
     namespace: dict[str, Any] = {
         **plan.namespace(), "_counts": sinks.counts, "_enter": sinks.pairing.enter, "_leave": sinks.pairing.leave,
+        "_leave_matching": sinks.pairing.leave_matching,
         "_observe": hist.observe if hist is not None else None, "_renderer": renderer, "_info": info,
         "_clock": renderer.clock if renderer is not None else None,
         "_by_thread": renderer.by_thread if renderer is not None else None, "_tgid_of": sinks.tgid_of,
@@ -193,7 +209,7 @@ def native_emitter(plan: UnpackPlan, route: Route, sinks: Sinks, emitter: Handle
     if not route.paired:
         pairing = PAIR_NONE
     elif fmt.is_return:
-        if hist is not None and route.labels_at_return:
+        if (hist is not None and route.labels_at_return) or route.match:
             return None
         pairing = PAIR_LEAVE
     elif hist is None or route.labels_kind == NO_LABELS:
@@ -202,7 +218,7 @@ def native_emitter(plan: UnpackPlan, route: Route, sinks: Sinks, emitter: Handle
         pairing = PAIR_ENTER_COMM
     else:
         return None
-    ip = offset("__probe_func" if fmt.is_return else "__probe_ip", 8)
+    ip = offset("__probe_func" if fmt.is_retprobe else "__probe_ip", 8)
     tid = offset("common_pid", 4)
     if ip < 0 or tid < 0:
         return None

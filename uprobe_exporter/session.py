@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import errno
 import logging
+import re
 import time
+from dataclasses import replace
 from types import TracebackType
 
 from uprobe_exporter.errors import KernelRefusedError, ProbeRefusedError, TracefsError
 from uprobe_exporter.formatfile import EventFormat, parse_format
-from uprobe_exporter.probes import ProbeEvent, removal_command
+from uprobe_exporter.probes import ProbeEvent, removal_command, unique_events
 from uprobe_exporter.tracefs import Instance, Tracefs
 
 log = logging.getLogger(__name__)
@@ -64,6 +66,27 @@ def remove_group(tracefs: Tracefs, group: str, instance: Instance | None = None)
     return remove_events(tracefs, group, events, instance)
 
 
+def _explain_ref_ctr(tracefs: Tracefs, ev: ProbeEvent, exc: KernelRefusedError) -> KernelRefusedError:
+    """The kernel refuses a USDT site whose semaphore offset differs from the one another probe of the
+    same file and offset was registered with (trace_uprobe.c: validate_ref_ctr_offset(), EINVAL, nothing
+    in error_log): say so, naming that probe when it is a tracefs one."""
+    m = re.search(r":0x[0-9a-f]+\((0x[0-9a-f]+)\)", ev.command)
+    if not ev.usdt or m is None or exc.errno != errno.EINVAL or exc.error_log.strip():
+        return exc
+    ours = int(m[1], 16)
+    try:
+        others = [e for e in tracefs.read_uprobe_events() if e.path == ev.path and e.offset == ev.offset
+                  and e.ref_ctr_offset != ours]
+    except TracefsError:
+        others = []
+    who = ", ".join(f"{e.group}/{e.event} with {hex(e.ref_ctr_offset) if e.ref_ctr_offset is not None else 'none'}"
+                    for e in others) or "another tracer (bpftrace, BCC, another exporter)"
+    return KernelRefusedError(
+        f"{exc.args[0]}: this USDT site ({ev.path}:{ev.offset:#x}) is already probed by {who} as its semaphore "
+        f"offset, and the kernel allows one semaphore offset per site; ours is {ours:#x}. Stop that tracer or "
+        "use the same semaphore", path=exc.path, command=exc.command, error_log=exc.error_log, errno=exc.errno)
+
+
 class ProbeSession:
     """Our events registered and enabled in our instance, for the duration of a ``with`` block."""
 
@@ -89,10 +112,12 @@ class ProbeSession:
                 try:
                     self.tracefs.write_uprobe_events(ev.command)
                 except KernelRefusedError as exc:
-                    raise ProbeRefusedError(ev.location or ev.full_name, exc) from exc
+                    refused = _explain_ref_ctr(self.tracefs, ev, exc)
+                    raise ProbeRefusedError(ev.location or ev.full_name, refused) from exc
                 self.registered.append(ev)
-            for ev in self.events:
-                self.formats[ev.event] = parse_format(self.instance.read_format(self.group, ev.event))
+            for ev in unique_events(self.events):  # a USDT event has one command per site
+                fmt = parse_format(self.instance.read_format(self.group, ev.event))
+                self.formats[ev.event] = replace(fmt, ends_call=True) if ev.usdt and ev.is_return else fmt
                 if ev.filter:
                     try:
                         self.instance.set_filter(self.group, ev.event, ev.filter)
@@ -100,7 +125,7 @@ class ProbeSession:
                         key = "return_filter" if ev.is_return else "filter"
                         raise ProbeRefusedError(f"{ev.location}.{key}" if ev.location else ev.full_name,
                                                 exc) from exc
-            for ev in self.events:
+            for ev in unique_events(self.events):
                 self.instance.set_enabled(self.group, ev.event, True)
         except BaseException:
             self.close()
@@ -109,7 +134,7 @@ class ProbeSession:
 
     def disable(self) -> None:
         """Stop recording (the buffer keeps what it has until it is drained)."""
-        for ev in self.registered:
+        for ev in unique_events(self.registered):
             try:
                 self.instance.set_enabled(self.group, ev.event, False)
             except TracefsError as exc:
@@ -117,7 +142,7 @@ class ProbeSession:
 
     def close(self) -> None:
         """Disable, remove our events and our instance (drain between ``disable`` and this)."""
-        events = [ev.event for ev in reversed(self.registered)]
+        events = [ev.event for ev in reversed(unique_events(self.registered))]
         self.registered.clear()
         remove_events(self.tracefs, self.group, events, self.instance)
 
