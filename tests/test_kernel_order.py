@@ -4,6 +4,7 @@ duration is negative, and the records leave in timestamp order, with either read
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 from collections import defaultdict
@@ -65,7 +66,7 @@ def test_every_return_pairs_with_its_own_entry_in_time_order(
     bad = mispaired(records)
     negative = [r for r in records if r.get("duration_ns", 0) < 0]
     stamps = [r["ts_ns"] for r in records]
-    late = [(a, b) for a, b in zip(stamps, stamps[1:], strict=False) if b < a]
+    late = [(a, b) for a, b in itertools.pairwise(stamps) if b < a]
     assert not bad and not negative and not late, (
         f"{len(bad)} returns not paired with their own entry, {len(negative)} negative durations, "
         f"{len(late)} records out of order (by up to {max((a - b for a, b in late), default=0)} ns); first: "

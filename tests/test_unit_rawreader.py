@@ -238,7 +238,8 @@ def test_the_reader_releases_what_the_kernel_serves_in_time_order(
     decoder = RawDecoder.for_formats(layout(), formats())
     decoder.native = native
     released: list[int] = []
-    reader = RawPipeReader(tmp_path, list(events), decoder, lambda located, lost: released.extend(r[0] for r in located),
+    reader = RawPipeReader(tmp_path, list(events), decoder,
+                           lambda located, lost: released.extend(r[0] for r in located),
                            pages_per_turn=limit, read=sim.read, clock=lambda: sim.t)
     assert isinstance(reader.merge, NativeCpuMerge) == native
     sim.fd_cpu = {fd: cpu for cpu, fd in reader.fds.items()}
@@ -253,5 +254,5 @@ def test_the_reader_releases_what_the_kernel_serves_in_time_order(
         reader.close()
     everything = sorted(ts for evs in events.values() for ts, _, _ in evs)
     assert len(released) == len(everything)
-    late = sum(b < a for a, b in zip(released, released[1:], strict=False))
+    late = sum(b < a for a, b in itertools.pairwise(released))
     assert released == everything, f"{late} records released after a younger one"
