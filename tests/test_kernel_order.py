@@ -51,12 +51,14 @@ def mispaired(records: list[dict[str, Any]]) -> list[str]:
     return problems
 
 
-def settled(port: int, records: int) -> Scrape:
-    """A scrape once the exporter counts ``records`` records (scrapes may be served from a cache)."""
+def settled(port: int, calls: int) -> Scrape:
+    """A scrape once the exporter has seen every return of ``calls`` calls, emitted or filtered (scrapes
+    may be served from a cache)."""
     deadline = time.monotonic() + 30
     while True:
         s = scrape(port)
-        if s.value("uprobe_events_total") >= records or time.monotonic() > deadline:
+        seen = s.value("uprobe_events_total", type="return") + s.value("uprobe_exporter_returns_filtered_total")
+        if seen >= calls or time.monotonic() > deadline:
             return s
         time.sleep(0.2)
 
@@ -76,7 +78,7 @@ def run_echo(binary: Path, group: str, tmp_path: Path, reader: str, calls: int,
         counted: dict[str, int] = json.loads(done.stdout)
         kept = counted["mask7"] if probe.get("filter") else counted["calls"]
         assert wait_for_lines(out, 2 * kept) == 2 * kept
-        metrics = settled(port, 2 * kept)
+        metrics = settled(port, counted["calls"])
         assert exporter.stop()[0] == 0, exporter.stderr
     return counted, read_jsonl(out), metrics
 
@@ -98,6 +100,7 @@ def test_every_return_pairs_with_its_own_entry_in_time_order(
         f"{bad[:1]}")
     assert metrics.value("uprobe_exporter_negative_durations_total", probe="echo") == 0
     assert metrics.value("uprobe_exporter_returns_without_entry_total", probe="echo") == 0
+    assert metrics.value("uprobe_exporter_calls_evicted_total", probe="echo") == 0, "an exited thread's last call"
     assert metrics.value("uprobe_call_duration_seconds_count", probe="echo") == calls
 
 
