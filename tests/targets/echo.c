@@ -1,8 +1,7 @@
-/* A target for ordering tests: THREADS threads (more than the machine's cores) each call
- * echo(x) CALLS times with a value unique to the call (thread * 1000000 + call); echo sleeps 0-3 ms
- * inside the call (so threads migrate between CPUs inside calls) and returns x. With `filter`, the
- * calls whose x is a multiple of MODULO are the ones a filter `x % MODULO == 0`-like expression keeps:
- * the program prints how many calls it made and how many had (x & MASK) == 0 for the masks 1, 3, 7.
+/* A target for ordering tests: THREADS threads (more than the machine's cores) each call echo(x)
+ * CALLS times with a value unique to the call (thread * 1000000 + call); echo sleeps 0-3 ms inside the
+ * call (so threads migrate between CPUs inside calls) and returns x. It prints how many calls it made
+ * and, for the masks 1, 3 and 7, how many had (x & mask) == 0: what a filter "!(x & 7)" keeps.
  * usage: echo THREADS CALLS */
 #define _GNU_SOURCE
 #include <pthread.h>
