@@ -7,6 +7,7 @@ from collections import Counter
 from pathlib import Path
 from typing import NamedTuple
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -266,9 +267,12 @@ def test_the_native_pairing_is_the_python_pairing(
     ops: list[tuple[str, str, int, int]], max_pending: int, max_depth: int,
 ) -> None:
     """Every call, on the native pairing and on the Python reference: the same answers, stacks (in the
-    same activity order) and statistics (and the native one is built: CI compiles it)."""
+    same activity order) and statistics, filtered returns included (and the native one is built: CI
+    compiles it)."""
     native, python = Pairing(max_pending, max_depth), Pairing(max_pending, max_depth, native=False)
     assert type(native.core) is not type(python.core)
+    for p in (native, python):  # "g" has an entry filter: its unpaired returns count as filtered
+        p.set_entry_filtered(["g"])
     for ts, (op, probe, tid, sp) in enumerate(ops):
         results: list[object] = []
         for p in (native, python):
@@ -286,3 +290,17 @@ def test_the_native_pairing_is_the_python_pairing(
         assert list(native.stacks.items()) == list(python.stacks.items())
         assert native.statistics() == python.statistics()
         assert native.threads() == python.threads() and native.pending == python.pending
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native", "python"])
+def test_unpaired_returns_of_a_probe_with_an_entry_filter_count_as_filtered(native: bool) -> None:
+    p = Pairing(native=native)
+    p.set_entry_filtered(["f"])
+    p.enter("f", 1, SP, 10)
+    assert p.leave("f", 1, SP + RET) is not None
+    assert p.leave("f", 1, SP + RET) is None and p.leave("f", 2, SP + RET) is None  # entries filtered
+    assert p.leave("g", 1, SP + RET) is None  # no filter: without entry
+    st = p.statistics()
+    assert (st.returns_filtered, st.returns_filtered_by_probe) == (2, {"f": 2})
+    assert (st.returns_without_entry, st.returns_without_entry_by_probe) == (1, {"g": 1})
+    assert st.paired_by_probe == {"f": 1}

@@ -63,16 +63,21 @@ async def _housekeeping(rt: Runtime) -> None:
     """Once a second: refresh the wall-clock offset; every SWEEP_SECONDS: forget threads that exited
     (their pending calls will never return) and the cached process ids (thread ids get reused)."""
     last_sweep = time.monotonic()
+    exited: set[int] = set()  # found exited by the last sweep, a second ago
     while True:
         await asyncio.sleep(1.0)
         if rt.pipeline.renderer is not None:
             rt.pipeline.renderer.wall_offset_ns = wall_offset_ns()
+        pairing = rt.pipeline.pairing
+        # A thread found exited may have returned just before it exited, that return still unread in the
+        # kernel's buffer or held back for ordering: its entries are forgotten a second later.
+        for tid in exited:
+            if not thread_exists(tid):
+                pairing.evict_thread(tid)
+        exited = set()
         if time.monotonic() - last_sweep >= SWEEP_SECONDS:
             last_sweep = time.monotonic()
-            pairing = rt.pipeline.pairing
-            for tid in pairing.threads():
-                if not thread_exists(tid):
-                    pairing.evict_thread(tid)
+            exited = {tid for tid in pairing.threads() if not thread_exists(tid)}
             pairing.drop_empty()
             rt.tgids.clear()
             if rt.pipeline.renderer is not None:

@@ -157,7 +157,14 @@ class UprobeCollector(Collector):
                                       "already in uprobe_exporter_kernel_lost_events_total).")
         markers.add_metric([], stats.lost_markers)
         yield markers
-        yield from self._pairing(pipeline.pairing, sorted({e.probe for e in self.sources.events if e.is_return}))
+        paired = sorted({e.probe for e in self.sources.events if e.is_return})
+        yield from self._pairing(pipeline.pairing, paired)
+        negative = CounterMetricFamily("uprobe_exporter_negative_durations_total",
+                                       "Returns that paired with an entry younger than them (records out of "
+                                       "order): emitted without a duration, never observed.", labels=["probe"])
+        for probe in paired:
+            negative.add_metric([probe], stats.negative_durations.get(probe, 0))
+        yield negative
         if pipeline.histograms:
             yield _histogram_family(pipeline.histograms)
         folded = CounterMetricFamily("uprobe_exporter_label_values_folded_total",
@@ -195,13 +202,19 @@ class UprobeCollector(Collector):
                                       "Entries that will never see their return: stack unwound past them "
                                       "(longjmp, exceptions), thread exited, or the pending table was full.",
                                       labels=["probe", "reason"])
+        filtered = CounterMetricFamily("uprobe_exporter_returns_filtered_total",
+                                       "Returns not emitted: their probe has an entry filter and their entry was "
+                                       "not seen (the filter removed it, or the call began before the exporter).",
+                                       labels=["probe"])
         for probe in paired:
             pending.add_metric([probe], st.pending_by_probe.get(probe, 0))
             without.add_metric([probe], st.returns_without_entry_by_probe.get(probe, 0))
+            filtered.add_metric([probe], st.returns_filtered_by_probe.get(probe, 0))
             for reason in EVICTION_REASONS:
                 evicted.add_metric([probe, reason], st.evicted_by_probe.get((probe, reason), 0))
         yield pending
         yield without
+        yield filtered
         yield evicted
 
     def _scrape_errors(self) -> Iterator[Metric]:
