@@ -9,8 +9,8 @@ unwound past them (longjmp, C++ exception) and they are evicted as ``unwound``. 
 innermost-call (LIFO) order. Threads that exit inside a call are evicted by ``evict_thread``; past
 ``max_pending`` the least recently active thread loses its oldest entry (``capacity``).
 
-A probe whose entry event has a kernel ``filter`` (``set_entry_filtered``) has returns whose entries
-the filter removed; those are indistinguishable from returns whose entry was never seen otherwise
+A probe whose entry event has a kernel ``filter`` and no ``return_filter`` (``set_entry_filtered``) has
+returns whose entries the filter removed; those are indistinguishable from returns whose entry was never seen otherwise
 (the call began before the exporter, or the kernel lost the entry), so every unpaired return of such a
 probe is counted as ``returns_filtered`` instead of ``returns_without_entry`` (and not emitted).
 

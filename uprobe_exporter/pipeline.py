@@ -77,7 +77,8 @@ class Pipeline:
         probes = tuple(probes)
         self.paired = {p.name for p in probes if p.return_probe}
         # a return whose entry a kernel filter removed is not emitted (the pairing counts it)
-        entry_filtered = {p.name for p in probes if p.return_probe and p.filter}
+        # a return_filter, when given, alone decides which returns are emitted
+        entry_filtered = {p.name for p in probes if p.return_probe and p.filter and not p.return_filter}
         pairing.set_entry_filtered(entry_filtered)
         self.histograms = {
             p.name: ProbeHistograms(p.buckets, p.labels, LabelFolder(label_values_max))
