@@ -13,9 +13,12 @@ import logging
 import signal
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from uprobe_exporter.config import Config
+from uprobe_exporter.discover import Discoverer
 from uprobe_exporter.errors import TracefsError
+from uprobe_exporter.identity import PodIdentities
 from uprobe_exporter.jsonl import JsonlSink
 from uprobe_exporter.metrics import start_metrics_server
 from uprobe_exporter.pairing import Pairing
@@ -49,8 +52,16 @@ class Runtime:
     reader: TracePipeReader | RawPipeReader
     sink: JsonlSink | None
     tgids: TgidCache
+    identities: PodIdentities | None = None
+    discoverer: Discoverer | None = None
     kernel_lost: int = 0
     output_stuck: bool = False
+
+
+def pod_identities(config: Config) -> PodIdentities:
+    """Pod identity of the processes, from their cgroups and the kubelet's log layout inside host_root."""
+    pods_dir = Path(config.exporter.host_root) / config.exporter.pods_dir.lstrip("/")
+    return PodIdentities(pods_dir, pods_dir.parent / "containers")
 
 
 def open_tracefs(config: Config) -> tuple[Tracefs, Instance]:
@@ -80,6 +91,8 @@ async def _housekeeping(rt: Runtime) -> None:
             exited = {tid for tid in pairing.threads() if not thread_exists(tid)}
             pairing.drop_empty()
             rt.tgids.clear()
+            if rt.identities is not None:
+                rt.identities.forget_exited()
             if rt.pipeline.renderer is not None:
                 rt.pipeline.renderer.forget_pids()
 
@@ -119,14 +132,19 @@ async def run(config: Config, problems: list[str]) -> bool:
     if sink is not None:
         await sink.open()
     metrics = start_metrics_server(config.metrics) if config.metrics.enabled else None
-    renderer = Renderer(wall_offset_ns()) if sink is not None else None
+    identities = pod_identities(config)
+    renderer = Renderer(wall_offset_ns(), identity_of=identities) if sink is not None else None
     tgids = TgidCache(tracefs.root / "saved_tgids")
     rt: Runtime | None = None
     try:
         with Signals(sink) as signals, ProbeSession(tracefs, instance, config.exporter.group, events,
                                                     config.exporter.buffer_size_kb) as session:
             pipeline, reader = _reader(config, session, instance, renderer, tgids, sink)
-            rt = Runtime(pipeline, reader, sink, tgids)
+            rt = Runtime(pipeline, reader, sink, tgids, identities)
+            if any(p.discover is not None for p in config.probes):
+                handlers = reader.decoder.handlers if isinstance(reader, RawPipeReader) else None
+                rt.discoverer = Discoverer(config, session, pipeline, handlers, events, identities)
+                rt.discoverer.scan()  # what runs now is probed before the first read
             # What exists now (modules, compiled parsers, the registry) lives as long as the process:
             # out of the collector's sight, a full collection no longer walks it (a scrape of 100
             # probes had a 50 % slower outlier every few scrapes without this).
@@ -134,6 +152,8 @@ async def run(config: Config, problems: list[str]) -> bool:
             try:
                 if metrics is not None:
                     metrics.sources.update(tracefs, instance, events, pipeline, sink, reader)
+                    if rt.discoverer is not None:
+                        metrics.sources.extra.append(rt.discoverer)
                 await _serve(rt, session, instance, signals.stop)
             finally:
                 if metrics is not None:  # no scrape may hold a file of the instance while it is removed
@@ -182,10 +202,13 @@ async def _serve(rt: Runtime, session: ProbeSession, instance: Instance, stop: a
         sink_task = tg.create_task(rt.sink.run()) if rt.sink is not None else None
         reader_task = tg.create_task(rt.reader.run())
         house_task = tg.create_task(_housekeeping(rt))
+        discover_task = tg.create_task(rt.discoverer.run()) if rt.discoverer is not None else None
         log.info("%d events registered in %s; reading", len(session.registered), instance.root)
         await stop.wait()
         reader_task.cancel()
         house_task.cancel()
+        if discover_task is not None:
+            discover_task.cancel()
         session.disable()
         rt.reader.drain()
         if rt.sink is not None and sink_task is not None:

@@ -113,7 +113,8 @@ class PodIdentities:
         now = self.clock()
         for pid in list(self.cache):
             if os.path.exists(f"{self.proc}/{pid}"):
-                self.gone.pop(pid, None)
+                if self.gone.pop(pid, None) is not None:  # gone, and its id taken by another process since
+                    del self.cache[pid]
             elif now - self.gone.setdefault(pid, now) >= self.keep_seconds:
                 del self.cache[pid]
                 del self.gone[pid]

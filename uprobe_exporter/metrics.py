@@ -49,6 +49,7 @@ class Sources:
     sink: JsonlSink | None = None
     reader: TracePipeReader | RawPipeReader | None = None
     scrape_errors: Counter[str] = field(default_factory=Counter)
+    extra: list[Collector] = field(default_factory=list)  # more families (the discoverer's)
     lock: threading.Lock = field(default_factory=threading.Lock)  # scrapes may run concurrently
 
     def count_scrape_error(self, source: str) -> None:
@@ -98,6 +99,8 @@ class UprobeCollector(Collector):
                                        "uprobe events the exporter has registered in its group.")
         registered.add_metric([], len({e.event for e in s.events}) if s.pipeline is not None else 0)
         yield registered
+        for collector in list(s.extra):
+            yield from collector.collect()
         if s.pipeline is None or s.tracefs is None or s.instance is None:
             yield from self._scrape_errors()
             return

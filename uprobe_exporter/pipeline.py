@@ -84,15 +84,9 @@ class Pipeline:
             p.name: ProbeHistograms(p.buckets, p.labels, LabelFolder(label_values_max))
             for p in probes if p.latency
         }
-        # labels of the return's own arguments; one named in both args and return_args is the entry's
-        return_args = {p.name: {n for n, _ in p.return_args} - {n for n, _ in p.args} for p in probes}
-        match = {p.name: {n for n, _ in p.return_args} & {n for n, _ in p.args} for p in probes if p.usdt}
-        self.routes = {name: Route(info, info.probe in self.paired, self.histograms.get(info.probe),
-                                   frozenset(x for x in info.labels if x in return_args.get(info.probe, ())),
-                                   labels_kind(info.labels, info.probe in self.histograms),
-                                   info.probe in entry_filtered,
-                                   frozenset(x for x in info.labels if x in match.get(info.probe, ())))
-                       for name, info in infos.items()}
+        self.entry_filtered = entry_filtered
+        self.probes = {p.name: p for p in probes}
+        self.routes = {name: self._route(info) for name, info in infos.items()}
         self.negative_durations: dict[str, int] = dict.fromkeys(sorted(self.paired), 0)
         self.event_counts: dict[str, int] = dict.fromkeys(infos, 0)  # not a Counter: += is 3x cheaper
         self.parse_errors: Counter[str] = Counter()
@@ -100,6 +94,32 @@ class Pipeline:
         self.lost_markers = 0
         self.lost_inband = 0
         self.lines = new_lines(native)  # what the raw reader's emitters rendered, taken per batch
+
+    def _route(self, info: EventInfo) -> Route:
+        p = self.probes[info.probe]
+        # labels of the return's own arguments; one named in both args and return_args is the entry's
+        return_args = {n for n, _ in p.return_args} - {n for n, _ in p.args}
+        match = {n for n, _ in p.return_args} & {n for n, _ in p.args} if p.usdt else set()
+        return Route(info, info.probe in self.paired, self.histograms.get(info.probe),
+                     frozenset(x for x in info.labels if x in return_args),
+                     labels_kind(info.labels, info.probe in self.histograms), info.probe in self.entry_filtered,
+                     frozenset(x for x in info.labels if x in match))
+
+    def add_events(self, events: Iterable[ProbeEvent], formats: Iterable[EventFormat]) -> dict[int, Handler]:
+        """Events registered at run time (a discovered file): their routes and counts, and (raw reader)
+        the emitters to add to the decoder's handlers before they are enabled. Other threads (a scrape)
+        read ``infos``: it is replaced, never changed in place."""
+        infos = event_infos(events, self.probes.values())
+        self.infos = {**self.infos, **infos}
+        for name, info in infos.items():
+            self.routes[name] = self._route(info)
+            self.event_counts.setdefault(name, 0)
+        formats = list(formats)
+        if self.parser is not None:
+            for f in formats:
+                self.parser.add(f)
+            return {}
+        return self.emitters(formats)
 
     def process(self, lines: list[str], final: bool = False) -> tuple[bytes, int] | None:
         """Parse, count, pair; returns the JSON lines of the batch and how many (None: no JSON output)."""

@@ -60,21 +60,23 @@ def _fetchargs(args: tuple[tuple[str, str], ...]) -> str:
     return "".join(f" {name}={fetcharg}" for name, fetcharg in args)
 
 
-def build_events(probe: ResolvedProbe, group: str, where: str = "") -> list[ProbeEvent]:
-    """The events of one probe, in the order they must be registered; ``where`` is its config location."""
+def build_events(probe: ResolvedProbe, group: str, where: str = "", base: str = "") -> list[ProbeEvent]:
+    """The events of one probe, in the order they must be registered; ``where`` is its config location,
+    ``base`` the event names' stem when it is not the probe's name (a discovered file: ``<probe>_F<n>``)."""
     if any(c.isspace() for c in probe.path) or "#" in probe.path:
         raise ResolveError(f"the kernel cannot take a path with whitespace or '#': {probe.path!r}",
                            binary=probe.path)
     cfg = probe.config
+    base = base or cfg.name
     if cfg.usdt:
-        return _usdt_events(probe, group, where)
+        return _usdt_events(probe, group, where, base)
     target = f"{probe.path}:{probe.offset:#x}"
-    entry = f"{cfg.name}{ENTRY_SUFFIX}"
+    entry = f"{base}{ENTRY_SUFFIX}"
     events = [ProbeEvent(cfg.name, group, entry, False, probe.path, probe.offset,
                          f"p:{group}/{entry} {target} {HIDDEN_FETCHARGS}{_fetchargs(cfg.args)}", cfg.filter,
                          where)]
     if cfg.return_probe:
-        ret = f"{cfg.name}{RETURN_SUFFIX}"
+        ret = f"{base}{RETURN_SUFFIX}"
         events.append(ProbeEvent(
             cfg.name, group, ret, True, probe.path, probe.offset,
             f"r:{group}/{ret} {target} {HIDDEN_FETCHARGS}{_fetchargs(cfg.return_args)}", cfg.return_filter,
@@ -82,14 +84,14 @@ def build_events(probe: ResolvedProbe, group: str, where: str = "") -> list[Prob
     return events
 
 
-def _usdt_events(probe: ResolvedProbe, group: str, where: str) -> list[ProbeEvent]:
+def _usdt_events(probe: ResolvedProbe, group: str, where: str, base: str) -> list[ProbeEvent]:
     """One ``p:`` command per site; the kernel adds the sites of one event name to that event (they
     must have the same argument names and types: stapsdt.site_fetchargs makes them agree)."""
     cfg = probe.config
     events = []
     for suffix, sites, flt, is_return in ((ENTRY_SUFFIX, probe.sites, cfg.filter, False),
                                           (RETURN_SUFFIX, probe.return_sites, cfg.return_filter, True)):
-        event = f"{cfg.name}{suffix}"
+        event = f"{base}{suffix}"
         for offset, ref_ctr, fetchargs in sites:
             ref = f"({ref_ctr:#x})" if ref_ctr is not None else ""
             args = f" {fetchargs}" if fetchargs else ""

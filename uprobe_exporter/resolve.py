@@ -20,8 +20,9 @@ def resolve_probes(config: Config) -> tuple[list[ResolvedProbe], list[str]]:
     resolved: list[ResolvedProbe] = []
     usdt_cache: dict[Path, StapsdtInfo] = {}
     for probe in config.probes:
+        if probe.discover is not None:  # resolved per file as processes are found (discover.py)
+            continue
         where = f"probes[{probe.index}]"
-        key = "function" if probe.offset is None else "offset"
         try:
             path = resolve_binary(probe.binary, root)
         except ResolveError as exc:
@@ -33,23 +34,39 @@ def resolve_probes(config: Config) -> tuple[list[ResolvedProbe], list[str]]:
                 resolved.append(usdt)
             continue
         try:
-            info = cache.get(path) or cache.setdefault(path, load_elf(path, root))
-            if probe.offset is None:
-                offset = info.resolve(probe.function, probe.function_offset)
-            elif info.offset_is_executable(probe.offset):
-                offset = probe.offset
-                around = info.function_around(offset) if probe.return_probe else None
-                if around is not None and around[1]:
-                    raise ResolveError(f"{offset:#x} is {around[0].name}+{around[1]:#x}: a return probe must be at "
-                                       f"a function's first instruction ({around[0].name} is at "
-                                       f"{offset - around[1]:#x})")
-            else:
-                raise ResolveError(f"file offset {probe.offset:#x} is outside every executable segment of "
-                                   f"{path}; find offsets with: uprobe-exporter symbols {path}")
-            resolved.append(ResolvedProbe(probe, str(path), offset))
+            resolved.append(resolve_function(probe, path, root, cache))
         except ResolveError as exc:
-            problems.append(f"{where}.{key}: {exc}")
+            problems.append(f"{where}.{'function' if probe.offset is None else 'offset'}: {exc}")
     return resolved, problems
+
+
+def resolve_function(probe: ProbeConfig, path: Path, root: str, cache: dict[Path, ElfInfo]) -> ResolvedProbe:
+    """The file offset of a function (or offset) probe in ``path``."""
+    info = cache.get(path) or cache.setdefault(path, load_elf(path, root))
+    if probe.offset is None:
+        offset = info.resolve(probe.function, probe.function_offset)
+    elif info.offset_is_executable(probe.offset):
+        offset = probe.offset
+        around = info.function_around(offset) if probe.return_probe else None
+        if around is not None and around[1]:
+            raise ResolveError(f"{offset:#x} is {around[0].name}+{around[1]:#x}: a return probe must be at "
+                               f"a function's first instruction ({around[0].name} is at "
+                               f"{offset - around[1]:#x})")
+    else:
+        raise ResolveError(f"file offset {probe.offset:#x} is outside every executable segment of "
+                           f"{path}; find offsets with: uprobe-exporter symbols {path}")
+    return ResolvedProbe(probe, str(path), offset)
+
+
+def resolve_file(probe: ProbeConfig, path: Path, root: str) -> ResolvedProbe:
+    """A ``discover`` probe in one file found running (a path the kernel can open); raises ResolveError."""
+    if probe.usdt:
+        problems: list[str] = []
+        usdt = resolve_usdt(probe, path, {}, problems)
+        if usdt is None:
+            raise ResolveError("; ".join(problems) or f"no USDT {probe.usdt} in {path}", binary=str(path))
+        return usdt
+    return resolve_function(probe, path, root, {})
 
 
 def resolve_usdt(

@@ -132,6 +132,38 @@ class ProbeSession:
             raise
         return self
 
+    def add(self, events: list[ProbeEvent]) -> dict[str, EventFormat]:
+        """Register more events at run time (a discovered file), with their filters, not yet enabled;
+        returns their formats. Events registered here are removed at ``close`` with the others. On a
+        failure, what of them was registered is removed at once (never enabled: removing it does not
+        touch the instance's buffer) and the error raised."""
+        done: list[ProbeEvent] = []
+        formats: dict[str, EventFormat] = {}
+        try:
+            for ev in events:
+                try:
+                    self.tracefs.write_uprobe_events(ev.command)
+                except KernelRefusedError as exc:
+                    refused = _explain_ref_ctr(self.tracefs, ev, exc)
+                    raise ProbeRefusedError(ev.location or ev.full_name, refused) from exc
+                done.append(ev)
+            for ev in unique_events(events):
+                fmt = parse_format(self.instance.read_format(self.group, ev.event))
+                formats[ev.event] = replace(fmt, ends_call=True) if ev.usdt and ev.is_return else fmt
+                if ev.filter:
+                    self.instance.set_filter(self.group, ev.event, ev.filter)
+        except TracefsError:
+            remove_events(self.tracefs, self.group, [ev.event for ev in reversed(unique_events(done))], None)
+            raise
+        self.registered.extend(done)
+        self.formats.update(formats)
+        return formats
+
+    def set_enabled(self, events: list[ProbeEvent], enabled: bool) -> None:
+        """Enable or disable events at run time (disabling costs an RCU grace period per event)."""
+        for ev in unique_events(events):
+            self.instance.set_enabled(self.group, ev.event, enabled)
+
     def disable(self) -> None:
         """Stop recording (the buffer keeps what it has until it is drained)."""
         for ev in unique_events(self.registered):
