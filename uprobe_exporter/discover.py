@@ -207,6 +207,7 @@ class Discoverer:
                     continue
             target.pids.add(pid)
             self.followed.setdefault(pid, set()).add(key)
+            log.debug("probe %s: process %d runs %s", probe.name, pid, target.path)
             if not target.enabled:
                 self._set_enabled(target, True)
 

@@ -1,0 +1,229 @@
+"""Discovery on the real kernel: processes started after the exporter, in other mount namespaces and on
+overlay mounts, each found, probed once per real file, every call recorded exactly once; a file's
+events disabled once no process runs it."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+
+from tests.helpers import ExporterProcess, build_config, read_jsonl, toml_dumps, wait_for_lines
+from uprobe_exporter.tracefs import Tracefs
+
+FAST = {"discover_interval": 0.2, "discover_grace_seconds": 0.5, "log_level": "debug"}
+
+
+class Target:
+    """A waiter process: started blocked, released, and its own count of calls read at the end."""
+
+    def __init__(self, argv: list[str], **kwargs: Any) -> None:
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, **kwargs)
+        self.pid = self.proc.pid
+
+    def release(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write("\n")
+        self.proc.stdin.flush()
+
+    def finish(self) -> int:
+        """Let it exit; the number of calls it made."""
+        out, _ = self.proc.communicate("\n", timeout=30)
+        m = re.search(r"calls=(\d+)", out)
+        assert m is not None and self.proc.returncode == 0, (out, self.proc.returncode)
+        return int(m[1])
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def wait_until(check: Callable[[], bool], what: str, exporter: ExporterProcess, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}:\n{exporter.stderr[-4000:]}")
+        time.sleep(0.05)
+
+
+def followed(exporter: ExporterProcess, pid: int) -> bool:
+    return re.search(rf"process {pid} runs ", exporter.stderr) is not None
+
+
+def enabled(tracefs: Tracefs, group: str, event: str) -> str:
+    return (tracefs.root / "instances" / group / "events" / group / event / "enable").read_text().strip()
+
+
+@contextmanager
+def overlays(base: Path, lower: Path, count: int) -> Iterator[list[Path]]:
+    """``count`` overlay mounts of one lower directory (each with its own upper and work dirs)."""
+    merged: list[Path] = []
+    try:
+        for i in range(count):
+            upper, work, m = base / f"upper{i}", base / f"work{i}", base / f"merged{i}"
+            for d in (upper, work, m):
+                d.mkdir(parents=True)
+            subprocess.run(["mount", "-t", "overlay", "overlay", "-o",
+                            f"lowerdir={lower},upperdir={upper},workdir={work}", str(m)], check=True)
+            merged.append(m)
+        yield merged
+    finally:
+        for m in merged:
+            subprocess.run(["umount", "-l", str(m)], check=False)
+
+
+def test_processes_started_later_each_probed_once_per_real_file(
+    build: Callable[..., Path], tracefs: Tracefs, group: str, tmp_path: Path,
+) -> None:
+    waiter = build("waiter")
+    tag = f"dw{os.getpid()}"
+    a, b = tmp_path / "a" / f"{tag}a", tmp_path / "b" / f"{tag}b"
+    for path in (a, b):
+        path.parent.mkdir()
+        shutil.copy(waiter, path)  # copies: distinct inodes, distinct files
+    lower = tmp_path / "lower"
+    lower.mkdir()
+    shutil.copy(waiter, lower / f"{tag}o")  # one file under two overlay mounts
+    ns_dir = tmp_path / "ns"  # a tmpfs only the target's own mount namespace sees
+    ns_dir.mkdir()
+    out = tmp_path / "out.jsonl"
+    config = tmp_path / "config.toml"
+    probe = {"name": "work", "discover": {"exe": f"{tag}*"}, "function": "work", "args": {"i": "%di:s64"},
+             "return": True, "latency": True}
+    config.write_text(toml_dumps(build_config(group, [probe], out, exporter=FAST)))
+    targets: list[Target] = []
+    with ExitStack() as stack:
+        exporter = stack.enter_context(ExporterProcess(config))
+        stack.callback(lambda: [t.kill() for t in targets])
+        exporter.wait_ready()
+        merged = stack.enter_context(overlays(tmp_path / "ov", lower, 2))
+        targets += [Target([str(a), "300"]), Target([str(a), "200"]), Target([str(b), "250"])]
+        targets += [Target([str(m / f"{tag}o"), str(150 + i)]) for i, m in enumerate(merged)]
+        targets.append(Target(["unshare", "-m", "--propagation", "private", "sh", "-c",
+                               f"mount -t tmpfs tmpfs {ns_dir} && cp {waiter} {ns_dir}/{tag}n && "
+                               f"exec {ns_dir}/{tag}n 120"]))
+        for t in targets:
+            wait_until(lambda t=t: followed(exporter, t.pid), f"process {t.pid} followed", exporter)
+        assert not (ns_dir / f"{tag}n").exists()  # not on the host: only through /proc/<pid>/root
+        for t in targets:
+            t.release()
+        counts = {t.pid: t.finish() for t in targets}
+        assert sorted(counts.values()) == [120, 150, 151, 200, 250, 300]
+        total = 2 * sum(counts.values())
+        wait_for_lines(out, total)
+        # a, b, the overlay's lower file and the namespace's file: four files, 8 events
+        ours = sorted(e.event for e in tracefs.read_uprobe_events() if e.group == group)
+        assert ours == sorted(f"work_F{n}_{k}" for n in range(4) for k in ("entry", "return")), ours
+        paths = {e.event: e.path for e in tracefs.read_uprobe_events() if e.group == group}
+        assert str(lower / f"{tag}o") in paths.values(), paths  # the real file, not an overlay path
+        # every process gone: after the grace period, each file's events are disabled
+        wait_until(lambda: all(enabled(tracefs, group, e) == "0" for e in ours), "events disabled", exporter)
+        assert exporter.stderr.count("no process runs, disabled") == 4
+        rc, _ = exporter.stop()
+        assert rc == 0, exporter.stderr
+    records = read_jsonl(out)
+    assert len(records) == total
+    for pid, n in counts.items():
+        mine = [r for r in records if r["pid"] == pid]
+        entries = sorted(r["args"]["i"] for r in mine if r["type"] == "entry")
+        assert entries == list(range(n)), (pid, len(entries), n)  # every call exactly once
+        returns = [r for r in mine if r["type"] == "return"]
+        assert len(returns) == n and all(r["duration_ns"] > 0 for r in returns)
+        assert len({r["event"] for r in mine}) == 2 and all(r["probe"] == "work" for r in mine)
+    by_file = {r["event"] for r in records if r["pid"] in (targets[0].pid, targets[1].pid)}
+    assert len(by_file) == 2  # two processes of one file share its events
+    overlay = {r["event"] for r in records if r["pid"] in (targets[3].pid, targets[4].pid)}
+    assert len(overlay) == 2  # one lower file under two overlay mounts: one set of events
+    assert not [e for e in tracefs.read_uprobe_events() if e.group == group]
+
+
+CGROUP_V2 = Path("/sys/fs/cgroup/unified")  # this machine: cgroup v1 hierarchies and v2 beside them
+CGROUP_V1 = Path("/sys/fs/cgroup/pids")
+
+
+@contextmanager
+def cgroups(*paths: Path) -> Iterator[None]:
+    """Create the cgroup directories; remove them (deepest first) at the end, their processes gone."""
+    made: list[Path] = []
+    try:
+        for path in paths:
+            for d in reversed([path, *path.parents]):
+                if not d.exists():
+                    d.mkdir()
+                    made.append(d)
+        yield
+    finally:
+        for d in sorted(made, key=lambda p: -len(p.parts)):
+            for _ in range(50):
+                try:
+                    d.rmdir()
+                    break
+                except OSError:  # its last process is still exiting
+                    time.sleep(0.05)
+
+
+def pod_logs(root: Path, namespace: str, pod: str, uid: str, containers: dict[str, str]) -> None:
+    """The kubelet's log layout of one pod: a directory per container, a link per container id."""
+    pod_dir = root / "pods" / f"{namespace}_{pod}_{uid}"
+    (root / "containers").mkdir(parents=True, exist_ok=True)
+    for name, cid in containers.items():
+        (pod_dir / name).mkdir(parents=True)
+        (pod_dir / name / "0.log").write_text("")
+        (root / "containers" / f"{pod}_{namespace}_{name}-{cid}.log").symlink_to(pod_dir / name / "0.log")
+
+
+def test_records_carry_the_pod_identity_of_their_process(
+    build: Callable[..., Path], tracefs: Tracefs, group: str, tmp_path: Path,
+) -> None:
+    import uuid
+
+    assert CGROUP_V2.is_dir() and CGROUP_V1.is_dir()
+    tag = f"dk{os.getpid()}"
+    exe = tmp_path / tag
+    shutil.copy(build("waiter"), exe)
+    logs = tmp_path / "log"
+    uid_a, uid_b = str(uuid.uuid4()), str(uuid.uuid4())
+    cid_a, cid_side, cid_b = (uuid.uuid4().hex * 2 for _ in range(3))
+    pod_logs(logs, "shop", "web-7d9f", uid_a, {"nginx": cid_a, "sidecar": cid_side})
+    pod_logs(logs, "kube-system", "agent-x1", uid_b, {"agent": cid_b})
+    top = f"uetest_{os.getpid()}_{group.rsplit('_', 1)[1]}"  # ours alone; the kubelet's names below it
+    systemd = (CGROUP_V2 / top / "kubepods.slice" / "kubepods-besteffort.slice" /
+               f"kubepods-besteffort-pod{uid_a.replace('-', '_')}.slice" / f"cri-containerd-{cid_a}.scope")
+    cgroupfs = CGROUP_V1 / top / "kubepods" / "burstable" / f"pod{uid_b}" / cid_b
+    out = tmp_path / "out.jsonl"
+    config = tmp_path / "config.toml"
+    probe = {"name": "work", "discover": {"exe": tag}, "function": "work", "args": {"i": "%di:s64"}}
+    config.write_text(toml_dumps(build_config(group, [probe], out,
+                                              exporter={**FAST, "pods_dir": str(logs / "pods")})))
+    targets: list[Target] = []
+    with ExitStack() as stack:
+        stack.enter_context(cgroups(systemd, cgroupfs))
+        exporter = stack.enter_context(ExporterProcess(config))
+        stack.callback(lambda: [t.kill() for t in targets])
+        exporter.wait_ready()
+        for cg in (systemd, cgroupfs, None):
+            enter = f"echo $$ > {cg}/cgroup.procs && " if cg is not None else ""
+            targets.append(Target(["sh", "-c", f"{enter}exec {exe} 7"]))
+        for t in targets:
+            wait_until(lambda t=t: followed(exporter, t.pid), f"process {t.pid} followed", exporter)
+            t.release()
+        counts = {t.pid: t.finish() for t in targets}
+        wait_for_lines(out, sum(counts.values()))
+        exporter.stop()
+    records = read_jsonl(out)
+    assert len(records) == 21
+    by_pid = {t.pid: [r for r in records if r["pid"] == t.pid] for t in targets}
+    keys = ("namespace", "pod", "container", "container_id")
+    assert {tuple(r.get(k) for k in keys) for r in by_pid[targets[0].pid]} == {("shop", "web-7d9f", "nginx", cid_a)}
+    assert {tuple(r.get(k) for k in keys) for r in by_pid[targets[1].pid]} == {
+        ("kube-system", "agent-x1", "agent", cid_b)}
+    assert all(not set(keys) & set(r) for r in by_pid[targets[2].pid])  # outside any pod: none of them
+    assert all(len(v) == 7 for v in by_pid.values())
+    assert not systemd.exists() and not (CGROUP_V2 / top).exists() and not (CGROUP_V1 / top).exists()
