@@ -14,7 +14,7 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
-from tests.helpers import ExporterProcess, build_config, read_jsonl, toml_dumps, wait_for_lines
+from tests.helpers import ExporterProcess, build_config, read_jsonl, run_cli, toml_dumps, wait_for_lines
 from uprobe_exporter.tracefs import Tracefs
 
 FAST = {"discover_interval": 0.2, "discover_grace_seconds": 0.5, "log_level": "debug"}
@@ -42,7 +42,7 @@ class Target:
     def kill(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
-            self.proc.wait()
+        self.proc.communicate()  # waits, and closes its pipes
 
 
 def wait_until(check: Callable[[], bool], what: str, exporter: ExporterProcess, timeout: float = 20) -> None:
@@ -123,8 +123,11 @@ def test_processes_started_later_each_probed_once_per_real_file(
         assert ours == sorted(f"work_F{n}_{k}" for n in range(4) for k in ("entry", "return")), ours
         paths = {e.event: e.path for e in tracefs.read_uprobe_events() if e.group == group}
         assert str(lower / f"{tag}o") in paths.values(), paths  # the real file, not an overlay path
+        assert str(a) in paths.values() and str(b) in paths.values()
+        assert f"/proc/{targets[5].pid}/root{ns_dir}/{tag}n" in paths.values()  # only through its root
         # every process gone: after the grace period, each file's events are disabled
-        wait_until(lambda: all(enabled(tracefs, group, e) == "0" for e in ours), "events disabled", exporter)
+        wait_until(lambda: all(enabled(tracefs, group, e) == "0" for e in ours)
+                   and exporter.stderr.count("no process runs, disabled") >= 4, "events disabled", exporter)
         assert exporter.stderr.count("no process runs, disabled") == 4
         rc, _ = exporter.stop()
         assert rc == 0, exporter.stderr
@@ -227,3 +230,25 @@ def test_records_carry_the_pod_identity_of_their_process(
     assert all(not set(keys) & set(r) for r in by_pid[targets[2].pid])  # outside any pod: none of them
     assert all(len(v) == 7 for v in by_pid.values())
     assert not systemd.exists() and not (CGROUP_V2 / top).exists() and not (CGROUP_V1 / top).exists()
+
+
+def test_check_shows_what_a_discover_probe_would_follow_today(build: Callable[..., Path], tmp_path: Path) -> None:
+    tag = f"dc{os.getpid()}"
+    exe = tmp_path / tag
+    shutil.copy(build("waiter"), exe)
+    config = tmp_path / "config.toml"
+    probe = {"name": "work", "discover": {"exe": tag}, "function": "work", "return": True}
+    missing = {"name": "nope", "discover": {"exe": tag}, "function": "no_such_function"}
+    config.write_text(toml_dumps(build_config("g", [probe, missing], tmp_path / "o")))
+    targets = [Target([str(exe), "1"]) for _ in range(2)]
+    try:
+        done = run_cli("check", "--config", str(config))
+    finally:
+        for t in targets:
+            t.kill()
+    assert done.returncode == 0, done.stderr
+    pids = " ".join(str(t.pid) for t in sorted(targets, key=lambda t: t.pid))
+    assert "# discover probes[0] work: 1 files, 2 processes now" in done.stdout
+    assert f"#   {exe} (device " in done.stdout and f"processes {pids}" in done.stdout
+    assert f"p:g/work_F0_entry {exe}:0x" in done.stdout and f"r:g/work_F0_return {exe}:0x" in done.stdout
+    assert "symbol 'no_such_function'" in done.stdout

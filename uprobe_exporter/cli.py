@@ -16,10 +16,13 @@ from collections.abc import Sequence
 
 from uprobe_exporter import __version__
 from uprobe_exporter.binaries import resolve_binary
-from uprobe_exporter.config import load_config_partial
+from uprobe_exporter.config import Config, load_config_partial
 from uprobe_exporter.daemon import open_tracefs, run
+from uprobe_exporter.discover import survey
 from uprobe_exporter.elf import load_elf, match_functions, read_stapsdt, render_usdt_listing
 from uprobe_exporter.errors import ConfigError, UprobeExporterError
+from uprobe_exporter.identity import pod_identities
+from uprobe_exporter.probes import ProbeEvent
 from uprobe_exporter.resolve import load_plan
 from uprobe_exporter.session import remove_group
 
@@ -64,14 +67,33 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    _, events = load_plan(args.config)
+    config, events = load_plan(args.config)
+    _print_events(events)
+    if any(p.discover is not None for p in config.probes):
+        _print_survey(config)
+    return 0
+
+
+def _print_survey(config: Config) -> None:
+    """What each discover probe would follow today: its files, the processes running them, their events."""
+    entries = survey(config, pod_identities(config.exporter.host_root, config.exporter.pods_dir))
+    for probe in (p for p in config.probes if p.discover is not None):
+        mine = [e for e in entries if e.probe.name == probe.name]
+        print(f"# discover probes[{probe.index}] {probe.name}: {len(mine)} files, "
+              f"{sum(len(e.pids) for e in mine)} processes now")
+        for e in mine:
+            print(f"#   {e.file.path} (device {e.file.dev:#x}, inode {e.file.inode}): processes "
+                  f"{' '.join(map(str, e.pids))}" + (f"; cannot be probed: {e.problem}" if e.problem else ""))
+            _print_events(list(e.events))
+
+
+def _print_events(events: list[ProbeEvent]) -> None:
     filtered = set()
     for ev in events:
         print(ev.command)
         if ev.filter and ev.event not in filtered:  # once per event (a USDT event has a command per site)
             filtered.add(ev.event)
             print(f"# filter {ev.full_name}: {ev.filter}")
-    return 0
 
 
 def _cmd_symbols(args: argparse.Namespace) -> int:

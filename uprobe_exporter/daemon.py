@@ -13,12 +13,11 @@ import logging
 import signal
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 from uprobe_exporter.config import Config
 from uprobe_exporter.discover import Discoverer
 from uprobe_exporter.errors import TracefsError
-from uprobe_exporter.identity import PodIdentities
+from uprobe_exporter.identity import PodIdentities, pod_identities
 from uprobe_exporter.jsonl import JsonlSink
 from uprobe_exporter.metrics import start_metrics_server
 from uprobe_exporter.pairing import Pairing
@@ -56,12 +55,6 @@ class Runtime:
     discoverer: Discoverer | None = None
     kernel_lost: int = 0
     output_stuck: bool = False
-
-
-def pod_identities(config: Config) -> PodIdentities:
-    """Pod identity of the processes, from their cgroups and the kubelet's log layout inside host_root."""
-    pods_dir = Path(config.exporter.host_root) / config.exporter.pods_dir.lstrip("/")
-    return PodIdentities(pods_dir, pods_dir.parent / "containers")
 
 
 def open_tracefs(config: Config) -> tuple[Tracefs, Instance]:
@@ -132,7 +125,7 @@ async def run(config: Config, problems: list[str]) -> bool:
     if sink is not None:
         await sink.open()
     metrics = start_metrics_server(config.metrics) if config.metrics.enabled else None
-    identities = pod_identities(config)
+    identities = pod_identities(config.exporter.host_root, config.exporter.pods_dir)
     renderer = Renderer(wall_offset_ns(), identity_of=identities) if sink is not None else None
     tgids = TgidCache(tracefs.root / "saved_tgids")
     rt: Runtime | None = None

@@ -23,7 +23,7 @@ import os
 import stat
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -113,16 +113,86 @@ def find_real_file(pid: int, path: str, is_exe: bool, host_root: str, proc: str 
                     and not any(c.isspace() or c == "#" for c in host_path)):
                 return RealFile(cst.st_dev, cst.st_ino, host_path)
             break
-    kernel_path = root + path
-    try:
-        same = os.stat(kernel_path)
-        if (same.st_dev, same.st_ino) != (st.st_dev, st.st_ino) or any(c.isspace() or c == "#" for c in kernel_path):
-            raise FileNotFoundError
-    except OSError:
+    # the same file on the host (inside host_root) reads best and pins nothing of the process; else through
+    # its root, else (deleted, replaced, a name the kernel cannot take) the exe link the kernel follows
+    for kernel_path in (os.path.join(host_root, path.lstrip("/")), root + path):
+        try:
+            same = os.stat(kernel_path)
+        except OSError:
+            continue
+        if (same.st_dev, same.st_ino) == (st.st_dev, st.st_ino) and not any(
+                c.isspace() or c == "#" for c in kernel_path):
+            break
+    else:
         if not is_exe:
             return None
-        kernel_path = f"{proc}/{pid}/exe"  # deleted, replaced or oddly named: the link the kernel follows
+        kernel_path = f"{proc}/{pid}/exe"
     return RealFile(st.st_dev, st.st_ino, kernel_path)
+
+
+def files_of(
+    probe: ProbeConfig, pid: int, exe: str, identities: PodIdentities | None, host_root: str, proc: str = "/proc",
+) -> list[RealFile]:
+    """The real files of ``probe`` process ``pid`` runs (its executable, or the libraries it maps that
+    ``binary`` names), if its pod matches the probe's; ``exe`` already matched."""
+    assert probe.discover is not None
+    ident = identities(pid) if identities is not None else None  # looked up while the process runs
+    if not pod_matches(probe.discover, ident):
+        return []
+    if probe.binary:
+        maps = read_text(f"{proc}/{pid}/maps")
+        paths = [p for p in mapped_paths(parse_maps(maps or "")) if library_matches(probe.binary, p)]
+    else:
+        paths = [exe]
+    found = (find_real_file(pid, path, not probe.binary, host_root, proc) for path in paths)
+    return [real for real in found if real is not None]
+
+
+def iter_processes(proc: str = "/proc") -> Iterator[tuple[int, str]]:
+    """Every process and its executable as it sees it (" (deleted)" left as the kernel shows it)."""
+    for name in os.listdir(proc):
+        if name.isdigit():
+            try:
+                yield int(name), os.readlink(f"{proc}/{name}/exe")
+            except OSError:  # a kernel thread, or gone
+                continue
+
+
+@dataclass(frozen=True, slots=True)
+class SurveyEntry:
+    """What ``check`` shows of a discover probe: one file it would follow now, the processes running it,
+    and its events (or why it cannot be probed)."""
+
+    probe: ProbeConfig
+    file: RealFile
+    pids: tuple[int, ...]
+    events: tuple[ProbeEvent, ...]
+    problem: str = ""
+
+
+def survey(config: Config, identities: PodIdentities | None, proc: str = "/proc") -> list[SurveyEntry]:
+    """The files each discover probe would follow today and their events; touches nothing."""
+    probes = [p for p in config.probes if p.discover is not None]
+    found: dict[tuple[str, int, int], tuple[ProbeConfig, RealFile, list[int]]] = {}
+    for pid, exe in sorted(iter_processes(proc)):
+        exe = exe.removesuffix(DELETED)
+        for probe in probes:
+            assert probe.discover is not None
+            if exe_matches(probe.discover, exe):
+                for real in files_of(probe, pid, exe, identities, config.exporter.host_root, proc):
+                    found.setdefault((probe.name, real.dev, real.inode), (probe, real, []))[2].append(pid)
+    out: list[SurveyEntry] = []
+    numbers: Counter[str] = Counter()
+    for probe, real, pids in found.values():
+        base = f"{probe.name}{FILE_TAG}{numbers[probe.name]}"
+        numbers[probe.name] += 1
+        try:
+            resolved = resolve_file(probe, Path(real.path), config.exporter.host_root)
+            events = build_events(resolved, config.exporter.group, f"probes[{probe.index}]", base)
+            out.append(SurveyEntry(probe, real, tuple(pids), tuple(events)))
+        except ResolveError as exc:
+            out.append(SurveyEntry(probe, real, tuple(pids), (), str(exc)))
+    return out
 
 
 class Discoverer:
@@ -153,18 +223,14 @@ class Discoverer:
         """One pass over ``/proc``: new processes followed, exited ones dropped, idle files disabled."""
         now = self.clock()
         try:
-            pids = {int(n) for n in os.listdir(self.proc) if n.isdigit()}
+            processes = dict(iter_processes(self.proc))
         except OSError as exc:
             log.error("cannot list %s: %s", self.proc, exc.strerror)
             return
-        for pid in [p for p in self.exes if p not in pids]:
+        for pid in [p for p in self.exes if p not in processes]:
             del self.exes[pid]
             self._unfollow(pid)
-        for pid in pids:
-            try:
-                exe = os.readlink(f"{self.proc}/{pid}/exe")
-            except OSError:  # a kernel thread, or gone
-                continue
+        for pid, exe in processes.items():
             if self.exes.get(pid) == exe:
                 continue
             self.exes[pid] = exe
@@ -184,19 +250,7 @@ class Discoverer:
                 target.pids.discard(pid)
 
     def _follow(self, probe: ProbeConfig, pid: int, exe: str) -> None:
-        assert probe.discover is not None
-        ident = self.identities(pid) if self.identities is not None else None  # looked up while it runs
-        if not pod_matches(probe.discover, ident):
-            return
-        if probe.binary:
-            maps = read_text(f"{self.proc}/{pid}/maps")
-            paths = [p for p in mapped_paths(parse_maps(maps or "")) if library_matches(probe.binary, p)]
-        else:
-            paths = [exe]
-        for path in paths:
-            real = find_real_file(pid, path, not probe.binary, self.exporter.host_root, self.proc)
-            if real is None:
-                continue
+        for real in files_of(probe, pid, exe, self.identities, self.exporter.host_root, self.proc):
             key = (probe.name, real.dev, real.inode)
             target = self.files.get(key)
             if target is None:
@@ -226,6 +280,9 @@ class Discoverer:
                                   f"{probe.name}{FILE_TAG}{number}")
             formats = self.session.add(events)
         except (ResolveError, TracefsError) as exc:
+            if not os.path.exists(f"{self.proc}/{pid}"):  # it exited meanwhile: the next process will tell
+                log.debug("probe %s: process %d exited before %s was probed: %s", probe.name, pid, real.path, exc)
+                return None
             self.changes[probe.name, "failed"] += 1
             self.failed.add(key)
             log.warning("probe %s: cannot probe %s (process %d): %s", probe.name, real.path, pid, exc)

@@ -118,3 +118,9 @@ class PodIdentities:
             elif now - self.gone.setdefault(pid, now) >= self.keep_seconds:
                 del self.cache[pid]
                 del self.gone[pid]
+
+
+def pod_identities(host_root: str, pods_dir: str) -> PodIdentities:
+    """The identities of a configuration: ``pods_dir`` inside ``host_root``, ``containers`` beside it."""
+    pods = Path(host_root) / pods_dir.lstrip("/")
+    return PodIdentities(pods, pods.parent / "containers")
