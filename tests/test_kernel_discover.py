@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from tests.helpers import ExporterProcess, build_config, read_jsonl, run_cli, toml_dumps, wait_for_lines
+from tests.prom import free_port
+from tests.test_kernel_metrics import scrape, wait_scrape
 from uprobe_exporter.tracefs import Tracefs
 
 FAST = {"discover_interval": 0.2, "discover_grace_seconds": 0.5, "log_level": "debug"}
@@ -252,3 +254,97 @@ def test_check_shows_what_a_discover_probe_would_follow_today(build: Callable[..
     assert f"#   {exe} (device " in done.stdout and f"processes {pids}" in done.stdout
     assert f"p:g/work_F0_entry {exe}:0x" in done.stdout and f"r:g/work_F0_return {exe}:0x" in done.stdout
     assert "symbol 'no_such_function'" in done.stdout
+
+
+def rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def test_many_short_lived_processes_leak_no_events_memory_or_pending_state(
+    build: Callable[..., Path], tracefs: Tracefs, group: str, tmp_path: Path,
+) -> None:
+    tag = f"ds{os.getpid()}"
+    exe = tmp_path / tag
+    shutil.copy(build("waiter"), exe)
+    out = tmp_path / "out.jsonl"
+    config = tmp_path / "config.toml"
+    port = free_port()
+    probe = {"name": "work", "discover": {"exe": tag}, "function": "work", "args": {"i": "%di:s64"},
+             "return": True, "latency": True}
+    config.write_text(toml_dumps(build_config(group, [probe], out, exporter={**FAST, "discover_interval": 0.05},
+                                              metrics={"listen": f"127.0.0.1:{port}"})))
+    burst, seconds = 500, 24.0  # the caches by process are swept every 5 s and keep an exited one 10 s
+    loop = f"i=0; while [ $i -lt {burst} ]; do {exe} -3 >/dev/null; i=$((i+1)); done"
+    with ExporterProcess(config) as exporter:
+        exporter.wait_ready()
+        keeper = Target([str(exe), "1"])  # keeps the file's events enabled through the bursts
+        try:
+            wait_until(lambda: followed(exporter, keeper.pid), "the keeper followed", exporter)
+            rates, rss = [], []
+            began, n = time.monotonic(), 0
+            while time.monotonic() - began < seconds:
+                n += 1
+                start = time.monotonic()
+                subprocess.run(["sh", "-c", loop], check=True)
+                rates.append(burst / (time.monotonic() - start))
+                lines = wait_for_lines(out, 2 * 3 * burst * n, timeout=60)
+                assert lines == 2 * 3 * burst * n, (lines, scrape(port).text, exporter.stderr[-3000:])
+                rss.append(rss_kb(exporter.proc.pid))
+            keeper.release()
+            assert keeper.finish() == 1
+            total = 2 * (3 * burst * n + 1)
+            assert wait_for_lines(out, total) == total
+            # every process gone, nothing pending, and the file idle past the grace period: disabled
+            s = wait_scrape(port, lambda s: s.value("uprobe_exporter_targets", kind="processes") == 0
+                            and s.value("uprobe_exporter_pending_calls") == 0
+                            and s.value("uprobe_exporter_targets", probe="work", kind="files") == 0)
+            assert s.value("uprobe_exporter_discover_changes_total", change="registered") == 1
+            assert s.value("uprobe_exporter_returns_without_entry_total") == 0
+            assert s.value("uprobe_exporter_events_registered") == 2
+        finally:
+            keeper.kill()
+        ours = [e.event for e in tracefs.read_uprobe_events() if e.group == group]
+        assert sorted(ours) == ["work_F0_entry", "work_F0_return"]  # one file: two events, however many processes
+        rc, _ = exporter.stop()
+        assert rc == 0
+    records = read_jsonl(out)
+    assert len(records) == total and sum(r["type"] == "entry" for r in records) == total // 2
+    print(f"short-lived processes per second: {[round(r) for r in rates]}; exporter RSS (kB): {rss}")
+    assert min(rates) > 100, rates  # hundreds per second, on a busy machine
+    # the caches (per thread, per process) are bounded and swept: in the second half, once they are in their
+    # steady state, more processes leave no lasting growth beyond allocator noise
+    half = rss[len(rss) // 2:]
+    assert max(half) - half[0] < 2048, rss
+
+
+def test_files_beyond_discover_files_max_are_refused_and_counted(
+    build: Callable[..., Path], tracefs: Tracefs, group: str, tmp_path: Path,
+) -> None:
+    tag = f"dm{os.getpid()}"
+    copies = []
+    for i in range(3):
+        (tmp_path / str(i)).mkdir()
+        copies.append(shutil.copy(build("waiter"), tmp_path / str(i) / tag))
+    config = tmp_path / "config.toml"
+    port = free_port()
+    probe = {"name": "work", "discover": {"exe": tag}, "function": "work"}
+    config.write_text(toml_dumps(build_config(group, [probe], tmp_path / "out.jsonl",
+                                              exporter={**FAST, "discover_files_max": 2},
+                                              metrics={"listen": f"127.0.0.1:{port}"})))
+    with ExporterProcess(config) as exporter:
+        exporter.wait_ready()
+        targets = [Target([str(c), "1"]) for c in copies]
+        try:
+            s = wait_scrape(port, lambda s: s.value("uprobe_exporter_discover_changes_total", change="refused") == 1
+                            and s.value("uprobe_exporter_targets", kind="processes") == 2)
+            assert s.value("uprobe_exporter_targets", kind="files") == 2
+            assert s.value("uprobe_exporter_discover_changes_total", change="registered") == 2
+            assert len([e for e in tracefs.read_uprobe_events() if e.group == group]) == 2
+            assert "discover_files_max" in exporter.stderr
+        finally:
+            for t in targets:
+                t.kill()
+        assert exporter.stop()[0] == 0

@@ -92,13 +92,44 @@ def library_matches(binary: str, path: str) -> bool:
     return fnmatch.fnmatchcase(path if "/" in binary else path.rpartition("/")[2], binary)
 
 
-def find_real_file(pid: int, path: str, is_exe: bool, host_root: str, proc: str = "/proc") -> RealFile | None:
-    """The real file behind ``path`` as process ``pid`` sees it (None: it is gone, or it exited)."""
+class RealFiles:
+    """``find_real_file`` cached by the file as the process sees it (its device, inode, size and mtime:
+    one overlay mount's file, one path in one mount namespace): the processes of a container after its
+    first cost one ``stat`` each, not a ``mountinfo``. Bounded: cleared when full."""
+
+    def __init__(self, host_root: str, proc: str = "/proc", size: int = 4096) -> None:
+        self.host_root = host_root
+        self.proc = proc
+        self.size = size
+        self.cache: dict[tuple[str, int, int, int, int], RealFile] = {}
+
+    def __call__(self, pid: int, path: str, is_exe: bool) -> RealFile | None:
+        try:
+            st = os.stat(f"{self.proc}/{pid}/exe" if is_exe else f"{self.proc}/{pid}/root{path}")
+        except OSError:
+            return None
+        key = (path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        real = self.cache.get(key)
+        if real is None:
+            real = find_real_file(pid, path, is_exe, self.host_root, self.proc, st)
+            if real is not None and not real.path.startswith(f"{self.proc}/{pid}/"):  # valid for the next ones
+                if len(self.cache) >= self.size:
+                    self.cache.clear()
+                self.cache[key] = real
+        return real
+
+
+def find_real_file(
+    pid: int, path: str, is_exe: bool, host_root: str, proc: str = "/proc", st: os.stat_result | None = None,
+) -> RealFile | None:
+    """The real file behind ``path`` as process ``pid`` sees it (None: it is gone, or it exited); ``st``:
+    its ``stat()`` through the process, when the caller has it."""
     root = f"{proc}/{pid}/root"
-    try:
-        st = os.stat(f"{proc}/{pid}/exe" if is_exe else root + path)
-    except OSError:
-        return None
+    if st is None:
+        try:
+            st = os.stat(f"{proc}/{pid}/exe" if is_exe else root + path)
+        except OSError:
+            return None
     mountinfo = read_text(f"{proc}/{pid}/mountinfo")
     if mountinfo is not None:
         # overlayfs: the first layer holding the path is the real file (its size and mtime are the
@@ -131,7 +162,7 @@ def find_real_file(pid: int, path: str, is_exe: bool, host_root: str, proc: str 
 
 
 def files_of(
-    probe: ProbeConfig, pid: int, exe: str, identities: PodIdentities | None, host_root: str, proc: str = "/proc",
+    probe: ProbeConfig, pid: int, exe: str, identities: PodIdentities | None, real_files: RealFiles,
 ) -> list[RealFile]:
     """The real files of ``probe`` process ``pid`` runs (its executable, or the libraries it maps that
     ``binary`` names), if its pod matches the probe's; ``exe`` already matched."""
@@ -140,11 +171,11 @@ def files_of(
     if not pod_matches(probe.discover, ident):
         return []
     if probe.binary:
-        maps = read_text(f"{proc}/{pid}/maps")
+        maps = read_text(f"{real_files.proc}/{pid}/maps")
         paths = [p for p in mapped_paths(parse_maps(maps or "")) if library_matches(probe.binary, p)]
     else:
         paths = [exe]
-    found = (find_real_file(pid, path, not probe.binary, host_root, proc) for path in paths)
+    found = (real_files(pid, path, not probe.binary) for path in paths)
     return [real for real in found if real is not None]
 
 
@@ -174,12 +205,13 @@ def survey(config: Config, identities: PodIdentities | None, proc: str = "/proc"
     """The files each discover probe would follow today and their events; touches nothing."""
     probes = [p for p in config.probes if p.discover is not None]
     found: dict[tuple[str, int, int], tuple[ProbeConfig, RealFile, list[int]]] = {}
+    real_files = RealFiles(config.exporter.host_root, proc)
     for pid, exe in sorted(iter_processes(proc)):
         exe = exe.removesuffix(DELETED)
         for probe in probes:
             assert probe.discover is not None
             if exe_matches(probe.discover, exe):
-                for real in files_of(probe, pid, exe, identities, config.exporter.host_root, proc):
+                for real in files_of(probe, pid, exe, identities, real_files):
                     found.setdefault((probe.name, real.dev, real.inode), (probe, real, []))[2].append(pid)
     out: list[SurveyEntry] = []
     numbers: Counter[str] = Counter()
@@ -212,6 +244,7 @@ class Discoverer:
         self.identities = identities
         self.proc = proc
         self.clock = clock
+        self.real_files = RealFiles(config.exporter.host_root, proc)
         self.files: dict[tuple[str, int, int], FileTarget] = {}
         self.failed: set[tuple[str, int, int]] = set()  # files a probe cannot be put in (logged once)
         self.exes: dict[int, str] = {}  # pid → its exe link when last looked at
@@ -250,7 +283,7 @@ class Discoverer:
                 target.pids.discard(pid)
 
     def _follow(self, probe: ProbeConfig, pid: int, exe: str) -> None:
-        for real in files_of(probe, pid, exe, self.identities, self.exporter.host_root, self.proc):
+        for real in files_of(probe, pid, exe, self.identities, self.real_files):
             key = (probe.name, real.dev, real.inode)
             target = self.files.get(key)
             if target is None:

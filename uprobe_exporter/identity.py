@@ -56,7 +56,7 @@ class PodIdentities:
 
     def __init__(
         self, pods_dir: Path, containers_dir: Path, proc: str = "/proc", refresh_seconds: float = 1.0,
-        keep_seconds: float = 30.0, size: int = 65536, clock: Callable[[], float] = time.monotonic,
+        keep_seconds: float = 10.0, size: int = 65536, clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.pods_dir = pods_dir
         self.containers_dir = containers_dir
