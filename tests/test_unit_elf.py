@@ -6,7 +6,6 @@ import random
 import re
 import shutil
 import subprocess
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -239,13 +238,12 @@ def test_a_corrupt_binary_is_always_a_resolve_error(built: dict[str, Built], tmp
     data, regions = source.read_bytes(), _regions(source)
     rng = random.Random(variant)
     path = tmp_path / "mutant"
-    outcomes: Counter[str] = Counter()
+    refusals: list[str] = []
     for _ in range(MUTANTS):
         path.write_bytes(_mutants(data, regions, rng))
         try:
             load_elf(path)
-            outcomes["loaded"] += 1
         except ResolveError as exc:
-            assert str(path) in str(exc) and "\n" not in str(exc)
-            outcomes["refused"] += 1
-    assert outcomes["refused"] > MUTANTS // 5, outcomes  # the mutations do reach the parser's failure paths
+            refusals.append(str(exc))
+    assert len(refusals) > MUTANTS // 5  # the mutations do reach the parser's failure paths
+    assert all(str(path) in message and "\n" not in message for message in refusals)
