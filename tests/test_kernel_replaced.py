@@ -10,6 +10,7 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from tests.helpers import ExporterProcess, build_config, read_jsonl, toml_dumps, wait_for_lines
 from tests.prom import free_port
@@ -27,8 +28,10 @@ def test_a_replaced_binary_is_logged_and_counted(build: Callable[..., Path], gro
     other = tmp_path / "bin" / "other"  # a second probed binary, never touched
     shutil.copy2(original, other)
     port = free_port()
-    probes = [{"name": "work", "binary": str(target), "function": "work", "args": {"a": "%di:s32"}},
-              {"name": "other", "binary": str(other), "function": "work"}]
+    probes: list[dict[str, Any]] = [
+        {"name": "work", "binary": str(target), "function": "work", "args": {"a": "%di:s32"}},
+        {"name": "other", "binary": str(other), "function": "work"},
+    ]
     out = tmp_path / "out.jsonl"
     config = tmp_path / "config.toml"
     config.write_text(toml_dumps(build_config(group, probes, out, metrics={"listen": f"127.0.0.1:{port}"})))
