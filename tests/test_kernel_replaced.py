@@ -12,7 +12,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tests.helpers import ExporterProcess, build_config, read_jsonl, toml_dumps, wait_for_lines
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.helpers import ROOT, ExporterProcess, build_config, read_jsonl, toml_dumps, wait_for_lines
 from tests.prom import free_port
 from tests.test_kernel_metrics import scrape
 
@@ -41,6 +43,9 @@ def test_a_replaced_binary_is_logged_and_counted(build: Callable[..., Path], gro
         before = scrape(port)
         assert before.samples(METRIC) and before.value(METRIC, path=str(target)) == 0  # every series from the start
         assert before.value(METRIC, path=str(other)) == 0
+        readme = (ROOT / "README.md").read_text()
+        for family in text_string_to_metric_families(before.text):  # every metric is in the README's table
+            assert family.name.startswith("process_") or f"| `{family.name}" in readme, family.name
         subprocess.run([target, "1", str(CALLS), "0"], capture_output=True, check=True, timeout=60)
         assert wait_for_lines(out, CALLS) == CALLS
 
