@@ -653,7 +653,8 @@ def test_systemd_unit_runs_the_exporter_hardened_but_able_to_write_tracefs() -> 
     assert unit.sections() == ["Unit", "Service", "Install"]
     service = unit["Service"]
     binary, *argv = shlex.split(service["ExecStart"])
-    assert binary == f"/usr/local/bin/{PROG}"
+    assert binary == f"/opt/uprobe-exporter/bin/{PROG}"
+    assert "PREFIX=${1:-/opt/uprobe-exporter}" in (HELM / "install.sh").read_text(encoding="utf-8")  # it goes there
     args = _parser().parse_args(argv)
     assert (args.command, args.config) == ("run", CONFIG_PATH)
     expected = {
