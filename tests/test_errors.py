@@ -49,6 +49,7 @@ def test_bad_probe_is_a_located_one_line_error(
     assert done.returncode == 2
     lines = error_lines(done.stderr)
     assert len(lines) == 1, done.stderr
+    location = location.replace("probes[0]", f'probes[0] "{probe["name"]}"')  # errors name the probe
     assert lines[0].startswith(f"uprobe-exporter: error: {location}: ")
     assert text in lines[0]
     assert "Traceback" not in done.stderr
@@ -64,8 +65,8 @@ def test_every_problem_is_reported_at_once(build: Callable[..., Path], tmp_path:
     done = run_cli("run", "--config", str(config_file(tmp_path, "g", probes, exporter={"buffer_size_kb": 1})))
     assert done.returncode == 2
     assert "5 configuration problems" in done.stderr
-    for where in ("exporter.buffer_size_kb", "probes[2].name", "probes[2].buckets", "probes[0].function",
-                  "probes[1].binary"):
+    for where in ("exporter.buffer_size_kb", 'probes[2] "a".name', 'probes[2] "a".buckets', 'probes[0] "a".function',
+                  'probes[1] "b".binary'):
         assert f"\n  {where}: " in done.stderr
 
 
@@ -74,8 +75,8 @@ def test_resolution_problems_are_reported_together(build: Callable[..., Path], t
     probes = [{"name": "a", "binary": binary, "function": "wrok"}, {"name": "b", "binary": "/no/such", "function": "w"}]
     done = run_cli("check", "--config", str(config_file(tmp_path, "g", probes)))
     assert done.returncode == 2
-    assert "probes[0].function: symbol 'wrok'" in done.stderr
-    assert "probes[1].binary: '/no/such' does not exist" in done.stderr
+    assert 'probes[0] "a".function: symbol \'wrok\'' in done.stderr
+    assert 'probes[1] "b".binary: \'/no/such\' does not exist' in done.stderr
 
 
 def test_not_toml_and_missing_file(tmp_path: Path) -> None:
@@ -123,7 +124,7 @@ def test_kernel_refusal_shows_error_log_and_removes_what_was_registered(
     done = run_cli("run", "--config", str(config_file(tmp_path, group, probes)))
     assert done.returncode == 2, done.stderr
     lines = done.stderr.splitlines()
-    assert lines[0].startswith("uprobe-exporter: error: probes[1]: the kernel refused a uprobe_events command")
+    assert lines[0].startswith('uprobe-exporter: error: probes[1] "bad": the kernel refused a uprobe_events command')
     assert f"p:{group}/bad_entry" in lines[0]
     assert "trace_uprobe: error: Invalid bitfield" in done.stderr
     assert lines[-1].strip() == "^"
@@ -134,11 +135,15 @@ def test_kernel_refusal_shows_error_log_and_removes_what_was_registered(
 def test_kernel_refused_filter_names_the_key(
     build: Callable[..., Path], tracefs: Tracefs, group: str, tmp_path: Path,
 ) -> None:
-    probe = {"name": "w", "binary": str(build("calls")), "function": "work", "filter": "nosuchfield == 1"}
+    # The fields are known before the kernel is touched; what only the kernel checks (a string compared
+    # without quotes) is refused by it, with its error_log.
+    probe = {"name": "w", "binary": str(build("calls")), "function": "work", "args": {"s": "+0(%si):string"},
+             "filter": "s == bare"}
     done = run_cli("run", "--config", str(config_file(tmp_path, group, [probe])))
     assert done.returncode == 2, done.stderr
     assert done.stderr.startswith(
-        f"uprobe-exporter: error: probes[0].filter: the kernel refused the filter of {group}/w_entry")
+        f'uprobe-exporter: error: probes[0] "w".filter: the kernel refused the filter of {group}/w_entry')
+    assert "did you forget quotes" in done.stderr
     assert [e for e in tracefs.read_uprobe_events() if e.group == group] == []
     assert not tracefs.instance(group).exists()
 
@@ -150,7 +155,7 @@ def test_return_probe_inside_a_function_is_refused(build: Callable[..., Path], t
     probe = {"name": "p", "binary": str(binary), "offset": start + 4, "return": True}
     done = run_cli("check", "--config", str(config_file(tmp_path, "g", [probe])))
     assert done.returncode == 2
-    assert done.stderr.strip() == (f"uprobe-exporter: error: probes[0].offset: {start + 4:#x} is work+0x4: a return "
-                                   f"probe must be at a function's first instruction (work is at {start:#x})")
+    assert done.stderr.strip() == (f'uprobe-exporter: error: probes[0] "p".offset: {start + 4:#x} is work+0x4: a '
+                                   f"return probe must be at a function's first instruction (work is at {start:#x})")
     at_start = {**probe, "offset": start}
     assert run_cli("check", "--config", str(config_file(tmp_path, "g", [at_start]))).returncode == 0

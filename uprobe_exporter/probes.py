@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from uprobe_exporter.config import ProbeConfig
 from uprobe_exporter.errors import ResolveError
+from uprobe_exporter.filters import combine_filters, comm_filter
 
 HIDDEN_FETCHARGS = "__comm=$comm __sp=%sp:x64"
 ENTRY_SUFFIX = "_entry"
@@ -31,7 +32,7 @@ class ProbeEvent:
     offset: int
     command: str
     filter: str
-    location: str = ""  # where it comes from in the configuration: "probes[2]"
+    location: str = ""  # where it comes from in the configuration: 'probes[2] "malloc"'
 
     @property
     def full_name(self) -> str:
@@ -58,15 +59,18 @@ def build_events(probe: ResolvedProbe, group: str, where: str = "") -> list[Prob
                            binary=probe.path)
     cfg = probe.config
     target = f"{probe.path}:{probe.offset:#x}"
+    by_comm = comm_filter(cfg.comm)  # on both events: a return is recorded only where its entry could be
     entry = f"{cfg.name}{ENTRY_SUFFIX}"
     events = [ProbeEvent(cfg.name, group, entry, False, probe.path, probe.offset,
-                         f"p:{group}/{entry} {target} {HIDDEN_FETCHARGS}{_fetchargs(cfg.args)}", cfg.filter,
+                         f"p:{group}/{entry} {target} {HIDDEN_FETCHARGS}{_fetchargs(cfg.args)}",
+                         combine_filters(by_comm, cfg.filter),
                          where)]
     if cfg.return_probe:
         ret = f"{cfg.name}{RETURN_SUFFIX}"
         events.append(ProbeEvent(
             cfg.name, group, ret, True, probe.path, probe.offset,
-            f"r:{group}/{ret} {target} {HIDDEN_FETCHARGS}{_fetchargs(cfg.return_args)}", cfg.return_filter,
+            f"r:{group}/{ret} {target} {HIDDEN_FETCHARGS}{_fetchargs(cfg.return_args)}",
+            combine_filters(by_comm, cfg.return_filter),
             where))
     return events
 

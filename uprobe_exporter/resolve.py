@@ -18,7 +18,7 @@ def resolve_probes(config: Config) -> tuple[list[ResolvedProbe], list[str]]:
     problems: list[str] = []
     resolved: list[ResolvedProbe] = []
     for probe in config.probes:
-        where = f"probes[{probe.index}]"
+        where = probe.location
         key = "function" if probe.offset is None else "offset"
         try:
             path = resolve_binary(probe.binary, root)
@@ -54,9 +54,9 @@ def plan_events(config: Config, problems: list[str] | None = None) -> list[Probe
     events: list[ProbeEvent] = []
     for probe in resolved:
         try:
-            events.extend(build_events(probe, config.exporter.group, f"probes[{probe.config.index}]"))
+            events.extend(build_events(probe, config.exporter.group, probe.config.location))
         except ResolveError as exc:
-            problems.append(f"probes[{probe.config.index}].binary: {exc}")
+            problems.append(f"{probe.config.location}.binary: {exc}")
     if problems:
         raise ConfigError(problems)
     return events
