@@ -86,3 +86,19 @@ def test_symbols_of_a_program_name_suggests_its_path_on_path() -> None:
     done = run_cli("symbols", "bash", env={**os.environ, "PATH": "/usr/local/bin:/usr/bin:/bin"})
     assert done.returncode == 2
     assert done.stderr.strip().endswith("did you mean /usr/bin/bash (found on PATH)?"), done.stderr
+
+
+def test_the_readmes_malloc_recipe_checks(tmp_path: Path) -> None:
+    """The README's per-program malloc recipe is valid as written: comm and filter on the entry, comm alone on
+    the return."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    recipe = readme.split("### Recipe: `malloc` of one program", 1)[1]
+    block = re.search(r"```toml\n(.*?)```", recipe, re.S)
+    assert block is not None
+    config = tmp_path / "malloc.toml"
+    config.write_text(block[1])
+    done = run_cli("check", "--config", str(config))
+    assert done.returncode == 0, done.stderr
+    filters = [line for line in done.stdout.splitlines() if line.startswith("# filter")]
+    assert filters == ['# filter uprobe_exporter/malloc_entry: (__comm == "redis-server") && (size >= 65536)',
+                       '# filter uprobe_exporter/malloc_return: __comm == "redis-server"']

@@ -40,6 +40,12 @@ def error_lines(stderr: str) -> list[str]:
     ({"function": "work", "offset": 4096}, "probes[0]", "exactly one of 'function'"),
     ({"function": "work", "name": "Bad-Name"}, "probes[0].name", "must match"),
     ({"function": "work+0x4", "return": True}, "probes[0].function", "must be at the function's first instruction"),
+    ({"function": "work", "args": {"size": "%di:u64"}, "filter": "sise > 1"}, "probes[0].filter",
+     "the entry event has no field 'sise'; did you mean 'size'?"),
+    ({"function": "work", "return": True, "return_filter": "ret == 0"}, "probes[0].return_filter",
+     "the return event has no field 'ret'"),
+    ({"function": "work", "args": {"s": "+0(%si):strng"}}, "probes[0].args.s", "did you mean 'string'?"),
+    ({"function": "work", "comm": ["a-very-long-thread-name"]}, "probes[0].comm[0]", "write 'a-very-long-thr'"),
 ])
 def test_bad_probe_is_a_located_one_line_error(
     build: Callable[..., Path], tmp_path: Path, probe: dict[str, Any], location: str, text: str,
@@ -99,7 +105,7 @@ def test_check_prints_commands_and_touches_nothing(
     build: Callable[..., Path], tracefs: Tracefs, group: str, tmp_path: Path,
 ) -> None:
     binary = build("calls")
-    before = (tracefs.root / "uprobe_events").read_text()
+    before = [e for e in tracefs.read_uprobe_events() if e.group == group]  # other tests may run beside this one
     probe = {"name": "w", "binary": str(binary), "function": "work", "args": {"a": "%di:s32"}, "return": True,
              "filter": "a > 3"}
     done = run_cli("check", "--config", str(config_file(tmp_path, group, [probe])))
@@ -109,7 +115,7 @@ def test_check_prints_commands_and_touches_nothing(
     assert lines[0].endswith(" __comm=$comm __sp=%sp:x64 a=%di:s32")
     assert lines[1] == f"# filter {group}/w_entry: a > 3"
     assert lines[2].startswith(f"r:{group}/w_return {binary}:0x")
-    assert (tracefs.root / "uprobe_events").read_text() == before
+    assert [e for e in tracefs.read_uprobe_events() if e.group == group] == before == []
     assert not tracefs.instance(group).exists()
 
 
@@ -128,6 +134,19 @@ def test_kernel_refusal_shows_error_log_and_removes_what_was_registered(
     assert f"p:{group}/bad_entry" in lines[0]
     assert "trace_uprobe: error: Invalid bitfield" in done.stderr
     assert lines[-1].strip() == "^"
+    assert [e for e in tracefs.read_uprobe_events() if e.group == group] == []
+    assert not tracefs.instance(group).exists()
+
+
+def test_run_reports_a_bad_filter_field_before_registering_anything(
+    build: Callable[..., Path], tracefs: Tracefs, group: str, tmp_path: Path,
+) -> None:
+    probe = {"name": "w", "binary": str(build("calls")), "function": "work", "args": {"a": "%di:s32"},
+             "filter": "a > 1 && pid == 3"}
+    done = run_cli("run", "--config", str(config_file(tmp_path, group, [probe])))
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("uprobe-exporter: error: probes[0] \"w\".filter: the entry event has no field "
+                                  "'pid'; did you mean common_pid (the thread id")
     assert [e for e in tracefs.read_uprobe_events() if e.group == group] == []
     assert not tracefs.instance(group).exists()
 

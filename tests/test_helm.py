@@ -65,7 +65,7 @@ MONITORING = "monitoring.coreos.com/v1"
 
 CUSTOM_PROBES: list[dict[str, Any]] = [
     {"name": "nginx_request", "binary": "/usr/sbin/nginx", "function": "ngx_http_process_request",
-     "return": True, "latency": True, "buckets": [0.0001, 0.001, 0.01, 0.1, 1]},
+     "comm": ["nginx"], "return": True, "latency": True, "buckets": [0.0001, 0.001, 0.01, 0.1, 1]},
     {"name": "worker_step", "binary": "/proc/1/root/usr/local/bin/worker", "offset": 4425,
      "args": {"n": "%di:s32"}, "filter": "n > 3", "return": True, "latency": True, "labels": ["n"]},
     {"name": "malloc_calls", "binary": "libc.so.6", "function": "malloc", "args": {"size": "%di:u64"},
