@@ -170,8 +170,8 @@ def test_quick_start_as_written(tracefs: Tracefs, tmp_path: Path) -> None:
             assert sorted(ours(tracefs)[0]) == sorted(["readline_entry", "readline_return", "getaddrinfo_entry",
                                                        "getaddrinfo_return"])
             # The hot path is compiled and used for every event.
-            native = re.search(r"raw reader: native path for (\d+) of (\d+) events \(native parts active "
-                               r"\((/opt/uprobe-exporter/\S+/uprobe_exporter/_native\.\S+\.so)\)", err.text())
+            native = re.search(r"raw reader: native path for (\d+) of (\d+) events; native parts: active "
+                               r"\((/opt/uprobe-exporter/\S+/uprobe_exporter/_native\.\S+\.so)\)$", err.text(), re.M)
             assert native is not None, err.text()
             assert native[1] == native[2] == "4"
 

@@ -7,11 +7,14 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from tests.helpers import ExporterProcess, build_config, toml_dumps
 from uprobe_exporter import _native
+from uprobe_exporter.nativestatus import PURE_ENV
 
 PACKAGE = Path(__file__).resolve().parent.parent / "uprobe_exporter"
 SO = Path(_native.__file__ or "")
@@ -104,3 +107,21 @@ def test_a_build_that_does_not_import_shows_the_error(tmp_path: Path, dependenci
 def test_switched_off_on_purpose(dependencies: Path) -> None:
     assert native_line(dependencies, PACKAGE.parent, UPROBE_EXPORTER_PURE="1") == (
         "native path: off (switched off on purpose: UPROBE_EXPORTER_PURE=1)")
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("pure", ["", "1"])
+def test_the_daemon_logs_the_native_path_and_why_not(
+    build: Callable[..., Path], group: str, tmp_path: Path, pure: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("UPROBE_EXPORTER_PURE", pure)
+    probe = {"name": "work", "binary": str(build("calls")), "function": "work", "return": True}
+    config = tmp_path / "config.toml"
+    config.write_text(toml_dumps(build_config(group, [probe], tmp_path / "out.jsonl")))
+    with ExporterProcess(config) as exporter:
+        exporter.wait_ready()
+        rc, _ = exporter.stop()
+    assert rc == 0, exporter.stderr
+    expected = (f"native path for 0 of 2 events; native parts: off (switched off on purpose: {PURE_ENV}=1)" if pure
+                else f"native path for 2 of 2 events; native parts: active ({SO})")
+    assert f"uprobe-exporter: INFO: raw reader: {expected}\n" in exporter.stderr

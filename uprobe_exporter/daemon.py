@@ -167,7 +167,7 @@ def _reader(
         status = native_status()
         others = "" if native == len(emitters) or not status.active else \
             "; the others need the Python emitter (histogram labels from arguments)"
-        log.info("raw reader: native path for %d of %d events (native parts %s%s)", native, len(emitters),
+        log.info("raw reader: native path for %d of %d events; native parts: %s%s", native, len(emitters),
                  status.describe(), others)
         decoder = RawDecoder(PageLayout.parse(instance.read_header_page()), emitters, pipeline.decode_errors)
         return pipeline, RawPipeReader(instance.root, instance.cpus(), decoder,
