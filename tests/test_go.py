@@ -57,7 +57,8 @@ def test_a_return_probe_on_a_go_program_is_refused(
     done = run_cli(command, "--config", str(config(tmp_path, group, probe)))
     assert done.returncode == 2, done.stderr
     assert done.stderr.splitlines() == [
-        f"uprobe-exporter: error: probes[0].return: {binary} is a Go program ({go_version()}): a return probe "
+        'uprobe-exporter: error: probes[0] "handle".return: '
+        f"{binary} is a Go program ({go_version()}): a return probe "
         "crashes it (Go's stack walker rejects the kernel's return trampoline); probe the entry only "
         "(return = false, no latency)"]
     assert [e for e in tracefs.read_uprobe_events() if e.group == group] == []

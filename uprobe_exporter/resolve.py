@@ -20,7 +20,7 @@ def resolve_probes(config: Config) -> tuple[list[ResolvedProbe], list[str]]:
     resolved: list[ResolvedProbe] = []
     usdt_cache: dict[Path, StapsdtInfo] = {}
     for probe in config.probes:
-        where = f"probes[{probe.index}]"
+        where = probe.location
         key = "function" if probe.offset is None else "offset"
         try:
             path = resolve_binary(probe.binary, root)
@@ -59,7 +59,7 @@ def resolve_usdt(
     probe: ProbeConfig, path: Path, cache: dict[Path, StapsdtInfo], problems: list[str],
 ) -> ResolvedProbe | None:
     """The sites of a USDT probe (and of its ``return_usdt``) with their translated fetchargs."""
-    where = f"probes[{probe.index}]"
+    where = probe.location
     try:
         info = cache.get(path) or cache.setdefault(path, read_stapsdt(path))
     except ResolveError as exc:
@@ -110,9 +110,9 @@ def plan_events(config: Config, problems: list[str] | None = None) -> list[Probe
     events: list[ProbeEvent] = []
     for probe in resolved:
         try:
-            events.extend(build_events(probe, config.exporter.group, f"probes[{probe.config.index}]"))
+            events.extend(build_events(probe, config.exporter.group, probe.config.location))
         except ResolveError as exc:
-            problems.append(f"probes[{probe.config.index}].binary: {exc}")
+            problems.append(f"{probe.config.location}.binary: {exc}")
     if problems:
         raise ConfigError(problems)
     return events
