@@ -14,12 +14,14 @@ import signal
 import time
 from dataclasses import dataclass
 
+from uprobe_exporter.binaries import BinaryChange, BinaryWatch
 from uprobe_exporter.config import Config
 from uprobe_exporter.discover import Discoverer
 from uprobe_exporter.errors import TracefsError
 from uprobe_exporter.identity import PodIdentities, pod_identities
 from uprobe_exporter.jsonl import JsonlSink
 from uprobe_exporter.metrics import start_metrics_server
+from uprobe_exporter.nativestatus import native_status
 from uprobe_exporter.pairing import Pairing
 from uprobe_exporter.pipeline import Pipeline, event_infos
 from uprobe_exporter.procfs import TgidCache, thread_exists
@@ -51,6 +53,7 @@ class Runtime:
     reader: TracePipeReader | RawPipeReader
     sink: JsonlSink | None
     tgids: TgidCache
+    binaries: BinaryWatch
     identities: PodIdentities | None = None
     discoverer: Discoverer | None = None
     kernel_lost: int = 0
@@ -64,8 +67,9 @@ def open_tracefs(config: Config) -> tuple[Tracefs, Instance]:
 
 
 async def _housekeeping(rt: Runtime) -> None:
-    """Once a second: refresh the wall-clock offset; every SWEEP_SECONDS: forget threads that exited
-    (their pending calls will never return) and the cached process ids (thread ids get reused)."""
+    """Once a second: refresh the wall-clock offset and check that the probed binaries are still the
+    files we probed; every SWEEP_SECONDS: forget threads that exited (their pending calls will never
+    return) and the cached process ids (thread ids get reused)."""
     last_sweep = time.monotonic()
     exited: set[int] = set()  # found exited by the last sweep, a second ago
     while True:
@@ -79,6 +83,8 @@ async def _housekeeping(rt: Runtime) -> None:
             if not thread_exists(tid):
                 pairing.evict_thread(tid)
         exited = set()
+        for change in rt.binaries.check():
+            _log_binary_change(change)
         if time.monotonic() - last_sweep >= SWEEP_SECONDS:
             last_sweep = time.monotonic()
             exited = {tid for tid in pairing.threads() if not thread_exists(tid)}
@@ -88,6 +94,20 @@ async def _housekeeping(rt: Runtime) -> None:
                 rt.identities.forget_exited()
             if rt.pipeline.renderer is not None:
                 rt.pipeline.renderer.forget_pids()
+
+
+def _log_binary_change(change: BinaryChange) -> None:
+    """One line per change of a probed file (re-registering on the new file is not done at run time)."""
+    if change.kind == "removed":
+        log.warning("probed binary %s was removed: its probes stay on the file that was there", change.path)
+    elif change.kind == "replaced":
+        log.warning("probed binary %s was replaced by another file: its probes stay on the old file and miss "
+                    "processes started from the new one; restart the exporter to probe it "
+                    "(uprobe_exporter_binary_replaced_total)", change.path)
+    else:
+        log.warning("probed binary %s was modified in place: processes started from it now may run other code "
+                    "at the probed offsets; restart the exporter to resolve them again "
+                    "(uprobe_exporter_binary_replaced_total)", change.path)
 
 
 class Signals:
@@ -121,6 +141,7 @@ async def run(config: Config, problems: list[str]) -> bool:
     bad path or a taken port fails before anything is registered), then the probes."""
     tracefs, instance = open_tracefs(config)
     events = plan_events(config, problems)
+    binaries = BinaryWatch(ev.path for ev in events)  # the files as they were when we resolved them
     sink = JsonlSink(config.jsonl.path, config.jsonl.max_queue_kb * 1024) if config.jsonl.enabled else None
     if sink is not None:
         await sink.open()
@@ -133,7 +154,7 @@ async def run(config: Config, problems: list[str]) -> bool:
         with Signals(sink) as signals, ProbeSession(tracefs, instance, config.exporter.group, events,
                                                     config.exporter.buffer_size_kb) as session:
             pipeline, reader = _reader(config, session, instance, renderer, tgids, sink)
-            rt = Runtime(pipeline, reader, sink, tgids, identities)
+            rt = Runtime(pipeline, reader, sink, tgids, binaries, identities)
             if any(p.discover is not None for p in config.probes):
                 handlers = reader.decoder.handlers if isinstance(reader, RawPipeReader) else None
                 rt.discoverer = Discoverer(config, session, pipeline, handlers, events, identities)
@@ -144,6 +165,7 @@ async def run(config: Config, problems: list[str]) -> bool:
             gc.freeze()
             try:
                 if metrics is not None:
+                    metrics.sources.binaries = binaries
                     metrics.sources.update(tracefs, instance, events, pipeline, sink, reader)
                     if rt.discoverer is not None:
                         metrics.sources.extra.append(rt.discoverer)
@@ -181,8 +203,11 @@ def _reader(
     if raw:
         emitters = pipeline.emitters(formats)
         native = sum(EmitPlan is not None and isinstance(e, EmitPlan) for e in emitters.values())
-        log.info("raw reader: native emitters for %d of %d events%s", native, len(emitters),
-                 "" if EmitPlan is not None else " (the native parts were not built: no C compiler at install)")
+        status = native_status()
+        others = "" if native == len(emitters) or not status.active else \
+            "; the others need the Python emitter (histogram labels from arguments)"
+        log.info("raw reader: native path for %d of %d events; native parts: %s%s", native, len(emitters),
+                 status.describe(), others)
         decoder = RawDecoder(PageLayout.parse(instance.read_header_page()), emitters, pipeline.decode_errors)
         return pipeline, RawPipeReader(instance.root, instance.cpus(), decoder,
                                        lambda located, lost: submit(pipeline.process_located(located, lost)))

@@ -220,7 +220,7 @@ def survey(config: Config, identities: PodIdentities | None, proc: str = "/proc"
         numbers[probe.name] += 1
         try:
             resolved = resolve_file(probe, Path(real.path), config.exporter.host_root)
-            events = build_events(resolved, config.exporter.group, f"probes[{probe.index}]", base)
+            events = build_events(resolved, config.exporter.group, probe.location, base)
             out.append(SurveyEntry(probe, real, tuple(pids), tuple(events)))
         except ResolveError as exc:
             out.append(SurveyEntry(probe, real, tuple(pids), (), str(exc)))
@@ -309,7 +309,7 @@ class Discoverer:
         number = self.numbers[probe.name]
         try:
             resolved = resolve_file(probe, Path(real.path), self.exporter.host_root)
-            events = build_events(resolved, self.exporter.group, f"probes[{probe.index}]",
+            events = build_events(resolved, self.exporter.group, probe.location,
                                   f"{probe.name}{FILE_TAG}{number}")
             formats = self.session.add(events)
         except (ResolveError, TracefsError) as exc:

@@ -3,6 +3,7 @@
     UprobeExporterError                 every failure we expect and explain (exit 1 unless noted)
     ├── ConfigError                     bad configuration or usage: a list of located problems (exit 2)
     ├── ResolveError                    a binary, library or symbol cannot be turned into a file offset (exit 2)
+    ├── NoMatchError                    a search found nothing: ``symbols BINARY PATTERN`` (exit 1, like grep)
     ├── TracefsError                    tracefs missing, not mounted, not writable, an I/O failure
     │   └── KernelRefusedError          the kernel refused a command; carries the command and error_log
     │       └── ProbeRefusedError       ... a probe or filter from the configuration (a config problem, exit 2)
@@ -14,6 +15,10 @@
 Lower-level errors (``OSError``, ``ELFError``) are converted at exactly one boundary each:
 ``tracefs.py`` for the kernel and ``elf.py`` for binaries. The CLI turns any of these into one line
 on stderr and an exit code; nothing else catches them.
+
+A message echoes what it was given (a path, a key, a value from the configuration): every control or
+other unprintable character in it is escaped like ``repr`` does (``\\n``, ``\\x1b``, ``\\u2028``), here,
+so that one problem stays one line (a configuration value with a newline cannot forge a second line).
 """
 
 from __future__ import annotations
@@ -22,10 +27,23 @@ import errno as errno_codes
 from collections.abc import Sequence
 
 
+def one_line(text: str) -> str:
+    """``text`` with every unprintable character escaped as ``repr`` would: ``'a\\nb'``, ``\\x1b``."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else _ESCAPES.get(c) or repr(c)[1:-1] for c in text)
+
+
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
 class UprobeExporterError(Exception):
-    """Root of every error uprobe_exporter raises on purpose."""
+    """Root of every error uprobe_exporter raises on purpose; its message is one line."""
 
     exit_code = 1
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(one_line(message))
 
 
 class ConfigError(UprobeExporterError):
@@ -34,7 +52,7 @@ class ConfigError(UprobeExporterError):
     exit_code = 2
 
     def __init__(self, problems: Sequence[str]) -> None:
-        self.problems = tuple(problems)
+        self.problems = tuple(one_line(p) for p in problems)
         super().__init__("; ".join(self.problems))
 
     def __str__(self) -> str:
@@ -52,6 +70,10 @@ class ResolveError(UprobeExporterError):
         self.binary = binary
         self.symbol = symbol
         super().__init__(message)
+
+
+class NoMatchError(UprobeExporterError):
+    """``symbols`` found no function matching the pattern (exit 1, like grep); the message suggests close names."""
 
 
 class TracefsError(UprobeExporterError):

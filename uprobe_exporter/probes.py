@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from uprobe_exporter.config import ProbeConfig
 from uprobe_exporter.errors import ResolveError
+from uprobe_exporter.filters import combine_filters, comm_filter
 
 HIDDEN_FETCHARGS = "__comm=$comm __sp=%sp:x64"
 # A USDT site is not a function's first instruction: %sp says nothing about which call a return ends
@@ -35,7 +36,7 @@ class ProbeEvent:
     offset: int
     command: str
     filter: str
-    location: str = ""  # where it comes from in the configuration: "probes[2]"
+    location: str = ""  # where it comes from in the configuration: 'probes[2] "malloc"'
     usdt: bool = False  # a USDT site: a `p:` probe, also for the return event (which has __probe_ip)
 
     @property
@@ -71,15 +72,18 @@ def build_events(probe: ResolvedProbe, group: str, where: str = "", base: str = 
     if cfg.usdt:
         return _usdt_events(probe, group, where, base)
     target = f"{probe.path}:{probe.offset:#x}"
+    by_comm = comm_filter(cfg.comm)  # on both events: a return is recorded only where its entry could be
     entry = f"{base}{ENTRY_SUFFIX}"
     events = [ProbeEvent(cfg.name, group, entry, False, probe.path, probe.offset,
-                         f"p:{group}/{entry} {target} {HIDDEN_FETCHARGS}{_fetchargs(cfg.args)}", cfg.filter,
+                         f"p:{group}/{entry} {target} {HIDDEN_FETCHARGS}{_fetchargs(cfg.args)}",
+                         combine_filters(by_comm, cfg.filter),
                          where)]
     if cfg.return_probe:
         ret = f"{base}{RETURN_SUFFIX}"
         events.append(ProbeEvent(
             cfg.name, group, ret, True, probe.path, probe.offset,
-            f"r:{group}/{ret} {target} {HIDDEN_FETCHARGS}{_fetchargs(cfg.return_args)}", cfg.return_filter,
+            f"r:{group}/{ret} {target} {HIDDEN_FETCHARGS}{_fetchargs(cfg.return_args)}",
+            combine_filters(by_comm, cfg.return_filter),
             where))
     return events
 
@@ -88,6 +92,7 @@ def _usdt_events(probe: ResolvedProbe, group: str, where: str, base: str) -> lis
     """One ``p:`` command per site; the kernel adds the sites of one event name to that event (they
     must have the same argument names and types: stapsdt.site_fetchargs makes them agree)."""
     cfg = probe.config
+    by_comm = comm_filter(cfg.comm)  # on both events, as for functions
     events = []
     for suffix, sites, flt, is_return in ((ENTRY_SUFFIX, probe.sites, cfg.filter, False),
                                           (RETURN_SUFFIX, probe.return_sites, cfg.return_filter, True)):
@@ -97,7 +102,7 @@ def _usdt_events(probe: ResolvedProbe, group: str, where: str, base: str) -> lis
             args = f" {fetchargs}" if fetchargs else ""
             events.append(ProbeEvent(cfg.name, group, event, is_return, probe.path, offset,
                                      f"p:{group}/{event} {probe.path}:{offset:#x}{ref} {USDT_HIDDEN_FETCHARGS}{args}",
-                                     flt, where, usdt=True))
+                                     combine_filters(by_comm, flt), where, usdt=True))
     return events
 
 

@@ -22,7 +22,8 @@ def resolve_probes(config: Config) -> tuple[list[ResolvedProbe], list[str]]:
     for probe in config.probes:
         if probe.discover is not None:  # resolved per file as processes are found (discover.py)
             continue
-        where = f"probes[{probe.index}]"
+        where = probe.location
+        key = "function" if probe.offset is None else "offset"
         try:
             path = resolve_binary(probe.binary, root)
         except ResolveError as exc:
@@ -34,15 +35,21 @@ def resolve_probes(config: Config) -> tuple[list[ResolvedProbe], list[str]]:
                 resolved.append(usdt)
             continue
         try:
+            info = cache.get(path) or cache.setdefault(path, load_elf(path, root))
+            if probe.return_probe and info.is_go:
+                problems.append(f"{where}.return: {go_return_problem(info)}")
+                continue
             resolved.append(resolve_function(probe, path, root, cache))
         except ResolveError as exc:
-            problems.append(f"{where}.{'function' if probe.offset is None else 'offset'}: {exc}")
+            problems.append(f"{where}.{key}: {exc}")
     return resolved, problems
 
 
 def resolve_function(probe: ProbeConfig, path: Path, root: str, cache: dict[Path, ElfInfo]) -> ResolvedProbe:
     """The file offset of a function (or offset) probe in ``path``."""
     info = cache.get(path) or cache.setdefault(path, load_elf(path, root))
+    if probe.return_probe and info.is_go:
+        raise ResolveError(go_return_problem(info), binary=str(path))
     if probe.offset is None:
         offset = info.resolve(probe.function, probe.function_offset)
     elif info.offset_is_executable(probe.offset):
@@ -73,7 +80,7 @@ def resolve_usdt(
     probe: ProbeConfig, path: Path, cache: dict[Path, StapsdtInfo], problems: list[str],
 ) -> ResolvedProbe | None:
     """The sites of a USDT probe (and of its ``return_usdt``) with their translated fetchargs."""
-    where = f"probes[{probe.index}]"
+    where = probe.location
     try:
         info = cache.get(path) or cache.setdefault(path, read_stapsdt(path))
     except ResolveError as exc:
@@ -106,6 +113,15 @@ def resolve_usdt(
     return ResolvedProbe(probe, str(path), entry[0][0], entry, ret)
 
 
+def go_return_problem(info: ElfInfo) -> str:
+    """Why a return probe on a Go program is refused: the kernel's uretprobe swaps the return address on
+    the stack for its trampoline (0x7fffffffe000); Go's runtime walks its own stacks (garbage collection,
+    stack growth, preemption, tracebacks) and kills the program at that unknown return address."""
+    built = f" ({info.go_version})" if info.go_version else ""
+    return (f"{info.path} is a Go program{built}: a return probe crashes it (Go's stack walker rejects the "
+            "kernel's return trampoline); probe the entry only (return = false, no latency)")
+
+
 def plan_events(config: Config, problems: list[str] | None = None) -> list[ProbeEvent]:
     """Every event to register for ``config``, in order; raises one ConfigError with ``problems`` found
     earlier and every resolution problem."""
@@ -115,9 +131,9 @@ def plan_events(config: Config, problems: list[str] | None = None) -> list[Probe
     events: list[ProbeEvent] = []
     for probe in resolved:
         try:
-            events.extend(build_events(probe, config.exporter.group, f"probes[{probe.config.index}]"))
+            events.extend(build_events(probe, config.exporter.group, probe.config.location))
         except ResolveError as exc:
-            problems.append(f"probes[{probe.config.index}].binary: {exc}")
+            problems.append(f"{probe.config.location}.binary: {exc}")
     if problems:
         raise ConfigError(problems)
     return events
