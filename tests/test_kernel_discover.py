@@ -14,6 +14,8 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.helpers import ExporterProcess, build_config, read_jsonl, run_cli, toml_dumps, wait_for_lines
 from tests.prom import free_port
 from tests.test_kernel_metrics import scrape, wait_scrape
@@ -184,8 +186,9 @@ def pod_logs(root: Path, namespace: str, pod: str, uid: str, containers: dict[st
         (root / "containers" / f"{pod}_{namespace}_{name}-{cid}.log").symlink_to(pod_dir / name / "0.log")
 
 
-def test_records_carry_the_pod_identity_of_their_process(
-    build: Callable[..., Path], tracefs: Tracefs, group: str, tmp_path: Path,
+@pytest.mark.parametrize("reader", ["raw", "text"])
+def test_records_and_histograms_carry_the_pod_identity_of_their_process(
+    build: Callable[..., Path], tracefs: Tracefs, group: str, tmp_path: Path, reader: str,
 ) -> None:
     import uuid
 
@@ -204,9 +207,12 @@ def test_records_carry_the_pod_identity_of_their_process(
     cgroupfs = CGROUP_V1 / top / "kubepods" / "burstable" / f"pod{uid_b}" / cid_b
     out = tmp_path / "out.jsonl"
     config = tmp_path / "config.toml"
-    probe = {"name": "work", "discover": {"exe": tag}, "function": "work", "args": {"i": "%di:s64"}}
-    config.write_text(toml_dumps(build_config(group, [probe], out,
-                                              exporter={**FAST, "pods_dir": str(logs / "pods")})))
+    port = free_port()
+    labels = ["k8s_namespace_name", "k8s_pod_name", "k8s_container_name"]
+    probe = {"name": "work", "discover": {"exe": tag}, "function": "work", "args": {"i": "%di:s64"},
+             "return": True, "latency": True, "labels": labels}
+    config.write_text(toml_dumps(build_config(group, [probe], out, metrics={"listen": f"127.0.0.1:{port}"},
+                                              exporter={**FAST, "pods_dir": str(logs / "pods"), "reader": reader})))
     targets: list[Target] = []
     with ExitStack() as stack:
         stack.enter_context(cgroups(systemd, cgroupfs))
@@ -220,17 +226,20 @@ def test_records_carry_the_pod_identity_of_their_process(
             wait_until(lambda t=t: followed(exporter, t.pid), f"process {t.pid} followed", exporter)
             t.release()
         counts = {t.pid: t.finish() for t in targets}
-        wait_for_lines(out, sum(counts.values()))
+        wait_for_lines(out, 2 * sum(counts.values()))
+        s = wait_scrape(port, lambda s: s.value("uprobe_call_duration_seconds_count") == 21)
         exporter.stop()
+    for names, n in ((("shop", "web-7d9f", "nginx"), 7), (("kube-system", "agent-x1", "agent"), 7), (("", "", ""), 7)):
+        assert s.value("uprobe_call_duration_seconds_count", probe="work", **dict(zip(labels, names, strict=True))) == n
     records = read_jsonl(out)
-    assert len(records) == 21
+    assert len(records) == 42
     by_pid = {t.pid: [r for r in records if r["pid"] == t.pid] for t in targets}
     keys = ("namespace", "pod", "container", "container_id")
     assert {tuple(r.get(k) for k in keys) for r in by_pid[targets[0].pid]} == {("shop", "web-7d9f", "nginx", cid_a)}
     assert {tuple(r.get(k) for k in keys) for r in by_pid[targets[1].pid]} == {
         ("kube-system", "agent-x1", "agent", cid_b)}
     assert all(not set(keys) & set(r) for r in by_pid[targets[2].pid])  # outside any pod: none of them
-    assert all(len(v) == 7 for v in by_pid.values())
+    assert all(len(v) == 14 for v in by_pid.values())
     assert not systemd.exists() and not (CGROUP_V2 / top).exists() and not (CGROUP_V1 / top).exists()
 
 

@@ -20,6 +20,7 @@ from typing import Any
 from uprobe_exporter.errors import ConfigError
 from uprobe_exporter.fetchargs import check_fetcharg
 from uprobe_exporter.filters import check_comm, check_filter, event_fields
+from uprobe_exporter.podlogs import POD_LABELS
 from uprobe_exporter.stapsdt import check_usdt_arg
 
 DEFAULT_PORT = 9527
@@ -30,7 +31,7 @@ ARG_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 FUNCTION_RE = re.compile(r"(?P<symbol>[^\s+]+)(?:\+(?P<off>0x[0-9a-fA-F]+|\d+))?\Z")
 MAX_EVENT_NAME = 63  # trace_probe.h: MAX_EVENT_NAME_LEN 64 includes the NUL
 MAX_ARG_NAME = 31  # MAX_ARG_NAME_LEN 32
-RECORD_LABELS = ("comm",)
+RECORD_LABELS = ("comm", *POD_LABELS)
 RESERVED_LABELS = ("probe", "le", "instance", "job")  # set by the histogram itself or by Prometheus
 LOG_LEVELS = ("debug", "info", "warning", "error")
 READERS = ("raw", "text")  # per-CPU trace_pipe_raw (binary, ns timestamps), or the text trace_pipe

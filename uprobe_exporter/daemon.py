@@ -153,7 +153,7 @@ async def run(config: Config, problems: list[str]) -> bool:
     try:
         with Signals(sink) as signals, ProbeSession(tracefs, instance, config.exporter.group, events,
                                                     config.exporter.buffer_size_kb) as session:
-            pipeline, reader = _reader(config, session, instance, renderer, tgids, sink)
+            pipeline, reader = _reader(config, session, instance, renderer, tgids, sink, identities)
             rt = Runtime(pipeline, reader, sink, tgids, binaries, identities)
             if any(p.discover is not None for p in config.probes):
                 handlers = reader.decoder.handlers if isinstance(reader, RawPipeReader) else None
@@ -186,7 +186,7 @@ async def run(config: Config, problems: list[str]) -> bool:
 
 def _reader(
     config: Config, session: ProbeSession, instance: Instance, renderer: Renderer | None, tgids: TgidCache,
-    sink: JsonlSink | None,
+    sink: JsonlSink | None, identities: PodIdentities | None = None,
 ) -> tuple[Pipeline, TracePipeReader | RawPipeReader]:
     """The pipeline and the reader the configuration asks for: text ``trace_pipe`` or raw pages."""
     formats = session.formats.values()
@@ -194,7 +194,7 @@ def _reader(
     pipeline = Pipeline(
         None if raw else TextParser.for_formats(formats), event_infos(session.events, config.probes),
         config.probes, renderer, Pairing(config.exporter.max_pending_calls), config.metrics.label_values_max,
-        tgids, dict.fromkeys(RAW_ERROR_REASONS, 0) if raw else None)
+        tgids, dict.fromkeys(RAW_ERROR_REASONS, 0) if raw else None, identity_of=identities)
 
     def submit(batch: tuple[bytes, int] | None) -> None:
         if batch is not None and sink is not None:

@@ -16,6 +16,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 CONTAINER_ID_RE = re.compile(r"[0-9a-f]{64}\Z")
+# histogram labels of a record's pod (OpenTelemetry's names: Prometheus' target labels for the exporter's
+# own pod are namespace, pod and container) → the PodIdentity field
+POD_LABELS = {"k8s_namespace_name": "namespace", "k8s_pod_name": "pod", "k8s_container_name": "container"}
 
 
 @dataclass(frozen=True, slots=True)
