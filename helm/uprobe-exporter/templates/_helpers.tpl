@@ -208,3 +208,11 @@ metricRelabelings:
   {{- toYaml . | nindent 2 }}
 {{- end }}
 {{- end }}
+
+{{/*
+Where the pod log directory is mounted: podLogs.path inside hostRoot.mountPath when hostRoot is enabled
+(exporter.pods_dir is read inside host_root), else at podLogs.path.
+*/}}
+{{- define "uprobe-exporter.podLogsMount" -}}
+{{- if .Values.hostRoot.enabled }}{{ trimSuffix "/" .Values.hostRoot.mountPath }}{{ end }}{{ .Values.podLogs.path }}
+{{- end }}
