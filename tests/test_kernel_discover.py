@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import ExporterProcess, build_config, read_jsonl, run_cli, toml_dumps, wait_for_lines
+from tests.helpers import TARGETS, ExporterProcess, build_config, read_jsonl, run_cli, toml_dumps, wait_for_lines
 from tests.prom import free_port
 from tests.test_kernel_metrics import scrape, wait_scrape
 from uprobe_exporter.tracefs import Tracefs
@@ -285,7 +285,7 @@ def test_many_short_lived_processes_leak_no_events_memory_or_pending_state(
              "return": True, "latency": True}
     config.write_text(toml_dumps(build_config(group, [probe], out, exporter={**FAST, "discover_interval": 0.05},
                                               metrics={"listen": f"127.0.0.1:{port}"})))
-    burst, seconds = 500, 24.0  # the caches by process are swept every 5 s and keep an exited one 10 s
+    burst, seconds = 500, 30.0  # the caches by process are swept every 5 s and keep an exited one 10 s
     loop = f"i=0; while [ $i -lt {burst} ]; do {exe} -3 >/dev/null; i=$((i+1)); done"
     with ExporterProcess(config) as exporter:
         exporter.wait_ready()
@@ -323,10 +323,11 @@ def test_many_short_lived_processes_leak_no_events_memory_or_pending_state(
     assert len(records) == total and sum(r["type"] == "entry" for r in records) == total // 2
     print(f"short-lived processes per second: {[round(r) for r in rates]}; exporter RSS (kB): {rss}")
     assert min(rates) > 100, rates  # hundreds per second, on a busy machine
-    # the caches (per thread, per process) are bounded and swept: in the second half, once they are in their
-    # steady state, more processes leave no lasting growth beyond allocator noise
-    half = rss[len(rss) // 2:]
-    assert max(half) - half[0] < 2048, rss
+    # the caches (per thread, per process) are bounded and swept: once in their steady state, more processes
+    # leave no lasting growth. RSS swings by ±2 MB as the allocator returns arenas, so peaks are compared:
+    # the last third's against the middle third's (90 s here: 65,000 processes, flat at 50-51 MB after 25 s)
+    third = len(rss) // 3
+    assert max(rss[2 * third:]) - max(rss[third:2 * third]) < 2048, rss
 
 
 def test_files_beyond_discover_files_max_are_refused_and_counted(
@@ -357,3 +358,42 @@ def test_files_beyond_discover_files_max_are_refused_and_counted(
             for t in targets:
                 t.kill()
         assert exporter.stop()[0] == 0
+
+
+def test_a_library_probe_follows_the_library_each_process_maps(tracefs: Tracefs, group: str, tmp_path: Path) -> None:
+    tag = f"dl{os.getpid()}"
+    libs = []
+    for d in ("one", "two"):  # two copies of the library: two files, each probed once
+        (tmp_path / d).mkdir()
+        lib = tmp_path / d / "libshared.so"
+        subprocess.run(["gcc", "-O1", "-g", "-shared", "-fPIC", "-o", str(lib), str(TARGETS / "shared.c")],
+                       check=True)
+        libs.append(lib)
+    exe = tmp_path / tag
+    subprocess.run(["gcc", "-O0", "-g", "-o", str(exe), str(TARGETS / "libwaiter.c"), f"-L{tmp_path / 'one'}",
+                    "-lshared"], check=True)
+    out = tmp_path / "out.jsonl"
+    config = tmp_path / "config.toml"
+    probe = {"name": "add", "binary": "libshared.so", "discover": {"exe": tag}, "function": "shared_add",
+             "args": {"a": "%di:s64"}}
+    config.write_text(toml_dumps(build_config(group, [probe], out, exporter=FAST)))
+    targets: list[Target] = []
+    with ExitStack() as stack:
+        exporter = stack.enter_context(ExporterProcess(config))
+        stack.callback(lambda: [t.kill() for t in targets])
+        exporter.wait_ready()
+        for i, lib in enumerate([*libs, libs[0]]):
+            targets.append(Target([str(exe), str(20 + i)], env={**os.environ, "LD_LIBRARY_PATH": str(lib.parent)}))
+        for t in targets:
+            wait_until(lambda t=t: followed(exporter, t.pid), f"process {t.pid} followed", exporter)
+            t.release()
+        counts = {t.pid: t.finish() for t in targets}
+        wait_for_lines(out, sum(counts.values()))
+        paths = sorted({e.path for e in tracefs.read_uprobe_events() if e.group == group})
+        assert paths == sorted(str(lib) for lib in libs)  # the library files, not the executable
+        assert exporter.stop()[0] == 0
+    records = read_jsonl(out)
+    assert len(records) == sum(counts.values()) == 20 + 21 + 22
+    for pid, n in counts.items():
+        assert sorted(r["args"]["a"] for r in records if r["pid"] == pid) == list(range(n))
+    assert len({r["event"] for r in records}) == 2
