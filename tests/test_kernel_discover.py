@@ -49,6 +49,11 @@ class Target:
         self.proc.communicate()  # waits, and closes its pipes
 
 
+def kill_all(targets: list[Target]) -> None:
+    for t in targets:
+        t.kill()
+
+
 def wait_until(check: Callable[[], bool], what: str, exporter: ExporterProcess, timeout: float = 20) -> None:
     deadline = time.monotonic() + timeout
     while not check():
@@ -59,6 +64,10 @@ def wait_until(check: Callable[[], bool], what: str, exporter: ExporterProcess, 
 
 def followed(exporter: ExporterProcess, pid: int) -> bool:
     return re.search(rf"process {pid} runs ", exporter.stderr) is not None
+
+
+def wait_followed(exporter: ExporterProcess, pid: int) -> None:
+    wait_until(lambda: followed(exporter, pid), f"process {pid} followed", exporter)
 
 
 def enabled(tracefs: Tracefs, group: str, event: str) -> str:
@@ -105,7 +114,7 @@ def test_processes_started_later_each_probed_once_per_real_file(
     targets: list[Target] = []
     with ExitStack() as stack:
         exporter = stack.enter_context(ExporterProcess(config))
-        stack.callback(lambda: [t.kill() for t in targets])
+        stack.callback(kill_all, targets)
         exporter.wait_ready()
         merged = stack.enter_context(overlays(tmp_path / "ov", lower, 2))
         targets += [Target([str(a), "300"]), Target([str(a), "200"]), Target([str(b), "250"])]
@@ -114,7 +123,7 @@ def test_processes_started_later_each_probed_once_per_real_file(
                                f"mount -t tmpfs tmpfs {ns_dir} && cp {waiter} {ns_dir}/{tag}n && "
                                f"exec {ns_dir}/{tag}n 120"]))
         for t in targets:
-            wait_until(lambda t=t: followed(exporter, t.pid), f"process {t.pid} followed", exporter)
+            wait_followed(exporter, t.pid)
         assert not (ns_dir / f"{tag}n").exists()  # not on the host: only through /proc/<pid>/root
         for t in targets:
             t.release()
@@ -217,13 +226,13 @@ def test_records_and_histograms_carry_the_pod_identity_of_their_process(
     with ExitStack() as stack:
         stack.enter_context(cgroups(systemd, cgroupfs))
         exporter = stack.enter_context(ExporterProcess(config))
-        stack.callback(lambda: [t.kill() for t in targets])
+        stack.callback(kill_all, targets)
         exporter.wait_ready()
         for cg in (systemd, cgroupfs, None):
             enter = f"echo $$ > {cg}/cgroup.procs && " if cg is not None else ""
             targets.append(Target(["sh", "-c", f"{enter}exec {exe} 7"]))
         for t in targets:
-            wait_until(lambda t=t: followed(exporter, t.pid), f"process {t.pid} followed", exporter)
+            wait_followed(exporter, t.pid)
             t.release()
         counts = {t.pid: t.finish() for t in targets}
         wait_for_lines(out, 2 * sum(counts.values()))
@@ -291,7 +300,7 @@ def test_many_short_lived_processes_leak_no_events_memory_or_pending_state(
         exporter.wait_ready()
         keeper = Target([str(exe), "1"])  # keeps the file's events enabled through the bursts
         try:
-            wait_until(lambda: followed(exporter, keeper.pid), "the keeper followed", exporter)
+            wait_followed(exporter, keeper.pid)
             rates, rss = [], []
             began, n = time.monotonic(), 0
             while time.monotonic() - began < seconds:
@@ -380,12 +389,12 @@ def test_a_library_probe_follows_the_library_each_process_maps(tracefs: Tracefs,
     targets: list[Target] = []
     with ExitStack() as stack:
         exporter = stack.enter_context(ExporterProcess(config))
-        stack.callback(lambda: [t.kill() for t in targets])
+        stack.callback(kill_all, targets)
         exporter.wait_ready()
         for i, lib in enumerate([*libs, libs[0]]):
             targets.append(Target([str(exe), str(20 + i)], env={**os.environ, "LD_LIBRARY_PATH": str(lib.parent)}))
         for t in targets:
-            wait_until(lambda t=t: followed(exporter, t.pid), f"process {t.pid} followed", exporter)
+            wait_followed(exporter, t.pid)
             t.release()
         counts = {t.pid: t.finish() for t in targets}
         wait_for_lines(out, sum(counts.values()))
