@@ -20,8 +20,9 @@ from uprobe_exporter.config import load_config_partial
 from uprobe_exporter.daemon import open_tracefs, run
 from uprobe_exporter.elf import load_elf, match_functions
 from uprobe_exporter.errors import ConfigError, UprobeExporterError
+from uprobe_exporter.ownership import claim_leftovers
 from uprobe_exporter.resolve import load_plan
-from uprobe_exporter.session import remove_group
+from uprobe_exporter.session import EVENT_STOP_COST_S, STOP_FIXED_S, remove_events, remove_group
 
 PROG = "uprobe-exporter"
 
@@ -60,11 +61,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    _, events = load_plan(args.config)
+    config, events = load_plan(args.config)
     for ev in events:
         print(ev.command)
         if ev.filter:
             print(f"# filter {ev.full_name}: {ev.filter}")
+    need = len(events) * EVENT_STOP_COST_S + STOP_FIXED_S
+    budget = config.exporter.stop_budget_seconds
+    print(f"# stop: {len(events)} events take about {need:.0f} s to disable and remove "
+          f"({EVENT_STOP_COST_S * 1000:.0f} ms each on Linux 6.18; 'run' measures this kernel when it matters); "
+          f"exporter.stop_budget_seconds = {budget:g}"
+          + ("" if need <= budget else f": too little, give the stop at least {need + 1:.0f} s")
+          + "; TimeoutStopSec / terminationGracePeriodSeconds must exceed the budget")
     return 0
 
 
@@ -82,7 +90,15 @@ def _cmd_cleanup(args: argparse.Namespace) -> int:
         raise ConfigError(exporter_problems)
     _setup_logging(config.exporter.log_level)
     tracefs, instance = open_tracefs(config)
-    removed = remove_group(tracefs, config.exporter.group, instance)
+    group = config.exporter.group
+    # Refuses (exit 1, naming the pid) what a running exporter holds, and an instance that is not ours.
+    owned = claim_leftovers(tracefs, group, instance)
+    try:
+        removed = remove_group(tracefs, group) if owned.holds(tracefs.group_dir(group)) else []
+        if owned.holds(instance.root):
+            removed += remove_events(tracefs, group, [], instance)
+    finally:
+        owned.release()
     print(f"removed {len(removed)}: {', '.join(removed)}" if removed else "nothing to remove")
     return 0
 
