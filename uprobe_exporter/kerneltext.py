@@ -135,7 +135,7 @@ class FileLock:
 
 
 PROC_LOCKS_RE = re.compile(
-    r"\d+: (?P<kind>\S+)\s+\S+\s+(?P<mode>\S+) (?P<pid>-?\d+) (?P<maj>[0-9a-f]+):(?P<min>[0-9a-f]+):(?P<ino>\d+) ")
+    r"\d+: (?P<kind>\S+)\s+\S+\s+(?P<mode>\S+)\s+(?P<pid>-?\d+) (?P<maj>[0-9a-f]+):(?P<min>[0-9a-f]+):(?P<ino>\d+) ")
 
 
 def parse_proc_locks(text: str) -> list[FileLock]:
