@@ -22,7 +22,7 @@ from uprobe_exporter.elf import load_elf, match_functions
 from uprobe_exporter.errors import ConfigError, UprobeExporterError
 from uprobe_exporter.ownership import claim_leftovers
 from uprobe_exporter.resolve import load_plan
-from uprobe_exporter.session import EVENT_STOP_COST_S, STOP_FIXED_S, remove_events, remove_group
+from uprobe_exporter.session import EVENT_STOP_COST_S, STOP_FIXED_S, STOP_MARGIN, remove_events, remove_group
 
 PROG = "uprobe-exporter"
 
@@ -66,7 +66,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
         print(ev.command)
         if ev.filter:
             print(f"# filter {ev.full_name}: {ev.filter}")
-    need = len(events) * EVENT_STOP_COST_S + STOP_FIXED_S
+    need = len(events) * EVENT_STOP_COST_S * STOP_MARGIN + STOP_FIXED_S
     budget = config.exporter.stop_budget_seconds
     print(f"# stop: {len(events)} events take about {need:.0f} s to disable and remove "
           f"({EVENT_STOP_COST_S * 1000:.0f} ms each on Linux 6.18; 'run' measures this kernel when it matters); "
