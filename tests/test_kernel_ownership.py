@@ -241,3 +241,27 @@ def test_proc_locks_parse() -> None:
     locks = parse_proc_locks(text)
     assert [(lk.kind, lk.mode, lk.pid, lk.dev, lk.inode) for lk in locks] == [
         ("FLOCK", "WRITE", 9775, (0, 13), 20219), ("OFDLCK", "READ", -1, (8, 1), 1234)]
+
+
+def test_cleanup_wait_outlasts_a_stopping_exporter_then_removes_its_leftovers(
+    build: Callable[..., Path], tracefs: Tracefs, group: str, tmp_path: Path,
+) -> None:
+    """What the chart's post-delete Job does: ``cleanup --wait`` while the exporter still holds its
+    group; the exporter is killed (its grace period over), and cleanup then removes what it left."""
+    import signal
+    import threading
+
+    config = write_config(tmp_path / "c.toml", group, group, build("calls"))
+    with ExporterProcess(config) as exporter:
+        exporter.wait_ready()
+        killer = threading.Timer(1.5, exporter.proc.send_signal, (signal.SIGKILL,))
+        killer.start()
+        started = time.monotonic()
+        done = run_cli("cleanup", "--config", str(config), "--wait", "30")
+        killer.join()
+        exporter.stop()
+    assert done.returncode == 0, done.stderr
+    assert time.monotonic() - started >= 1.5
+    assert f"{group}/work_entry" in done.stdout and f"instances/{group}" in done.stdout
+    assert ours(tracefs, group) == []
+    assert not tracefs.instance(group).exists()

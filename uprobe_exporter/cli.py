@@ -12,6 +12,7 @@ import asyncio
 import logging
 import os
 import sys
+import time
 from collections.abc import Sequence
 
 from uprobe_exporter import __version__
@@ -19,7 +20,7 @@ from uprobe_exporter.binaries import resolve_binary
 from uprobe_exporter.config import load_config_partial
 from uprobe_exporter.daemon import open_tracefs, run
 from uprobe_exporter.elf import load_elf, match_functions
-from uprobe_exporter.errors import ConfigError, UprobeExporterError
+from uprobe_exporter.errors import ConfigError, OwnershipError, UprobeExporterError
 from uprobe_exporter.ownership import claim_leftovers
 from uprobe_exporter.resolve import load_plan
 from uprobe_exporter.session import EVENT_STOP_COST_S, STOP_FIXED_S, STOP_MARGIN, remove_events, remove_group
@@ -42,6 +43,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--host-root", default="/", metavar="DIR", help="resolve the binary inside DIR")
     k = sub.add_parser("cleanup", help="remove leftovers of our group and instance (after a crash)")
     k.add_argument("--config", "-c", metavar="FILE", help=config_help)
+    k.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+                   help="wait up to SECONDS for a running exporter holding the group or instance to exit")
     return p
 
 
@@ -92,7 +95,15 @@ def _cmd_cleanup(args: argparse.Namespace) -> int:
     tracefs, instance = open_tracefs(config)
     group = config.exporter.group
     # Refuses (exit 1, naming the pid) what a running exporter holds, and an instance that is not ours.
-    owned = claim_leftovers(tracefs, group, instance)
+    deadline = time.monotonic() + args.wait
+    while True:
+        try:
+            owned = claim_leftovers(tracefs, group, instance)
+            break
+        except OwnershipError as exc:
+            if exc.pid is None or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.5)
     try:
         removed = remove_group(tracefs, group) if owned.holds(tracefs.group_dir(group)) else []
         if owned.holds(instance.root):
