@@ -244,14 +244,19 @@ class ProbeSession:
         start = self.stop_started or time.monotonic()
         begin = time.monotonic()
         events = self._removal_order()
+        ours = self.instance if self.owned.holds(self.instance.root) else None  # never another's
+        if ours is not None and self.stop_started is None and events:
+            try:  # an error path that skipped stop_recording: nothing more is recorded while we remove
+                ours.set_tracing_on(False)
+            except TracefsError as exc:
+                log.debug("%s", exc)
         try:
-            ours = self.instance if self.owned.holds(self.instance.root) else None  # never another's
             removed = remove_events(self.tracefs, self.group, events, ours, everywhere=ours is None,
                                     progress=PROGRESS_SECONDS)
         finally:
             self.registered.clear()
             self.owned.release()
-        if events:
+        if events and self.stop_started is not None:  # a stop, not a start that failed (one error line)
             took = time.monotonic() - begin
             n = sum(not r.startswith("instances/") for r in removed)
             log.info("removed %d events in %.1f s (%.0f ms each)", n, took, 1000 * took / max(n, 1))
