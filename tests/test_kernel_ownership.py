@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import ExporterProcess, build_config, run_cli, toml_dumps
+from tests.helpers import ROOT, ExporterProcess, build_config, run_cli, toml_dumps
 from tests.prom import free_port
 from uprobe_exporter.kerneltext import parse_proc_locks
 from uprobe_exporter.probes import removal_command
@@ -265,3 +265,29 @@ def test_cleanup_wait_outlasts_a_stopping_exporter_then_removes_its_leftovers(
     assert f"{group}/work_entry" in done.stdout and f"instances/{group}" in done.stdout
     assert ours(tracefs, group) == []
     assert not tracefs.instance(group).exists()
+
+
+def test_a_holder_in_a_pid_namespace_we_cannot_see_is_still_refused_and_waited_for(
+    build: Callable[..., Path], tracefs: Tracefs, group: str, tmp_path: Path,
+) -> None:
+    """From a pid namespace of its own (a pod without hostPID, like the chart's cleanup Job),
+    /proc/locks hides the exporter's locks: they still hold, and ``cleanup --wait`` still waits."""
+    config = write_config(tmp_path / "c.toml", group, group, build("calls"))
+    inside = ["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-m", "uprobe_exporter"]
+    with ExporterProcess(config) as exporter:
+        exporter.wait_ready()
+        done = subprocess.run([*inside, "cleanup", "--config", str(config)], capture_output=True, text=True,
+                              timeout=60, check=False, cwd=ROOT)
+        assert done.returncode == 1, done.stderr
+        assert "is held by a running uprobe-exporter (a process in another pid namespace)" in done.stderr
+        assert ours(tracefs, group) == ["work_entry", "work_return"]
+        waiting = subprocess.Popen([*inside, "cleanup", "--config", str(config), "--wait", "30"],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+        time.sleep(1.0)
+        assert waiting.poll() is None, "waits while the exporter holds its group"
+        rc, _ = exporter.stop()
+        out, err = waiting.communicate(timeout=60)
+    assert rc == 0, exporter.stderr
+    assert waiting.returncode == 0, err
+    assert out.strip() == "nothing to remove"
+    assert ours(tracefs, group) == []

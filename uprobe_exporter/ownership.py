@@ -64,7 +64,9 @@ def _take(lock: DirLock, what: str, name: str) -> None:
             raise _held(what, name, pid, str(lock.path))
         if not lock.path.exists():
             return
-    raise _held(what, name, None, str(lock.path))
+    # Held all along, yet /proc/locks shows no holder: it lists only the locks of processes visible in
+    # our pid namespace (fs/locks.c: locks_show()), as in a pod without hostPID.
+    raise _held(what, name, 0, str(lock.path))
 
 
 @dataclass

@@ -139,8 +139,9 @@ class DirLock:
 
 
 def lock_holder(path: Path) -> int | None:
-    """The pid holding a flock on ``path`` as ``/proc/locks`` shows it (0: a process in a pid namespace
-    we cannot see), or None when nobody holds one (or ``path`` is gone)."""
+    """The pid holding a flock on ``path`` as ``/proc/locks`` shows it, or None when it shows none (nobody
+    holds one, ``path`` is gone, or the holder is in a pid namespace we cannot see: /proc/locks lists
+    only the locks of visible processes)."""
     try:
         st = os.stat(path)
     except FileNotFoundError:
@@ -234,9 +235,10 @@ class Tracefs:
         deadline = time.monotonic() + timeout
         while not lock.try_acquire():
             if time.monotonic() > deadline:
-                raise TracefsError(f"{lock.path} stayed locked for {timeout:.0f} s by pid "
-                                   f"{lock_holder(lock.path)} (another uprobe-exporter starting?)",
-                                   path=str(lock.path))
+                pid = lock_holder(lock.path)
+                raise TracefsError(f"{lock.path} stayed locked for {timeout:.0f} s by "
+                                   f"{f'pid {pid}' if pid else 'a process in another pid namespace'} "
+                                   "(another uprobe-exporter starting?)", path=str(lock.path))
             time.sleep(0.01)
         try:
             yield
