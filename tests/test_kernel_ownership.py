@@ -291,3 +291,35 @@ def test_a_holder_in_a_pid_namespace_we_cannot_see_is_still_refused_and_waited_f
     assert waiting.returncode == 0, err
     assert out.strip() == "nothing to remove"
     assert ours(tracefs, group) == []
+
+
+def test_a_group_emptied_and_taken_by_another_exporter_is_not_removed_at_stop(
+    build: Callable[..., Path], tracefs: Tracefs, group: str, tmp_path: Path,
+) -> None:
+    """Someone removes all of A's events; B then takes the (new) group with events of the same names.
+    A notices, and its stop removes none of B's events."""
+    binary = build("calls")
+    a_cfg = write_config(tmp_path / "a.toml", group, group, binary)
+    b_cfg = write_config(tmp_path / "b.toml", group, f"{group}_b", binary)
+    with ExporterProcess(a_cfg) as a:
+        a.wait_ready()
+        for event in ("work_entry", "work_return"):
+            tracefs.instance(group).set_enabled(group, event, False)
+            tracefs.write_uprobe_events(removal_command(group, event))
+        with ExporterProcess(b_cfg) as b:
+            b.wait_ready()
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and "vanished" not in a.stderr:
+                time.sleep(0.1)
+            assert "2 of our events vanished" in a.stderr
+            rc, _ = a.stop()
+            assert rc == 0, a.stderr
+            assert f"our group {group} was removed while we ran: removing none of its events" in a.stderr
+            assert ours(tracefs, group) == ["work_entry", "work_return"], "B's events are untouched"
+            assert not tracefs.instance(group).exists()
+            enable = tracefs.instance(f"{group}_b").event_dir(group, "work_entry") / "enable"
+            assert enable.read_text().strip() == "1"
+            rc, _ = b.stop()
+        assert rc == 0, b.stderr
+    assert ours(tracefs, group) == []
+    assert not tracefs.instance(f"{group}_b").exists()

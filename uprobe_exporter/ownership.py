@@ -92,7 +92,9 @@ class Ownership:
         return lock.held
 
     def holds(self, path: Path) -> bool:
-        return any(lock.path == path for lock in self.locks)
+        """Whether we hold a lock on the directory now at ``path`` (not one that was removed and made
+        again by someone else)."""
+        return any(lock.path == path and lock.still_locks_path() for lock in self.locks)
 
     def release(self) -> None:
         for lock in self.locks:

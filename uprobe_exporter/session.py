@@ -208,9 +208,11 @@ class ProbeSession:
         """Our events that vanished since the last call (someone disabled and removed them, or removed
         our instance): logged here, kept in ``vanished``."""
         present = {(e.group, e.event) for e in self.tracefs.read_uprobe_events()}
-        instance_gone = not self.instance.exists()
+        # Our instance removed, or our group emptied (its directory made again by someone else's event):
+        # whatever is there now is not ours.
+        all_gone = not self.owned.holds(self.instance.root) or not self.owned.holds(self.tracefs.group_dir(self.group))
         gone = [ev.full_name for ev in self.registered
-                if ev.full_name not in self.vanished and (instance_gone or (ev.group, ev.event) not in present)]
+                if ev.full_name not in self.vanished and (all_gone or (ev.group, ev.event) not in present)]
         if gone:
             self.vanished.update(gone)
             log.error("%d of our events vanished (removed by someone else): %s; %d of %d still registered",
@@ -244,6 +246,10 @@ class ProbeSession:
         start = self.stop_started or time.monotonic()
         begin = time.monotonic()
         events = self._removal_order()
+        if self.registered and not self.owned.holds(self.tracefs.group_dir(self.group)):
+            # Our group was emptied by someone else, and events of that name may now be another's.
+            log.error("our group %s was removed while we ran: removing none of its events", self.group)
+            events = []
         ours = self.instance if self.owned.holds(self.instance.root) else None  # never another's
         if ours is not None and self.stop_started is None and events:
             try:  # an error path that skipped stop_recording: nothing more is recorded while we remove

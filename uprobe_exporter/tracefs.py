@@ -132,6 +132,18 @@ class DirLock:
         self.fd = fd
         return True
 
+    def still_locks_path(self) -> bool:
+        """Whether the directory we hold is still the one at ``path`` (a group directory vanishes with
+        its last event, and the next event of that group makes a new one that our lock does not cover)."""
+        if self.fd is None:
+            return False
+        try:
+            return os.path.samestat(os.fstat(self.fd), os.stat(self.path))
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            raise _oserror(exc, "cannot stat", self.path) from exc
+
     def release(self) -> None:
         if self.fd is not None:
             os.close(self.fd)
