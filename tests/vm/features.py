@@ -61,7 +61,7 @@ class Prober:
         self.accepts("char", f"p:{GROUP}/a {at} c=+0(%si):char")
         self.accepts("string_array", f"p:{GROUP}/a {at} s=+0(%sp):string[2]")
         self.accepts("immediate_string", f'p:{GROUP}/a {at} s=\\"abc":string')
-        self.accepts("ref_ctr_offset", f"p:{GROUP}/a {at}(0x10)")
+        self.accepts("ref_ctr_offset", f"p:{GROUP}/a {at}(0x10)")  # parsed only: never enabled here
         self.accepts("multi_probe_event", f"p:{GROUP}/a {at} x=%di:s32", f"p:{GROUP}/a {self.at_main} x=%di:s32")
         self.accepts("return_suffix", f"p:{GROUP}/a {at}%return")
         self.accepts("dot_separator", f"p:{GROUP}.a {at}")
