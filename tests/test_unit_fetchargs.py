@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from uprobe_exporter.fetchargs import check_fetcharg, split_type
+from uprobe_exporter.fetchargs import check_fetcharg, kernel_release_version, split_type, too_new_for_kernel
 
 KERNEL = Path(__file__).parent / "fixtures" / "kernel"
 
@@ -86,3 +86,21 @@ def test_refused_with_an_explanation(fetcharg: str, is_return: bool, word: str) 
 ])
 def test_split_type(fetcharg: str, body: str, kind: str) -> None:
     assert split_type(fetcharg) == (body, kind)
+
+
+def test_a_refusal_names_the_kernel_version_a_fetcharg_needs() -> None:
+    char = "p:g/w_entry /bin/t:0x1149 __comm=$comm __sp=%sp:x64 c=+0(%si):char"
+    assert too_new_for_kernel(char, "5.10.0-32-cloud-amd64") == \
+        "the 'char' fetcharg type needs Linux 6.3 or later; this kernel is 5.10.0-32-cloud-amd64"
+    assert too_new_for_kernel(char.replace(":char", ":char[4]"), "6.1.0-50-cloud-amd64") is not None
+    assert too_new_for_kernel(char, "6.3.0") is None
+    assert too_new_for_kernel(char, "6.12.117+deb13-cloud-amd64") is None
+    assert too_new_for_kernel(char, "weird") is None
+    assert too_new_for_kernel(char.replace(":char", ":u8"), "5.10.0") is None
+    assert too_new_for_kernel(char.replace(":char", ":ustring"), "5.4.0-1") == \
+        "the 'ustring' fetcharg type needs Linux 5.5 or later; this kernel is 5.4.0-1"
+    usdt = "p:g/f_entry /usr/bin/python3.11:0xf20d4(0x683262) __comm=$comm"
+    assert "USDT semaphore" in (too_new_for_kernel(usdt, "4.19.0-27-amd64") or "")
+    assert too_new_for_kernel(usdt, "4.20.0") is None
+    assert kernel_release_version("6.12.117+deb13-cloud-amd64") == (6, 12)
+    assert kernel_release_version("") is None

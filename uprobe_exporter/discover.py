@@ -33,7 +33,7 @@ from pathlib import Path
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from uprobe_exporter.config import FILE_TAG, Config, DiscoverConfig, ProbeConfig
-from uprobe_exporter.errors import ResolveError, TracefsError
+from uprobe_exporter.errors import OwnershipError, ResolveError, TracefsError
 from uprobe_exporter.identity import PodIdentities
 from uprobe_exporter.pipeline import Pipeline
 from uprobe_exporter.podlogs import PodIdentity
@@ -315,7 +315,7 @@ class Discoverer:
             events = build_events(resolved, self.exporter.group, probe.location,
                                   f"{probe.name}{FILE_TAG}{number}")
             formats = self.session.add(events)
-        except (ResolveError, TracefsError) as exc:
+        except (ResolveError, TracefsError, OwnershipError) as exc:
             if not os.path.exists(f"{self.proc}/{pid}"):  # it exited meanwhile: the next process will tell
                 log.debug("probe %s: process %d exited before %s was probed: %s", probe.name, pid, real.path, exc)
                 return None

@@ -50,6 +50,7 @@ class Sources:
     sink: JsonlSink | None = None
     reader: TracePipeReader | RawPipeReader | None = None
     binaries: BinaryWatch | None = None
+    vanished: set[str] = field(default_factory=set)  # our events someone else removed (ProbeSession.vanished)
     scrape_errors: Counter[str] = field(default_factory=Counter)
     extra: list[Collector] = field(default_factory=list)  # more families (the discoverer's)
     lock: threading.Lock = field(default_factory=threading.Lock)  # scrapes may run concurrently
@@ -99,8 +100,12 @@ class UprobeCollector(Collector):
         yield info
         registered = GaugeMetricFamily("uprobe_exporter_events_registered",
                                        "uprobe events the exporter has registered in its group.")
-        registered.add_metric([], len({e.event for e in s.events}) if s.pipeline is not None else 0)
+        registered.add_metric([], len({e.event for e in s.events}) - len(s.vanished) if s.pipeline is not None else 0)
         yield registered
+        vanished = CounterMetricFamily("uprobe_exporter_events_vanished",
+                                       "Our events that someone else removed while we ran (logged).")
+        vanished.add_metric([], len(s.vanished))
+        yield vanished
         for collector in list(s.extra):
             yield from collector.collect()
         if s.pipeline is None or s.tracefs is None or s.instance is None:
