@@ -19,7 +19,7 @@ import pytest
 from tests.helpers import TARGETS, ExporterProcess, build_config, read_jsonl, run_cli, toml_dumps, wait_for_lines
 from tests.prom import free_port
 from tests.test_kernel_metrics import scrape, wait_scrape
-from uprobe_exporter.tracefs import Tracefs
+from uprobe_exporter.tracefs import Tracefs, lock_holder
 
 FAST = {"discover_interval": 0.2, "discover_grace_seconds": 0.5, "log_level": "debug"}
 
@@ -125,6 +125,8 @@ def test_processes_started_later_each_probed_once_per_real_file(
         for t in targets:
             wait_followed(exporter, t.pid)
         assert not (ns_dir / f"{tag}n").exists()  # not on the host: only through /proc/<pid>/root
+        # the group, made by the first file found (no probe had events at start), is locked as ours
+        assert lock_holder(tracefs.group_dir(group)) == exporter.proc.pid
         for t in targets:
             t.release()
         counts = {t.pid: t.finish() for t in targets}
@@ -406,3 +408,34 @@ def test_a_library_probe_follows_the_library_each_process_maps(tracefs: Tracefs,
     for pid, n in counts.items():
         assert sorted(r["args"]["a"] for r in records if r["pid"] == pid) == list(range(n))
     assert len({r["event"] for r in records}) == 2
+
+
+def test_a_library_mapped_after_the_process_was_found_is_followed(
+    tracefs: Tracefs, group: str, tmp_path: Path,
+) -> None:
+    tag = f"dd{os.getpid()}"
+    lib = tmp_path / "libshared.so"
+    subprocess.run(["gcc", "-O1", "-g", "-shared", "-fPIC", "-o", str(lib), str(TARGETS / "shared.c")], check=True)
+    exe = tmp_path / tag
+    subprocess.run(["gcc", "-O0", "-g", "-o", str(exe), str(TARGETS / "dlwaiter.c"), "-ldl"], check=True)
+    out = tmp_path / "out.jsonl"
+    config = tmp_path / "config.toml"
+    probe = {"name": "add", "binary": "libshared.so", "discover": {"exe": tag}, "function": "shared_add",
+             "args": {"a": "%di:s64"}}
+    config.write_text(toml_dumps(build_config(group, [probe], out, exporter=FAST)))
+    with ExporterProcess(config) as exporter:
+        exporter.wait_ready()
+        target = Target([str(exe), str(lib), "9"])
+        try:
+            time.sleep(0.5)  # found by a scan or two, its library not mapped yet
+            assert not followed(exporter, target.pid)
+            target.release()  # dlopen
+            assert target.proc.stdout is not None and target.proc.stdout.readline() == "mapped\n"
+            wait_followed(exporter, target.pid)  # its maps read again at the next scans
+            target.release()
+            assert target.finish() == 9
+        finally:
+            target.kill()
+        wait_for_lines(out, 9)
+        assert exporter.stop()[0] == 0
+    assert sorted(r["args"]["a"] for r in read_jsonl(out)) == list(range(9))

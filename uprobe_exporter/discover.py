@@ -45,6 +45,7 @@ from uprobe_exporter.session import ProbeSession
 
 log = logging.getLogger(__name__)
 DELETED = " (deleted)"
+UNMAPPED_SECONDS = 10.0  # how long after exec a library probe's process is looked at again for its library
 CHANGES = ("registered", "enabled", "disabled", "refused", "failed")
 
 
@@ -253,6 +254,9 @@ class Discoverer:
         self.exes: dict[int, str] = {}  # pid → its exe link when last looked at
         self.followed: dict[int, set[tuple[str, int, int]]] = {}
         self.numbers: Counter[str] = Counter()
+        # processes a library probe matched before its library was mapped (the scan came between exec and
+        # ld.so's mmap, or it dlopen()s later): their maps are read again at the next scans
+        self.unmapped: dict[int, float] = {}  # pid → until when
         self.changes: dict[tuple[str, str], int] = {(p.name, c): 0 for p in self.probes for c in CHANGES}
 
     def scan(self) -> None:
@@ -265,19 +269,31 @@ class Discoverer:
             return
         for pid in [p for p in self.exes if p not in processes]:
             del self.exes[pid]
+            self.unmapped.pop(pid, None)
             self._unfollow(pid)
         for pid, exe in processes.items():
             if self.exes.get(pid) == exe:
+                if pid in self.unmapped:
+                    self._retry_libraries(pid, exe.removesuffix(DELETED), now)
                 continue
             self.exes[pid] = exe
+            self.unmapped.pop(pid, None)
             self._unfollow(pid)  # it ran exec since
-            if exe.endswith(DELETED):
-                exe = exe[:-len(DELETED)]
+            exe = exe.removesuffix(DELETED)
             for probe in self.probes:
                 assert probe.discover is not None
-                if exe_matches(probe.discover, exe):
-                    self._follow(probe, pid, exe)
+                if exe_matches(probe.discover, exe) and not self._follow(probe, pid, exe) and probe.binary:
+                    self.unmapped[pid] = now + UNMAPPED_SECONDS
         self._idle(now)
+
+    def _retry_libraries(self, pid: int, exe: str, now: float) -> None:
+        until = self.unmapped.pop(pid)
+        followed = self.followed.get(pid, set())
+        for probe in self.probes:
+            assert probe.discover is not None
+            if (probe.binary and exe_matches(probe.discover, exe) and not any(k[0] == probe.name for k in followed)
+                    and not self._follow(probe, pid, exe) and now < until):
+                self.unmapped[pid] = until
 
     def _unfollow(self, pid: int) -> None:
         for key in self.followed.pop(pid, ()):
@@ -285,8 +301,10 @@ class Discoverer:
             if target is not None:
                 target.pids.discard(pid)
 
-    def _follow(self, probe: ProbeConfig, pid: int, exe: str) -> None:
-        for real in files_of(probe, pid, exe, self.identities, self.real_files):
+    def _follow(self, probe: ProbeConfig, pid: int, exe: str) -> bool:
+        """Follow the process's files of the probe; False when it runs or maps none (yet)."""
+        found = files_of(probe, pid, exe, self.identities, self.real_files)
+        for real in found:
             key = (probe.name, real.dev, real.inode)
             target = self.files.get(key)
             if target is None:
@@ -300,6 +318,7 @@ class Discoverer:
             log.debug("probe %s: process %d runs %s", probe.name, pid, target.path)
             if not target.enabled:
                 self._set_enabled(target, True)
+        return bool(found)
 
     def _register(self, probe: ProbeConfig, key: tuple[str, int, int], real: RealFile, pid: int) -> FileTarget | None:
         files = sum(1 for t in self.files.values() if t.probe == probe.name)
