@@ -167,13 +167,20 @@ class UprobeCollector(Collector):
         sink = self.sources.sink
         w = CounterMetricFamily("uprobe_exporter_records_written_total", "JSON lines written.", labels=["sink"])
         d = CounterMetricFamily("uprobe_exporter_records_dropped_total",
-                                "Records dropped because the sink was too slow (bounded queue full).",
-                                labels=["sink"])
+                                "Records dropped: the output too slow (bounded queue full), or queued or in flight "
+                                "when a write failed or the output stopped taking them.", labels=["sink"])
+        we = CounterMetricFamily("uprobe_exporter_output_write_errors_total",
+                                 "Writes of the output that failed (disk full, I/O error, reader gone); "
+                                 "retried every second.", labels=["sink"])
+        re = CounterMetricFamily("uprobe_exporter_output_reopen_errors_total",
+                                 "Reopens of the output file (SIGHUP) that failed; retried every second, the old "
+                                 "file written meanwhile.", labels=["sink"])
         if sink is not None:
             w.add_metric(["jsonl"], sink.records_written)
             d.add_metric(["jsonl"], sink.records_dropped)
-        yield w
-        yield d
+            we.add_metric(["jsonl"], sink.write_errors)
+            re.add_metric(["jsonl"], sink.reopen_errors)
+        yield from (w, d, we, re)
         if self.sources.reader is not None:
             b = CounterMetricFamily("uprobe_exporter_read_bytes_total", "Bytes read from trace_pipe or trace_pipe_raw.")
             b.add_metric([], self.sources.reader.bytes_read)
