@@ -98,3 +98,15 @@ def test_many_concurrent_scrapers_share_renderings_and_all_get_answers() -> None
     assert collector.calls <= elapsed / 0.25 + 2, "at most one rendering per 0.25 s"
     assert len(set(results)) == collector.calls
     assert not thread.is_alive()
+
+
+def test_no_rendering_after_close() -> None:
+    """The daemon closes the exposition before it removes the instance whose files a rendering reads."""
+    now = [0.0]
+    collector = Counting()
+    exposition = Exposition(collector, clock=lambda: now[0])
+    assert exposition.get("", "")[0] == exposition.get("", "")[0]
+    exposition.close(1)
+    now[0] += 10
+    assert b"renders_total 1.0" in exposition.get("", "")[0] and collector.calls == 1
+    assert Exposition(collector).close(1) is None and collector.calls == 1

@@ -215,6 +215,9 @@ class JsonlSink:
             return
         (data, records), done = self._inflight, self._progress
         self._inflight = None
+        if done == len(data):
+            self.records_written += records
+            return
         whole = data.rfind(b"\n", 0, done) + 1
         lines = data.count(b"\n", 0, whole)
         self.records_written += lines

@@ -84,7 +84,10 @@ class Exposition:
         with self._lock:
             self.stats.requests += 1
             latest = self._latest
-            if latest is None or (self.clock() - latest.at > self._age_limit and not self._closed):
+            if self._closed:  # the sources may be gone: the last rendering, if any
+                if latest is None:
+                    return b"", [("Content-Type", content_type)]
+            elif latest is None or self.clock() - latest.at > self._age_limit:
                 latest = self._render()
             body = latest.bodies.get((content_type, compress))
             if body is None:
