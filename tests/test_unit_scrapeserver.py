@@ -109,4 +109,6 @@ def test_no_rendering_after_close() -> None:
     exposition.close(1)
     now[0] += 10
     assert b"renders_total 1.0" in exposition.get("", "")[0] and collector.calls == 1
-    assert Exposition(collector).close(1) is None and collector.calls == 1
+    fresh = Exposition(collector)
+    fresh.close(1)
+    assert fresh.get("", "")[0] == b"" and collector.calls == 1
