@@ -5,8 +5,8 @@ exposition itself, 50 scrapers in a loop kept the reader from the GIL long enoug
 overwrite 6.6 % of the events. So the cost of scraping no longer grows with the number of scrapers:
 
 - the exposition is rendered at most once per ``max_age`` seconds (or per ``RENDER_FACTOR`` times the
-  CPU time the last rendering took, when that is longer), by one thread at a time; every scrape meanwhile gets
-  the same bytes (each format and compression encoded once per rendering);
+  CPU time the last rendering and its encoding took, when that is longer), by one thread at a time;
+  every scrape meanwhile gets the same bytes (each format and compression encoded once per rendering);
 - at most ``handlers`` connections are served at once, the others wait in the listen backlog;
 - after each request a handler rests in proportion to the CPU time it used, so that all handlers
   together use at most ``cpu_share`` of one core.
@@ -81,6 +81,7 @@ class Exposition:
         """The body and headers for one scrape; renders only when the latest rendering is too old."""
         encoder, content_type = choose_encoder(accept)
         compress = gzip_accepted(accept_encoding)
+        cpu: float | None = None
         with self._lock:
             self.stats.requests += 1
             latest = self._latest
@@ -88,6 +89,7 @@ class Exposition:
                 if latest is None:
                     return b"", [("Content-Type", content_type)]
             elif latest is None or self.clock() - latest.at > self._age_limit:
+                cpu = time.thread_time()  # CPU, not wall time: waiting for the GIL is no cost of ours
                 latest = self._render()
             body = latest.bodies.get((content_type, compress))
             if body is None:
@@ -95,14 +97,14 @@ class Exposition:
                 if compress:
                     body = gzip.compress(body, compresslevel=6)
                 latest.bodies[(content_type, compress)] = body
+            if cpu is not None:  # what this rendering and its first encoding cost
+                self._age_limit = max(self.max_age, RENDER_FACTOR * (time.thread_time() - cpu))
         headers = [("Content-Type", content_type)] + ([("Content-Encoding", "gzip")] if compress else [])
         return body, headers
 
     def _render(self) -> _Rendering:
         self.stats.renderings += 1  # before collecting: the rendering counts itself
-        cpu = time.thread_time()  # CPU, not wall time: waiting for the GIL is no cost of ours
         families = list(self.registry.collect())
-        self._age_limit = max(self.max_age, RENDER_FACTOR * (time.thread_time() - cpu))
         self._latest = _Rendering(self.clock(), _Families(families))
         return self._latest
 
