@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from pathlib import Path
 
@@ -94,3 +95,31 @@ def test_a_pipe_nobody_reads_takes_whole_lines_only_and_abandon_counts_exactly()
     assert data.endswith(b"\n") and data.count(b"\n") == sink.records_written > 0
     assert data == lines(sink.records_written)
     assert sink.records_written + sink.records_dropped == total
+
+
+def test_cancelled_writer_counts_every_record() -> None:
+    """Another task failed and the TaskGroup cancels the sink mid-write: still every record counted."""
+    read_end, write_end = os.pipe()
+    sink = JsonlSink(f"/proc/self/fd/{write_end}")
+
+    async def main() -> None:
+        await sink.open()
+        task = asyncio.create_task(sink.run())
+        for k in range(50):
+            sink.submit(lines(100, k * 100), 100)
+        await asyncio.sleep(0.2)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await asyncio.sleep(0.2)  # the writer thread has stopped
+        await sink.close()
+
+    try:
+        asyncio.run(main())
+        os.set_blocking(read_end, False)
+        data = os.read(read_end, 1 << 20)
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+    assert data == lines(sink.records_written) and sink.records_written > 0
+    assert sink.records_written + sink.records_dropped == 5000

@@ -156,8 +156,10 @@ class JsonlSink:
                     await self._write(data, records)
                 if self._closing and (not self.queue or self._abandon):
                     return
-        finally:
+        finally:  # also when cancelled (another task failed): a write in flight stops at its next look
             self._closed = True
+            self._abandon = True
+            self._settle()
             self._drop_queue()
 
     async def _wait(self, timeout: float | None) -> None:
