@@ -236,6 +236,8 @@ def test_failed_reopen_is_counted_logged_and_retried(loop: Path, group: str, tmp
         settle(port, 2 * (first + second + third))
         rc, _ = exporter.stop()
     assert rc == 0, exporter.stderr
+    assert exporter.stderr.count("cannot reopen JSON output") == 1, "one log line, not one per retry"
+    assert "reopened JSON output" in exporter.stderr
     parsed, written, dropped = summary(exporter.stderr)
     assert parsed == written == 2 * (first + second + third) and dropped == 0
     assert whole_lines((rotated / "out.jsonl").read_bytes()) == 2 * (first + second)

@@ -70,6 +70,7 @@ class JsonlSink:
         self._abandon = False  # the writer thread stops at its next look
         self._reopen = False
         self._reopen_at = 0.0
+        self._reopen_failing = False
         self._retry_at = 0.0  # no write before this (loop time) after a failed one
         self._failing = False
         self._fd = -1
@@ -122,12 +123,15 @@ class JsonlSink:
         except OSError as exc:
             self.reopen_errors += 1
             self._reopen_at = loop.time() + self.retry_seconds
-            log.error("cannot reopen JSON output %s: %s; still writing to the file it replaced, retrying every "
-                      "%.0f s (uprobe_exporter_output_reopen_errors_total)", self.path, exc.strerror,
-                      self.retry_seconds)
+            log.log(logging.DEBUG if self._reopen_failing else logging.ERROR,
+                    "cannot reopen JSON output %s: %s; still writing to the file it replaced, retrying every "
+                    "%.0f s (uprobe_exporter_output_reopen_errors_total)", self.path, exc.strerror,
+                    self.retry_seconds)
+            self._reopen_failing = True
             return
         self._reopen = False
-        if self.reopen_errors:
+        if self._reopen_failing:
+            self._reopen_failing = False
             log.info("reopened JSON output %s", self.path)
         old = self._fd
         self._use(fd)
