@@ -15,9 +15,10 @@ Failures (strategy):
   every ``retry_seconds`` with what was queued meanwhile (the queue stays bounded);
 - the reader of a pipe went away (``EPIPE``): the same accounting, then ``OutputClosed`` stops the
   exporter (``uprobe-exporter run | head``); anything submitted afterwards is counted dropped;
-- a pipe nobody reads: writes to a pipe or FIFO never exceed the room left in it (``F_GETPIPE_SZ``
-  minus ``FIONREAD``, less two pages of slack), are cut at line ends and wait in ``poll()``, so no
-  partial line is left in it and ``abandon`` at the stop counts exactly what got in;
+- a pipe nobody reads: a pipe or FIFO is asked to hold ``PIPE_BYTES``; writes to it never exceed the
+  room left in it (``F_GETPIPE_SZ`` minus ``FIONREAD``, less two pages of slack), are cut at line ends
+  and wait in ``poll()``, so no partial line is left in it and ``abandon`` at the stop counts exactly
+  what got in;
 - a file that cannot be reopened on SIGHUP: counted, logged, retried every ``retry_seconds``; the old
   file is written meanwhile.
 """
@@ -25,6 +26,7 @@ Failures (strategy):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import logging
 import os
@@ -41,6 +43,7 @@ log = logging.getLogger(__name__)
 WRITE_BYTES = 16 << 20  # what one write takes from the queue at most (but at least one batch)
 RETRY_SECONDS = 1.0  # after a failed write or reopen
 PAGE = 4096  # a pipe holds data in pages (fs/pipe.c); writes are merged into the last one
+PIPE_BYTES = 1 << 20  # what we ask a pipe to hold (fs.pipe-max-size, 1 MiB by default, allows it)
 POLL_MS = 100  # how soon the writer thread notices ``abandon`` while a pipe is full
 
 
@@ -105,6 +108,8 @@ class JsonlSink:
         self._fd = fd
         self._pipe_size = 0
         if stat.S_ISFIFO(os.fstat(fd).st_mode):
+            with contextlib.suppress(OSError):  # fewer, larger writes; the default is 64 KiB
+                fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
             self._pipe_size = fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ)
 
     async def open(self) -> None:
