@@ -9,16 +9,25 @@ scrape time with many probes.
 2. live: the `push` target called at --rate calls/s (2 events a call) for --seconds, entry+return probes
    with latency; kernel hits vs records vs kernel losses, exporter CPU µs per event, RSS at start and end.
 3. scrape: --probes probes (entry + return each) registered; /metrics fetched 20 times; median and max ms.
+
+    python benchmarks/bench_metrics.py --storm 50 [--storm-seconds 30] [--storm-probes 1] [--rate 45000]
+
+4. storm (only this when --storm is given): the `push` target at --rate calls/s for --storm-seconds with
+   --storm-probes probes (entry + return), scraped over loopback in a loop by 1 scraper, then by --storm
+   scrapers at once; per run: scrapes, scrape p50/p99/max, renderings, events lost in the kernel (share
+   of the events generated). The exporter is expected to lose no more with --storm scrapers than with 1.
 """
 
 from __future__ import annotations
 
 import argparse
 import re
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -199,6 +208,62 @@ def scrape_many(python: str, binary: Path, n: int, tmp: Path) -> None:
     print(f"scrape with {n} probes ({2 * n} events): median {statistics.median(times):.1f} ms, max {max(times):.1f} ms")
 
 
+def scrape_raw(port: int) -> float:
+    """One scrape as cheap for the client as it gets (a bare HTTP/1.0 GET); its seconds."""
+    t0 = time.perf_counter()
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
+        sock.sendall(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        while sock.recv(1 << 16):
+            pass
+    return time.perf_counter() - t0
+
+
+def storm_run(python: str, binary: Path, scrapers: int, probes: int, rate: int, seconds: float,
+              tmp: Path) -> None:
+    port = free_port()
+    out = tmp / f"storm{scrapers}.jsonl"
+    text = "".join(
+        f'[[probes]]\nname = "p{i}"\nbinary = "{binary}"\nfunction = "work_push"\nargs = {{ x = "%di:s64" }}\n'
+        'return = true\nreturn_args = { ret = "$retval:s64" }\nlatency = true\n' for i in range(probes))
+    config = tmp / f"storm{scrapers}.toml"
+    config.write_text(config_text(f"bench_storm_{scrapers}", out, port, text))
+    exporter = start_exporter(python, config, port)
+    times: list[float] = []
+    failures = [0]
+    stop = threading.Event()
+
+    def scraper() -> None:
+        while not stop.is_set():
+            try:
+                times.append(scrape_raw(port))
+            except OSError:
+                failures[0] += 1
+
+    try:
+        threads = [threading.Thread(target=scraper) for _ in range(scrapers)]
+        target = subprocess.Popen([binary, "push", str(seconds), str(rate)], stdout=subprocess.DEVNULL)
+        for t in threads:
+            t.start()
+        target.wait()
+        stop.set()
+        for t in threads:
+            t.join()
+        wait_quiet(out)
+        time.sleep(0.5)
+        final, _ = scrape(port)
+    finally:
+        exporter.terminate()
+        exporter.wait()
+    hits = metric(final, "uprobe_probe_hits_total")
+    lost = metric(final, "uprobe_exporter_kernel_lost_events_total")
+    renderings = metric(final, "uprobe_exporter_scrape_renderings_total")
+    q = statistics.quantiles(times, n=100) if len(times) >= 2 else [float("nan")] * 99
+    print(f"storm: {scrapers:3d} scrapers, {probes} probes, {seconds:.0f} s: {len(times)} scrapes "
+          f"({failures[0]} failed), p50 {q[49] * 1000:.0f} ms, p99 {q[98] * 1000:.0f} ms, "
+          f"max {max(times, default=0) * 1000:.0f} ms, {renderings:.0f} renderings; kernel lost {lost:.0f} of "
+          f"{hits:.0f} events ({lost / max(hits, 1) * 100:.2f} %)")
+
+
 def main() -> None:
     if sys.argv[1:2] == ["--pipeline-once"]:  # the workload valgrind counts
         run_pipeline(sys.argv[2] == "1", int(sys.argv[3]))
@@ -208,7 +273,18 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=60)
     ap.add_argument("--probes", type=int, default=100)
     ap.add_argument("--python", default=sys.executable, help="the interpreter that runs the exporter")
+    ap.add_argument("--storm", type=int, default=0, help="only the scrape storm: this many scrapers vs 1")
+    ap.add_argument("--storm-seconds", type=float, default=30)
+    ap.add_argument("--storm-probes", type=int, default=1)
     args = ap.parse_args()
+    if args.storm:
+        with tempfile.TemporaryDirectory() as d:
+            binary = Path(d) / "loop"
+            subprocess.run(["gcc", "-O2", "-o", str(binary), str(ROOT / "benchmarks" / "targets" / "loop.c")],
+                           check=True)
+            for n in (1, args.storm):
+                storm_run(args.python, binary, n, args.storm_probes, args.rate, args.storm_seconds, Path(d))
+        return
     offline()
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)

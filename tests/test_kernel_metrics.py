@@ -171,6 +171,27 @@ def test_pending_calls_stay_bounded(build: Callable[..., Path], group: str, tmp_
         exporter.stop()
 
 
+def test_histogram_without_labels_exists_before_the_first_call(build: Callable[..., Path], group: str,
+                                                               tmp_path: Path) -> None:
+    """README: every series exists from the start, at 0 (a histogram with labels excepted)."""
+    port = free_port()
+    probe = {"name": "sleeper", "binary": str(build("sleeper")), "function": "sleeper", "return": True,
+             "latency": True, "buckets": BUCKETS}
+    config = tmp_path / "config.toml"
+    config.write_text(toml_dumps(build_config(group, [probe], tmp_path / "out.jsonl",
+                                              metrics={"listen": f"127.0.0.1:{port}"})))
+    with ExporterProcess(config) as exporter:
+        exporter.wait_ready()
+        s = scrape(port)
+        rc, _ = exporter.stop()
+    assert rc == 0, exporter.stderr
+    buckets = s.samples("uprobe_call_duration_seconds_bucket")
+    assert sorted(ls["le"] for ls, _ in buckets) == sorted([*(repr(b) for b in BUCKETS), "+Inf"])
+    assert all(ls["probe"] == "sleeper" and v == 0 for ls, v in buckets)
+    assert s.samples("uprobe_call_duration_seconds_count") == [({"probe": "sleeper"}, 0.0)]
+    assert s.samples("uprobe_call_duration_seconds_sum") == [({"probe": "sleeper"}, 0.0)]
+
+
 def test_port_in_use_fails_before_registering(build: Callable[..., Path], tracefs: Tracefs, group: str,
                                               tmp_path: Path) -> None:
     with socket.socket() as taken:

@@ -86,3 +86,11 @@ def test_each_label_has_its_own_cap() -> None:
     assert folder.fold(("zsh", "0")) == (OTHER, "0")
     assert folder.fold(("zsh", "2")) == (OTHER, OTHER)
     assert folder.folded == 4
+
+
+def test_a_histogram_without_labels_has_its_series_from_the_start() -> None:
+    h = new()
+    assert only(h).counts == [0] * (len(DEFAULT_BUCKETS) + 1) and only(h).sum_ns == 0
+    h.observe((), 5)
+    assert sum(only(h).counts) == 1, "observations go into that series"
+    assert new(labels=("comm",)).series == {}, "label values are not known before the first call"

@@ -257,8 +257,7 @@ async def _serve(rt: Runtime, session: ProbeSession, instance: Instance, stop: a
             except TimeoutError:
                 log.error("JSON output did not take the last records within %.1f s", FINAL_FLUSH_SECONDS)
                 rt.output_stuck = True
-                rt.sink.abandon()
-                sink_task.cancel()
+                await rt.sink.abandon(sink_task)  # counts what got out as written, the rest dropped
     try:
         rt.kernel_lost = instance.read_lost()
     except TracefsError as exc:

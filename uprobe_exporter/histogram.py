@@ -65,6 +65,8 @@ class ProbeHistograms:
 
     def __post_init__(self) -> None:
         self.bounds_ns = [round(b * 1e9) for b in self.buckets]
+        if not self.labels:  # the one series there will be exists from the start, at 0 (rate() needs it)
+            self.series[()] = Histogram(self.bounds_ns, [0] * (len(self.buckets) + 1))
 
     def observe(self, values: tuple[str, ...], duration_ns: int) -> None:
         h = self.series.get(values)

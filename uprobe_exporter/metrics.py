@@ -1,9 +1,10 @@
 """Prometheus metrics: one collector that builds fresh families from a snapshot at every scrape.
 
-Kernel truth is read at scrape time (``uprobe_profile`` hits, per-CPU ``stats`` losses), so those
-counters are never stale; everything else comes from the pipeline's counters. Scrapes run on the HTTP
-server's thread: they only copy the pipeline's dicts and lists (single C-level operations under the
-GIL) and never block the event loop. A failed read of tracefs is counted and the rest is served.
+Kernel truth is read when the exposition is rendered (``uprobe_profile`` hits, per-CPU ``stats``
+losses); everything else comes from the pipeline's counters. A rendering serves every scrape for a
+short while (``scrapeserver``: at most 0.25 s old). Renderings run on an HTTP server thread: they only
+copy the pipeline's dicts and lists (single C-level operations under the GIL) and never block the
+event loop. A failed read of tracefs is counted and the rest is served.
 """
 
 from __future__ import annotations
@@ -14,9 +15,8 @@ import threading
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.process_collector import ProcessCollector
@@ -33,6 +33,7 @@ from uprobe_exporter.pipeline import Pipeline
 from uprobe_exporter.probes import ProbeEvent
 from uprobe_exporter.rawreader import RawPipeReader
 from uprobe_exporter.reader import TracePipeReader
+from uprobe_exporter.scrapeserver import Exposition, ScrapeServer, ScrapeStatistics, tls_context
 from uprobe_exporter.tracefs import Instance, Tracefs
 from uprobe_exporter.traceline import PARSE_ERROR_REASONS
 
@@ -53,6 +54,7 @@ class Sources:
     vanished: set[str] = field(default_factory=set)  # our events someone else removed (ProbeSession.vanished)
     scrape_errors: Counter[str] = field(default_factory=Counter)
     extra: list[Collector] = field(default_factory=list)  # more families (the discoverer's)
+    scrapes: ScrapeStatistics | None = None  # set by start_metrics_server
     lock: threading.Lock = field(default_factory=threading.Lock)  # scrapes may run concurrently
 
     def count_scrape_error(self, source: str) -> None:
@@ -198,13 +200,20 @@ class UprobeCollector(Collector):
         sink = self.sources.sink
         w = CounterMetricFamily("uprobe_exporter_records_written_total", "JSON lines written.", labels=["sink"])
         d = CounterMetricFamily("uprobe_exporter_records_dropped_total",
-                                "Records dropped because the sink was too slow (bounded queue full).",
-                                labels=["sink"])
+                                "Records dropped: the output too slow (bounded queue full), or queued or in flight "
+                                "when a write failed or the output stopped taking them.", labels=["sink"])
+        we = CounterMetricFamily("uprobe_exporter_output_write_errors_total",
+                                 "Writes of the output that failed (disk full, I/O error, reader gone); "
+                                 "retried every second.", labels=["sink"])
+        re = CounterMetricFamily("uprobe_exporter_output_reopen_errors_total",
+                                 "Reopens of the output file (SIGHUP) that failed; retried every second, the old "
+                                 "file written meanwhile.", labels=["sink"])
         if sink is not None:
             w.add_metric(["jsonl"], sink.records_written)
             d.add_metric(["jsonl"], sink.records_dropped)
-        yield w
-        yield d
+            we.add_metric(["jsonl"], sink.write_errors)
+            re.add_metric(["jsonl"], sink.reopen_errors)
+        yield from (w, d, we, re)
         if self.sources.reader is not None:
             b = CounterMetricFamily("uprobe_exporter_read_bytes_total", "Bytes read from trace_pipe or trace_pipe_raw.")
             b.add_metric([], self.sources.reader.bytes_read)
@@ -246,17 +255,29 @@ class UprobeCollector(Collector):
         for source in ("uprobe_profile", "stats"):
             errors.add_metric([source], self.sources.scrape_errors[source])
         yield errors
+        if self.sources.scrapes is not None:
+            requests = CounterMetricFamily("uprobe_exporter_scrapes_total",
+                                           "Requests for the metrics (all served from shared renderings).")
+            requests.add_metric([], self.sources.scrapes.requests)
+            yield requests
+            renderings = CounterMetricFamily("uprobe_exporter_scrape_renderings_total",
+                                             "Renderings of the metrics (at most one per 0.25 s, whatever the "
+                                             "number of scrapers).")
+            renderings.add_metric([], self.sources.scrapes.renderings)
+            yield renderings
 
 
 @dataclass
 class MetricsServer:
-    server: WSGIServer
+    server: ScrapeServer
     thread: threading.Thread
     sources: Sources
+    exposition: Exposition
 
     def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        """Stop serving; returns once no rendering runs (the instance's files may be removed next)."""
+        self.server.close()
+        self.exposition.close(2)
         self.thread.join(2)
 
 
@@ -274,20 +295,22 @@ def start_metrics_server(config: MetricsConfig) -> MetricsServer:
         if getattr(config, key):
             _check_readable(getattr(config, key), key)
     registry = CollectorRegistry(auto_describe=True)
-    sources = Sources()
+    exposition = Exposition(registry)
+    sources = Sources(scrapes=exposition.stats)
     registry.register(UprobeCollector(sources))
     ProcessCollector(registry=registry)
     listen = f"{config.host}:{config.port}"
     try:
-        server, thread = start_http_server(
-            config.port, config.host or "0.0.0.0", registry,
-            certfile=config.tls_cert_file or None, keyfile=config.tls_key_file or None,
-            client_cafile=config.tls_client_ca_file or None,
-            client_auth_required=bool(config.tls_client_ca_file))
+        tls = None
+        if config.tls_cert_file and config.tls_key_file:
+            tls = tls_context(config.tls_cert_file, config.tls_key_file, config.tls_client_ca_file)
+        server = ScrapeServer(config.host, config.port, exposition, tls)
     except ssl.SSLError as exc:
         raise ConfigError([f"metrics: TLS setup failed ({exc.reason or exc}); check tls_cert_file, tls_key_file "
                            "and tls_client_ca_file"]) from exc
     except OSError as exc:
         raise MetricsError(f"metrics.listen: cannot listen on {listen}: {exc.strerror}; "
                            "choose another address or port") from exc
-    return MetricsServer(server, thread, sources)
+    thread = threading.Thread(target=server.serve_forever, name="metrics", daemon=True)
+    thread.start()
+    return MetricsServer(server, thread, sources, exposition)

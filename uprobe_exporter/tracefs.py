@@ -266,8 +266,12 @@ class Tracefs:
         enables = [self.root / "events" / group / event / "enable"]
         enables += sorted((self.root / "instances").glob(f"*/events/{group}/{event}/enable"))
         for enable in enables:
-            if enable.exists() and read_text(enable).strip() not in ("0", ""):
-                write_text(enable, "0")
+            try:
+                if enable.exists() and read_text(enable).strip() not in ("0", ""):
+                    write_text(enable, "0")
+            except TracefsError:
+                if enable.exists():  # else another tool's instance went away meanwhile (ENODEV): nothing to do
+                    raise
 
 
 class Instance:
