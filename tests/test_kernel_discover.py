@@ -296,7 +296,7 @@ def test_many_short_lived_processes_leak_no_events_memory_or_pending_state(
              "return": True, "latency": True}
     config.write_text(toml_dumps(build_config(group, [probe], out, exporter={**FAST, "discover_interval": 0.05},
                                               metrics={"listen": f"127.0.0.1:{port}"})))
-    burst, seconds = 500, 30.0  # the caches by process are swept every 5 s and keep an exited one 10 s
+    burst, seconds = 500, 45.0  # the caches by process are swept every 5 s and keep an exited one 10 s
     loop = f"i=0; while [ $i -lt {burst} ]; do {exe} -3 >/dev/null; i=$((i+1)); done"
     with ExporterProcess(config) as exporter:
         exporter.wait_ready()
@@ -336,9 +336,11 @@ def test_many_short_lived_processes_leak_no_events_memory_or_pending_state(
     assert min(rates) > 100, rates  # hundreds per second, on a busy machine
     # the caches (per thread, per process) are bounded and swept: once in their steady state, more processes
     # leave no lasting growth. RSS swings by ±2 MB as the allocator returns arenas, so peaks are compared:
-    # the last third's against the middle third's (90 s here: 65,000 processes, flat at 50-51 MB after 25 s)
+    # the last third's against the middle third's (80 s here, 75,000 processes: 36 MB at the start, flat at
+    # 45-46 MB after 40 s)
     third = len(rss) // 3
-    assert max(rss[2 * third:]) - max(rss[third:2 * third]) < 2048, rss
+    assert max(rss[2 * third:]) - max(rss[third:2 * third]) < 3072, rss
+    assert rss[-1] - rss[0] < 16384, rss
 
 
 def test_files_beyond_discover_files_max_are_refused_and_counted(
