@@ -1,0 +1,309 @@
+"""The container image, built with podman by helm/build-image.sh and run as the Helm chart runs the pod.
+
+Strategy: the chart is rendered (Helm's own engine, as in test_helm.py) for each of its security
+profiles, and the rendered pod spec is translated, field by field, into ``podman run`` options the way
+the kubelet applies them: the container's securityContext (privileged, user, capabilities, read-only
+root file system, no-new-privileges, seccomp), hostPID, the hostPath volumes with their readOnly and
+mountPropagation, the ConfigMap volume (in the kubelet's ``..data`` layout), the memory limit, the
+metrics port. A field the translation does not know fails the test rather than being skipped. The
+container's exporter records a C target running on the host; its stdout (the pod's log) must hold
+every call, ``/metrics`` (from the host, through the published port) every hit, and SIGTERM (what the
+kubelet sends) must stop it within the chart's grace period with nothing left in the host's tracefs.
+
+podman runs containers with runc; the VM lacks CAP_SYS_RESOURCE, so podman's default ulimits are
+switched off (containers.conf). The base image is made from the Debian mirror when no registry answers.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import re
+import shutil
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.helpers import ROOT, ExporterProcess, read_jsonl, wait_for_lines
+from tests.prom import free_port
+from tests.test_helm import Helm, Rendered
+from tests.test_kernel_metrics import wait_scrape
+from tests.test_kernel_records import WORK, check_work_records
+from uprobe_exporter import __version__
+from uprobe_exporter.tracefs import Tracefs
+
+pytestmark = pytest.mark.kernel
+
+BUILD_SCRIPT = ROOT / "helm" / "build-image.sh"
+SCHEMA = ROOT / "helm" / "uprobe-exporter" / "values.schema.json"
+THREADS, CALLS = 4, 50
+BUILD_TIMEOUT = 1200  # debootstrap of the base (first time only) and the two-stage build, on a busy VM
+NATIVE_LOG = re.compile(r"raw reader: native emitters for (\d+) of (\d+) events")
+
+
+def security_modes() -> list[str]:
+    """The chart's security profiles: every value values.schema.json allows for securityContext.mode."""
+    modes = json.loads(SCHEMA.read_text(encoding="utf-8"))["properties"]["securityContext"]["properties"]["mode"]
+    return list(modes["enum"])
+
+
+# Each profile as the chart renders it; "capabilities" also with no capability at all (what the
+# chart's comments say suffices for binaries under hostRoot: uid 0 alone passes tracefs's checks).
+PROFILES: dict[str, dict[str, Any]] = {mode: {"mode": mode} for mode in security_modes()}
+PROFILES["capabilities-none"] = {"mode": "capabilities", "capabilities": {"add": []}}
+
+
+@dataclass(frozen=True, slots=True)
+class Podman:
+    """The podman command line with this machine's containers.conf."""
+
+    env: dict[str, str]
+
+    def __call__(self, *args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(["podman", *args], capture_output=True, text=True, env=self.env, timeout=timeout,
+                              check=False)
+        assert done.returncode == 0 or not check, f"podman {' '.join(args)}: {done.returncode}\n{done.stderr}"
+        return done
+
+
+@dataclass(frozen=True, slots=True)
+class Image:
+    tag: str
+    build_seconds: float
+    size_bytes: int
+
+
+@pytest.fixture(scope="module")
+def podman(tmp_path_factory: pytest.TempPathFactory, tracefs: Tracefs) -> Podman:
+    for tool in ("podman", "runc", "debootstrap"):
+        assert shutil.which(tool), f"{tool} is not installed (.ci/run installs podman runc debootstrap)"
+    conf = tmp_path_factory.mktemp("podman") / "containers.conf"
+    # podman sets RLIMIT_NOFILE/NPROC above the current limits by default: that needs CAP_SYS_RESOURCE.
+    conf.write_text("[containers]\ndefault_ulimits = []\n", encoding="utf-8")
+    return Podman({**os.environ, "CONTAINERS_CONF": str(conf)})
+
+
+@pytest.fixture(scope="module")
+def image(podman: Podman) -> Iterator[Image]:
+    """The image, built by helm/build-image.sh (no layer cache: nothing but the tagged image is left)."""
+    tag = f"localhost/uprobe-exporter:test-{os.getpid()}"
+    start = time.monotonic()
+    done = subprocess.run([str(BUILD_SCRIPT), tag], capture_output=True, text=True, timeout=BUILD_TIMEOUT,
+                          env={**podman.env, "BUILD_ARGS": "--layers=false"}, check=False)
+    seconds = time.monotonic() - start
+    try:
+        assert done.returncode == 0, f"build-image.sh failed ({done.returncode}):\n{done.stderr[-4000:]}"
+        size = int(podman("image", "inspect", "--format", "{{.Size}}", tag).stdout)
+        print(f"\nimage {tag}: built in {seconds:.0f} s, {size / 1e6:.0f} MB")  # noqa: T201  (pytest -s shows it)
+        yield Image(tag, seconds, size)
+    finally:
+        podman("rmi", "--force", tag, check=False)
+
+
+@pytest.fixture(scope="module")
+def helm() -> Iterator[Helm]:
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        yield Helm(pool)
+
+
+# --- the image itself -------------------------------------------------------------------------------
+
+def test_image_is_debian_python_with_the_native_path_and_nothing_of_the_build(image: Image, podman: Podman) -> None:
+    labels = json.loads(podman("image", "inspect", "--format", "{{json .Labels}}", image.tag).stdout)
+    assert labels["org.opencontainers.image.title"] == "uprobe-exporter"
+    assert labels["org.opencontainers.image.version"] == __version__
+    assert labels["org.opencontainers.image.base.name"] == "debian:bookworm-slim"
+    assert labels["org.opencontainers.image.licenses"] == "Apache-2.0"
+    script = """
+        set -e
+        /usr/bin/python3 -c 'import sys; assert sys.version_info[:2] == (3, 11), sys.version'
+        test "$(readlink -f "$(command -v python3)")" = /usr/bin/python3.11
+        python3 -c 'import uprobe_exporter._native'
+        for tool in gcc cc ld as pip; do ! command -v $tool; done
+        test ! -e /usr/include/python3.11 && test ! -e /home/builder && test ! -e /run/host-trust
+        test ! -e /etc/pip.conf && test ! -e /etc/ssl/certs/ca-certificates.crt
+        uprobe-exporter --version
+    """
+    done = podman("run", "--rm", "--network=none", "--entrypoint", "sh", image.tag, "-c", script, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.strip() == f"uprobe-exporter {__version__}"
+    assert image.size_bytes < 160e6, f"{image.size_bytes / 1e6:.0f} MB"
+
+
+# --- the pod spec, as the kubelet runs it ---------------------------------------------------------------
+
+PROPAGATION = {None: "rprivate", "None": "rprivate", "HostToContainer": "rslave", "Bidirectional": "rshared"}
+
+
+def security_options(sc: dict[str, Any]) -> list[str]:
+    """podman options for a container securityContext; a field not handled here fails."""
+    sc = dict(sc)
+    opts: list[str] = []
+    if sc.pop("privileged", False):
+        opts.append("--privileged")
+    uid, gid = sc.pop("runAsUser", None), sc.pop("runAsGroup", None)
+    if uid is not None:
+        opts.append(f"--user={uid}:{gid if gid is not None else 0}")
+    assert not (sc.pop("runAsNonRoot", False) and uid == 0), "the kubelet refuses runAsNonRoot with uid 0"
+    if sc.pop("readOnlyRootFilesystem", False):
+        opts += ["--read-only", "--read-only-tmpfs=false"]  # the kubelet mounts no tmpfs on /tmp or /run
+    if sc.pop("allowPrivilegeEscalation", True) is False:
+        opts.append("--security-opt=no-new-privileges")
+    caps = sc.pop("capabilities", {})
+    opts += [f"--cap-drop={c.lower()}" for c in caps.pop("drop", [])]
+    opts += [f"--cap-add={c}" for c in caps.pop("add", [])]
+    assert not caps, f"capabilities fields not translated: {caps}"
+    seccomp = sc.pop("seccompProfile", {"type": "RuntimeDefault"})
+    assert seccomp["type"] in {"RuntimeDefault", "Unconfined"}, seccomp
+    if seccomp["type"] == "Unconfined":
+        opts.append("--security-opt=seccomp=unconfined")
+    apparmor = sc.pop("appArmorProfile", {"type": "RuntimeDefault"})
+    assert apparmor["type"] in {"RuntimeDefault", "Unconfined"}, apparmor
+    if apparmor["type"] == "Unconfined":
+        opts.append("--security-opt=apparmor=unconfined")
+    for key, value in sc.pop("seLinuxOptions", {}).items():
+        opts.append(f"--security-opt=label={key}:{value}")
+    assert not sc, f"securityContext fields not translated: {sc}"
+    return opts
+
+
+def configmap_dir(data: dict[str, str], where: Path) -> Path:
+    """A ConfigMap volume as the kubelet writes it: files in a timestamped directory, ``..data`` a
+    symbolic link to it, and each key a symbolic link through ``..data``."""
+    stamp = time.strftime("..%Y_%m_%d_%H_%M_%S.", time.gmtime()) + uuid.uuid4().hex[:9]
+    (where / stamp).mkdir(parents=True)
+    for key, text in data.items():
+        (where / stamp / key).write_text(text, encoding="utf-8")
+        (where / key).symlink_to(f"..data/{key}")
+    (where / "..data").symlink_to(stamp)
+    return where
+
+
+def pod_options(rendered: Rendered, workdir: Path, host_port: int) -> list[str]:
+    """The rendered DaemonSet's pod, container and volumes as podman options (the kubelet's view)."""
+    pod, container = rendered.pod_spec(), rendered.container()
+    opts = ["--pid=host"] if pod.get("hostPID") else []
+    assert not pod.get("hostNetwork") and not pod.get("hostIPC")
+    opts += security_options(container.get("securityContext", {}))
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    for mount in container["volumeMounts"]:
+        volume = volumes[mount["name"]]
+        ro = ",ro" if mount.get("readOnly") else ""
+        if "hostPath" in volume:
+            source = volume["hostPath"]["path"]
+            assert volume["hostPath"].get("type") != "Directory" or Path(source).is_dir(), source
+            propagation = PROPAGATION[mount.get("mountPropagation")]
+            opts.append(f"--mount=type=bind,src={source},dst={mount['mountPath']}{ro},bind-propagation={propagation}")
+        elif "configMap" in volume:
+            cm = rendered.get("ConfigMap")
+            assert cm["metadata"]["name"] == volume["configMap"]["name"]
+            source = str(configmap_dir(cm["data"], workdir / mount["name"]))
+            opts.append(f"--mount=type=bind,src={source},dst={mount['mountPath']}{ro}")
+        else:
+            raise AssertionError(f"volume kind not translated: {volume}")
+    limits = container.get("resources", {}).get("limits", {})
+    if "memory" in limits:
+        opts.append(f"--memory={limits['memory'].removesuffix('i').lower()}")
+    if "cpu" in limits:
+        opts.append(f"--cpus={limits['cpu']}")
+    for env in container.get("env", []):
+        opts.append(f"--env={env['name']}={env['value']}")
+    opts += [f"--publish=127.0.0.1:{host_port}:{p['containerPort']}/{p['protocol'].lower()}"
+             for p in container["ports"]]
+    return [*opts, f"--entrypoint={json.dumps(container['command'])}"]
+
+
+@dataclass
+class Pod:
+    """A running container of the DaemonSet's pod."""
+
+    name: str
+    exporter: ExporterProcess
+    stdout: Path
+    port: int
+    grace: float
+
+
+@pytest.fixture
+def run_pod(image: Image, podman: Podman, helm: Helm, group: str, tmp_path: Path) -> Iterator[Callable[..., Pod]]:
+    started: list[Pod] = []
+
+    def start(security: dict[str, Any], probes: list[dict[str, Any]]) -> Pod:
+        values = {"securityContext": security,
+                  "config": {"exporter": {"group": group, "instance": group, "buffer_size_kb": 1024},
+                             "probes": probes}}
+        rendered = helm.render(values)
+        container = rendered.container()
+        port = free_port()
+        name = f"{group.replace('_', '-')}-{len(started)}"
+        argv = ["podman", "run", "--rm", f"--name={name}", *pod_options(rendered, tmp_path, port),
+                image.tag, *container["args"]]
+        stdout = tmp_path / "stdout.jsonl"  # the pod's log
+        with stdout.open("wb") as log:
+            exporter = ExporterProcess(Path(), argv=argv, stdout=log)
+        pod = Pod(name, exporter, stdout, port, float(rendered.pod_spec()["terminationGracePeriodSeconds"]))
+        started.append(pod)
+        return pod
+
+    saved = os.environ.get("CONTAINERS_CONF")
+    os.environ["CONTAINERS_CONF"] = podman.env["CONTAINERS_CONF"]  # for the podman run of ExporterProcess
+    try:
+        yield start
+    finally:
+        for pod in started:
+            podman("rm", "--force", "--time=0", pod.name, check=False)
+            if pod.exporter.proc.poll() is None:
+                pod.exporter.stop()
+        if saved is None:
+            os.environ.pop("CONTAINERS_CONF")
+        else:
+            os.environ["CONTAINERS_CONF"] = saved
+
+
+@pytest.mark.parametrize("profile", sorted(PROFILES))
+def test_pod_records_every_call_of_a_host_target(profile: str, run_pod: Callable[..., Pod], podman: Podman,
+                                                 build: Callable[..., Path], tracefs: Tracefs, group: str) -> None:
+    binary = build("calls")
+    pod = run_pod(PROFILES[profile], [{**WORK, "binary": str(binary)}])
+    pod.exporter.wait_ready(timeout=60)
+    native = NATIVE_LOG.search(pod.exporter.stderr)
+    assert native and native[1] == native[2] == "2", pod.exporter.stderr  # work's entry and return
+    # The container registered the probes in the host's tracefs, in its own group and instance.
+    assert {e.event for e in tracefs.read_uprobe_events() if e.group == group} == {"work_entry", "work_return"}
+    assert tracefs.instance(group).exists()
+
+    done = subprocess.run([binary, str(THREADS), str(CALLS), "0"], capture_output=True, check=True, timeout=120)
+    report = [json.loads(line) for line in done.stdout.decode().splitlines()]
+    assert len(report) == THREADS * CALLS
+    wait_for_lines(pod.stdout, 2 * THREADS * CALLS, timeout=30)
+    scrape = wait_scrape(pod.port, lambda s: s.value("uprobe_events_total", probe="work") >= 2 * THREADS * CALLS)
+    assert scrape.value("uprobe_events_total", probe="work", type="entry") == THREADS * CALLS
+    assert scrape.value("uprobe_events_total", probe="work", type="return") == THREADS * CALLS
+
+    # SIGTERM, as the kubelet sends it, then the grace period before SIGKILL.
+    start = time.monotonic()
+    podman("kill", "--signal=TERM", pod.name)
+    try:
+        rc = pod.exporter.proc.wait(pod.grace)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"still running {pod.grace} s after SIGTERM:\n{pod.exporter.stderr}")
+    elapsed = time.monotonic() - start
+    pod.exporter.stop()  # collects stderr
+    assert rc == 0, pod.exporter.stderr
+    assert elapsed < pod.grace
+    assert not [e for e in tracefs.read_uprobe_events() if e.group == group]
+    assert not tracefs.instance(group).exists()
+
+    # The pod's log: JSON lines only, every call and every return exactly once.
+    records = read_jsonl(pod.stdout)
+    assert len(records) == 2 * THREADS * CALLS
+    check_work_records(records, report, group, binary)
+    assert podman("container", "exists", pod.name, check=False).returncode == 1  # --rm: gone
