@@ -102,7 +102,7 @@ def image(podman: Podman) -> Iterator[Image]:
     try:
         assert done.returncode == 0, f"build-image.sh failed ({done.returncode}):\n{done.stderr[-4000:]}"
         size = int(podman("image", "inspect", "--format", "{{.Size}}", tag).stdout)
-        print(f"\nimage {tag}: built in {seconds:.0f} s, {size / 1e6:.0f} MB")  # noqa: T201  (pytest -s shows it)
+        print(f"\nimage {tag}: built in {seconds:.0f} s, {size / 1e6:.0f} MB")  # shown with pytest -s
         yield Image(tag, seconds, size)
     finally:
         podman("rmi", "--force", tag, check=False)
@@ -127,9 +127,11 @@ def test_image_is_debian_python_with_the_native_path_and_nothing_of_the_build(im
         /usr/bin/python3 -c 'import sys; assert sys.version_info[:2] == (3, 11), sys.version'
         test "$(readlink -f "$(command -v python3)")" = /usr/bin/python3.11
         python3 -c 'import uprobe_exporter._native'
-        for tool in gcc cc ld as pip; do ! command -v $tool; done
-        test ! -e /usr/include/python3.11 && test ! -e /home/builder && test ! -e /run/host-trust
-        test ! -e /etc/pip.conf && test ! -e /etc/ssl/certs/ca-certificates.crt
+        for tool in gcc cc ld as pip pip3; do if command -v $tool; then exit 1; fi; done
+        for path in /usr/include/python3.11 /home/builder /run/host-trust /etc/pip.conf \
+                    /etc/ssl/certs/ca-certificates.crt; do
+            if test -e $path; then echo "$path is in the image"; exit 1; fi
+        done
         uprobe-exporter --version
     """
     done = podman("run", "--rm", "--network=none", "--entrypoint", "sh", image.tag, "-c", script, check=False)
@@ -232,20 +234,33 @@ class Pod:
     grace: float
 
 
+def wait_exit(pod: Pod, timeout: float = 60) -> int:
+    """The exit code of the pod's container, which must exit within ``timeout`` seconds."""
+    try:
+        rc = pod.exporter.proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"still running after {timeout} s:\n{pod.exporter.stderr}")
+    pod.exporter.stop()  # collects stderr
+    return rc
+
+
 @pytest.fixture
 def run_pod(image: Image, podman: Podman, helm: Helm, group: str, tmp_path: Path) -> Iterator[Callable[..., Pod]]:
     started: list[Pod] = []
 
-    def start(security: dict[str, Any], probes: list[dict[str, Any]]) -> Pod:
+    def start(security: dict[str, Any], probes: list[dict[str, Any]], **context: Any) -> Pod:
+        """The pod of the chart rendered with these values; ``context`` overrides fields of the
+        rendered container securityContext (what the chart does not let one set)."""
         values = {"securityContext": security,
                   "config": {"exporter": {"group": group, "instance": group, "buffer_size_kb": 1024},
                              "probes": probes}}
         rendered = helm.render(values)
         container = rendered.container()
+        container["securityContext"].update(context)
         port = free_port()
         name = f"{group.replace('_', '-')}-{len(started)}"
-        argv = ["podman", "run", "--rm", f"--name={name}", *pod_options(rendered, tmp_path, port),
-                image.tag, *container["args"]]
+        argv = ["env", f"CONTAINERS_CONF={podman.env['CONTAINERS_CONF']}", "podman", "run", "--rm", f"--name={name}",
+                *pod_options(rendered, tmp_path, port), image.tag, *container["args"]]
         stdout = tmp_path / "stdout.jsonl"  # the pod's log
         with stdout.open("wb") as log:
             exporter = ExporterProcess(Path(), argv=argv, stdout=log)
@@ -253,8 +268,6 @@ def run_pod(image: Image, podman: Podman, helm: Helm, group: str, tmp_path: Path
         started.append(pod)
         return pod
 
-    saved = os.environ.get("CONTAINERS_CONF")
-    os.environ["CONTAINERS_CONF"] = podman.env["CONTAINERS_CONF"]  # for the podman run of ExporterProcess
     try:
         yield start
     finally:
@@ -262,10 +275,6 @@ def run_pod(image: Image, podman: Podman, helm: Helm, group: str, tmp_path: Path
             podman("rm", "--force", "--time=0", pod.name, check=False)
             if pod.exporter.proc.poll() is None:
                 pod.exporter.stop()
-        if saved is None:
-            os.environ.pop("CONTAINERS_CONF")
-        else:
-            os.environ["CONTAINERS_CONF"] = saved
 
 
 @pytest.mark.parametrize("profile", sorted(PROFILES))
@@ -288,15 +297,11 @@ def test_pod_records_every_call_of_a_host_target(profile: str, run_pod: Callable
     assert scrape.value("uprobe_events_total", probe="work", type="entry") == THREADS * CALLS
     assert scrape.value("uprobe_events_total", probe="work", type="return") == THREADS * CALLS
 
-    # SIGTERM, as the kubelet sends it, then the grace period before SIGKILL.
+    # SIGTERM, as the kubelet sends it; SIGKILL would follow after the grace period.
     start = time.monotonic()
     podman("kill", "--signal=TERM", pod.name)
-    try:
-        rc = pod.exporter.proc.wait(pod.grace)
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"still running {pod.grace} s after SIGTERM:\n{pod.exporter.stderr}")
+    rc = wait_exit(pod, pod.grace)
     elapsed = time.monotonic() - start
-    pod.exporter.stop()  # collects stderr
     assert rc == 0, pod.exporter.stderr
     assert elapsed < pod.grace
     assert not [e for e in tracefs.read_uprobe_events() if e.group == group]
@@ -307,3 +312,43 @@ def test_pod_records_every_call_of_a_host_target(profile: str, run_pod: Callable
     assert len(records) == 2 * THREADS * CALLS
     check_work_records(records, report, group, binary)
     assert podman("container", "exists", pod.name, check=False).returncode == 1  # --rm: gone
+
+
+@pytest.mark.parametrize("profile", sorted(PROFILES))
+def test_binary_of_another_process_needs_sys_ptrace(profile: str, run_pod: Callable[..., Pod], podman: Podman,
+                                                    build: Callable[..., Path], tracefs: Tracefs, group: str) -> None:
+    """``/proc/<pid>/root/<path>`` of a process with capabilities the exporter lacks: the kernel's
+    ptrace access check asks for CAP_SYS_PTRACE, which the capabilities profile adds for this."""
+    binary = build("calls")
+    security = PROFILES[profile]
+    ptrace = security["mode"] == "privileged" or "SYS_PTRACE" in security.get("capabilities", {}).get(
+        "add", ["SYS_PTRACE"])  # the chart's default capabilities.add
+    holder = subprocess.Popen(["sleep", "120"])  # root with every capability, as other pods' processes may be
+    try:
+        pod = run_pod(security, [{**WORK, "binary": f"/proc/{holder.pid}/root{binary}"}])
+        if not ptrace:
+            assert wait_exit(pod) == 2, pod.exporter.stderr
+            assert "another process's root needs CAP_SYS_PTRACE" in pod.exporter.stderr
+            assert len(pod.exporter.stderr.splitlines()) == 1, pod.exporter.stderr
+            assert not [e for e in tracefs.read_uprobe_events() if e.group == group]
+            return
+        pod.exporter.wait_ready(timeout=60)
+        subprocess.run([binary, "1", "4", "0"], capture_output=True, check=True, timeout=60)
+        wait_for_lines(pod.stdout, 8)
+    finally:
+        holder.kill()
+        holder.wait()
+    podman("kill", "--signal=TERM", pod.name)
+    assert wait_exit(pod) == 0, pod.exporter.stderr
+    assert [r["args"]["a"] for r in read_jsonl(pod.stdout) if r["type"] == "entry"] == [-7, -6, -5, -4]
+
+
+def test_a_user_other_than_root_cannot_register_probes(run_pod: Callable[..., Pod], build: Callable[..., Path],
+                                                       tracefs: Tracefs, group: str) -> None:
+    """Why the chart runs uid 0: tracefs's files belong to root, in 0700 directories; without
+    CAP_DAC_OVERRIDE another uid cannot even enter them. The exporter says so in one line."""
+    pod = run_pod(PROFILES["capabilities"], [{**WORK, "binary": str(build("calls"))}],
+                  runAsUser=65534, runAsGroup=65534, runAsNonRoot=True)
+    assert wait_exit(pod) == 1, pod.exporter.stderr
+    assert "needs root" in pod.exporter.stderr and len(pod.exporter.stderr.splitlines()) == 1, pod.exporter.stderr
+    assert not [e for e in tracefs.read_uprobe_events() if e.group == group]
