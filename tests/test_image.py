@@ -34,7 +34,7 @@ import pytest
 
 from tests.helpers import ROOT, ExporterProcess, read_jsonl, wait_for_lines
 from tests.prom import free_port
-from tests.test_helm import Helm, Rendered
+from tests.test_helm import Helm, Rendered, volume_mount
 from tests.test_kernel_metrics import wait_scrape
 from tests.test_kernel_records import WORK, check_work_records
 from uprobe_exporter import __version__
@@ -228,10 +228,16 @@ class Pod:
     """A running container of the DaemonSet's pod."""
 
     name: str
-    exporter: ExporterProcess
+    exporter: ExporterProcess  # podman run, in the node's mount namespace
     stdout: Path
     port: int
     grace: float
+    host_root: str  # where the chart mounts the node's /
+    tracefs: str  # and the node's tracefs
+
+    def node_mount(self, *args: str) -> None:
+        """mount(8) in the node's mount namespace (the one podman runs in)."""
+        subprocess.run(["nsenter", f"--mount=/proc/{self.exporter.proc.pid}/ns/mnt", *args], check=True, timeout=30)
 
 
 def wait_exit(pod: Pod, timeout: float = 60) -> int:
@@ -259,12 +265,18 @@ def run_pod(image: Image, podman: Podman, helm: Helm, group: str, tmp_path: Path
         container["securityContext"].update(context)
         port = free_port()
         name = f"{group.replace('_', '-')}-{len(started)}"
-        argv = ["env", f"CONTAINERS_CONF={podman.env['CONTAINERS_CONF']}", "podman", "run", "--rm", f"--name={name}",
-                *pod_options(rendered, tmp_path, port), image.tag, *container["args"]]
+        # The node: a mount namespace of its own whose / is shared, as systemd makes it on a node (the
+        # kubelet's runtimes refuse HostToContainer propagation from a private mount; this VM's / is
+        # private). A mount made there later must propagate into the container's host root.
+        argv = ["unshare", "--mount", "--propagation=unchanged", "sh", "-c", 'mount --make-rshared / && exec "$@"',
+                "node", "env", f"CONTAINERS_CONF={podman.env['CONTAINERS_CONF']}", "podman", "run", "--rm",
+                f"--name={name}", *pod_options(rendered, tmp_path, port), image.tag, *container["args"]]
         stdout = tmp_path / "stdout.jsonl"  # the pod's log
         with stdout.open("wb") as log:
             exporter = ExporterProcess(Path(), argv=argv, stdout=log)
-        pod = Pod(name, exporter, stdout, port, float(rendered.pod_spec()["terminationGracePeriodSeconds"]))
+        grace = float(rendered.pod_spec()["terminationGracePeriodSeconds"])
+        pod = Pod(name, exporter, stdout, port, grace, volume_mount(rendered, "host-root")[1]["mountPath"],
+                  volume_mount(rendered, "tracefs")[1]["mountPath"])
         started.append(pod)
         return pod
 
@@ -279,7 +291,8 @@ def run_pod(image: Image, podman: Podman, helm: Helm, group: str, tmp_path: Path
 
 @pytest.mark.parametrize("profile", sorted(PROFILES))
 def test_pod_records_every_call_of_a_host_target(profile: str, run_pod: Callable[..., Pod], podman: Podman,
-                                                 build: Callable[..., Path], tracefs: Tracefs, group: str) -> None:
+                                                 build: Callable[..., Path], tracefs: Tracefs, group: str,
+                                                 tmp_path: Path) -> None:
     binary = build("calls")
     pod = run_pod(PROFILES[profile], [{**WORK, "binary": str(binary)}])
     pod.exporter.wait_ready(timeout=60)
@@ -288,6 +301,19 @@ def test_pod_records_every_call_of_a_host_target(profile: str, run_pod: Callable
     # The container registered the probes in the host's tracefs, in its own group and instance.
     assert {e.event for e in tracefs.read_uprobe_events() if e.group == group} == {"work_entry", "work_return"}
     assert tracefs.instance(group).exists()
+
+    # The node's / read-only in the container, with mounts made on the node later visible there.
+    late = tmp_path / "mounted-later"
+    late.mkdir()
+    pod.node_mount("mount", "-t", "tmpfs", "uetest-later", str(late))
+    try:
+        pid = podman("inspect", "--format", "{{.State.Pid}}", pod.name).stdout.strip()
+        mounts = {m.split()[4]: m.split() for m in Path(f"/proc/{pid}/mountinfo").read_text().splitlines()}
+    finally:
+        pod.node_mount("umount", str(late))
+    assert "ro" in mounts[pod.host_root][5].split(","), mounts[pod.host_root]
+    assert mounts[f"{pod.host_root}{late}"][-2] == "uetest-later"  # the tmpfs's source
+    assert "rw" in mounts[pod.tracefs][5].split(",")
 
     done = subprocess.run([binary, str(THREADS), str(CALLS), "0"], capture_output=True, check=True, timeout=120)
     report = [json.loads(line) for line in done.stdout.decode().splitlines()]
