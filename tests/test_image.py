@@ -283,7 +283,8 @@ def run_pod(image: Image, podman: Podman, helm: Helm, group: str, tmp_path: Path
     try:
         yield start
     finally:
-        for pod in started:
+        for pod in started:  # a test that failed half-way: SIGTERM, so the exporter removes its probes
+            podman("stop", f"--time={pod.grace:.0f}", pod.name, check=False)
             podman("rm", "--force", "--time=0", pod.name, check=False)
             if pod.exporter.proc.poll() is None:
                 pod.exporter.stop()
