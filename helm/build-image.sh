@@ -14,6 +14,8 @@
 #   BASE_IMAGE   the base image (default debian:bookworm-slim)
 #   SUITE        the Debian release debootstrap installs (default: bookworm)
 #   MIRROR       the Debian mirror for debootstrap (default: the host's apt source, else deb.debian.org)
+#   SECURITY_MIRROR  the base image's security archive (default: the host's, else MIRROR's
+#                debian-security sibling; "none": none)
 #   PULL         1 (default): try `podman pull BASE_IMAGE` before debootstrap; 0: do not ask a registry
 #   TRUST        1 (default): lend the build's pip step the host's trust as build secrets: CA_BUNDLE
 #                (default /etc/ssl/certs/ca-certificates.crt) and PIP_CONF (default /etc/pip.conf),
@@ -34,24 +36,31 @@ pip_conf=${PIP_CONF:-/etc/pip.conf}
 
 log() { printf 'build-image: %s\n' "$*" >&2; }
 
-host_mirror() {
-    # The first Debian archive URI of the host's apt sources (deb822 or one-line format).
-    local uri
-    uri=$(awk '/^URIs:/ && $2 !~ /security/ {print $2; exit}' /etc/apt/sources.list.d/*.sources 2>/dev/null || true)
-    [ -n "$uri" ] || uri=$(awk '$1 == "deb" && $2 !~ /security/ {print $2; exit}' /etc/apt/sources.list 2>/dev/null || true)
-    printf '%s\n' "${uri:-http://deb.debian.org/debian}"
+host_uri() {
+    # The first URI of the host's apt sources (deb822 or one-line format) whose being a security
+    # archive is $1 (1 or 0).
+    local security=$1 uri
+    uri=$(awk -v want="$security" '/^URIs:/ && (($2 ~ /security/) == want) {print $2; exit}' \
+        /etc/apt/sources.list.d/*.sources 2>/dev/null || true)
+    [ -n "$uri" ] || uri=$(awk -v want="$security" '$1 == "deb" && (($2 ~ /security/) == want) {print $2; exit}' \
+        /etc/apt/sources.list 2>/dev/null || true)
+    printf '%s\n' "$uri"
 }
 
 make_base() {
-    local mirror rootfs
-    mirror=${MIRROR:-$(host_mirror)}
+    local mirror security rootfs
+    mirror=${MIRROR:-$(host_uri 0)}
+    mirror=${mirror:-http://deb.debian.org/debian}
+    security=${SECURITY_MIRROR:-}
+    if [ -z "$security" ] && [ -z "${MIRROR:-}" ]; then security=$(host_uri 1); fi
+    security=${security:-${mirror%/debian}/debian-security}
     command -v debootstrap >/dev/null || { log "debootstrap is not installed (apt-get install debootstrap)"; exit 2; }
     rootfs=$(mktemp -d "${TMPDIR:-/var/tmp}/uprobe-exporter-base.XXXXXX")
-    trap 'rm -rf "$rootfs"' RETURN
+    # --one-file-system: a failed debootstrap may leave /proc or /sys mounted inside.
+    trap 'rm -rf --one-file-system "$rootfs" "$rootfs.log"' EXIT
     log "making $base: debootstrap --variant=minbase $suite from $mirror"
     debootstrap --variant=minbase "$suite" "$rootfs" "$mirror" >"$rootfs.log" 2>&1 \
-        || { tail -n 20 "$rootfs.log" >&2; rm -f "$rootfs.log"; exit 1; }
-    rm -f "$rootfs.log"
+        || { tail -n 20 "$rootfs.log" >&2; exit 1; }
     # What Debian's -slim images leave out, and keep out of later packages (dpkg path excludes).
     cat >"$rootfs/etc/dpkg/dpkg.cfg.d/docker" <<'EOF'
 path-exclude /usr/share/doc/*
@@ -78,9 +87,11 @@ URIs: $mirror
 Suites: $suite $suite-updates
 Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+EOF
+    [ "$security" = none ] || cat >>"$rootfs/etc/apt/sources.list.d/debian.sources" <<EOF
 
 Types: deb
-URIs: ${mirror%/debian}/debian-security
+URIs: $security
 Suites: $suite-security
 Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
@@ -88,6 +99,8 @@ EOF
     : >"$rootfs/etc/hostname"
     tar --numeric-owner -C "$rootfs" -c . | podman import --change 'CMD ["bash"]' \
         --message "debootstrap --variant=minbase $suite $mirror" - "$base" >/dev/null
+    rm -rf --one-file-system "$rootfs" "$rootfs.log"
+    trap - EXIT
     log "made $base ($(podman image inspect --format '{{.Size}}' "$base" | awk '{printf "%.0f MB", $1 / 1e6}'))"
 }
 
@@ -105,8 +118,8 @@ flock -u 9
 
 trust=()
 if [ "${TRUST:-1}" = 1 ]; then
-    [ -f "$ca_bundle" ] && trust+=(--secret "id=ca_bundle,src=$ca_bundle")
-    [ -f "$pip_conf" ] && trust+=(--secret "id=pip_conf,src=$pip_conf")
+    if [ -f "$ca_bundle" ]; then trust+=(--secret "id=ca_bundle,src=$ca_bundle"); fi
+    if [ -f "$pip_conf" ]; then trust+=(--secret "id=pip_conf,src=$pip_conf"); fi
 fi
 log "building $tag from $base"
 # shellcheck disable=SC2086  # BUILD_ARGS is a list of words
