@@ -322,6 +322,9 @@ def test_pod_records_every_call_of_a_host_target(profile: str, run_pod: Callable
     scrape = wait_scrape(pod.port, lambda s: s.value("uprobe_events_total", probe="work") >= 2 * THREADS * CALLS)
     assert scrape.value("uprobe_events_total", probe="work", type="entry") == THREADS * CALLS
     assert scrape.value("uprobe_events_total", probe="work", type="return") == THREADS * CALLS
+    for kind in ("entry", "return"):  # the kernel's own count (uprobe_profile), read through the tracefs mount
+        assert scrape.value("uprobe_probe_hits_total", event=f"{group}/work_{kind}") == THREADS * CALLS
+    assert scrape.value("uprobe_exporter_kernel_lost_events_total") == 0
 
     # SIGTERM, as the kubelet sends it; SIGKILL would follow after the grace period.
     start = time.monotonic()
