@@ -5,10 +5,12 @@ profiles, and the rendered pod spec is translated, field by field, into ``podman
 the kubelet applies them: the container's securityContext (privileged, user, capabilities, read-only
 root file system, no-new-privileges, seccomp), hostPID, the hostPath volumes with their readOnly and
 mountPropagation, the ConfigMap volume (in the kubelet's ``..data`` layout), the memory limit, the
-metrics port. A field the translation does not know fails the test rather than being skipped. The
-container's exporter records a C target running on the host; its stdout (the pod's log) must hold
-every call, ``/metrics`` (from the host, through the published port) every hit, and SIGTERM (what the
-kubelet sends) must stop it within the chart's grace period with nothing left in the host's tracefs.
+metrics port. A field the translation does not know fails the test rather than being skipped. podman
+runs in a mount namespace of its own whose / is shared (the node, as systemd sets it up), so mount
+propagation into the container can be seen. The container's exporter records a C target running on
+the host; its stdout (the pod's log) must hold every call, ``/metrics`` (from the host, through the
+published port) every hit, and SIGTERM (what the kubelet sends) must stop it within the chart's grace
+period with nothing left in the host's tracefs.
 
 podman runs containers with runc; the VM lacks CAP_SYS_RESOURCE, so podman's default ulimits are
 switched off (containers.conf). The base image is made from the Debian mirror when no registry answers.
