@@ -144,6 +144,11 @@ def test_image_is_debian_python_with_the_native_path_and_nothing_of_the_build(im
 
 # --- the pod spec, as the kubelet runs it ---------------------------------------------------------------
 
+POD_FIELDS = {"serviceAccountName", "automountServiceAccountToken", "hostPID", "terminationGracePeriodSeconds",
+              "containers", "volumes", "nodeSelector", "tolerations", "affinity", "priorityClassName",
+              "imagePullSecrets"}
+CONTAINER_FIELDS = {"name", "image", "imagePullPolicy", "command", "args", "ports", "env", "livenessProbe",
+                    "readinessProbe", "resources", "securityContext", "volumeMounts"}
 PROPAGATION = {None: "rprivate", "None": "rprivate", "HostToContainer": "rslave", "Bidirectional": "rshared"}
 
 
@@ -194,8 +199,11 @@ def configmap_dir(data: dict[str, str], where: Path) -> Path:
 def pod_options(rendered: Rendered, workdir: Path, host_port: int) -> list[str]:
     """The rendered DaemonSet's pod, container and volumes as podman options (the kubelet's view)."""
     pod, container = rendered.pod_spec(), rendered.container()
+    # What a container runtime does not see (scheduling, the kubelet's probes, the image pull), or
+    # is translated below; a field beyond these fails until the translation knows it.
+    assert set(pod) <= POD_FIELDS, set(pod) - POD_FIELDS
+    assert set(container) <= CONTAINER_FIELDS, set(container) - CONTAINER_FIELDS
     opts = ["--pid=host"] if pod.get("hostPID") else []
-    assert not pod.get("hostNetwork") and not pod.get("hostIPC")
     opts += security_options(container.get("securityContext", {}))
     volumes = {v["name"]: v for v in pod["volumes"]}
     for mount in container["volumeMounts"]:
