@@ -7,6 +7,7 @@ from collections import Counter
 from pathlib import Path
 from typing import NamedTuple
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -122,6 +123,24 @@ def test_without_stack_pointer_pairs_innermost_first() -> None:
     got = [p.leave("f", 1, 0) for _ in range(4)]
     assert [f.ts_ns if f else None for f in got] == [3, 2, 1, None]
     assert stats(p) == Totals(0, 3, 1, 0, 0, 0)
+
+
+def test_leave_matching_closes_only_the_same_function() -> None:
+    """A USDT return (CPython: function__return of a frame whose entry was not fired) closes the innermost
+    entry only when the labels agree; otherwise it is a return without entry and the entry stays."""
+    for native in (True, False):
+        p = Pairing(native=native)
+        p.enter("py", 1, 0, 10, ("outer", "a.py"))
+        p.enter("py", 1, 0, 20, ("leaf", "a.py"))
+        assert p.leave_matching("py", 1, ("middle", None)) is None  # middle's entry was never seen
+        frame = p.leave_matching("py", 1, ("leaf", None))
+        assert frame is not None and frame.ts_ns == 20
+        assert p.leave_matching("py", 1, (None, "b.py")) is None
+        frame = p.leave_matching("py", 1, ("outer", "a.py"))
+        assert frame is not None and frame.ts_ns == 10
+        assert p.leave_matching("py", 1, ("outer", None)) is None  # nothing open
+        assert p.leave_matching("py", 2, ()) is None
+        assert stats(p) == Totals(0, 2, 4, 0, 0, 0)
 
 
 def test_evict_thread() -> None:
@@ -241,16 +260,19 @@ def test_a_stack_that_empties_is_kept_for_the_next_call_until_dropped() -> None:
 
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.tuples(
-    st.sampled_from(["enter", "leave", "exit", "drop"]), st.sampled_from(["f", "g", "h"]), st.integers(1, 5),
+    st.sampled_from(["enter", "leave", "exit", "drop", "match"]), st.sampled_from(["f", "g", "h"]), st.integers(1, 5),
     st.sampled_from([0, 3, SP, SP - 0x20, SP - 0x40, SP - 0x60, SP + RET, SP - 0x20 + RET, SP - 0x40 + RET]),
 ), max_size=300), st.integers(1, 6), st.integers(1, 4))
 def test_the_native_pairing_is_the_python_pairing(
     ops: list[tuple[str, str, int, int]], max_pending: int, max_depth: int,
 ) -> None:
     """Every call, on the native pairing and on the Python reference: the same answers, stacks (in the
-    same activity order) and statistics (and the native one is built: CI compiles it)."""
+    same activity order) and statistics, filtered returns included (and the native one is built: CI
+    compiles it)."""
     native, python = Pairing(max_pending, max_depth), Pairing(max_pending, max_depth, native=False)
     assert type(native.core) is not type(python.core)
+    for p in (native, python):  # "g" has an entry filter: its unpaired returns count as filtered
+        p.set_entry_filtered(["g"])
     for ts, (op, probe, tid, sp) in enumerate(ops):
         results: list[object] = []
         for p in (native, python):
@@ -258,6 +280,8 @@ def test_the_native_pairing_is_the_python_pairing(
                 results.append(p.enter(probe, tid, sp, ts, (probe, ts)))
             elif op == "leave":
                 results.append(p.leave(probe, tid, sp))
+            elif op == "match":  # a USDT return: the innermost entry, if its extra[0] is the wanted one
+                results.append(p.leave_matching(probe, tid, (("f", "g", "h")[sp % 3], None)))
             elif op == "exit":
                 results.append(p.evict_thread(tid))
             else:
@@ -266,3 +290,17 @@ def test_the_native_pairing_is_the_python_pairing(
         assert list(native.stacks.items()) == list(python.stacks.items())
         assert native.statistics() == python.statistics()
         assert native.threads() == python.threads() and native.pending == python.pending
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native", "python"])
+def test_unpaired_returns_of_a_probe_with_an_entry_filter_count_as_filtered(native: bool) -> None:
+    p = Pairing(native=native)
+    p.set_entry_filtered(["f"])
+    p.enter("f", 1, SP, 10)
+    assert p.leave("f", 1, SP + RET) is not None
+    assert p.leave("f", 1, SP + RET) is None and p.leave("f", 2, SP + RET) is None  # entries filtered
+    assert p.leave("g", 1, SP + RET) is None  # no filter: without entry
+    st = p.statistics()
+    assert (st.returns_filtered, st.returns_filtered_by_probe) == (2, {"f": 2})
+    assert (st.returns_without_entry, st.returns_without_entry_by_probe) == (1, {"g": 1})
+    assert st.paired_by_probe == {"f": 1}

@@ -210,3 +210,85 @@ def test_an_offset_past_the_page_is_a_short_record_natively_too() -> None:
     for offset in (sys.maxsize - 4, PAGE, -1):
         with pytest.raises(struct.error):
             emitter(b"\0" * PAGE, offset, 1, 0)
+
+
+def decoded_and_located(p: Pipeline) -> tuple[list[TraceRecord], list[Located]]:
+    """The captured records, both as TraceRecords and located for ``p``'s emitters, in the same order."""
+    records: list[TraceRecord | LostEvents] = []
+    located: list[Located] = []
+    decoder = RawDecoder.for_formats(layout(), formats())
+    locator = RawDecoder(layout(), p.emitters(formats()), p.decode_errors)
+    for batch in captured():
+        for page, cpu in batch:
+            decoder.decode(page, cpu, records)
+            locator.locate(page, cpu, located, [])
+    recs = sorted((r for r in records if isinstance(r, TraceRecord)), key=itemgetter(4))
+    located.sort(key=itemgetter(0))
+    assert len(recs) == len(located) and all(r.ts_ns == x[0] for r, x in zip(recs, located, strict=True))
+    return recs, located
+
+
+@NATIVE
+@pytest.mark.parametrize("labels", [LABELS["none"], LABELS["comm"], LABELS["return_arg"]], ids=["none", "comm", "ret"])
+def test_a_negative_duration_is_counted_never_observed_both_ways(labels: list[str], native: bool) -> None:
+    """Records handed over out of timestamp order (every fourth one 100 ms earlier than it was): a
+    return that pairs with a younger entry is emitted without a duration, counted per probe, kept out of
+    the histogram — by the emitters (native and Python) exactly as by the record path."""
+    by_record, by_emitter = both(labels, True, native)
+    recs, located = decoded_and_located(by_emitter)
+    shift = [100_000_000 if i % 4 == 1 else 0 for i in range(len(recs))]
+    a = by_record.process_items([r._replace(ts_ns=r.ts_ns - d) for r, d in zip(recs, shift, strict=True)])
+    b = by_emitter.process_located([(x[0] - d, *x[1:]) for x, d in zip(located, shift, strict=True)], [])
+    assert a is not None and b == a
+    assert state(by_emitter) == state(by_record)
+    negative = by_record.statistics().negative_durations
+    assert set(negative) == {"work", "recurse"} and sum(negative.values()) > 10
+    lines = [orjson.loads(x) for x in a[0].splitlines()]
+    assert len(lines) == len(recs), "every record is emitted"
+    assert all(x["duration_ns"] >= 0 for x in lines if "duration_ns" in x)
+    returns = [x for x in lines if x["type"] == "return"]
+    paired = by_record.pairing.statistics().paired
+    assert sum("duration_ns" not in x for x in returns) - (len(returns) - paired) == sum(negative.values())
+    observed = sum(sum(h.counts) for ph in by_record.histograms.values() for h in ph.series.values())
+    assert observed == paired - sum(negative.values())
+
+
+def filtered_pipelines(native: bool, render: bool) -> tuple[Pipeline, Pipeline]:
+    """Both paths for a configuration in which "recurse" has an entry filter (and "work" has none)."""
+    made = []
+    for use_native in (False, native):
+        base = pipeline(Renderer(10**18) if render else None)
+        cfg = config()
+        probes = tuple(dataclasses.replace(p, filter="n > 2") if p.name == "recurse" else p for p in cfg.probes)
+        made.append(Pipeline(None, base.infos, probes, base.renderer, Pairing(max_pending=64, native=use_native), 3,
+                             lambda tid: tid // 2, dict.fromkeys(RAW_ERROR_REASONS, 0), native=use_native))
+    return made[0], made[1]
+
+
+@NATIVE
+@pytest.mark.parametrize("render", [True, False], ids=["json", "no_json"])
+def test_returns_whose_entry_was_filtered_are_not_emitted_both_ways(native: bool, render: bool) -> None:
+    """The kernel filter of "recurse" removed every other entry (and of "work": none, it has no filter):
+    returns of "recurse" without their entry are neither emitted nor counted as records, but as
+    filtered returns, not as returns without entry; the entries kept pair with their own returns. The
+    emitters (native and Python) do exactly what the record path does."""
+    by_record, by_emitter = filtered_pipelines(native, render)
+    recs, located = decoded_and_located(by_emitter)
+    removed = {i for i, r in enumerate(recs) if r.event == "recurse_entry" and r.args["n"] % 2}
+    without_work_entries = {i for i, r in enumerate(recs) if r.event == "work_entry" and r.args["a"] % 2}
+    drop = removed | without_work_entries  # "work" has no filter: its returns without entry stay
+    a = by_record.process_items([r for i, r in enumerate(recs) if i not in drop])
+    b = by_emitter.process_located([x for i, x in enumerate(located) if i not in drop], [])
+    assert a == b and state(by_emitter) == state(by_record)
+    pairs = by_record.pairing.statistics()
+    assert pairs.returns_filtered_by_probe == {"recurse": len(removed)} and len(removed) > 3
+    assert pairs.returns_without_entry_by_probe == {"work": len(without_work_entries)} and without_work_entries
+    events = by_record.statistics().events
+    entries, returns = (sum(r.event == f"recurse_{t}" for r in recs) for t in ("entry", "return"))
+    assert events["recurse", "entry"] == entries - len(removed)
+    assert events["recurse", "return"] == returns - len(removed) == pairs.paired_by_probe["recurse"]
+    if render:
+        assert a is not None
+        lines = [orjson.loads(x) for x in a[0].splitlines()]
+        assert len(lines) == sum(events.values())
+        assert all("duration_ns" in x for x in lines if x["probe"] == "recurse" and x["type"] == "return")

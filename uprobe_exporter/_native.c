@@ -15,7 +15,9 @@ enum { ARG_SIGNED = 0, ARG_UNSIGNED = 1, ARG_STRING = 2, ARG_CHAR = 3, ARG_ARRAY
 #define MAX_INLINE_ARGS 16
 #define MIDDLES 512 /* per-event cache of the middle fields, direct-mapped by thread */
 #define COMM_CACHE 32
-enum { PAIR_NONE = 0, PAIR_ENTER = 1, PAIR_ENTER_COMM = 2, PAIR_LEAVE = 3 };
+/* PAIR_LEAVE_KNOWN: a return of a probe whose entries a kernel filter removes; one whose entry was not
+ * seen is neither counted nor emitted (the pairing counts it as filtered) */
+enum { PAIR_NONE = 0, PAIR_ENTER = 1, PAIR_ENTER_COMM = 2, PAIR_LEAVE = 3, PAIR_LEAVE_KNOWN = 4 };
 
 typedef struct {
     PyObject *key; /* bytes: "name": */
@@ -34,6 +36,7 @@ typedef struct {
     vectorcallfunc vectorcall;
     PyObject *emitter, *name, *probe, *enter, *leave, *observe, *counts, *renderer, *info, *full_name;
     PyObject *tgid_of, *by_thread, *clock, *lines, *comms, *new_comm, *dumps, *unknown_comm;
+    PyObject *negative; /* dict: probe -> returns paired with a younger entry (counted, never observed) */
     PyObject *pairing; /* borrowed from enter's binding: a native Pairing, called in C; else NULL */
     long long unflushed; /* records counted, not yet added to counts[name] */
     int deferred; /* in the list of plans whose counts run() adds at its end */
@@ -284,10 +287,14 @@ PyObject *plan_emit(PyObject *plan, PyObject *page, Py_ssize_t o, uint64_t ts_u,
             if (!PyBytes_Check(strings[i])) { PyErr_SetString(PyExc_TypeError, "dumps must return bytes"); goto done; }
         }
     }
-    /* count: run() adds a batch's counts at its end; a call from Python counts at once */
-    if (defer && defer_count(self) < 0) goto done;
-    self->unflushed++;
-    if (!defer && flush_count(self) < 0) goto done;
+    /* count: run() adds a batch's counts at its end; a call from Python counts at once (a return of a
+     * probe with filtered entries: once its entry is found) */
+    int leave = self->pairing_mode == PAIR_LEAVE || self->pairing_mode == PAIR_LEAVE_KNOWN;
+    if (self->pairing_mode != PAIR_LEAVE_KNOWN) {
+        if (defer && defer_count(self) < 0) goto done;
+        self->unflushed++;
+        if (!defer && flush_count(self) < 0) goto done;
+    }
     if (self->pairing_mode != PAIR_NONE) {
         if (!self->pairing) { /* Python pairing: its arguments as Python ints */
             tid_o = PyLong_FromLong(tid);
@@ -295,7 +302,7 @@ PyObject *plan_emit(PyObject *plan, PyObject *page, Py_ssize_t o, uint64_t ts_u,
             ts_o = PyLong_FromLongLong(ts);
             if (!tid_o || !sp_o || !ts_o) goto done;
         }
-        if (self->pairing_mode == PAIR_LEAVE) {
+        if (leave) {
             long long t0 = 0;
             int found;
             if (self->pairing) { /* native: the entry's frame without a Frame object */
@@ -315,7 +322,15 @@ PyObject *plan_emit(PyObject *plan, PyObject *page, Py_ssize_t o, uint64_t ts_u,
                     labels = Py_NewRef(PyTuple_GET_ITEM(frame, 2));
                 }
             }
-            if (found) {
+            if (self->pairing_mode == PAIR_LEAVE_KNOWN) {
+                if (!found) { result = Py_NewRef(Py_None); goto done; } /* its entry was filtered */
+                if (defer && defer_count(self) < 0) goto done;
+                self->unflushed++;
+                if (!defer && flush_count(self) < 0) goto done;
+            }
+            if (found && ts < t0) { /* only records out of order can do this: counted, never observed */
+                if (dict_add(self->negative, self->probe, 1) < 0) goto done;
+            } else if (found) {
                 duration = ts - t0;
                 has_duration = 1;
                 int observed = self->observe != Py_None ? hist_observe(&self->hist, labels, duration) : 1;
@@ -485,7 +500,7 @@ static void plan_dealloc(EmitPlan *self) {
     Py_CLEAR(self->leave); Py_CLEAR(self->observe); Py_CLEAR(self->counts); Py_CLEAR(self->renderer);
     Py_CLEAR(self->info); Py_CLEAR(self->full_name); Py_CLEAR(self->tgid_of); Py_CLEAR(self->by_thread);
     Py_CLEAR(self->clock); Py_CLEAR(self->lines); Py_CLEAR(self->comms); Py_CLEAR(self->new_comm); Py_CLEAR(self->dumps);
-    Py_CLEAR(self->unknown_comm);
+    Py_CLEAR(self->unknown_comm); Py_CLEAR(self->negative);
     Py_CLEAR(self->last_comm);
     for (int i = 0; i < MIDDLES; i++) { Py_CLEAR(self->middles[i].comm); Py_CLEAR(self->middles[i].middle); }
     for (int i = 0; i < 4; i++) Py_CLEAR(self->clock_objs[i]);
@@ -499,7 +514,7 @@ static int plan_traverse(EmitPlan *self, visitproc visit, void *arg) {
     Py_VISIT(self->emitter); Py_VISIT(self->enter); Py_VISIT(self->leave); Py_VISIT(self->observe);
     Py_VISIT(self->counts); Py_VISIT(self->renderer); Py_VISIT(self->info); Py_VISIT(self->tgid_of);
     Py_VISIT(self->by_thread); Py_VISIT(self->clock); Py_VISIT(self->lines); Py_VISIT(self->comms); Py_VISIT(self->new_comm);
-    Py_VISIT(self->dumps); Py_VISIT(self->hist.series); Py_VISIT(self->hist.labels); Py_VISIT(self->hist.last);
+    Py_VISIT(self->dumps); Py_VISIT(self->negative); Py_VISIT(self->hist.series); Py_VISIT(self->hist.labels); Py_VISIT(self->hist.last);
     for (int i = 0; i < 4; i++) Py_VISIT(self->clock_objs[i]);
     return 0;
 }
@@ -508,7 +523,8 @@ static int plan_traverse(EmitPlan *self, visitproc visit, void *arg) {
  *   fields = (tid_off, ip_off, ret_ip_off, sp_off, comm_off, fixed_size): -1 where the event has none
  *   args = ((key_bytes, kind, offset, element size, count), ...)
  *   sinks = (enter, leave, histograms, counts, renderer, info, full_name, tgid_of, by_thread, clock, lines,
- *            comms, new_comm, dumps): histograms, the probe's ProbeHistograms or None */
+ *            comms, new_comm, dumps, negative): histograms, the probe's ProbeHistograms or None; negative,
+ *            the pipeline's per-probe count of negative durations */
 static PyObject *plan_new(PyTypeObject *type, PyObject *a, PyObject *kw) {
     PyObject *emitter, *name, *probe, *fields, *args, *sinks;
     int pairing;
@@ -523,19 +539,19 @@ static PyObject *plan_new(PyTypeObject *type, PyObject *a, PyObject *kw) {
                           &self->comm_off, &self->fixed_size))
         goto fail;
     PyObject *histograms;
-    if (!PyArg_ParseTuple(sinks, "OOOO!OOUOO!O!O!O!OO", &self->enter, &self->leave, &histograms, &PyDict_Type,
+    if (!PyArg_ParseTuple(sinks, "OOOO!OOUOO!O!O!O!OOO!", &self->enter, &self->leave, &histograms, &PyDict_Type,
                           &self->counts, &self->renderer, &self->info, &self->full_name, &self->tgid_of,
                           &PyDict_Type, &self->by_thread, &PyList_Type, &self->clock, &PyBaseObject_Type, &self->lines,
-                          &PyDict_Type, &self->comms, &self->new_comm, &self->dumps)) {
+                          &PyDict_Type, &self->comms, &self->new_comm, &self->dumps, &PyDict_Type, &self->negative)) {
         self->enter = self->leave = self->counts = self->renderer = self->info = NULL;
         self->full_name = self->tgid_of = self->by_thread = self->clock = self->lines = self->comms = NULL;
-        self->new_comm = self->dumps = NULL;
+        self->new_comm = self->dumps = self->negative = NULL;
         goto fail;
     }
     Py_INCREF(self->enter); Py_INCREF(self->leave); Py_INCREF(self->counts);
     Py_INCREF(self->renderer); Py_INCREF(self->info); Py_INCREF(self->full_name); Py_INCREF(self->tgid_of);
     Py_INCREF(self->by_thread); Py_INCREF(self->clock); Py_INCREF(self->lines); Py_INCREF(self->comms); Py_INCREF(self->new_comm);
-    Py_INCREF(self->dumps);
+    Py_INCREF(self->dumps); Py_INCREF(self->negative);
     /* the probe's ProbeHistograms (or None): its observe() for new label sets, its series for the rest */
     self->observe = histograms == Py_None ? Py_NewRef(Py_None) : PyObject_GetAttrString(histograms, "observe");
     if (!self->observe || hist_init(&self->hist, histograms) < 0) goto fail;
@@ -573,7 +589,7 @@ static PyObject *plan_new(PyTypeObject *type, PyObject *a, PyObject *kw) {
     if (self->tid_off < 0 || self->ip_off < 0 || self->tid_off + 4 > self->fixed_size
         || self->ip_off + 8 > self->fixed_size || self->ret_ip_off + 8 > self->fixed_size
         || self->sp_off + 8 > self->fixed_size || self->comm_off + 4 > self->fixed_size
-        || pairing < PAIR_NONE || pairing > PAIR_LEAVE) {
+        || pairing < PAIR_NONE || pairing > PAIR_LEAVE_KNOWN) {
         PyErr_SetString(PyExc_ValueError, "bad field offsets");
         goto fail;
     }

@@ -20,8 +20,9 @@ typedef struct Stack {
 } Stack;
 
 typedef struct {
-    long long paired, without_entry, evicted[REASONS];
+    long long paired, without_entry, filtered, evicted[REASONS];
     int paired_seen, evicted_seen[REASONS]; /* the Python Counters keep a key once touched, even at 0 */
+    int entry_filtered; /* the probe's entry event has a kernel filter: unpaired returns are "filtered" */
 } ProbeCounts;
 
 typedef struct {
@@ -249,6 +250,14 @@ static PyObject *make_frame(Pairing *self, CFrame f) {
     return frame;
 }
 
+/* A return that closes no pending entry: filtered when the probe's entries are filtered, else without entry. */
+static int unpaired(Pairing *self, Py_ssize_t probe) {
+    ProbeCounts *c = &self->counts[probe];
+    if (c->entry_filtered) c->filtered++;
+    else c->without_entry++;
+    return 0;
+}
+
 /* leave() with C values: 1 and the entry's frame (its extra: a new reference) when the return closes a
  * pending entry, 0 when it does not (counted), -1 with an exception. */
 int pairing_leave_c(PyObject *obj, PyObject *probe_name, long long tid, uint64_t sp, CFrame *entry) {
@@ -258,15 +267,15 @@ int pairing_leave_c(PyObject *obj, PyObject *probe_name, long long tid, uint64_t
     int found;
     Py_ssize_t i = slot_of(self, probe, tid, &found);
     Stack *s = found ? self->table[i] : NULL;
-    if (!s || !s->n) { self->counts[probe].without_entry++; return 0; }
+    if (!s || !s->n) return unpaired(self, probe);
     if (sp) {
-        if (sp < 8) { self->counts[probe].without_entry++; return 0; } /* below any frame */
+        if (sp < 8) return unpaired(self, probe); /* below any frame */
         uint64_t target = sp - 8; /* RETURN_ADDRESS_SIZE */
         while (s->n && s->frames[s->n - 1].sp < target) {
             Py_XDECREF(s->frames[--s->n].extra);
             evict(self, probe, UNWOUND);
         }
-        if (!s->n || s->frames[s->n - 1].sp != target) { self->counts[probe].without_entry++; return 0; }
+        if (!s->n || s->frames[s->n - 1].sp != target) return unpaired(self, probe);
     }
     CFrame f = s->frames[--s->n];
     self->pending--;
@@ -274,6 +283,37 @@ int pairing_leave_c(PyObject *obj, PyObject *probe_name, long long tid, uint64_t
     self->counts[probe].paired_seen = 1;
     *entry = f; /* with the reference the stack held on extra */
     return 1;
+}
+
+/* leave_matching(probe, tid, want): like leave(probe, tid, 0), but the innermost entry is closed only
+ * when each non-None item of ``want`` equals the same item of its extra (its label values); otherwise the
+ * return is counted as without entry and the entry stays open. */
+static PyObject *Pairing_leave_matching(Pairing *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3 || !PyTuple_Check(args[2])) {
+        PyErr_SetString(PyExc_TypeError, "leave_matching(probe, tid, want: tuple)");
+        return NULL;
+    }
+    Py_ssize_t probe = probe_index(self, args[0]);
+    if (probe < 0) return NULL;
+    long long tid = PyLong_AsLongLong(args[1]);
+    if (tid == -1 && PyErr_Occurred()) return NULL;
+    int found;
+    Py_ssize_t i = slot_of(self, probe, tid, &found);
+    Stack *s = found ? self->table[i] : NULL;
+    if (!s || !s->n) { unpaired(self, probe); Py_RETURN_NONE; }
+    PyObject *extra = s->frames[s->n - 1].extra, *want = args[2];
+    for (Py_ssize_t j = 0; j < PyTuple_GET_SIZE(want); j++) {
+        PyObject *w = PyTuple_GET_ITEM(want, j);
+        if (w == Py_None) continue;
+        if (!PyTuple_Check(extra) || j >= PyTuple_GET_SIZE(extra)) {
+            PyErr_SetString(PyExc_ValueError, "leave_matching: the entry's extra has no such item");
+            return NULL;
+        }
+        int eq = PyObject_RichCompareBool(PyTuple_GET_ITEM(extra, j), w, Py_EQ);
+        if (eq < 0) return NULL;
+        if (!eq) { unpaired(self, probe); Py_RETURN_NONE; }
+    }
+    return pairing_leave((PyObject *)self, args[0], tid, 0);
 }
 
 /* leave() with C values: the Frame, None, or NULL with an exception. */
@@ -294,6 +334,20 @@ static PyObject *Pairing_leave(Pairing *self, PyObject *const *args, Py_ssize_t 
     Py_ssize_t probe; long long tid; uint64_t sp;
     if (parse_key(self, args[0], args[1], args[2], &probe, &tid, &sp) < 0) return NULL;
     return pairing_leave((PyObject *)self, args[0], tid, sp);
+}
+
+static PyObject *Pairing_set_entry_filtered(Pairing *self, PyObject *probes) {
+    PyObject *it = PyObject_GetIter(probes), *probe;
+    if (!it) return NULL;
+    while ((probe = PyIter_Next(it))) {
+        Py_ssize_t i = probe_index(self, probe);
+        Py_DECREF(probe);
+        if (i < 0) { Py_DECREF(it); return NULL; }
+        self->counts[i].entry_filtered = 1;
+    }
+    Py_DECREF(it);
+    if (PyErr_Occurred()) return NULL;
+    Py_RETURN_NONE;
 }
 
 static PyObject *Pairing_drop_empty(Pairing *self, PyObject *unused) {
@@ -338,12 +392,14 @@ static int add_count(PyObject *dict, PyObject *key, long long n) {
     return r;
 }
 
-/* (pending_by_probe, paired_by_probe, returns_without_entry_by_probe, evicted_by_probe) as the Python
- * class's Counters would give them; pairing.Pairing.statistics wraps them in a PairingStats. */
+/* (pending_by_probe, paired_by_probe, returns_without_entry_by_probe, evicted_by_probe,
+ * returns_filtered_by_probe) as the Python class's Counters would give them; pairing.Pairing.statistics
+ * wraps them in a PairingStats. */
 static PyObject *Pairing_counts(Pairing *self, PyObject *unused) {
     (void)unused;
     PyObject *pending = PyDict_New(), *paired = PyDict_New(), *without = PyDict_New(), *evicted = PyDict_New();
-    if (!pending || !paired || !without || !evicted) goto fail;
+    PyObject *filtered = PyDict_New();
+    if (!pending || !paired || !without || !evicted || !filtered) goto fail;
     long long *per_probe = PyMem_Calloc(self->ncounts ? self->ncounts : 1, sizeof(long long));
     char *seen = PyMem_Calloc(self->ncounts ? self->ncounts : 1, 1);
     if (!per_probe || !seen) { PyMem_Free(per_probe); PyMem_Free(seen); PyErr_NoMemory(); goto fail; }
@@ -369,6 +425,7 @@ static PyObject *Pairing_counts(Pairing *self, PyObject *unused) {
         ProbeCounts *c = &self->counts[i];
         if (c->paired_seen && add_count(paired, name, c->paired) < 0) goto fail;
         if (c->without_entry && add_count(without, name, c->without_entry) < 0) goto fail;
+        if (c->filtered && add_count(filtered, name, c->filtered) < 0) goto fail;
         for (int r = 0; r < REASONS; r++) {
             if (!c->evicted_seen[r]) continue;
             PyObject *key = Py_BuildValue("(Os)", name, REASON_NAMES[r]);
@@ -377,9 +434,9 @@ static PyObject *Pairing_counts(Pairing *self, PyObject *unused) {
             if (err) goto fail;
         }
     }
-    return Py_BuildValue("(NNNN)", pending, paired, without, evicted);
+    return Py_BuildValue("(NNNNN)", pending, paired, without, evicted, filtered);
 fail:
-    Py_XDECREF(pending); Py_XDECREF(paired); Py_XDECREF(without); Py_XDECREF(evicted);
+    Py_XDECREF(pending); Py_XDECREF(paired); Py_XDECREF(without); Py_XDECREF(evicted); Py_XDECREF(filtered);
     return NULL;
 }
 
@@ -460,6 +517,9 @@ static void Pairing_dealloc(Pairing *self) {
 static PyMethodDef Pairing_methods[] = {
     {"enter", (PyCFunction)(void (*)(void))Pairing_enter, METH_FASTCALL | METH_KEYWORDS, "Pairing.enter(probe, tid, sp, ts_ns, extra)"},
     {"leave", (PyCFunction)(void (*)(void))Pairing_leave, METH_FASTCALL, "Pairing.leave(probe, tid, sp)"},
+    {"leave_matching", (PyCFunction)(void (*)(void))Pairing_leave_matching, METH_FASTCALL,
+     "Pairing.leave_matching(probe, tid, want)"},
+    {"set_entry_filtered", (PyCFunction)Pairing_set_entry_filtered, METH_O, "These probes' entries are filtered."},
     {"drop_empty", (PyCFunction)Pairing_drop_empty, METH_NOARGS, "Forget the empty stacks."},
     {"threads", (PyCFunction)Pairing_threads, METH_NOARGS, "Thread ids with pending entries."},
     {"evict_thread", (PyCFunction)Pairing_evict_thread, METH_O, "Forget a thread that exited."},

@@ -1,6 +1,8 @@
-"""Command line: ``run``, ``check``, ``symbols``, ``cleanup``; the one place errors become exit codes.
+"""Command line: ``run``, ``check``, ``symbols``, ``usdt``, ``cleanup``, ``example``; the one place errors
+become exit codes.
 
-Exit codes: 0 ok, 2 bad configuration or usage, 1 runtime failure. Expected failures print one
+Exit codes: 0 ok, 2 bad configuration or usage, 1 runtime failure (or ``symbols`` matched nothing, like
+grep), 130 interrupted. Expected failures print one
 ``uprobe-exporter: error: ...`` line (plus the kernel's error_log lines when it refused a command),
 never a traceback.
 """
@@ -11,24 +13,48 @@ import argparse
 import asyncio
 import logging
 import os
+import platform
 import sys
+import time
 from collections.abc import Sequence
 
 from uprobe_exporter import __version__
 from uprobe_exporter.binaries import resolve_binary
-from uprobe_exporter.config import load_config_partial
+from uprobe_exporter.config import example_text, load_config_partial
 from uprobe_exporter.daemon import open_tracefs, run
-from uprobe_exporter.elf import load_elf, match_functions
-from uprobe_exporter.errors import ConfigError, UprobeExporterError
+from uprobe_exporter.elf import close_functions, load_elf, match_functions, read_stapsdt, render_usdt_listing
+from uprobe_exporter.errors import ConfigError, NoMatchError, OwnershipError, UprobeExporterError
+from uprobe_exporter.nativestatus import native_status
+from uprobe_exporter.ownership import claim_leftovers
 from uprobe_exporter.resolve import load_plan
-from uprobe_exporter.session import remove_group
+from uprobe_exporter.session import EVENT_STOP_COST_S, STOP_FIXED_S, STOP_MARGIN, remove_events, remove_group
 
 PROG = "uprobe-exporter"
 
 
+def version_text() -> str:
+    """``--version``: the package, the Python and kernel it runs on, and whether the native path is on."""
+    uname = os.uname()
+    return (f"{PROG} {__version__}\n"
+            f"Python {platform.python_version()} ({sys.executable})\n"
+            f"kernel {uname.release} ({uname.machine})\n"
+            f"native path: {native_status().describe()}")
+
+
+class _Version(argparse.Action):
+    """Like argparse's "version" action, but the text is computed only when asked for."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="print the version, Python, kernel, native path")
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object) -> None:
+        print(version_text())
+        parser.exit()
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description="Linux uprobes as JSON lines and Prometheus metrics.")
-    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    p.add_argument("--version", action=_Version)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     config_help = "TOML configuration (default: the built-in example: bash readline, libc getaddrinfo)"
     r = sub.add_parser("run", help="register the probes and emit records until SIGINT/SIGTERM")
@@ -39,8 +65,15 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("binary", help="a path, or a library name such as libc.so.6")
     s.add_argument("pattern", nargs="?", help="a glob (or substring) the function name must match")
     s.add_argument("--host-root", default="/", metavar="DIR", help="resolve the binary inside DIR")
+    u = sub.add_parser("usdt", help="list the USDT probes (.note.stapsdt) of a binary: sites, semaphore, arguments")
+    u.add_argument("binary", help="a path, or a library name such as libstdc++.so.6")
+    u.add_argument("pattern", nargs="?", help="a glob (or substring) provider:name must match")
+    u.add_argument("--host-root", default="/", metavar="DIR", help="resolve the binary inside DIR")
     k = sub.add_parser("cleanup", help="remove leftovers of our group and instance (after a crash)")
     k.add_argument("--config", "-c", metavar="FILE", help=config_help)
+    k.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+                   help="wait up to SECONDS for a running exporter holding the group or instance to exit")
+    sub.add_parser("example", help="print the built-in example configuration (to start one's own file)")
     return p
 
 
@@ -60,18 +93,48 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    _, events = load_plan(args.config)
+    config, events = load_plan(args.config)
+    filtered = set()
     for ev in events:
         print(ev.command)
-        if ev.filter:
+        if ev.filter and ev.event not in filtered:  # once per event (a USDT event has a command per site)
+            filtered.add(ev.event)
             print(f"# filter {ev.full_name}: {ev.filter}")
+    n = len({ev.event for ev in events})  # a USDT event has a command per site
+    need = n * EVENT_STOP_COST_S * STOP_MARGIN + STOP_FIXED_S
+    budget = config.exporter.stop_budget_seconds
+    print(f"# stop: {n} events take about {need:.0f} s to disable and remove "
+          f"({EVENT_STOP_COST_S * 1000:.0f} ms each on Linux 6.18; 'run' measures this kernel when it matters); "
+          f"exporter.stop_budget_seconds = {budget:g}"
+          + ("" if need <= budget else f": too little, give the stop at least {need + 1:.0f} s")
+          + "; TimeoutStopSec / terminationGracePeriodSeconds must exceed the budget")
     return 0
 
 
 def _cmd_symbols(args: argparse.Namespace) -> int:
     path = resolve_binary(args.binary, args.host_root)
-    for sym, offset in match_functions(load_elf(path, args.host_root), args.pattern):
+    info = load_elf(path, args.host_root)
+    found = match_functions(info, args.pattern)
+    for sym, offset in found:
         print(f"{offset:#010x} {sym.size:8d} {sym.name}")
+    if not found:
+        close = close_functions(info, args.pattern or "")
+        hint = f"; close names: {', '.join(close)}" if close else ""
+        what = f"matches '{args.pattern}'" if args.pattern else "can be probed"
+        raise NoMatchError(f"no function of {path} {what}{hint}")
+    return 0
+
+
+def _cmd_example(args: argparse.Namespace) -> int:
+    sys.stdout.write(example_text())
+    return 0
+
+
+def _cmd_usdt(args: argparse.Namespace) -> int:
+    path = resolve_binary(args.binary, args.host_root)
+    info = read_stapsdt(path)
+    for line in render_usdt_listing(info, args.pattern):
+        print(line)
     return 0
 
 
@@ -82,12 +145,29 @@ def _cmd_cleanup(args: argparse.Namespace) -> int:
         raise ConfigError(exporter_problems)
     _setup_logging(config.exporter.log_level)
     tracefs, instance = open_tracefs(config)
-    removed = remove_group(tracefs, config.exporter.group, instance)
+    group = config.exporter.group
+    # Refuses (exit 1, naming the pid) what a running exporter holds, and an instance that is not ours.
+    deadline = time.monotonic() + args.wait
+    while True:
+        try:
+            owned = claim_leftovers(tracefs, group, instance)
+            break
+        except OwnershipError as exc:
+            if exc.pid is None or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.5)
+    try:
+        removed = remove_group(tracefs, group) if owned.holds(tracefs.group_dir(group)) else []
+        if owned.holds(instance.root):
+            removed += remove_events(tracefs, group, [], instance)
+    finally:
+        owned.release()
     print(f"removed {len(removed)}: {', '.join(removed)}" if removed else "nothing to remove")
     return 0
 
 
-COMMANDS = {"run": _cmd_run, "check": _cmd_check, "symbols": _cmd_symbols, "cleanup": _cmd_cleanup}
+COMMANDS = {"run": _cmd_run, "check": _cmd_check, "symbols": _cmd_symbols, "usdt": _cmd_usdt,
+            "cleanup": _cmd_cleanup, "example": _cmd_example}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

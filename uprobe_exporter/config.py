@@ -7,6 +7,7 @@ built-in example. Symbol resolution happens later (``resolve.py``): it needs the
 from __future__ import annotations
 
 import difflib
+import json
 import math
 import re
 import tomllib
@@ -18,6 +19,8 @@ from typing import Any
 
 from uprobe_exporter.errors import ConfigError
 from uprobe_exporter.fetchargs import check_fetcharg
+from uprobe_exporter.filters import check_comm, check_filter, event_fields
+from uprobe_exporter.stapsdt import check_usdt_arg
 
 DEFAULT_PORT = 9527
 DEFAULT_BUCKETS = (0.00001, 0.00005, 0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0)
@@ -31,6 +34,10 @@ RECORD_LABELS = ("comm",)
 RESERVED_LABELS = ("probe", "le", "instance", "job")  # set by the histogram itself or by Prometheus
 LOG_LEVELS = ("debug", "info", "warning", "error")
 READERS = ("raw", "text")  # per-CPU trace_pipe_raw (binary, ns timestamps), or the text trace_pipe
+# Groups the kernel itself puts dynamic events in (kernel/trace: UPROBE_EVENT_SYSTEM, KPROBE_EVENT_SYSTEM,
+# EPROBE_EVENT_SYSTEM, FPROBE_EVENT_SYSTEM and TRACEPOINT_EVENT_SYSTEM, SYNTH_SYSTEM; "ftrace" holds the
+# tracer's own events): other people's probes live there, and we remove every uprobe of our group.
+RESERVED_GROUPS = ("uprobes", "kprobes", "eprobes", "fprobes", "tracepoints", "synthetic", "ftrace")
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +50,7 @@ class ExporterConfig:
     max_pending_calls: int = 65536
     log_level: str = "info"
     reader: str = "raw"
+    stop_budget_seconds: float = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,10 +87,20 @@ class ProbeConfig:
     latency: bool = False
     buckets: tuple[float, ...] = DEFAULT_BUCKETS
     labels: tuple[str, ...] = ()
+    usdt: str = ""  # provider:name of a USDT probe (.note.stapsdt), instead of function/offset
+    return_usdt: str = ""  # the USDT that ends the call (then return_probe is True)
+    comm: tuple[str, ...] = ()  # thread names: a kernel filter on the entry and the return, ANDed with filter
+
+    @property
+    def location(self) -> str:
+        """Where the probe is in the configuration, for messages: ``probes[3] "malloc"``."""
+        return probe_location(self.index, self.name)
 
     @property
     def where(self) -> str:
-        """The probed location as a person wrote it: ``readline``, ``work+0x4`` or ``0x1149``."""
+        """The probed location as a person wrote it: ``readline``, ``work+0x4``, ``0x1149`` or ``python:line``."""
+        if self.usdt:
+            return self.usdt
         if self.offset is not None:
             return hex(self.offset)
         return self.function + (f"+{self.function_offset:#x}" if self.function_offset else "")
@@ -162,13 +180,22 @@ def _parse_exporter(data: Mapping[str, Any], problems: _Problems) -> ExporterCon
         max_pending_calls=_get(t, "max_pending_calls", int, d.max_pending_calls, "exporter", problems),
         log_level=_get(t, "log_level", str, d.log_level, "exporter", problems),
         reader=_get(t, "reader", str, d.reader, "exporter", problems),
+        stop_budget_seconds=float(_get(t, "stop_budget_seconds", (int, float), d.stop_budget_seconds, "exporter",
+                                       problems)),
     )
     if not GROUP_RE.match(cfg.group) or len(cfg.group) > MAX_EVENT_NAME:
         problems.add("exporter.group", f"'{cfg.group}' must be a C identifier of at most 63 characters")
+    elif cfg.group in RESERVED_GROUPS:
+        problems.add("exporter.group", f"'{cfg.group}' is the kernel's own group for dynamic events (other users' "
+                     "probes live there and would be removed); choose a group of your own, such as "
+                     f"'{d.group}'")
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", cfg.instance) or cfg.instance in (".", ".."):
         problems.add("exporter.instance", f"'{cfg.instance}' must be a plain directory name ([A-Za-z0-9_.-])")
     if cfg.buffer_size_kb < 4:
         problems.add("exporter.buffer_size_kb", "must be at least 4 (one page per CPU)")
+    if not 1 <= cfg.stop_budget_seconds < math.inf:
+        problems.add("exporter.stop_budget_seconds", "must be at least 1 (seconds the stop is given: the grace "
+                     "period, TimeoutStopSec)")
     if cfg.max_pending_calls < 1:
         problems.add("exporter.max_pending_calls", "must be positive")
     if cfg.log_level not in LOG_LEVELS:
@@ -223,7 +250,7 @@ def _parse_metrics(data: Mapping[str, Any], problems: _Problems) -> MetricsConfi
 
 
 def _parse_args(
-    value: Any, where: str, is_return: bool, problems: _Problems,
+    value: Any, where: str, is_return: bool, problems: _Problems, usdt: bool = False,
 ) -> tuple[tuple[str, str], ...]:
     if not isinstance(value, Mapping):
         problems.add(where, "must be a table of name = \"fetcharg[:type]\"")
@@ -238,19 +265,40 @@ def _parse_args(
         if not isinstance(fetcharg, str):
             problems.add(loc, "must be a string such as \"%di:s32\" or \"+0(%si):string\"")
             continue
-        if (err := check_fetcharg(fetcharg, is_return=is_return)) is not None:
+        if usdt and fetcharg.startswith("arg"):  # argN[:type] of the note; any other value is a fetcharg
+            if (err := check_usdt_arg(fetcharg)) is not None:
+                problems.add(loc, err)
+        elif (err := check_fetcharg(fetcharg, is_return=is_return)) is not None:
             problems.add(loc, err)
         args.append((name, fetcharg))
     return tuple(args)
 
 
+def probe_location(index: int, name: object) -> str:
+    """``probes[3] "malloc"``: the index, and the name when there is one to show."""
+    if isinstance(name, str) and name:
+        return f"probes[{index}] {json.dumps(name, ensure_ascii=False)}"
+    return f"probes[{index}]"
+
+
+def _parse_comm(t: Mapping[str, Any], where: str, problems: _Problems) -> tuple[str, ...]:
+    value = t.get("comm", [])
+    if not isinstance(value, list) or (not value and "comm" in t):
+        problems.add(f"{where}.comm", 'must be a non-empty list of thread names, such as ["nginx"]')
+        return ()
+    for i, name in enumerate(value):
+        if (err := check_comm(name)) is not None:
+            problems.add(f"{where}.comm[{i}]", err)
+    return tuple(str(n) for n in value)
+
+
 def _parse_probe(index: int, t: Any, problems: _Problems) -> ProbeConfig | None:
-    where = f"probes[{index}]"
     if not isinstance(t, Mapping):
-        problems.add(where, "must be a table ([[probes]])")
+        problems.add(f"probes[{index}]", "must be a table ([[probes]])")
         return None
+    where = probe_location(index, t.get("name"))
     known = ("name", "binary", "function", "offset", "args", "return", "return_args", "filter",
-             "return_filter", "latency", "buckets", "labels")
+             "return_filter", "comm", "latency", "buckets", "labels", *USDT_KEYS)
     _unknown_keys(t, known, where, problems)
     name = _get(t, "name", str, "", where, problems)
     if not NAME_RE.match(name):
@@ -263,8 +311,12 @@ def _parse_probe(index: int, t: Any, problems: _Problems) -> ProbeConfig | None:
     function = _get(t, "function", str, "", where, problems)
     offset = _get(t, "offset", int, None, where, problems)
     symbol, function_offset = "", 0
-    if bool(function) == (offset is not None):
-        problems.add(where, "give exactly one of 'function' (a symbol) or 'offset' (a file offset)")
+    usdt, return_usdt = _parse_usdt(t, where, problems)
+    if usdt and (function or offset is not None):
+        problems.add(where, "give one of 'function', 'offset' or 'usdt', not several")
+    elif not usdt and bool(function) == (offset is not None):
+        problems.add(where, "give exactly one of 'function' (a symbol), 'offset' (a file offset) or 'usdt' "
+                     "(provider:name)")
     elif function:
         m = FUNCTION_RE.match(function)
         if not m:
@@ -273,18 +325,19 @@ def _parse_probe(index: int, t: Any, problems: _Problems) -> ProbeConfig | None:
             symbol, function_offset = m["symbol"], int(m["off"] or "0", 0)
     elif offset is not None and offset < 0:
         problems.add(f"{where}.offset", "must be a non-negative file offset")
-    return_probe = _get(t, "return", bool, False, where, problems)
+    return_probe = _get(t, "return", bool, False, where, problems) or bool(return_usdt)
     if return_probe and function_offset:
         # a uretprobe replaces the return address it finds at the top of the stack: only true at entry
         problems.add(f"{where}.function", f"a return probe must be at the function's first instruction, not "
                      f"{function}; drop the +offset or return = true")
-    args = _parse_args(t.get("args", {}), f"{where}.args", False, problems)
-    return_args = _parse_args(t.get("return_args", {}), f"{where}.return_args", True, problems)
+    args = _parse_args(t.get("args", {}), f"{where}.args", False, problems, bool(usdt))
+    return_args = _parse_args(t.get("return_args", {}), f"{where}.return_args", not usdt, problems, bool(usdt))
+    ret_key = "return_usdt" if usdt else "return = true"
     if return_args and not return_probe:
-        problems.add(f"{where}.return_args", "needs return = true")
+        problems.add(f"{where}.return_args", f"needs {ret_key}")
     latency = _get(t, "latency", bool, False, where, problems)
     if latency and not return_probe:
-        problems.add(f"{where}.latency", "needs return = true: latency pairs entry and return events")
+        problems.add(f"{where}.latency", f"needs {ret_key}: latency pairs entry and return events")
     buckets = _get(t, "buckets", list, list(DEFAULT_BUCKETS), where, problems)
     if not buckets or not all(isinstance(b, int | float) and not isinstance(b, bool) and 0 < b < math.inf
                               for b in buckets) or sorted(set(buckets)) != list(buckets):
@@ -304,13 +357,40 @@ def _parse_probe(index: int, t: Any, problems: _Problems) -> ProbeConfig | None:
             problems.add(f"{where}.labels[{i}]", f"unknown label '{label}'; {hint}")
     filters = {k: _get(t, k, str, "", where, problems) for k in ("filter", "return_filter")}
     if filters["return_filter"] and not return_probe:
-        problems.add(f"{where}.return_filter", "needs return = true")
+        problems.add(f"{where}.return_filter", f"needs {ret_key}")
+    for key, is_return, names in (("filter", False, args), ("return_filter", True, return_args)):
+        # a USDT return is a `p:` event (__probe_ip), not a uretprobe's (__probe_func, __probe_ret_ip)
+        fields = event_fields([n for n, _ in names], is_return=is_return and not usdt)
+        for problem in check_filter(filters[key], fields, "return" if is_return else "entry"):
+            problems.add(f"{where}.{key}", problem)
+    comm = _parse_comm(t, where, problems)
     return ProbeConfig(
         name=name, binary=binary, index=index, function=symbol, function_offset=function_offset, offset=offset,
         args=args, return_probe=return_probe, return_args=return_args, filter=filters["filter"],
         return_filter=filters["return_filter"], latency=latency,
-        buckets=tuple(float(b) for b in buckets), labels=tuple(str(x) for x in labels),
+        buckets=tuple(float(b) for b in buckets), labels=tuple(str(x) for x in labels), comm=comm,
+        usdt=usdt, return_usdt=return_usdt,
     )
+
+
+USDT_KEYS = ("usdt", "return_usdt")
+USDT_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*:[A-Za-z_][A-Za-z0-9_]*\Z")
+
+
+def _parse_usdt(t: Mapping[str, Any], where: str, problems: _Problems) -> tuple[str, str]:
+    """``usdt`` and ``return_usdt`` (``provider:name``); ``return = true`` does not apply to a USDT."""
+    usdt = _get(t, "usdt", str, "", where, problems)
+    return_usdt = _get(t, "return_usdt", str, "", where, problems)
+    for key, value in (("usdt", usdt), ("return_usdt", return_usdt)):
+        if value and not USDT_RE.match(value):
+            problems.add(f"{where}.{key}", f"'{value}' must be provider:name, as 'uprobe-exporter usdt BINARY' "
+                         "lists them (for example python:function__entry)")
+    if return_usdt and not usdt:
+        problems.add(f"{where}.return_usdt", "needs usdt = \"provider:name\" (the USDT that starts the call)")
+    if usdt and t.get("return") is True:
+        problems.add(f"{where}.return", "a USDT is not a function: there is no return to probe; name the USDT "
+                     "that ends the call with return_usdt = \"provider:name\"")
+    return usdt, return_usdt
 
 
 def parse_config_partial(data: Mapping[str, Any], source: str = "<mapping>") -> tuple[Config, list[str]]:
@@ -332,7 +412,7 @@ def parse_config_partial(data: Mapping[str, Any], source: str = "<mapping>") -> 
         if probe is None:
             continue
         if probe.name in seen:
-            problems.add(f"probes[{i}].name", f"'{probe.name}' is already used by probes[{seen[probe.name]}]")
+            problems.add(f"{probe.location}.name", f"'{probe.name}' is already used by probes[{seen[probe.name]}]")
         seen.setdefault(probe.name, i)
         if len(problems.items) == before:
             probes.append(probe)
@@ -352,6 +432,16 @@ def example_text() -> str:
     return resources.files("uprobe_exporter").joinpath("example.toml").read_text(encoding="utf-8")
 
 
+def _decode(data: bytes, source: str) -> str:
+    """TOML is UTF-8 (toml.io: "A TOML file must be a valid UTF-8 encoded Unicode document")."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ConfigError([f"{source}: not UTF-8 (byte {data[exc.start]:#04x} at line {line}, offset {exc.start}); "
+                           "save the configuration as UTF-8"]) from exc
+
+
 def load_config_partial(path: str | None) -> tuple[Config, list[str]]:
     """Read a TOML file (or the built-in example when ``path`` is None): the valid part and the problems.
     A file that cannot be read or is not TOML raises ConfigError at once."""
@@ -359,9 +449,10 @@ def load_config_partial(path: str | None) -> tuple[Config, list[str]]:
         text, source = example_text(), "<built-in example>"
     else:
         try:
-            text, source = Path(path).read_text(encoding="utf-8"), path
+            raw = Path(path).read_bytes()
         except OSError as exc:
             raise ConfigError([f"{path}: cannot read configuration: {exc.strerror}"]) from exc
+        text, source = _decode(raw, path), path
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

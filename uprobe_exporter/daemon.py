@@ -1,8 +1,10 @@
 """Wiring: config → resolve → register → one TaskGroup (reader, sink, housekeeping) → clean exit.
 
-Shutdown (SIGINT, SIGTERM, an error, or the JSON reader going away): stop reading, disable our
-events, drain what the kernel still holds, flush the sink, remove our events and our instance. The
-reader never blocks, so this takes milliseconds even when no event ever arrived.
+Shutdown (SIGINT, SIGTERM, an error, or the JSON reader going away): stop recording (our instance's
+``tracing_on``), drain what the kernel still holds, flush the sink, then disable and remove our events
+one by one, hottest first, and our instance. The reader never blocks; what the stop costs is the
+kernel's per-event removal (an RCU grace period or two each, ≈60 ms on Linux 6.18), which
+``exporter.stop_budget_seconds`` must cover (session.py).
 """
 
 from __future__ import annotations
@@ -14,10 +16,12 @@ import signal
 import time
 from dataclasses import dataclass
 
+from uprobe_exporter.binaries import BinaryChange, BinaryWatch
 from uprobe_exporter.config import Config
 from uprobe_exporter.errors import TracefsError
 from uprobe_exporter.jsonl import JsonlSink
 from uprobe_exporter.metrics import start_metrics_server
+from uprobe_exporter.nativestatus import native_status
 from uprobe_exporter.pairing import Pairing
 from uprobe_exporter.pipeline import Pipeline, event_infos
 from uprobe_exporter.procfs import TgidCache, thread_exists
@@ -33,6 +37,7 @@ from uprobe_exporter.traceline import TextParser
 
 log = logging.getLogger(__name__)
 SWEEP_SECONDS = 5.0  # how often threads with pending calls are checked for having exited
+PRESENCE_SECONDS = 2.0  # how often we check that our events are still registered
 FINAL_FLUSH_SECONDS = 1.5
 
 
@@ -49,6 +54,7 @@ class Runtime:
     reader: TracePipeReader | RawPipeReader
     sink: JsonlSink | None
     tgids: TgidCache
+    binaries: BinaryWatch
     kernel_lost: int = 0
     output_stuck: bool = False
 
@@ -59,24 +65,54 @@ def open_tracefs(config: Config) -> tuple[Tracefs, Instance]:
     return tracefs, tracefs.instance(config.exporter.instance)
 
 
-async def _housekeeping(rt: Runtime) -> None:
-    """Once a second: refresh the wall-clock offset; every SWEEP_SECONDS: forget threads that exited
-    (their pending calls will never return) and the cached process ids (thread ids get reused)."""
-    last_sweep = time.monotonic()
+async def _housekeeping(rt: Runtime, session: ProbeSession) -> None:
+    """Once a second: refresh the wall-clock offset, check that the probed binaries are still the files
+    we probed, and forget the pending entries of threads the last sweep found exited; every
+    PRESENCE_SECONDS: check that our events are still registered (someone may remove them: logged and
+    counted, not served as registered); every SWEEP_SECONDS: find the threads that exited (their pending
+    calls will never return) and forget the cached process ids (thread ids get reused)."""
+    last_sweep = last_presence = time.monotonic()
+    exited: set[int] = set()  # found exited by the last sweep, a second ago
     while True:
         await asyncio.sleep(1.0)
         if rt.pipeline.renderer is not None:
             rt.pipeline.renderer.wall_offset_ns = wall_offset_ns()
+        pairing = rt.pipeline.pairing
+        # A thread found exited may have returned just before it exited, that return still unread in the
+        # kernel's buffer or held back for ordering: its entries are forgotten a second later.
+        for tid in exited:
+            if not thread_exists(tid):
+                pairing.evict_thread(tid)
+        exited = set()
+        for change in rt.binaries.check():
+            _log_binary_change(change)
+        if time.monotonic() - last_presence >= PRESENCE_SECONDS:
+            last_presence = time.monotonic()
+            try:
+                session.check_present()
+            except TracefsError as exc:
+                log.error("%s", exc)
         if time.monotonic() - last_sweep >= SWEEP_SECONDS:
             last_sweep = time.monotonic()
-            pairing = rt.pipeline.pairing
-            for tid in pairing.threads():
-                if not thread_exists(tid):
-                    pairing.evict_thread(tid)
+            exited = {tid for tid in pairing.threads() if not thread_exists(tid)}
             pairing.drop_empty()
             rt.tgids.clear()
             if rt.pipeline.renderer is not None:
                 rt.pipeline.renderer.forget_pids()
+
+
+def _log_binary_change(change: BinaryChange) -> None:
+    """One line per change of a probed file (re-registering on the new file is not done at run time)."""
+    if change.kind == "removed":
+        log.warning("probed binary %s was removed: its probes stay on the file that was there", change.path)
+    elif change.kind == "replaced":
+        log.warning("probed binary %s was replaced by another file: its probes stay on the old file and miss "
+                    "processes started from the new one; restart the exporter to probe it "
+                    "(uprobe_exporter_binary_replaced_total)", change.path)
+    else:
+        log.warning("probed binary %s was modified in place: processes started from it now may run other code "
+                    "at the probed offsets; restart the exporter to resolve them again "
+                    "(uprobe_exporter_binary_replaced_total)", change.path)
 
 
 class Signals:
@@ -110,6 +146,7 @@ async def run(config: Config, problems: list[str]) -> bool:
     bad path or a taken port fails before anything is registered), then the probes."""
     tracefs, instance = open_tracefs(config)
     events = plan_events(config, problems)
+    binaries = BinaryWatch(ev.path for ev in events)  # the files as they were when we resolved them
     sink = JsonlSink(config.jsonl.path, config.jsonl.max_queue_kb * 1024) if config.jsonl.enabled else None
     if sink is not None:
         await sink.open()
@@ -119,16 +156,19 @@ async def run(config: Config, problems: list[str]) -> bool:
     rt: Runtime | None = None
     try:
         with Signals(sink) as signals, ProbeSession(tracefs, instance, config.exporter.group, events,
-                                                    config.exporter.buffer_size_kb) as session:
+                                                    config.exporter.buffer_size_kb,
+                                                    config.exporter.stop_budget_seconds) as session:
             pipeline, reader = _reader(config, session, instance, renderer, tgids, sink)
-            rt = Runtime(pipeline, reader, sink, tgids)
+            rt = Runtime(pipeline, reader, sink, tgids, binaries)
             # What exists now (modules, compiled parsers, the registry) lives as long as the process:
             # out of the collector's sight, a full collection no longer walks it (a scrape of 100
             # probes had a 50 % slower outlier every few scrapes without this).
             gc.freeze()
             try:
                 if metrics is not None:
+                    metrics.sources.binaries = binaries
                     metrics.sources.update(tracefs, instance, events, pipeline, sink, reader)
+                    metrics.sources.vanished = session.vanished
                 await _serve(rt, session, instance, signals.stop)
             finally:
                 if metrics is not None:  # no scrape may hold a file of the instance while it is removed
@@ -163,8 +203,11 @@ def _reader(
     if raw:
         emitters = pipeline.emitters(formats)
         native = sum(EmitPlan is not None and isinstance(e, EmitPlan) for e in emitters.values())
-        log.info("raw reader: native emitters for %d of %d events%s", native, len(emitters),
-                 "" if EmitPlan is not None else " (the native parts were not built: no C compiler at install)")
+        status = native_status()
+        others = "" if native == len(emitters) or not status.active else \
+            "; the others need the Python emitter (histogram labels from arguments)"
+        log.info("raw reader: native path for %d of %d events; native parts: %s%s", native, len(emitters),
+                 status.describe(), others)
         decoder = RawDecoder(PageLayout.parse(instance.read_header_page()), emitters, pipeline.decode_errors)
         return pipeline, RawPipeReader(instance.root, instance.cpus(), decoder,
                                        lambda located, lost: submit(pipeline.process_located(located, lost)))
@@ -176,12 +219,12 @@ async def _serve(rt: Runtime, session: ProbeSession, instance: Instance, stop: a
     async with asyncio.TaskGroup() as tg:
         sink_task = tg.create_task(rt.sink.run()) if rt.sink is not None else None
         reader_task = tg.create_task(rt.reader.run())
-        house_task = tg.create_task(_housekeeping(rt))
+        house_task = tg.create_task(_housekeeping(rt, session))
         log.info("%d events registered in %s; reading", len(session.registered), instance.root)
         await stop.wait()
         reader_task.cancel()
         house_task.cancel()
-        session.disable()
+        session.stop_recording()
         rt.reader.drain()
         if rt.sink is not None and sink_task is not None:
             rt.sink.finish()

@@ -3,9 +3,11 @@
     UprobeExporterError                 every failure we expect and explain (exit 1 unless noted)
     ├── ConfigError                     bad configuration or usage: a list of located problems (exit 2)
     ├── ResolveError                    a binary, library or symbol cannot be turned into a file offset (exit 2)
+    ├── NoMatchError                    a search found nothing: ``symbols BINARY PATTERN`` (exit 1, like grep)
     ├── TracefsError                    tracefs missing, not mounted, not writable, an I/O failure
     │   └── KernelRefusedError          the kernel refused a command; carries the command and error_log
     │       └── ProbeRefusedError       ... a probe or filter from the configuration (a config problem, exit 2)
+    ├── OwnershipError                  our group or instance is held by a running exporter, or is not ours
     ├── OutputClosed                    the reader of our stdout went away: stop cleanly (exit 0)
     ├── OutputError                     the JSON output cannot be written (disk full, I/O error)
     ├── MetricsError                    the metrics endpoint cannot listen (port taken)
@@ -14,6 +16,10 @@
 Lower-level errors (``OSError``, ``ELFError``) are converted at exactly one boundary each:
 ``tracefs.py`` for the kernel and ``elf.py`` for binaries. The CLI turns any of these into one line
 on stderr and an exit code; nothing else catches them.
+
+A message echoes what it was given (a path, a key, a value from the configuration): every control or
+other unprintable character in it is escaped like ``repr`` does (``\\n``, ``\\x1b``, ``\\u2028``), here,
+so that one problem stays one line (a configuration value with a newline cannot forge a second line).
 """
 
 from __future__ import annotations
@@ -22,10 +28,23 @@ import errno as errno_codes
 from collections.abc import Sequence
 
 
+def one_line(text: str) -> str:
+    """``text`` with every unprintable character escaped as ``repr`` would: ``'a\\nb'``, ``\\x1b``."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else _ESCAPES.get(c) or repr(c)[1:-1] for c in text)
+
+
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
 class UprobeExporterError(Exception):
-    """Root of every error uprobe_exporter raises on purpose."""
+    """Root of every error uprobe_exporter raises on purpose; its message is one line."""
 
     exit_code = 1
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(one_line(message))
 
 
 class ConfigError(UprobeExporterError):
@@ -34,7 +53,7 @@ class ConfigError(UprobeExporterError):
     exit_code = 2
 
     def __init__(self, problems: Sequence[str]) -> None:
-        self.problems = tuple(problems)
+        self.problems = tuple(one_line(p) for p in problems)
         super().__init__("; ".join(self.problems))
 
     def __str__(self) -> str:
@@ -52,6 +71,10 @@ class ResolveError(UprobeExporterError):
         self.binary = binary
         self.symbol = symbol
         super().__init__(message)
+
+
+class NoMatchError(UprobeExporterError):
+    """``symbols`` found no function matching the pattern (exit 1, like grep); the message suggests close names."""
 
 
 class TracefsError(UprobeExporterError):
@@ -87,6 +110,16 @@ class ProbeRefusedError(KernelRefusedError):
                          error_log=refused.error_log, errno=refused.errno)
         self.location = location
         self.exit_code = 1 if self.errno in (errno_codes.ENOMEM, errno_codes.EBUSY, errno_codes.EAGAIN) else 2
+
+
+class OwnershipError(UprobeExporterError):
+    """Our group or instance is held by another running exporter (``pid``, 0 when it runs in a pid
+    namespace we cannot see), or exists and is not ours."""
+
+    def __init__(self, message: str, *, path: str = "", pid: int | None = None) -> None:
+        self.path = path
+        self.pid = pid
+        super().__init__(message)
 
 
 class OutputClosed(UprobeExporterError):

@@ -6,6 +6,7 @@ text is reported. These checks catch the common mistakes early, all at once, wit
 
 from __future__ import annotations
 
+import difflib
 import re
 
 # x86-64 register names accepted by regs_query_register_offset() (arch/x86/kernel/ptrace.c).
@@ -17,6 +18,9 @@ _BASIC = r"(?:[usx](?:8|16|32|64)|char|string|ustring|symbol|symstr|b\d+@\d+/\d+
 TYPE_RE = re.compile(rf"(?P<base>{_BASIC})(?:\[(?P<n>\d+)\])?\Z")
 DEREF_RE = re.compile(r"[+-]u?(?:0x[0-9a-fA-F]+|\d+)\((?P<inner>.+)\)\Z")
 MAX_ARRAY_LEN = 64  # trace_probe.h
+TYPE_NAMES = (*(f"{k}{b}" for k in "usx" for b in (8, 16, 32, 64)), "char", "string", "ustring")
+C_TYPES = {"int": "s32", "long": "s64", "unsigned": "u32", "short": "s16", "bool": "u8", "size_t": "u64",
+           "ssize_t": "s64", "ptr": "x64", "pointer": "x64", "str": "string", "char*": "string"}
 
 
 def split_type(fetcharg: str) -> tuple[str, str]:
@@ -53,6 +57,11 @@ def check_fetcharg(fetcharg: str, *, is_return: bool) -> str | None:
         return f"'{fetcharg}' must be non-empty, without spaces or '#'"
     body, kind = split_type(fetcharg)
     if ":" in body and not body.startswith("\\"):
+        written = body.rpartition(":")[2]
+        base = written.partition("[")[0]
+        close = [C_TYPES[base]] if base in C_TYPES else difflib.get_close_matches(base, TYPE_NAMES, n=1, cutoff=0.5)
+        if close:
+            return f"unknown type '{written}' in '{fetcharg}'; did you mean '{close[0]}'?"
         return f"unknown type in '{fetcharg}'; use u8..u64, s8..s64, x8..x64, char, string or b<W>@<O>/<C>"
     if (err := _check_body(body, is_return)) is not None:
         return err

@@ -60,9 +60,17 @@ class EventFormat:
     common: tuple[Field, ...]
     fields: tuple[Field, ...]  # everything after the blank line: __probe_* then the fetchargs
     print_fmt: str
+    # a USDT return (``return_usdt``): a `p:` event that ends a call; its record has __probe_ip
+    ends_call: bool = False
 
     @property
     def is_return(self) -> bool:
+        """Its records end a call (paired with an entry): a return probe, or a USDT return."""
+        return self.ends_call or self.is_retprobe
+
+    @property
+    def is_retprobe(self) -> bool:
+        """A kernel return probe (`r:`): __probe_func and __probe_ret_ip instead of __probe_ip."""
         return any(f.name == "__probe_ret_ip" for f in self.fields)
 
     @property

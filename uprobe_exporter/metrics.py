@@ -23,6 +23,7 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 from uprobe_exporter import __version__
+from uprobe_exporter.binaries import BinaryWatch
 from uprobe_exporter.config import MetricsConfig
 from uprobe_exporter.errors import ConfigError, MetricsError, UprobeExporterError
 from uprobe_exporter.histogram import ProbeHistograms
@@ -48,6 +49,8 @@ class Sources:
     pipeline: Pipeline | None = None
     sink: JsonlSink | None = None
     reader: TracePipeReader | RawPipeReader | None = None
+    binaries: BinaryWatch | None = None
+    vanished: set[str] = field(default_factory=set)  # our events someone else removed (ProbeSession.vanished)
     scrape_errors: Counter[str] = field(default_factory=Counter)
     lock: threading.Lock = field(default_factory=threading.Lock)  # scrapes may run concurrently
 
@@ -96,12 +99,18 @@ class UprobeCollector(Collector):
         yield info
         registered = GaugeMetricFamily("uprobe_exporter_events_registered",
                                        "uprobe events the exporter has registered in its group.")
-        registered.add_metric([], len(s.events) if s.pipeline is not None else 0)
+        registered.add_metric([], len({e.event for e in s.events}) - len(s.vanished) if s.pipeline is not None else 0)
         yield registered
+        vanished = CounterMetricFamily("uprobe_exporter_events_vanished",
+                                       "Our events that someone else removed while we ran (logged).")
+        vanished.add_metric([], len(s.vanished))
+        yield vanished
         if s.pipeline is None or s.tracefs is None or s.instance is None:
             yield from self._scrape_errors()
             return
         yield from self._kernel(s.tracefs, s.instance, s.events)
+        if s.binaries is not None:
+            yield self._binaries(s.binaries)
         yield from self._pipeline(s.pipeline)
         yield from self._scrape_errors()
 
@@ -111,10 +120,14 @@ class UprobeCollector(Collector):
             "before filtering and before the ring buffer.", labels=["probe", "event", "path"])
         try:
             ours = {(e.group, e.event): e for e in events}
+            per_event: dict[tuple[str, str, str], int] = {}  # a USDT event has a line per site: summed
             for kernel_event, n in tracefs.read_uprobe_hits():
                 ev = ours.get((kernel_event.group, kernel_event.event))
                 if ev is not None:
-                    hits.add_metric([ev.probe, ev.full_name, ev.path], n)
+                    site = (ev.probe, ev.full_name, ev.path)
+                    per_event[site] = per_event.get(site, 0) + n
+            for labels, n in per_event.items():
+                hits.add_metric(list(labels), n)
         except UprobeExporterError:
             self.sources.count_scrape_error("uprobe_profile")
         yield hits
@@ -130,6 +143,16 @@ class UprobeCollector(Collector):
         except UprobeExporterError:
             self.sources.count_scrape_error("stats")
         yield lost
+
+    @staticmethod
+    def _binaries(binaries: BinaryWatch) -> Metric:
+        replaced = CounterMetricFamily(
+            "uprobe_exporter_binary_replaced_total", "Times the file at a probed path was found replaced (another "
+            "inode) or modified since the probes were registered on it: they stay on the file they were placed "
+            "on; a restart probes the new one.", labels=["path"])
+        for path, n in list(binaries.replaced.items()):
+            replaced.add_metric([path], n)
+        return replaced
 
     def _pipeline(self, pipeline: Pipeline) -> Iterator[Metric]:
         stats = pipeline.statistics()
@@ -153,7 +176,14 @@ class UprobeCollector(Collector):
                                       "already in uprobe_exporter_kernel_lost_events_total).")
         markers.add_metric([], stats.lost_markers)
         yield markers
-        yield from self._pairing(pipeline.pairing, sorted({e.probe for e in self.sources.events if e.is_return}))
+        paired = sorted({e.probe for e in self.sources.events if e.is_return})
+        yield from self._pairing(pipeline.pairing, paired)
+        negative = CounterMetricFamily("uprobe_exporter_negative_durations_total",
+                                       "Returns that paired with an entry younger than them (records out of "
+                                       "order): emitted without a duration, never observed.", labels=["probe"])
+        for probe in paired:
+            negative.add_metric([probe], stats.negative_durations.get(probe, 0))
+        yield negative
         if pipeline.histograms:
             yield _histogram_family(pipeline.histograms)
         folded = CounterMetricFamily("uprobe_exporter_label_values_folded_total",
@@ -191,13 +221,19 @@ class UprobeCollector(Collector):
                                       "Entries that will never see their return: stack unwound past them "
                                       "(longjmp, exceptions), thread exited, or the pending table was full.",
                                       labels=["probe", "reason"])
+        filtered = CounterMetricFamily("uprobe_exporter_returns_filtered_total",
+                                       "Returns not emitted: their probe has an entry filter and their entry was "
+                                       "not seen (the filter removed it, or the call began before the exporter).",
+                                       labels=["probe"])
         for probe in paired:
             pending.add_metric([probe], st.pending_by_probe.get(probe, 0))
             without.add_metric([probe], st.returns_without_entry_by_probe.get(probe, 0))
+            filtered.add_metric([probe], st.returns_filtered_by_probe.get(probe, 0))
             for reason in EVICTION_REASONS:
                 evicted.add_metric([probe, reason], st.evicted_by_probe.get((probe, reason), 0))
         yield pending
         yield without
+        yield filtered
         yield evicted
 
     def _scrape_errors(self) -> Iterator[Metric]:

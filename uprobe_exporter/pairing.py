@@ -9,6 +9,11 @@ unwound past them (longjmp, C++ exception) and they are evicted as ``unwound``. 
 innermost-call (LIFO) order. Threads that exit inside a call are evicted by ``evict_thread``; past
 ``max_pending`` the least recently active thread loses its oldest entry (``capacity``).
 
+A probe whose entry event has a kernel ``filter`` and no ``return_filter`` (``set_entry_filtered``) has
+returns whose entries the filter removed; those are indistinguishable from returns whose entry was never seen otherwise
+(the call began before the exporter, or the kernel lost the entry), so every unpaired return of such a
+probe is counted as ``returns_filtered`` instead of ``returns_without_entry`` (and not emitted).
+
 A stack that empties is kept for the thread's next call (creating and deleting it on every call costs
 as much as the pairing itself); stacks of threads that exited go with ``evict_thread``, and past
 ``max_pending`` stacks, and at every ``drop_empty``, the empty ones are dropped.
@@ -17,8 +22,8 @@ as much as the pairing itself); stacks of threads that exited go with ``evict_th
 from __future__ import annotations
 
 from collections import Counter, OrderedDict
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 try:  # the native pairing (uprobe_exporter/_pairing.c), built at install when a C compiler is there
@@ -36,7 +41,8 @@ EVICTION_REASONS = (UNWOUND, THREAD_EXIT, CAPACITY)
 
 @dataclass(frozen=True, slots=True)
 class PairingStats:
-    """Totals, and per probe: pending entries, paired calls, returns without entry, evictions by reason."""
+    """Totals, and per probe: pending entries, paired calls, returns without entry, evictions by reason,
+    unpaired returns of probes with an entry filter."""
 
     pending: int
     paired: int
@@ -46,6 +52,8 @@ class PairingStats:
     paired_by_probe: dict[str, int]
     returns_without_entry_by_probe: dict[str, int]
     evicted_by_probe: dict[tuple[str, str], int]  # (probe, reason)
+    returns_filtered: int = 0
+    returns_filtered_by_probe: dict[str, int] = field(default_factory=dict)
 
 
 class Frame(NamedTuple):
@@ -69,6 +77,18 @@ class PythonPairing:
         self.paired: dict[str, int] = {}  # a plain dict: a Counter's += costs three times as much
         self.returns_without_entry: Counter[str] = Counter()
         self.evicted: Counter[tuple[str, str]] = Counter()
+        self.entry_filtered: set[str] = set()  # probes whose entries a kernel filter removes
+        self.returns_filtered: Counter[str] = Counter()
+
+    def set_entry_filtered(self, probes: Iterable[str]) -> None:
+        """These probes' entry events have a kernel filter: count their unpaired returns as filtered."""
+        self.entry_filtered.update(probes)
+
+    def _unpaired(self, probe: str) -> None:
+        if probe in self.entry_filtered:
+            self.returns_filtered[probe] += 1
+        else:
+            self.returns_without_entry[probe] += 1
 
     def enter(self, probe: str, tid: int, sp: int, ts_ns: int, extra: Any = None) -> None:
         key = (probe, tid)
@@ -98,7 +118,7 @@ class PythonPairing:
         key = (probe, tid)
         stack = self.stacks.get(key)
         if not stack:
-            self.returns_without_entry[probe] += 1
+            self._unpaired(probe)
             return None
         if sp:
             target = sp - RETURN_ADDRESS_SIZE
@@ -107,7 +127,7 @@ class PythonPairing:
                 self.pending -= 1
                 self.evicted[probe, UNWOUND] += 1
             if not stack or stack[-1][0] != target:
-                self.returns_without_entry[probe] += 1
+                self._unpaired(probe)
                 return None
         frame = stack.pop()
         self.pending -= 1
@@ -116,6 +136,18 @@ class PythonPairing:
         except KeyError:
             self.paired[probe] = 1
         return frame
+
+    def leave_matching(self, probe: str, tid: int, want: tuple[Any, ...]) -> Frame | None:
+        """``leave`` without a stack pointer (the innermost entry), but only if each non-None item of
+        ``want`` equals the same item of that entry's ``extra`` (its label values); otherwise the return
+        is counted as without entry and the entry stays open. A USDT return whose function is not the
+        innermost entry's (CPython 3.11 fires function__return for every frame, function__entry only
+        for frames entered from C) then does not close it."""
+        stack = self.stacks.get((probe, tid))
+        if stack and all(w is None or stack[-1][2][j] == w for j, w in enumerate(want)):
+            return self.leave(probe, tid, 0)
+        self._unpaired(probe)
+        return None
 
     def _evict_oldest(self) -> None:
         """The least recently active thread with a pending entry loses its oldest one."""
@@ -146,15 +178,16 @@ class PythonPairing:
         return n
 
     def counts(self) -> Counts:
-        """Per probe: pending entries, paired calls, returns without entry; evictions per (probe, reason).
-        Safe to call from another thread (the copies are single C-level operations)."""
+        """Per probe: pending entries, paired calls, returns without entry; evictions per (probe, reason);
+        filtered returns. Safe to call from another thread (the copies are single C-level operations)."""
         pending: Counter[str] = Counter()
         for (probe, _), stack in list(self.stacks.items()):
             pending[probe] += len(stack)
-        return dict(pending), dict(self.paired), dict(self.returns_without_entry), dict(self.evicted)
+        return (dict(pending), dict(self.paired), dict(self.returns_without_entry), dict(self.evicted),
+                dict(self.returns_filtered))
 
 
-Counts = tuple[dict[str, int], dict[str, int], dict[str, int], dict[tuple[str, str], int]]
+Counts = tuple[dict[str, int], dict[str, int], dict[str, int], dict[tuple[str, str], int], dict[str, int]]
 
 
 class Pairing:
@@ -168,9 +201,11 @@ class Pairing:
         self.core = core
         self.enter: Callable[..., None] = core.enter  # (probe, tid, sp, ts_ns, extra=None)
         self.leave: Callable[[str, int, int], Frame | None] = core.leave
+        self.leave_matching: Callable[[str, int, tuple[Any, ...]], Frame | None] = core.leave_matching
         self.drop_empty: Callable[[], None] = core.drop_empty
         self.threads: Callable[[], set[int]] = core.threads
         self.evict_thread: Callable[[int], int] = core.evict_thread
+        self.set_entry_filtered: Callable[[Iterable[str]], None] = core.set_entry_filtered
 
     @property
     def stacks(self) -> dict[tuple[str, int], list[Frame]]:
@@ -183,6 +218,6 @@ class Pairing:
 
     def statistics(self) -> PairingStats:
         """A snapshot; safe to call from another thread."""
-        pending, paired, without, evicted = self.core.counts()
+        pending, paired, without, evicted, filtered = self.core.counts()
         return PairingStats(sum(pending.values()), sum(paired.values()), sum(without.values()),
-                            sum(evicted.values()), pending, paired, without, evicted)
+                            sum(evicted.values()), pending, paired, without, evicted, sum(filtered.values()), filtered)

@@ -41,12 +41,14 @@ class PipelineStats:
     parse_errors: dict[str, int]  # reason → lines (text) or events and pages (raw)
     lost_markers: int  # "CPU:N [LOST M EVENTS]" lines, or pages flagged with missed events
     lost_inband: int  # the sum of their counts (a part of the per-CPU stats overrun)
+    negative_durations: dict[str, int]  # probe → returns paired with a younger entry (never observed)
 
 
 def event_infos(events: Iterable[ProbeEvent], probes: Iterable[ProbeConfig]) -> dict[str, EventInfo]:
     by_name = {p.name: p for p in probes}
     return {
-        e.event: EventInfo(e.probe, "return" if e.is_return else "entry", e.full_name, by_name[e.probe].labels)
+        e.event: EventInfo(e.probe, "return" if e.is_return else "entry", e.full_name, by_name[e.probe].labels,
+                           e.usdt)
         for e in events
     }
 
@@ -72,16 +74,26 @@ class Pipeline:
         self.renderer = renderer
         self.pairing = pairing
         self.tgid_of = tgid_of
+        probes = tuple(probes)
         self.paired = {p.name for p in probes if p.return_probe}
+        # a return whose entry a kernel filter removed is not emitted (the pairing counts it)
+        # a return_filter, when given, alone decides which returns are emitted
+        entry_filtered = {p.name for p in probes if p.return_probe and p.filter and not p.return_filter}
+        pairing.set_entry_filtered(entry_filtered)
         self.histograms = {
             p.name: ProbeHistograms(p.buckets, p.labels, LabelFolder(label_values_max))
             for p in probes if p.latency
         }
-        return_args = {p.name: {n for n, _ in p.return_args} for p in probes}
+        # labels of the return's own arguments; one named in both args and return_args is the entry's
+        return_args = {p.name: {n for n, _ in p.return_args} - {n for n, _ in p.args} for p in probes}
+        match = {p.name: {n for n, _ in p.return_args} & {n for n, _ in p.args} for p in probes if p.usdt}
         self.routes = {name: Route(info, info.probe in self.paired, self.histograms.get(info.probe),
-                                   any(label in return_args.get(info.probe, ()) for label in info.labels),
-                                   labels_kind(info.labels, info.probe in self.histograms))
+                                   frozenset(x for x in info.labels if x in return_args.get(info.probe, ())),
+                                   labels_kind(info.labels, info.probe in self.histograms),
+                                   info.probe in entry_filtered,
+                                   frozenset(x for x in info.labels if x in match.get(info.probe, ())))
                        for name, info in infos.items()}
+        self.negative_durations: dict[str, int] = dict.fromkeys(sorted(self.paired), 0)
         self.event_counts: dict[str, int] = dict.fromkeys(infos, 0)  # not a Counter: += is 3x cheaper
         self.parse_errors: Counter[str] = Counter()
         self.decode_errors = decode_errors if decode_errors is not None else {}  # kept by the raw decoder
@@ -115,7 +127,7 @@ class Pipeline:
         """Per event id, the emitter that counts, pairs and renders its raw records (``process_located``):
         the native one where it is built and covers the event (unless ``native`` is off), else the Python
         one."""
-        sinks = Sinks(self.event_counts, self.pairing, self.renderer, self.tgid_of, self.lines)
+        sinks = Sinks(self.event_counts, self.pairing, self.renderer, self.tgid_of, self.lines, self.negative_durations)
         out = {}
         for f in formats:
             plan, route = UnpackPlan.of(f), self.routes[f.name]
@@ -150,22 +162,32 @@ class Pipeline:
         # indexes, not attribute names: this runs once per record (0 event, 1 tid, 2 tgid, 4 ts_ns,
         # 5 comm, 8 is_return, 9 sp)
         name = rec[0]
-        info, paired, hist, labels_at_return, kind = self.routes[name]
-        self.event_counts[name] += 1
+        info, paired, hist, labels_at_return, kind, entry_filtered, match = self.routes[name]
         duration = None
         if paired:
             if not rec[8]:
+                self.event_counts[name] += 1
                 # label values are taken at the entry (comm, the entry's args) and travel with the frame
                 extra = () if kind is NO_LABELS else (
                     (rec[5],) if kind is COMM_LABEL else _label_values(rec, info.labels, None))
                 self.pairing.enter(info.probe, rec[1], rec[9], rec[4], extra)
             else:
-                frame = self.pairing.leave(info.probe, rec[1], rec[9])
+                frame = (self.pairing.leave_matching(info.probe, rec[1], _wanted(rec, info.labels, match)) if match
+                         else self.pairing.leave(info.probe, rec[1], rec[9]))
+                if frame is None and entry_filtered:
+                    return None  # its entry was filtered in the kernel (the pairing counted it)
+                self.event_counts[name] += 1
                 if frame is not None:
                     duration = rec[4] - frame[1]
-                    if hist is not None:
-                        values = _label_values(rec, info.labels, frame[2]) if labels_at_return else frame[2]
+                    if duration < 0:  # only records out of order can do this: counted, never observed
+                        self.negative_durations[info.probe] += 1
+                        duration = None
+                    elif hist is not None:
+                        values = (_label_values(rec, info.labels, frame[2], labels_at_return) if labels_at_return
+                                  else frame[2])
                         hist.observe(values, duration)
+        else:
+            self.event_counts[name] += 1
         if self.renderer is None:
             return None
         return self.renderer.render(rec, info, duration, rec[2] or self.tgid_of(rec[1]))
@@ -178,14 +200,23 @@ class Pipeline:
         errors = dict(self.parse_errors)
         for reason, n in list(self.decode_errors.items()):
             errors[reason] = errors.get(reason, 0) + n
-        return PipelineStats(dict(events), errors, self.lost_markers, self.lost_inband)
+        return PipelineStats(dict(events), errors, self.lost_markers, self.lost_inband,
+                             dict(self.negative_durations))
 
 
-def _label_values(rec: TraceRecord, labels: tuple[str, ...], entry: tuple[str, ...] | None) -> tuple[str, ...]:
-    """Label values from the record (comm, its args); at a return, the entry's values fill the gaps."""
+def _wanted(rec: TraceRecord, labels: tuple[str, ...], match: frozenset[str]) -> tuple[str | None, ...]:
+    """What a USDT return requires of the entry it closes: its values of the labels in ``match``."""
+    return tuple(str(rec.args[name]) if name in match else None for name in labels)
+
+
+def _label_values(
+    rec: TraceRecord, labels: tuple[str, ...], entry: tuple[str, ...] | None, at_return: frozenset[str] = frozenset(),
+) -> tuple[str, ...]:
+    """Label values from the record (comm, its args); at a return, the entry's values except for the
+    labels taken at the return (``at_return``)."""
     values = []
     for i, name in enumerate(labels):
-        if name in rec.args:
+        if name in rec.args and (entry is None or name in at_return):
             values.append(str(rec.args[name]))
         elif entry is not None:
             values.append(entry[i])

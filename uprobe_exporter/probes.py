@@ -13,8 +13,13 @@ from dataclasses import dataclass
 
 from uprobe_exporter.config import ProbeConfig
 from uprobe_exporter.errors import ResolveError
+from uprobe_exporter.filters import combine_filters, comm_filter
 
 HIDDEN_FETCHARGS = "__comm=$comm __sp=%sp:x64"
+# A USDT site is not a function's first instruction: %sp says nothing about which call a return ends
+# (CPython 3.11 runs nested Python calls in one C frame). The constant 0 makes pairing take the
+# innermost open entry of the thread (pairing.py: no stack pointer, LIFO order).
+USDT_HIDDEN_FETCHARGS = "__comm=$comm __sp=\\0:x64"
 ENTRY_SUFFIX = "_entry"
 RETURN_SUFFIX = "_return"
 
@@ -31,7 +36,8 @@ class ProbeEvent:
     offset: int
     command: str
     filter: str
-    location: str = ""  # where it comes from in the configuration: "probes[2]"
+    location: str = ""  # where it comes from in the configuration: 'probes[2] "malloc"'
+    usdt: bool = False  # a USDT site: a `p:` probe, also for the return event (which has __probe_ip)
 
     @property
     def full_name(self) -> str:
@@ -45,6 +51,10 @@ class ResolvedProbe:
     config: ProbeConfig
     path: str
     offset: int
+    # a USDT probe: per site of the entry (``usdt``) and of the return (``return_usdt``), its file offset,
+    # semaphore file offset and translated fetchargs ("name=fetcharg ...")
+    sites: tuple[tuple[int, int | None, str], ...] = ()
+    return_sites: tuple[tuple[int, int | None, str], ...] = ()
 
 
 def _fetchargs(args: tuple[tuple[str, str], ...]) -> str:
@@ -57,18 +67,49 @@ def build_events(probe: ResolvedProbe, group: str, where: str = "") -> list[Prob
         raise ResolveError(f"the kernel cannot take a path with whitespace or '#': {probe.path!r}",
                            binary=probe.path)
     cfg = probe.config
+    if cfg.usdt:
+        return _usdt_events(probe, group, where)
     target = f"{probe.path}:{probe.offset:#x}"
+    by_comm = comm_filter(cfg.comm)  # on both events: a return is recorded only where its entry could be
     entry = f"{cfg.name}{ENTRY_SUFFIX}"
     events = [ProbeEvent(cfg.name, group, entry, False, probe.path, probe.offset,
-                         f"p:{group}/{entry} {target} {HIDDEN_FETCHARGS}{_fetchargs(cfg.args)}", cfg.filter,
+                         f"p:{group}/{entry} {target} {HIDDEN_FETCHARGS}{_fetchargs(cfg.args)}",
+                         combine_filters(by_comm, cfg.filter),
                          where)]
     if cfg.return_probe:
         ret = f"{cfg.name}{RETURN_SUFFIX}"
         events.append(ProbeEvent(
             cfg.name, group, ret, True, probe.path, probe.offset,
-            f"r:{group}/{ret} {target} {HIDDEN_FETCHARGS}{_fetchargs(cfg.return_args)}", cfg.return_filter,
+            f"r:{group}/{ret} {target} {HIDDEN_FETCHARGS}{_fetchargs(cfg.return_args)}",
+            combine_filters(by_comm, cfg.return_filter),
             where))
     return events
+
+
+def _usdt_events(probe: ResolvedProbe, group: str, where: str) -> list[ProbeEvent]:
+    """One ``p:`` command per site; the kernel adds the sites of one event name to that event (they
+    must have the same argument names and types: stapsdt.site_fetchargs makes them agree)."""
+    cfg = probe.config
+    by_comm = comm_filter(cfg.comm)  # on both events, as for functions
+    events = []
+    for suffix, sites, flt, is_return in ((ENTRY_SUFFIX, probe.sites, cfg.filter, False),
+                                          (RETURN_SUFFIX, probe.return_sites, cfg.return_filter, True)):
+        event = f"{cfg.name}{suffix}"
+        for offset, ref_ctr, fetchargs in sites:
+            ref = f"({ref_ctr:#x})" if ref_ctr is not None else ""
+            args = f" {fetchargs}" if fetchargs else ""
+            events.append(ProbeEvent(cfg.name, group, event, is_return, probe.path, offset,
+                                     f"p:{group}/{event} {probe.path}:{offset:#x}{ref} {USDT_HIDDEN_FETCHARGS}{args}",
+                                     combine_filters(by_comm, flt), where, usdt=True))
+    return events
+
+
+def unique_events(events: list[ProbeEvent]) -> list[ProbeEvent]:
+    """The first command of each event name (a USDT event has one command per site)."""
+    seen: dict[str, ProbeEvent] = {}
+    for ev in events:
+        seen.setdefault(ev.event, ev)
+    return list(seen.values())
 
 
 def removal_command(group: str, event: str) -> str:

@@ -36,7 +36,7 @@ except ImportError:  # then every event has its Python emitter
     EmitPlan = NativeLines = None
 
 ARG_SIGNED, ARG_UNSIGNED, ARG_STRING, ARG_CHAR, ARG_ARRAY_SIGNED, ARG_ARRAY_UNSIGNED = range(6)  # _native.c
-PAIR_NONE, PAIR_ENTER, PAIR_ENTER_COMM, PAIR_LEAVE = range(4)
+PAIR_NONE, PAIR_ENTER, PAIR_ENTER_COMM, PAIR_LEAVE, PAIR_LEAVE_KNOWN = range(5)  # _native.c
 
 
 class Route(NamedTuple):
@@ -45,8 +45,11 @@ class Route(NamedTuple):
     info: EventInfo
     paired: bool  # its probe has a return probe: entries and returns are paired
     histograms: ProbeHistograms | None  # its probe's latency histograms
-    labels_at_return: bool  # a histogram label comes from the return's own arguments
+    labels_at_return: frozenset[str]  # histogram labels from the return's own arguments (not also in args)
     labels_kind: str  # NO_LABELS, COMM_LABEL or ANY_LABELS: what an entry keeps for its return
+    entry_filtered: bool  # its probe's entry has a kernel filter: a return without its entry is not emitted
+    # USDT: labels in both args and return_args; a return closes the innermost entry only if they agree
+    match: frozenset[str] = frozenset()
 
 
 class LineList(list[bytes]):
@@ -73,6 +76,7 @@ class Sinks:
     renderer: Renderer | None  # None: no JSON output
     tgid_of: Callable[[int], int]
     lines: LineList | Any  # the JSON lines of the batch (or a _native.Lines), taken by the pipeline
+    negative: dict[str, int]  # per probe: returns that paired with an entry younger than them
 
 
 def args_template(plan: UnpackPlan, values: list[str]) -> tuple[bytes, str]:
@@ -86,18 +90,28 @@ def args_template(plan: UnpackPlan, values: list[str]) -> tuple[bytes, str]:
     return b"{" + b",".join(parts) + b"}", "".join(f", {x}" for x in fill)
 
 
-def _label_tuple(plan: UnpackPlan, labels: tuple[str, ...], values: list[str], entry: str | None) -> str:
+def _label_tuple(
+    plan: UnpackPlan, labels: tuple[str, ...], values: list[str], entry: str | None,
+    at_return: frozenset[str] = frozenset(),
+) -> str:
     """The label values as ``pipeline._label_values`` takes them: an argument of this event, else the
     entry's value (``entry``: the frame's tuple), else comm for "comm" and "" for the rest."""
     names = [f.name for f, _ in plan.args]
     items = []
     for i, label in enumerate(labels):
-        if label in names:
+        if label in names and (entry is None or label in at_return):
             items.append(f"str({values[names.index(label)]})")
         elif entry is not None:
             items.append(f"{entry}[{i}]")
         else:
             items.append(plan.comm if label == "comm" else "''")
+    return f"({', '.join(items)},)"
+
+
+def _wanted(plan: UnpackPlan, labels: tuple[str, ...], values: list[str], match: frozenset[str]) -> str:
+    """The tuple ``pipeline._wanted`` makes: this return's values of the labels in ``match``, else None."""
+    names = [f.name for f, _ in plan.args]
+    items = [f"str({values[names.index(x)]})" if x in match and x in names else "None" for x in labels]
     return f"({', '.join(items)},)"
 
 
@@ -112,7 +126,10 @@ def compile_emitter(plan: UnpackPlan, route: Route, sinks: Sinks) -> tuple[Handl
     lines += plan.comm_code.rstrip("\n").split("\n") if plan.comm_code else []
     if render or labels_use_args:
         lines += [f"    {v} = {expr}" for v, (_, expr) in zip(values, plan.args, strict=True)]
-    lines.append(f"    _counts[{fmt.name!r}] += 1")
+    count = f"    _counts[{fmt.name!r}] += 1"
+    known_only = route.paired and fmt.is_return and route.entry_filtered
+    if not known_only:
+        lines.append(count)
     duration = False
     if route.paired and not fmt.is_return:
         extra = ("()" if hist is None or route.labels_kind not in (COMM_LABEL, ANY_LABELS) else
@@ -121,13 +138,21 @@ def compile_emitter(plan: UnpackPlan, route: Route, sinks: Sinks) -> tuple[Handl
         lines.append(f"    _enter({info.probe!r}, {plan.tid}, {plan.sp}, ts, {extra})")
     elif route.paired:
         duration = True
+        leave = (f"_leave({info.probe!r}, {plan.tid}, {plan.sp})" if not route.match else
+                 f"_leave_matching({info.probe!r}, {plan.tid}, {_wanted(plan, info.labels, values, route.match)})")
         lines += ["    duration = None",
-                  f"    frame = _leave({info.probe!r}, {plan.tid}, {plan.sp})",
-                  "    if frame is not None:",
-                  "        duration = ts - frame[1]"]
+                  f"    frame = {leave}"]
+        if known_only:  # its entry was filtered (the pairing counted it): not emitted, not counted here
+            lines += ["    if frame is None:", "        return", count]
+        lines += ["    if frame is not None:",
+                  "        duration = ts - frame[1]",
+                  "        if duration < 0:  # only records out of order can do this: counted, not observed",
+                  f"            _negative[{info.probe!r}] += 1",
+                  "            duration = None"]
         if hist is not None:
-            labels = _label_tuple(plan, info.labels, values, "frame[2]") if route.labels_at_return else "frame[2]"
-            lines.append(f"        _observe({labels}, duration)")
+            labels = (_label_tuple(plan, info.labels, values, "frame[2]", route.labels_at_return)
+                      if route.labels_at_return else "frame[2]")
+            lines += ["        else:", f"            _observe({labels}, duration)"]
     if render:
         template, fill = args_template(plan, values)
         head = f"(clock[2], rel // 1000, wall, middle{fill}"  # Renderer.clock: wall offset, sec_ns, sec_text
@@ -155,10 +180,11 @@ def compile_emitter(plan: UnpackPlan, route: Route, sinks: Sinks) -> tuple[Handl
     renderer = sinks.renderer
     namespace: dict[str, Any] = {
         **plan.namespace(), "_counts": sinks.counts, "_enter": sinks.pairing.enter, "_leave": sinks.pairing.leave,
+        "_leave_matching": sinks.pairing.leave_matching,
         "_observe": hist.observe if hist is not None else None, "_renderer": renderer, "_info": info,
         "_clock": renderer.clock if renderer is not None else None,
         "_by_thread": renderer.by_thread if renderer is not None else None, "_tgid_of": sinks.tgid_of,
-        "_append": sinks.lines.append, "_dumps": orjson.dumps,
+        "_append": sinks.lines.append, "_dumps": orjson.dumps, "_negative": sinks.negative,
     }
     return compile_function(source, "emit", f"emitter {fmt.name}", namespace), source
 
@@ -193,16 +219,16 @@ def native_emitter(plan: UnpackPlan, route: Route, sinks: Sinks, emitter: Handle
     if not route.paired:
         pairing = PAIR_NONE
     elif fmt.is_return:
-        if hist is not None and route.labels_at_return:
+        if (hist is not None and route.labels_at_return) or route.match:
             return None
-        pairing = PAIR_LEAVE
+        pairing = PAIR_LEAVE_KNOWN if route.entry_filtered else PAIR_LEAVE
     elif hist is None or route.labels_kind == NO_LABELS:
         pairing = PAIR_ENTER
     elif route.labels_kind == COMM_LABEL:
         pairing = PAIR_ENTER_COMM
     else:
         return None
-    ip = offset("__probe_func" if fmt.is_return else "__probe_ip", 8)
+    ip = offset("__probe_func" if fmt.is_retprobe else "__probe_ip", 8)
     tid = offset("common_pid", 4)
     if ip < 0 or tid < 0:
         return None
@@ -214,4 +240,4 @@ def native_emitter(plan: UnpackPlan, route: Route, sinks: Sinks, emitter: Handle
     return EmitPlan(emitter, fmt.name, route.info.probe, layout, tuple(args), pairing, (
         sinks.pairing.enter, sinks.pairing.leave, hist, sinks.counts, r, route.info, route.info.full_name,
         sinks.tgid_of, r.by_thread if r is not None else {}, r.clock if r is not None else [0, 0, b"", 0],
-        sinks.lines, COMMS, new_comm, orjson.dumps))
+        sinks.lines, COMMS, new_comm, orjson.dumps, sinks.negative))

@@ -169,7 +169,7 @@ class UnpackPlan:
             else:
                 args.append((f, _value_expr(f, v)))
         return cls(fmt, "".join(layout), ", ".join(names), by_name["common_pid"],
-                   by_name["__probe_func" if fmt.is_return else "__probe_ip"], by_name.get("__probe_ret_ip", "0"),
+                   by_name["__probe_func" if fmt.is_retprobe else "__probe_ip"], by_name.get("__probe_ret_ip", "0"),
                    sp, comm, comm_code, tuple(args))
 
     def namespace(self) -> dict[str, Any]:

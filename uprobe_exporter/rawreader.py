@@ -6,9 +6,16 @@ poll() on any of them, then sleep ``batch_delay`` so that a burst is read as who
 waking per event (as ``reader.TracePipeReader`` does for text).
 
 A thread can migrate between its entry and its return, so the CPUs' records are merged by timestamp
-before pairing (``CpuMerge``): a batch is read after noting the time ``now``; every record the kernel
-committed before ``now`` is in this batch or an earlier one, except one still being written, so
-records up to ``now - hold_ns`` are released in order and the rest wait for the next batch.
+before pairing (``CpuMerge``): a batch is read after noting the time ``now``. A CPU read until its
+file said ``EAGAIN`` holds nothing committed before ``now`` any more, but for a record still being
+written (``hold_ns`` covers those). A CPU whose reading stopped earlier (its page limit, or its writer
+caught twice) may still hold unread records, all of them no older than the last record read of it:
+so a batch releases, in order, the records up to ``now - hold_ns`` and up to the last record read of
+every CPU not read to ``EAGAIN``; the rest wait for the next batch. ``trace_pipe_raw`` hands out
+partial pages (the part of the writer's page committed so far, and later the rest of that page), so
+a short page alone never proves that a CPU is empty (kernel/trace/ring_buffer.c:
+ring_buffer_read_page copies what is unread of a page the writer is on, or was on when part of it
+was read).
 """
 
 from __future__ import annotations
@@ -115,8 +122,12 @@ class RawPipeReader:
         batch_delay: float = 0.01,
         pages_per_turn: int = 32,
         merge: CpuMerge | NativeCpuMerge | None = None,
+        read: Callable[[int, int], bytes] = os.read,
+        clock: Callable[[], int] = lambda: time.clock_gettime_ns(time.CLOCK_MONOTONIC),
     ) -> None:
         self.decoder = decoder
+        self.read = read  # os.read; a test gives a simulation of the kernel's ring buffer
+        self.clock = clock  # the instance's trace_clock, mono
         self.on_records = on_records
         self.batch_delay = batch_delay
         self.pages_per_turn = pages_per_turn
@@ -125,7 +136,8 @@ class RawPipeReader:
         self.bytes_read = 0
         self.pages_read = 0
         self.behind = False  # the last turn stopped at its page limit on some CPU: more is waiting
-        self.unread_after: int | None = None  # the oldest last timestamp read of such a CPU (-1: none read)
+        self.unread_after: int | None = None  # the oldest last timestamp read of a CPU not read to EAGAIN
+        self.last_read: dict[int, int] = {}  # per CPU, the timestamp of the last record read of it
         self.paths = {cpu: root / "per_cpu" / f"cpu{cpu}" / "trace_pipe_raw" for cpu in cpus}
         self.fds: dict[int, int] = {}
         for cpu, path in self.paths.items():
@@ -140,45 +152,61 @@ class RawPipeReader:
             os.close(fd)
         self.fds.clear()
 
-    def _read_cpu(self, cpu: int, fd: int, limit: int | None, lost: list[LostEvents]) -> Any:
+    def _read_cpu(self, cpu: int, fd: int, limit: int | None, lost: list[LostEvents], final: bool) -> Any:
+        """One CPU's pages for this turn: until ``EAGAIN``, ``limit`` pages, or (unless ``final``) a second
+        page under half full in a row; notes in ``unread_after`` what a CPU not emptied may still hold."""
         out = self.merge.new_run()
         locate = self.decoder.locate
         half_full = self.decoder.layout.half_full
-        size = self.page_size
-        n = 0
+        read, size = self.read, self.page_size
+        n = short = 0
+        emptied = False
         while True:
             if limit is not None and n >= limit:  # the rest is older than ``now``, yet to be read
                 self.behind = True
-                last = self.merge.last_ts(out)
-                last = -1 if last is None else last
-                self.unread_after = last if self.unread_after is None else min(self.unread_after, last)
                 break
             try:
-                page = os.read(fd, size)  # EINTR is retried by Python itself (PEP 475)
+                page = read(fd, size)  # EINTR is retried by Python itself (PEP 475)
             except BlockingIOError:
+                emptied = True
                 break
             except OSError as exc:
                 path = self.paths[cpu]
                 raise TracefsError(f"cannot read {path}: {exc.strerror}", path=str(path)) from exc
             if not page:
+                emptied = True
                 break
             n += 1
             self.bytes_read += len(page)
             locate(page, cpu, out, lost)
-            if not half_full(page):  # caught up with this CPU's writer: the rest is for the next turn
-                break
+            if half_full(page):
+                short = 0
+            elif not final:
+                # Under half full: taken from under the writer, or the rest of a page whose beginning an
+                # earlier read took from under it (the writer may be pages ahead since). A second one in
+                # a row caught the writer: the rest is for the next turn, read as full pages.
+                short += 1
+                if short == 2:
+                    break
         self.pages_read += n
+        last = self.merge.last_ts(out)
+        if last is not None:
+            self.last_read[cpu] = last
+        if not emptied:  # what is unread of this CPU is no older than the last record read of it
+            last = self.last_read.get(cpu, -1)
+            self.unread_after = last if self.unread_after is None else min(self.unread_after, last)
         return out
 
     def read_available(self, limit: int | None = None, final: bool = False) -> int:
-        """Read every CPU until empty (or ``limit`` pages each); returns the number of pages read."""
-        now = time.clock_gettime_ns(time.CLOCK_MONOTONIC)  # the instance's trace_clock is mono
+        """Read every CPU until empty (or ``limit`` pages each, or its writer caught twice); returns the
+        number of pages read. ``final``: read every CPU to ``EAGAIN`` and release everything."""
+        now = self.clock()
         before = self.pages_read
         self.behind, self.unread_after = False, None
         lost: list[LostEvents] = []
-        runs = [self._read_cpu(cpu, fd, limit, lost) for cpu, fd in self.fds.items()]
-        if self.unread_after is not None:  # a CPU has records older than now still unread: release
-            now = min(now, self.unread_after + self.merge.hold_ns)  # none younger than what was read of it
+        runs = [self._read_cpu(cpu, fd, limit, lost, final) for cpu, fd in self.fds.items()]
+        if self.unread_after is not None:  # a CPU may hold unread records: release none younger than
+            now = min(now, self.unread_after + self.merge.hold_ns)  # the last record read of it
         records = self.merge.push(runs, now, final)
         if records or lost:
             self.on_records(records, lost)
@@ -192,9 +220,9 @@ class RawPipeReader:
             return readable(list(self.fds.values()), hold)
 
         # Reading on as soon as a turn ends would catch the writers on every turn: many pages read
-        # nearly empty, each a read() of its own. So a CPU's reading stops for the turn at a page under
-        # half full (taken from under its writer), a turn that caught up with every CPU sleeps
-        # ``batch_delay`` (the buffers hold far more than that), and the pages read next are full.
+        # nearly empty, each a read() of its own. So a CPU's reading stops for the turn at its second
+        # page in a row under half full (its writer caught twice), a turn that caught up with every CPU
+        # sleeps ``batch_delay`` (the buffers hold far more than that), and the pages read next are full.
         await read_forever(lambda: self.read_available(self.pages_per_turn), wait, self.batch_delay,
                            lambda: self.behind)
 

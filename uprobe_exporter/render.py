@@ -26,6 +26,7 @@ class EventInfo:  # hashable: part of the renderer's cache key
     type: str  # "entry" or "return"
     full_name: str  # group/event
     labels: tuple[str, ...] = ()  # of the probe's latency histogram
+    usdt: bool = False  # a USDT return has the site's ``ip``, not ``func``/``ret_ip``
 
 
 class Renderer:
@@ -81,7 +82,7 @@ class Renderer:
                 self.middles.clear()
             out: dict[str, Any] = {"probe": info.probe, "type": info.type, "event": info.full_name,
                                    "pid": pid or None, "tid": tid, "comm": comm, "cpu": cpu}
-            if info.type == "return":
+            if info.type == "return" and not info.usdt:
                 out["func"] = hex(ip)
                 out["ret_ip"] = hex(ret_ip)
             else:

@@ -86,7 +86,7 @@ class PayloadParser:
     def compile(cls, fmt: EventFormat) -> PayloadParser:
         """The regex matches a whole line of this event: groups 0-5 (of ``m.groups()``) are the prefix."""
         # trace_uprobe.c: print_uprobe_event() prints "(0x<ret_ip> <- 0x<func>)" for returns.
-        if fmt.is_return:
+        if fmt.is_retprobe:
             parts, j, ip, ret_ip = [r"\(0x([0-9a-f]+) <- 0x([0-9a-f]+)\)"], 8, "int(g[7], 16)", "int(g[6], 16)"
         else:
             parts, j, ip, ret_ip = [r"\(0x([0-9a-f]+)\)"], 7, "int(g[6], 16)", "0"
