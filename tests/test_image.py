@@ -48,7 +48,8 @@ BUILD_SCRIPT = ROOT / "helm" / "build-image.sh"
 SCHEMA = ROOT / "helm" / "uprobe-exporter" / "values.schema.json"
 THREADS, CALLS = 4, 50
 BUILD_TIMEOUT = 1200  # debootstrap of the base (first time only) and the two-stage build, on a busy VM
-NATIVE_LOG = re.compile(r"raw reader: native emitters for (\d+) of (\d+) events")
+NATIVE_LOG = re.compile(r"raw reader: native path for (\d+) of (\d+) events; "
+                        r"native parts: active \(/opt/uprobe-exporter/")
 
 
 def security_modes() -> list[str]:
@@ -138,7 +139,10 @@ def test_image_is_debian_python_with_the_native_path_and_nothing_of_the_build(im
     """
     done = podman("run", "--rm", "--network=none", "--entrypoint", "sh", image.tag, "-c", script, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert done.stdout.strip() == f"uprobe-exporter {__version__}"
+    version = done.stdout.splitlines()
+    assert version[0] == f"uprobe-exporter {__version__}", done.stdout
+    assert any(re.fullmatch(r"Python 3\.11\.\d+ \(/opt/uprobe-exporter/bin/python3\)", line) for line in version)
+    assert any(line.startswith("native path: active (/opt/uprobe-exporter/") for line in version), done.stdout
     assert image.size_bytes < 160e6, f"{image.size_bytes / 1e6:.0f} MB"
 
 
