@@ -124,4 +124,4 @@ fi
 log "building $tag from $base"
 # shellcheck disable=SC2086  # BUILD_ARGS is a list of words
 podman build --network=host "${trust[@]}" --build-arg "BASE_IMAGE=$base" --build-arg "VERSION=$version" \
-    ${BUILD_ARGS:-} --file "$here/Dockerfile" --tag "$tag" "$root"
+    ${BUILD_ARGS:-} --file "$here/Dockerfile" --ignorefile "$here/Dockerfile.dockerignore" --tag "$tag" "$root"
