@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import TARGETS, compile_c
+from tests.helpers import TARGETS, compile_c, compile_go
 from tests.prom import PrometheusServer
 from uprobe_exporter.errors import TracefsError
 from uprobe_exporter.session import remove_group
@@ -63,6 +63,18 @@ def build(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
         suffix = "".join(f.strip("-").replace("=", "_").replace(",", "_") for f in flags)
         out = out_dir / (f"{name}_{suffix}" if suffix else name)
         return compile_c(TARGETS / f"{source or name}.c", out, *flags)
+
+    return _build
+
+
+@pytest.fixture(scope="session")
+def build_go(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+    """build_go("gocalls") builds tests/targets/gocalls.go with Debian's golang-go, once per set of flags."""
+    out_dir = tmp_path_factory.mktemp("go")
+
+    def _build(name: str, *flags: str) -> Path:
+        suffix = "".join(f.strip("-").replace("=", "_").replace(" ", "_") for f in flags)
+        return compile_go(TARGETS / f"{name}.go", out_dir / (f"{name}_{suffix}" if suffix else name), *flags)
 
     return _build
 

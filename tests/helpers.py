@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -71,6 +72,14 @@ def compile_c(source: Path, out: Path, *flags: str) -> Path:
     if not out.exists():
         subprocess.run(["gcc", "-O0", "-g", "-fno-omit-frame-pointer", "-pthread", *flags, "-o", str(out),
                         str(source)], check=True)
+    return out
+
+
+def compile_go(source: Path, out: Path, *flags: str) -> Path:
+    """``go build`` with the default flags (plus ``flags``), its build cache beside ``out``."""
+    if not out.exists():
+        env = {**os.environ, "GOCACHE": str(out.parent / "gocache")}
+        subprocess.run(["go", "build", *flags, "-o", str(out), str(source)], check=True, env=env, timeout=300)
     return out
 
 

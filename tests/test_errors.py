@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -157,3 +158,55 @@ def test_return_probe_inside_a_function_is_refused(build: Callable[..., Path], t
                                    f"probe must be at a function's first instruction (work is at {start:#x})")
     at_start = {**probe, "offset": start}
     assert run_cli("check", "--config", str(config_file(tmp_path, "g", [at_start]))).returncode == 0
+
+
+def test_an_elf_header_followed_by_garbage_is_a_one_line_error(build: Callable[..., Path], tmp_path: Path) -> None:
+    """It was a pyelftools ValueError traceback (exit 1)."""
+    garbage = tmp_path / "garbage"
+    garbage.write_bytes(build("calls").read_bytes()[:64] + random.Random(1).randbytes(100_000))
+    garbage.chmod(0o755)
+    probe = {"name": "p", "binary": str(garbage), "function": "work"}
+    for argv in (("check", "--config", str(config_file(tmp_path, "g", [probe]))), ("symbols", str(garbage))):
+        done = run_cli(*argv)
+        assert done.returncode == 2, done.stderr
+        lines = error_lines(done.stderr)
+        assert len(lines) == 1, done.stderr
+        prefix = "uprobe-exporter: error: " + ("probes[0].function: " if argv[0] == "check" else "")
+        assert lines[0].startswith(f"{prefix}{garbage} is not a valid ELF file ("), lines[0]
+
+
+@pytest.mark.parametrize("command", ["run", "check", "cleanup"])
+def test_a_configuration_that_is_not_utf8_is_a_one_line_error(command: str, tmp_path: Path) -> None:
+    """It was a UnicodeDecodeError traceback."""
+    path = tmp_path / "latin1.toml"
+    path.write_bytes('[exporter]\ngroup = "caf\xe9"\n'.encode("latin-1"))
+    done = run_cli(command, "--config", str(path))
+    assert done.returncode == 2, done.stderr
+    assert error_lines(done.stderr) == [
+        f"uprobe-exporter: error: {path}: not UTF-8 (byte 0xe9 at line 2, offset 23); save the configuration as UTF-8"]
+
+
+def test_values_with_control_characters_are_quoted_into_one_line(build: Callable[..., Path], tmp_path: Path) -> None:
+    """A raw newline in a value made one problem two lines (the second could pass for another error)."""
+    forged = "x\nuprobe-exporter: error: forged"
+    probes: list[dict[str, Any]] = [
+        {"name": "p", "binary": str(build("calls")), "function": "work", "args": {"a\tb": "%di\n-:uprobes/x"}},
+        {"name": "q", "binary": f"/no/such\n{forged}", "function": "work"},
+        {"name": "r", "binary": str(build("calls")), "function": "work\x1b[31m"},
+    ]
+    path = config_file(tmp_path, "g", probes, exporter={"group": forged, "instance": "a\u2028b"})
+    path.write_text(path.read_text().replace("{ a\tb = ", '{ "a\\tb" = '))  # toml_dumps leaves keys bare
+    done = run_cli("check", "--config", str(path))
+    assert done.returncode == 2
+    lines = error_lines(done.stderr)
+    assert lines[:-1] == [
+        "uprobe-exporter: error: 6 configuration problems:",
+        "  exporter.group: 'x\\nuprobe-exporter: error: forged' must be a C identifier of at most 63 characters",
+        "  exporter.instance: 'a\\u2028b' must be a plain directory name ([A-Za-z0-9_.-])",
+        "  probes[0].args.a\\tb: argument names must be C identifiers of at most 31 characters",
+        "  probes[0].args.a\\tb: '%di\\n-:uprobes/x' must be non-empty, without spaces or '#'",
+        "  probes[1].binary: '/no/such\\nx\\nuprobe-exporter: error: forged' does not exist (looked for "
+        "/no/such\\nx\\nuprobe-exporter: error: forged)",
+    ]
+    assert lines[-1].startswith("  probes[2].function: symbol 'work\\x1b[31m' in ")
+    assert lines[-1].endswith(" not found; did you mean 'work'?")

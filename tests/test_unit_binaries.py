@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from uprobe_exporter.binaries import realpath_in_root, resolve_binary, resolve_library
+from uprobe_exporter.binaries import BinaryWatch, read_identity, realpath_in_root, resolve_binary, resolve_library
 from uprobe_exporter.errors import ResolveError
 
 
@@ -119,3 +119,27 @@ def test_library_from_the_cache_of_the_root(root: Path) -> None:
         resolve_library("libc.so.7", str(root))
     assert "did you mean" in str(exc.value)
     assert "libc.so.6" in str(exc.value)
+
+
+def test_binary_watch_reports_each_change_of_a_probed_file(tmp_path: Path) -> None:
+    probed, other = tmp_path / "app", tmp_path / "lib.so"
+    probed.write_bytes(b"\x7fELF version 1")
+    other.write_bytes(b"\x7fELF other")
+    watch = BinaryWatch([str(probed), str(other), str(probed)])
+    assert watch.replaced == {str(probed): 0, str(other): 0}
+    assert watch.check() == []
+
+    new = tmp_path / "app.new"  # a rebuild: write a new file, rename it over the old path (new inode)
+    new.write_bytes(b"\x7fELF version 2")
+    os.rename(new, probed)
+    assert [c.kind for c in watch.check()] == ["replaced"]
+    assert watch.check() == []  # reported once
+    with open(probed, "ab") as f:  # written in place: same inode, another size and mtime
+        f.write(b" and more")
+    assert [(c.path, c.kind) for c in watch.check()] == [(str(probed), "modified")]
+    probed.unlink()
+    assert [c.kind for c in watch.check()] == ["removed"]
+    probed.write_bytes(b"\x7fELF version 3")
+    assert [c.kind for c in watch.check()] == ["replaced"]
+    assert watch.replaced == {str(probed): 3, str(other): 0}  # a removal alone is not counted
+    assert read_identity(str(other)) == watch.seen[str(other)]

@@ -1,5 +1,6 @@
 """Find the real file behind a configured ``binary``: a path, a ``/proc/<pid>/root/...`` path, or a
-library name resolved like the dynamic loader, all inside a root (``exporter.host_root``).
+library name resolved like the dynamic loader, all inside a root (``exporter.host_root``); and notice
+when the file at a probed path is replaced later (``BinaryWatch``).
 
 Symlinks are followed to the real file, and inside the root: an absolute link target such as
 ``/usr/lib/libfoo.so.1`` means ``<root>/usr/lib/libfoo.so.1``, as it would to a process on the host.
@@ -10,6 +11,8 @@ from __future__ import annotations
 import difflib
 import os
 import re
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 from uprobe_exporter.errors import ResolveError
@@ -113,3 +116,67 @@ def resolve_binary(binary: str, host_root: str = "/") -> Path:
     if not os.path.isfile(real):
         raise ResolveError(f"'{binary}' is not a regular file ({real})", binary=binary)
     return Path(real)
+
+
+@dataclass(frozen=True, slots=True)
+class FileIdentity:
+    """Which file a path names, and which version of it: a rebuild that renames a new file over the
+    path changes ``dev``/``ino``; one that writes the file in place changes ``mtime_ns``/``size``."""
+
+    dev: int
+    ino: int
+    mtime_ns: int
+    size: int
+
+
+def read_identity(path: str) -> FileIdentity | None:
+    """The identity of the file at ``path`` now; None when there is none (removed, or its process exited
+    for a ``/proc/<pid>/root`` path)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return FileIdentity(st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+@dataclass(frozen=True, slots=True)
+class BinaryChange:
+    """The file at a probed path is no longer the one it was at the last check."""
+
+    path: str
+    was: FileIdentity | None
+    now: FileIdentity | None
+
+    @property
+    def kind(self) -> str:
+        """``removed``; ``replaced`` (another file: new inode or device); ``modified`` (written in place)."""
+        if self.now is None:
+            return "removed"
+        if self.was is None or (self.was.dev, self.was.ino) != (self.now.dev, self.now.ino):
+            return "replaced"
+        return "modified"
+
+
+class BinaryWatch:
+    """The probed binaries as they were when their probes were planned; ``check`` reports each change.
+
+    The kernel places a uprobe on the inode the path named at registration: when a rebuild renames a new
+    file over the path, the probe stays on the old file and processes started from the new one are not
+    probed; when it writes the file in place, the probe's offset now lands in other code. ``replaced``
+    counts, per path, every time a file (other than none) is found where the previous one was.
+    """
+
+    def __init__(self, paths: Iterable[str]) -> None:
+        self.seen = {path: read_identity(path) for path in sorted(set(paths))}
+        self.replaced = dict.fromkeys(self.seen, 0)
+
+    def check(self) -> list[BinaryChange]:
+        changes = []
+        for path, was in self.seen.items():
+            now = read_identity(path)
+            if now != was:
+                self.seen[path] = now
+                changes.append(BinaryChange(path, was, now))
+                if now is not None:
+                    self.replaced[path] += 1
+        return changes

@@ -14,6 +14,7 @@ import signal
 import time
 from dataclasses import dataclass
 
+from uprobe_exporter.binaries import BinaryChange, BinaryWatch
 from uprobe_exporter.config import Config
 from uprobe_exporter.errors import TracefsError
 from uprobe_exporter.jsonl import JsonlSink
@@ -49,6 +50,7 @@ class Runtime:
     reader: TracePipeReader | RawPipeReader
     sink: JsonlSink | None
     tgids: TgidCache
+    binaries: BinaryWatch
     kernel_lost: int = 0
     output_stuck: bool = False
 
@@ -60,8 +62,9 @@ def open_tracefs(config: Config) -> tuple[Tracefs, Instance]:
 
 
 async def _housekeeping(rt: Runtime) -> None:
-    """Once a second: refresh the wall-clock offset; every SWEEP_SECONDS: forget threads that exited
-    (their pending calls will never return) and the cached process ids (thread ids get reused)."""
+    """Once a second: refresh the wall-clock offset and check that the probed binaries are still the
+    files we probed; every SWEEP_SECONDS: forget threads that exited (their pending calls will never
+    return) and the cached process ids (thread ids get reused)."""
     last_sweep = time.monotonic()
     exited: set[int] = set()  # found exited by the last sweep, a second ago
     while True:
@@ -75,6 +78,8 @@ async def _housekeeping(rt: Runtime) -> None:
             if not thread_exists(tid):
                 pairing.evict_thread(tid)
         exited = set()
+        for change in rt.binaries.check():
+            _log_binary_change(change)
         if time.monotonic() - last_sweep >= SWEEP_SECONDS:
             last_sweep = time.monotonic()
             exited = {tid for tid in pairing.threads() if not thread_exists(tid)}
@@ -82,6 +87,20 @@ async def _housekeeping(rt: Runtime) -> None:
             rt.tgids.clear()
             if rt.pipeline.renderer is not None:
                 rt.pipeline.renderer.forget_pids()
+
+
+def _log_binary_change(change: BinaryChange) -> None:
+    """One line per change of a probed file (re-registering on the new file is not done at run time)."""
+    if change.kind == "removed":
+        log.warning("probed binary %s was removed: its probes stay on the file that was there", change.path)
+    elif change.kind == "replaced":
+        log.warning("probed binary %s was replaced by another file: its probes stay on the old file and miss "
+                    "processes started from the new one; restart the exporter to probe it "
+                    "(uprobe_exporter_binary_replaced_total)", change.path)
+    else:
+        log.warning("probed binary %s was modified in place: processes started from it now may run other code "
+                    "at the probed offsets; restart the exporter to resolve them again "
+                    "(uprobe_exporter_binary_replaced_total)", change.path)
 
 
 class Signals:
@@ -115,6 +134,7 @@ async def run(config: Config, problems: list[str]) -> bool:
     bad path or a taken port fails before anything is registered), then the probes."""
     tracefs, instance = open_tracefs(config)
     events = plan_events(config, problems)
+    binaries = BinaryWatch(ev.path for ev in events)  # the files as they were when we resolved them
     sink = JsonlSink(config.jsonl.path, config.jsonl.max_queue_kb * 1024) if config.jsonl.enabled else None
     if sink is not None:
         await sink.open()
@@ -126,13 +146,14 @@ async def run(config: Config, problems: list[str]) -> bool:
         with Signals(sink) as signals, ProbeSession(tracefs, instance, config.exporter.group, events,
                                                     config.exporter.buffer_size_kb) as session:
             pipeline, reader = _reader(config, session, instance, renderer, tgids, sink)
-            rt = Runtime(pipeline, reader, sink, tgids)
+            rt = Runtime(pipeline, reader, sink, tgids, binaries)
             # What exists now (modules, compiled parsers, the registry) lives as long as the process:
             # out of the collector's sight, a full collection no longer walks it (a scrape of 100
             # probes had a 50 % slower outlier every few scrapes without this).
             gc.freeze()
             try:
                 if metrics is not None:
+                    metrics.sources.binaries = binaries
                     metrics.sources.update(tracefs, instance, events, pipeline, sink, reader)
                 await _serve(rt, session, instance, signals.stop)
             finally:

@@ -1,28 +1,45 @@
-"""pyelftools shell: function symbols and their file offsets; ``ELFError`` is converted here only.
+"""pyelftools shell: function symbols and their file offsets; pyelftools' errors are converted here only.
 
 A uprobe is placed at a file offset. For a symbol, offset = st_value − p_vaddr + p_offset of the
 executable PT_LOAD segment that holds it, which covers PIE, non-PIE and shared libraries alike.
 Symbols come from ``.symtab``, then ``.dynsym``, then a separate debug file found by build-id.
+
+pyelftools reads lazily and, on a corrupt file, fails with whatever its parser hit (``ELFError``, its
+construct library's errors, ``ValueError`` from a seek past any offset, ``struct.error``,
+``IndexError``...): ``load_elf`` reads everything it needs at once and maps those (``CORRUPT_ELF_ERRORS``)
+to one ``ResolveError`` naming the file.
 """
 
 from __future__ import annotations
 
 import difflib
+import errno
 import fnmatch
 import os
+import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
-from elftools.common.exceptions import ELFError
+from elftools.common.exceptions import ELFError, ELFParseError
+from elftools.construct.core import ConstructError
 from elftools.elf.constants import P_FLAGS
 from elftools.elf.elffile import ELFFile
+from elftools.elf.gnuversions import GNUVerDefSection, GNUVerSymSection
+from elftools.elf.sections import NoteSection, SymbolTableSection
 
 from uprobe_exporter.errors import ResolveError
 from uprobe_exporter.stapsdt import LoadSegment, UsdtNote, match_notes, parse_stapsdt_section, resolve_site
 
 FUNCTION_TYPES = ("STT_FUNC",)
 STT_GNU_IFUNC = "STT_GNU_IFUNC"
+# What pyelftools raises on a corrupt file, found by feeding it truncated, overwritten and bit-flipped
+# binaries (tests/test_unit_elf.py keeps doing so): its own errors, those of its construct library,
+# ValueError ("cannot fit 'int' into an offset-sized integer": a seek to a corrupt offset),
+# struct.error, IndexError/KeyError (tables indexed by corrupt numbers), OverflowError.
+CORRUPT_ELF_ERRORS = (ELFError, ConstructError, ValueError, struct.error, IndexError, KeyError, OverflowError)
+GO_BUILDINFO_MAGIC = b"\xff Go buildinf:"
+GO_BUILDINFO_READ = 512  # the header (32 bytes) and the inline version string are at its start
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +65,12 @@ class ElfInfo:
     path: Path
     segments: tuple[Segment, ...]
     symbols: dict[str, list[Symbol]]
+    go_version: str | None = None  # a Go program or library: "go1.19.8", or "" when its version is not inline
+
+    @property
+    def is_go(self) -> bool:
+        """Built by the Go toolchain: its runtime walks its own stacks (return probes break that)."""
+        return self.go_version is not None
 
     def file_offset(self, vaddr: int) -> int | None:
         """The file offset of ``vaddr`` if an executable PT_LOAD segment holds it."""
@@ -119,12 +142,46 @@ class ElfInfo:
         return offset
 
 
+def parse_go_buildinfo(data: bytes) -> str | None:
+    """The Go version from the start of a ``.go.buildinfo`` section: ``go1.19.8``; ``""`` when the
+    section is Go's but holds no inline version (Go < 1.18 points to it instead); None when it is not
+    Go's. Layout (Go's debug/buildinfo): 14-byte magic, pointer size, flags (2 = inline strings), padding
+    to 32, then a uvarint length and the version."""
+    if not data.startswith(GO_BUILDINFO_MAGIC) or len(data) < 32:
+        return None
+    if not data[15] & 2:
+        return ""
+    length, shift, pos = 0, 0, 32
+    while pos < len(data) and shift < 64:
+        byte = data[pos]
+        length |= (byte & 0x7F) << shift
+        pos, shift = pos + 1, shift + 7
+        if not byte & 0x80:
+            version = data[pos:pos + length]
+            return version.decode("ascii", "replace") if len(version) == length and length < 64 else ""
+    return ""
+
+
+def _go_version(elf: Any, stream: BinaryIO, symbols: dict[str, list[Symbol]]) -> str | None:
+    """A Go binary has a ``.go.buildinfo`` section (Go ≥ 1.13) or, stripped of sections' names, the
+    ``runtime.buildVersion`` symbol; None when neither is there."""
+    section = elf.get_section_by_name(".go.buildinfo")
+    if section is not None and section["sh_type"] != "SHT_NOBITS":
+        stream.seek(section["sh_offset"])
+        version = parse_go_buildinfo(stream.read(min(section["sh_size"], GO_BUILDINFO_READ)))
+        if version is not None:
+            return version
+    return "" if "runtime.buildVersion" in symbols else None
+
+
 def _dynsym_versions(elf: Any) -> tuple[Any, dict[int, str]]:
     """``.gnu.version`` (one index per .dynsym entry) and ``.gnu.version_d`` (index → version name)."""
     versym = elf.get_section_by_name(".gnu.version")
     verdef = elf.get_section_by_name(".gnu.version_d")
+    if not isinstance(versym, GNUVerSymSection):  # a corrupt section type: no versions then
+        versym = None
     names: dict[int, str] = {}
-    if verdef is not None:
+    if isinstance(verdef, GNUVerDefSection):
         for definition, aux in verdef.iter_versions():
             first = next(iter(aux), None)
             if first is not None:
@@ -135,7 +192,7 @@ def _dynsym_versions(elf: Any) -> tuple[Any, dict[int, str]]:
 def _symbols_of(elf: Any, into: dict[str, list[Symbol]], sections: tuple[str, ...]) -> None:
     for section_name in sections:
         section = elf.get_section_by_name(section_name)
-        if section is None or not hasattr(section, "iter_symbols"):
+        if not isinstance(section, SymbolTableSection):
             continue
         versym, version_names = _dynsym_versions(elf) if section_name == ".dynsym" else (None, {})
         for i, sym in enumerate(section.iter_symbols()):
@@ -155,7 +212,7 @@ def _symbols_of(elf: Any, into: dict[str, list[Symbol]], sections: tuple[str, ..
 
 def _build_id(elf: Any) -> str | None:
     section = elf.get_section_by_name(".note.gnu.build-id")
-    if section is None:
+    if not isinstance(section, NoteSection):
         return None
     for note in section.iter_notes():
         if note["n_type"] == "NT_GNU_BUILD_ID":
@@ -164,36 +221,63 @@ def _build_id(elf: Any) -> str | None:
 
 
 def load_elf(path: Path, debug_root: str = "/") -> ElfInfo:
-    """Read segments and symbols of an ELF file (and of its build-id debug file when stripped)."""
+    """Read segments and symbols of an ELF file (and of its build-id debug file when stripped), and
+    whether Go built it. A file that is not ELF, or is corrupt, raises one ResolveError naming it."""
     try:
         with open(path, "rb") as f:
-            elf = ELFFile(f)
-            segments = tuple(
-                Segment(seg["p_vaddr"], seg["p_offset"], seg["p_filesz"], bool(seg["p_flags"] & P_FLAGS.PF_X))
-                for seg in elf.iter_segments() if seg["p_type"] == "PT_LOAD")
-            symbols: dict[str, list[Symbol]] = {}
-            _symbols_of(elf, symbols, (".symtab", ".dynsym"))
-            has_symtab = elf.get_section_by_name(".symtab") is not None
-            build_id = None if has_symtab else _build_id(elf)
-            if not segments:
-                raise ResolveError(f"{path} has no loadable segments (not an executable or library)",
-                                   binary=str(path))
-        if build_id:
-            _load_debug_symbols(build_id, debug_root, symbols)
-    except ELFError as exc:
-        raise ResolveError(f"{path} is not a valid ELF file: {exc}", binary=str(path)) from exc
+            info, build_id = _parse_elf(path, f)
     except OSError as exc:
         raise ResolveError(f"cannot read {path}: {exc.strerror}", binary=str(path)) from exc
-    return ElfInfo(path, segments, symbols)
+    if build_id:
+        _load_debug_symbols(path, build_id, debug_root, info.symbols)
+    return info
 
 
-def _load_debug_symbols(build_id: str, root: str, symbols: dict[str, list[Symbol]]) -> None:
+def _parse_elf(path: Path, f: BinaryIO) -> tuple[ElfInfo, str | None]:
+    """The one place pyelftools' exceptions on a corrupt file become a ResolveError."""
+    try:
+        elf = ELFFile(f)
+        segments = tuple(
+            Segment(seg["p_vaddr"], seg["p_offset"], seg["p_filesz"], bool(seg["p_flags"] & P_FLAGS.PF_X))
+            for seg in elf.iter_segments() if seg["p_type"] == "PT_LOAD")
+        symbols: dict[str, list[Symbol]] = {}
+        _symbols_of(elf, symbols, (".symtab", ".dynsym"))
+        has_symtab = elf.get_section_by_name(".symtab") is not None
+        build_id = None if has_symtab else _build_id(elf)
+        go_version = _go_version(elf, f, symbols)
+    except CORRUPT_ELF_ERRORS as exc:
+        raise ResolveError(f"{path} is not a valid ELF file ({_describe(exc)}); give an executable or "
+                           "shared library", binary=str(path)) from exc
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:
+            raise  # an I/O error: load_elf says so
+        # a seek to a negative offset: a corrupt header, not an I/O problem
+        raise ResolveError(f"{path} is not a valid ELF file (an offset points outside the file); give an "
+                           "executable or shared library", binary=str(path)) from exc
+    if not segments:
+        raise ResolveError(f"{path} has no loadable segments (not an executable or library)", binary=str(path))
+    return ElfInfo(path, segments, symbols, go_version), build_id
+
+
+def _describe(exc: Exception) -> str:
+    """pyelftools' message if it has one worth showing, else what kind of failure it was."""
+    if isinstance(exc, ELFError) and not isinstance(exc, ELFParseError) and str(exc):
+        return str(exc).rstrip(".")  # "Magic number does not match", "Invalid EI_CLASS ..."
+    return "truncated, or corrupt headers or tables"
+
+
+def _load_debug_symbols(path: Path, build_id: str, root: str, symbols: dict[str, list[Symbol]]) -> None:
+    """Add the symbols of the build-id debug file of ``path``, if there is one."""
     debug = os.path.join(root, "usr/lib/debug/.build-id", build_id[:2], build_id[2:] + ".debug")
     if not os.path.isfile(debug):
         return
-    with open(debug, "rb") as f:
-        extra: dict[str, list[Symbol]] = {}
-        _symbols_of(ELFFile(f), extra, (".symtab",))
+    extra: dict[str, list[Symbol]] = {}
+    try:
+        with open(debug, "rb") as f:
+            _symbols_of(ELFFile(f), extra, (".symtab",))
+    except (*CORRUPT_ELF_ERRORS, OSError) as exc:
+        raise ResolveError(f"the debug file of {path}, {debug}, cannot be read or is corrupt; reinstall or "
+                           "remove it", binary=str(path)) from exc
     for name, syms in extra.items():
         symbols.setdefault(name, syms)
 

@@ -14,6 +14,10 @@
 Lower-level errors (``OSError``, ``ELFError``) are converted at exactly one boundary each:
 ``tracefs.py`` for the kernel and ``elf.py`` for binaries. The CLI turns any of these into one line
 on stderr and an exit code; nothing else catches them.
+
+A message echoes what it was given (a path, a key, a value from the configuration): every control or
+other unprintable character in it is escaped like ``repr`` does (``\\n``, ``\\x1b``, ``\\u2028``), here,
+so that one problem stays one line (a configuration value with a newline cannot forge a second line).
 """
 
 from __future__ import annotations
@@ -22,10 +26,23 @@ import errno as errno_codes
 from collections.abc import Sequence
 
 
+def one_line(text: str) -> str:
+    """``text`` with every unprintable character escaped as ``repr`` would: ``'a\\nb'``, ``\\x1b``."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else _ESCAPES.get(c) or repr(c)[1:-1] for c in text)
+
+
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
 class UprobeExporterError(Exception):
-    """Root of every error uprobe_exporter raises on purpose."""
+    """Root of every error uprobe_exporter raises on purpose; its message is one line."""
 
     exit_code = 1
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(one_line(message))
 
 
 class ConfigError(UprobeExporterError):
@@ -34,7 +51,7 @@ class ConfigError(UprobeExporterError):
     exit_code = 2
 
     def __init__(self, problems: Sequence[str]) -> None:
-        self.problems = tuple(problems)
+        self.problems = tuple(one_line(p) for p in problems)
         super().__init__("; ".join(self.problems))
 
     def __str__(self) -> str:

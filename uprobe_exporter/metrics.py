@@ -23,6 +23,7 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 from uprobe_exporter import __version__
+from uprobe_exporter.binaries import BinaryWatch
 from uprobe_exporter.config import MetricsConfig
 from uprobe_exporter.errors import ConfigError, MetricsError, UprobeExporterError
 from uprobe_exporter.histogram import ProbeHistograms
@@ -48,6 +49,7 @@ class Sources:
     pipeline: Pipeline | None = None
     sink: JsonlSink | None = None
     reader: TracePipeReader | RawPipeReader | None = None
+    binaries: BinaryWatch | None = None
     scrape_errors: Counter[str] = field(default_factory=Counter)
     lock: threading.Lock = field(default_factory=threading.Lock)  # scrapes may run concurrently
 
@@ -102,6 +104,8 @@ class UprobeCollector(Collector):
             yield from self._scrape_errors()
             return
         yield from self._kernel(s.tracefs, s.instance, s.events)
+        if s.binaries is not None:
+            yield self._binaries(s.binaries)
         yield from self._pipeline(s.pipeline)
         yield from self._scrape_errors()
 
@@ -134,6 +138,16 @@ class UprobeCollector(Collector):
         except UprobeExporterError:
             self.sources.count_scrape_error("stats")
         yield lost
+
+    @staticmethod
+    def _binaries(binaries: BinaryWatch) -> Metric:
+        replaced = CounterMetricFamily(
+            "uprobe_exporter_binary_replaced_total", "Times the file at a probed path was found replaced (another "
+            "inode) or modified since the probes were registered on it: they stay on the file they were placed "
+            "on; a restart probes the new one.", labels=["path"])
+        for path, n in list(binaries.replaced.items()):
+            replaced.add_metric([path], n)
+        return replaced
 
     def _pipeline(self, pipeline: Pipeline) -> Iterator[Metric]:
         stats = pipeline.statistics()

@@ -34,6 +34,9 @@ def resolve_probes(config: Config) -> tuple[list[ResolvedProbe], list[str]]:
             continue
         try:
             info = cache.get(path) or cache.setdefault(path, load_elf(path, root))
+            if probe.return_probe and info.is_go:
+                problems.append(f"{where}.return: {go_return_problem(info)}")
+                continue
             if probe.offset is None:
                 offset = info.resolve(probe.function, probe.function_offset)
             elif info.offset_is_executable(probe.offset):
@@ -87,6 +90,15 @@ def resolve_usdt(
     if not entry:
         return None
     return ResolvedProbe(probe, str(path), entry[0][0], entry, ret)
+
+
+def go_return_problem(info: ElfInfo) -> str:
+    """Why a return probe on a Go program is refused: the kernel's uretprobe swaps the return address on
+    the stack for its trampoline (0x7fffffffe000); Go's runtime walks its own stacks (garbage collection,
+    stack growth, preemption, tracebacks) and kills the program at that unknown return address."""
+    built = f" ({info.go_version})" if info.go_version else ""
+    return (f"{info.path} is a Go program{built}: a return probe crashes it (Go's stack walker rejects the "
+            "kernel's return trampoline); probe the entry only (return = false, no latency)")
 
 
 def plan_events(config: Config, problems: list[str] | None = None) -> list[ProbeEvent]:
