@@ -11,7 +11,8 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "uprobe_exporter"
 PURE = ("config", "fetchargs", "formatfile", "traceline", "records", "kerneltext", "ldcache", "pairing",
-        "histogram", "render", "pipeline", "probes", "rawpage", "rawemit", "codegen", "stapsdt")
+        "histogram", "render", "pipeline", "probes", "rawpage", "rawemit", "codegen", "stapsdt",
+        "instructions")
 NATIVE = ("_native",)  # C extensions: pure computation, no I/O (uprobe_exporter/_*.c)
 SHELL = ("tracefs", "daemon", "reader", "rawreader", "jsonl", "session", "cli", "elf", "binaries", "resolve", "metrics")
 FORBIDDEN = {"asyncio", "aiofiles", "subprocess", "socket", "selectors"}  # (logging loads threading)
