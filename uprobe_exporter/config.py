@@ -31,6 +31,7 @@ MAX_ARG_NAME = 31  # MAX_ARG_NAME_LEN 32
 RECORD_LABELS = ("comm",)
 RESERVED_LABELS = ("probe", "le", "instance", "job")  # set by the histogram itself or by Prometheus
 LOG_LEVELS = ("debug", "info", "warning", "error")
+RETURN_VIA = ("auto", "uretprobe", "ret_instructions")  # a kernel uretprobe, or a `p:` probe on each RET
 READERS = ("raw", "text")  # per-CPU trace_pipe_raw (binary, ns timestamps), or the text trace_pipe
 
 
@@ -82,6 +83,7 @@ class ProbeConfig:
     labels: tuple[str, ...] = ()
     usdt: str = ""  # provider:name of a USDT probe (.note.stapsdt), instead of function/offset
     return_usdt: str = ""  # the USDT that ends the call (then return_probe is True)
+    return_via: str = "auto"  # RETURN_VIA: how returns are seen (auto: Go → ret_instructions, else uretprobe)
 
     @property
     def where(self) -> str:
@@ -258,7 +260,7 @@ def _parse_probe(index: int, t: Any, problems: _Problems) -> ProbeConfig | None:
         problems.add(where, "must be a table ([[probes]])")
         return None
     known = ("name", "binary", "function", "offset", "args", "return", "return_args", "filter",
-             "return_filter", "latency", "buckets", "labels", *USDT_KEYS)
+             "return_filter", "latency", "buckets", "labels", "return_via", *USDT_KEYS)
     _unknown_keys(t, known, where, problems)
     name = _get(t, "name", str, "", where, problems)
     if not NAME_RE.match(name):
@@ -290,6 +292,11 @@ def _parse_probe(index: int, t: Any, problems: _Problems) -> ProbeConfig | None:
         # a uretprobe replaces the return address it finds at the top of the stack: only true at entry
         problems.add(f"{where}.function", f"a return probe must be at the function's first instruction, not "
                      f"{function}; drop the +offset or return = true")
+    return_via = _get(t, "return_via", str, "auto", where, problems)
+    if return_via not in RETURN_VIA:
+        problems.add(f"{where}.return_via", f"'{return_via}' must be one of {', '.join(RETURN_VIA)}")
+    elif "return_via" in t and (usdt or not return_probe):
+        problems.add(f"{where}.return_via", "applies to return = true on a function or offset")
     args = _parse_args(t.get("args", {}), f"{where}.args", False, problems, bool(usdt))
     return_args = _parse_args(t.get("return_args", {}), f"{where}.return_args", not usdt, problems, bool(usdt))
     ret_key = "return_usdt" if usdt else "return = true"
@@ -323,7 +330,7 @@ def _parse_probe(index: int, t: Any, problems: _Problems) -> ProbeConfig | None:
         args=args, return_probe=return_probe, return_args=return_args, filter=filters["filter"],
         return_filter=filters["return_filter"], latency=latency,
         buckets=tuple(float(b) for b in buckets), labels=tuple(str(x) for x in labels),
-        usdt=usdt, return_usdt=return_usdt,
+        usdt=usdt, return_usdt=return_usdt, return_via=return_via,
     )
 
 

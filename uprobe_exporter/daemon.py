@@ -19,7 +19,7 @@ from uprobe_exporter.config import Config
 from uprobe_exporter.errors import TracefsError
 from uprobe_exporter.jsonl import JsonlSink
 from uprobe_exporter.metrics import start_metrics_server
-from uprobe_exporter.pairing import Pairing
+from uprobe_exporter.pairing import PID_MAX_LIMIT, Pairing
 from uprobe_exporter.pipeline import Pipeline, event_infos
 from uprobe_exporter.procfs import TgidCache, thread_exists
 from uprobe_exporter.rawemit import EmitPlan
@@ -82,7 +82,9 @@ async def _housekeeping(rt: Runtime) -> None:
             _log_binary_change(change)
         if time.monotonic() - last_sweep >= SWEEP_SECONDS:
             last_sweep = time.monotonic()
-            exited = {tid for tid in pairing.threads() if not thread_exists(tid)}
+            # keys above PID_MAX_LIMIT are Go goroutines (their g), not threads: a new call evicts their stale
+            # entries (pairing.py: unwound)
+            exited = {tid for tid in pairing.threads() if tid <= PID_MAX_LIMIT and not thread_exists(tid)}
             pairing.drop_empty()
             rt.tgids.clear()
             if rt.pipeline.renderer is not None:

@@ -34,6 +34,7 @@ except ImportError:  # then PythonPairing does it
     _NativePairing = None
 
 RETURN_ADDRESS_SIZE = 8  # x86-64: `ret` pops the return address
+PID_MAX_LIMIT = 1 << 22  # include/linux/threads.h: thread ids never exceed it; a larger key is a Go g
 _new_frame = tuple.__new__  # skips the NamedTuple's Python-level __new__
 UNWOUND, THREAD_EXIT, CAPACITY = "unwound", "thread_exit", "capacity"
 EVICTION_REASONS = (UNWOUND, THREAD_EXIT, CAPACITY)

@@ -160,7 +160,7 @@ class Pipeline:
 
     def _record(self, rec: TraceRecord) -> bytes | None:
         # indexes, not attribute names: this runs once per record (0 event, 1 tid, 2 tgid, 4 ts_ns,
-        # 5 comm, 8 is_return, 9 sp)
+        # 5 comm, 8 is_return, 9 sp, 11 key: a Go program's goroutine, else 0 and the thread pairs)
         name = rec[0]
         info, paired, hist, labels_at_return, kind, entry_filtered, match = self.routes[name]
         duration = None
@@ -170,10 +170,10 @@ class Pipeline:
                 # label values are taken at the entry (comm, the entry's args) and travel with the frame
                 extra = () if kind is NO_LABELS else (
                     (rec[5],) if kind is COMM_LABEL else _label_values(rec, info.labels, None))
-                self.pairing.enter(info.probe, rec[1], rec[9], rec[4], extra)
+                self.pairing.enter(info.probe, rec[11] or rec[1], rec[9], rec[4], extra)
             else:
                 frame = (self.pairing.leave_matching(info.probe, rec[1], _wanted(rec, info.labels, match)) if match
-                         else self.pairing.leave(info.probe, rec[1], rec[9]))
+                         else self.pairing.leave(info.probe, rec[11] or rec[1], rec[9]))
                 if frame is None and entry_filtered:
                     return None  # its entry was filtered in the kernel (the pairing counted it)
                 self.event_counts[name] += 1

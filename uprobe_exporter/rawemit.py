@@ -131,14 +131,15 @@ def compile_emitter(plan: UnpackPlan, route: Route, sinks: Sinks) -> tuple[Handl
     if not known_only:
         lines.append(count)
     duration = False
+    pair_by = plan.tid if plan.key == "0" else plan.key  # the thread, or a Go program's goroutine
     if route.paired and not fmt.is_return:
         extra = ("()" if hist is None or route.labels_kind not in (COMM_LABEL, ANY_LABELS) else
                  f"({plan.comm},)" if route.labels_kind == COMM_LABEL else
                  _label_tuple(plan, info.labels, values, None))
-        lines.append(f"    _enter({info.probe!r}, {plan.tid}, {plan.sp}, ts, {extra})")
+        lines.append(f"    _enter({info.probe!r}, {pair_by}, {plan.sp}, ts, {extra})")
     elif route.paired:
         duration = True
-        leave = (f"_leave({info.probe!r}, {plan.tid}, {plan.sp})" if not route.match else
+        leave = (f"_leave({info.probe!r}, {pair_by}, {plan.sp})" if not route.match else
                  f"_leave_matching({info.probe!r}, {plan.tid}, {_wanted(plan, info.labels, values, route.match)})")
         lines += ["    duration = None",
                   f"    frame = {leave}"]
@@ -192,8 +193,9 @@ def compile_emitter(plan: UnpackPlan, route: Route, sinks: Sinks) -> tuple[Handl
 def native_emitter(plan: UnpackPlan, route: Route, sinks: Sinks, emitter: Handler) -> Handler | None:
     """The native emitter of the event, which does exactly what ``emitter`` (its Python emitter) does and
     hands it what it does not cover; None when the extension is not built or the event has what only
-    the Python emitter handles: histogram labels taken from arguments."""
-    if EmitPlan is None:
+    the Python emitter handles: histogram labels taken from arguments; returns seen at RET instructions
+    and Go programs' events (their ip, sp and pairing key are computed from hidden fields)."""
+    if EmitPlan is None or plan.derived:
         return None
     fmt = plan.fmt
     fields = {f.name: f for f in (*fmt.common, *fmt.fields)}
