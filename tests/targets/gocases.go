@@ -1,0 +1,106 @@
+// A Go target for the goroutine-aware pairing: every probed function returns (result, its argument), so
+// each return record (%ax, %bx at the RET) names the call it ends. It prints what it did, one JSON line
+// (no pid, no timing: the same output with and without probes).
+//
+//   - main.handle: GOROUTINES goroutines (more than cores) call it; it sleeps inside, so the goroutine
+//     parks and resumes, often on another thread;
+//   - main.deep: recursion DEPTH deep with 2 KiB frames, from fresh goroutines, so their stacks grow
+//     (are copied) in the middle of calls, and runtime.morestack re-enters deep's first instruction;
+//   - main.mayPanic: panics when x % 5 == 0, recovered by its caller main.safeCall;
+//   - main.greet(name string): a Go string (pointer in %ax, length in %bx), not NUL-terminated.
+//
+// usage: gocases GOROUTINES CALLS DEPTH
+package main
+
+import (
+	"fmt"
+	"os"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+var handleCalls, handleSum, deepCalls, panicCalls, panics, greetCalls, greetBytes int64
+
+//go:noinline
+func handle(x int64) (int64, int64) {
+	atomic.AddInt64(&handleCalls, 1)
+	atomic.AddInt64(&handleSum, x)
+	time.Sleep(200 * time.Microsecond)
+	return x * 2, x
+}
+
+//go:noinline
+func deep(n int64) (int64, int64) {
+	atomic.AddInt64(&deepCalls, 1)
+	var frame [2048]byte
+	frame[n%2048] = byte(n)
+	if n == 0 {
+		return int64(frame[0]), n
+	}
+	r, _ := deep(n - 1)
+	return r + int64(frame[n%2048]), n
+}
+
+//go:noinline
+func mayPanic(x int64) (int64, int64) {
+	atomic.AddInt64(&panicCalls, 1)
+	if x%5 == 0 {
+		panic(fmt.Sprintf("boom %d", x))
+	}
+	return x + 1, x
+}
+
+//go:noinline
+func safeCall(x int64) (r int64) {
+	defer func() {
+		if recover() != nil {
+			atomic.AddInt64(&panics, 1)
+			r = -1
+		}
+	}()
+	r, _ = mayPanic(x)
+	return r
+}
+
+//go:noinline
+func greet(name string) int {
+	atomic.AddInt64(&greetCalls, 1)
+	atomic.AddInt64(&greetBytes, int64(len(name)))
+	return len(name)
+}
+
+func main() {
+	if len(os.Args) != 4 {
+		fmt.Fprintf(os.Stderr, "usage: %s GOROUTINES CALLS DEPTH\n", os.Args[0])
+		os.Exit(2)
+	}
+	goroutines, _ := strconv.Atoi(os.Args[1])
+	calls, _ := strconv.Atoi(os.Args[2])
+	depth, _ := strconv.Atoi(os.Args[3])
+	var wg sync.WaitGroup
+	var doubled, deepSum, safeSum int64
+	for g := 0; g < goroutines; g++ {
+		wg.Add(1)
+		go func(g int) {
+			defer wg.Done()
+			for i := 0; i < calls; i++ {
+				r, _ := handle(int64(g*1000000 + i))
+				atomic.AddInt64(&doubled, r)
+				atomic.AddInt64(&safeSum, safeCall(int64(g*1000+i)))
+			}
+			done := make(chan int64)
+			go func() { r, _ := deep(int64(depth)); done <- r }() // a fresh goroutine: a small stack to grow
+			atomic.AddInt64(&deepSum, <-done)
+		}(g)
+	}
+	wg.Wait()
+	names := []string{"gopher", "", "caf\u00e9 \"quoted\"", "x"}
+	for i := 0; i < 8; i++ {
+		greet(names[i%len(names)][:]) // substrings of literals: no NUL after them
+	}
+	fmt.Printf("{\"handle\":%d,\"handle_sum\":%d,\"doubled\":%d,\"deep\":%d,\"deep_sum\":%d,\"may_panic\":%d,"+
+		"\"panics\":%d,\"safe_sum\":%d,\"greet\":%d,\"greet_bytes\":%d}\n", handleCalls, handleSum, doubled,
+		deepCalls, deepSum, panicCalls, panics, safeSum, greetCalls, greetBytes)
+}

@@ -1,0 +1,90 @@
+"""Go programs under ``return = true`` (RET-instruction probes, paired by goroutine), on the real kernel
+with Debian's Go: goroutines that park inside probed calls and move between threads, recursion whose
+stack grows (is copied) mid-call, a probed function that panics and is recovered by its caller. The
+program's output and exit status are the same as without probes; every call gives one entry, one
+return (unless it panicked) paired with its own entry, and the return value read at the RET."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.helpers import ExporterProcess, build_config, read_jsonl, run_cli, toml_dumps, wait_for_lines
+
+GOROUTINES, CALLS, DEPTH = 16, 40, 1200  # 16 goroutines on 2 cores; 1200 frames of 2 KiB: ~19 stack copies
+PROBES = ("handle", "deep", "may_panic")
+
+
+def probes(binary: Path) -> list[dict[str, Any]]:
+    # Go's register ABI: the first integer argument and result in %ax, the second in %bx
+    return [{"name": name, "binary": str(binary), "function": f"main.{fn}", "return": True, "latency": True,
+             "args": {"x": "%ax:s64"}, "return_args": {"r": "%ax:s64", "x_again": "%bx:s64"}}
+            for name, fn in zip(PROBES, ("handle", "deep", "mayPanic"), strict=True)]
+
+
+def run_target(binary: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([binary, str(GOROUTINES), str(CALLS), str(DEPTH)], capture_output=True, text=True,
+                          timeout=120, check=False)
+
+
+@pytest.mark.parametrize("reader", ["raw", "text"])
+def test_go_calls_pair_by_goroutine(build_go: Callable[..., Path], group: str, tmp_path: Path, reader: str) -> None:
+    binary = build_go("gocases")
+    bare = run_target(binary)
+    assert bare.returncode == 0, bare.stderr
+    truth = json.loads(bare.stdout)
+    out = tmp_path / "out.jsonl"
+    cfg = tmp_path / "go.toml"
+    cfg.write_text(toml_dumps(build_config(group, probes(binary), out, exporter={"reader": reader})))
+    with ExporterProcess(cfg) as exporter:
+        exporter.wait_ready()
+        probed = run_target(binary)
+        calls = truth["handle"] + truth["deep"] + truth["may_panic"]
+        expected = 2 * calls - truth["panics"]
+        wait_for_lines(out, expected, timeout=60)
+        rc, _ = exporter.stop()
+    assert rc == 0, exporter.stderr
+    assert (probed.returncode, probed.stdout, probed.stderr) == (bare.returncode, bare.stdout, bare.stderr)
+    records = read_jsonl(out)
+    kinds = Counter((r["probe"], r["type"]) for r in records)
+    assert kinds == {("handle", "entry"): truth["handle"], ("handle", "return"): truth["handle"],
+                     ("deep", "entry"): truth["deep"], ("deep", "return"): truth["deep"],
+                     ("may_panic", "entry"): truth["may_panic"],
+                     ("may_panic", "return"): truth["may_panic"] - truth["panics"]}
+    # every return is paired with its own call's entry: same argument, entry at ts - duration
+    entries = {(r["probe"], r["args"]["x"], r["ts_ns"]) for r in records if r["type"] == "entry"}
+    returns = [r for r in records if r["type"] == "return"]
+    assert all(r["duration_ns"] >= 0 for r in returns)
+    unmatched = [r for r in returns if (r["probe"], r["args"]["x_again"], r["ts_ns"] - r["duration_ns"]) not in entries]
+    assert unmatched == []
+    # the return value at the RET (%ax), against what the program computed
+    assert sum(r["args"]["r"] for r in returns if r["probe"] == "handle") == truth["doubled"]
+    assert sum(r["args"]["x"] for r in records if r["probe"] == "handle" and r["type"] == "entry") == truth["handle_sum"]
+    assert sum(r["args"]["r"] for r in returns if r["probe"] == "may_panic") - truth["panics"] == truth["safe_sum"]
+    # the goroutines moved between threads while parked inside handle
+    threads_of = {r["args"]["x"]: r["tid"] for r in records if r["probe"] == "handle" and r["type"] == "entry"}
+    moved = sum(threads_of[r["args"]["x_again"]] != r["tid"] for r in returns if r["probe"] == "handle")
+    assert moved > 0
+    # the entry is reported at the function's start (the probe is after the stack check)
+    funcs = {r["probe"]: r["func"] for r in returns}
+    assert {r["probe"]: r["ip"] for r in records if r["type"] == "entry"} == funcs
+
+
+def test_go_check_places_entry_after_the_stack_check(build_go: Callable[..., Path], group: str, tmp_path: Path) -> None:
+    binary = build_go("gocases")
+    cfg = tmp_path / "go.toml"
+    cfg.write_text(toml_dumps(build_config(group, probes(binary), tmp_path / "o.jsonl")))
+    done = run_cli("check", "--config", str(cfg))
+    assert done.returncode == 0, done.stderr
+    deep = [x for x in done.stdout.splitlines() if x.startswith(f"p:{group}/deep_entry ")]
+    assert len(deep) == 1 and "__g=%r14:x64 __g_hi=+8(%r14):x64 __ip_delta=\\18:u32" in deep[0]
+    bad = [{**probes(binary)[0], "return_args": {"r": "$retval"}}]
+    cfg.write_text(toml_dumps(build_config(group, bad, tmp_path / "o.jsonl")))
+    done = run_cli("check", "--config", str(cfg))
+    assert done.returncode == 2 and "$retval is a uretprobe's" in done.stderr
