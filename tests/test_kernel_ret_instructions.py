@@ -65,7 +65,7 @@ def test_ret_instructions_give_the_records_of_a_uretprobe(
     build: Callable[..., Path], group: str, tmp_path: Path, reader: str,
 ) -> None:
     binary = build("calls", "-no-pie")
-    uret, out1 = run_calls(binary, group, tmp_path, "uretprobe", reader)
+    uret, _ = run_calls(binary, group, tmp_path, "uretprobe", reader)
     rets, out2 = run_calls(binary, group, tmp_path, "ret_instructions", reader)
     check_pairs(uret)
     check_pairs(rets)
