@@ -16,16 +16,20 @@ from typing import Any
 import pytest
 
 from tests.helpers import ExporterProcess, build_config, read_jsonl, run_cli, toml_dumps, wait_for_lines
+from tests.prom import free_port
+from tests.test_kernel_metrics import wait_scrape
 
 GOROUTINES, CALLS, DEPTH = 16, 40, 1200  # 16 goroutines on 2 cores; 1200 frames of 2 KiB: ~19 stack copies
-PROBES = ("handle", "deep", "may_panic")
+PROBES = ("handle", "deep", "may_panic", "unwind")
+WALL_DRIFT_NS = 50_000
+UNWIND_FRAMES, UNWIND_RETURNS = 7, 4  # unwind(6): frames 6..0; 0 panics, 3 recovers: 2, 1, 0 never return
 
 
 def probes(binary: Path) -> list[dict[str, Any]]:
     # Go's register ABI: the first integer argument and result in %ax, the second in %bx
     return [{"name": name, "binary": str(binary), "function": f"main.{fn}", "return": True, "latency": True,
              "args": {"x": "%ax:s64"}, "return_args": {"r": "%ax:s64", "x_again": "%bx:s64"}}
-            for name, fn in zip(PROBES, ("handle", "deep", "mayPanic"), strict=True)]
+            for name, fn in zip(PROBES, ("handle", "deep", "mayPanic", "unwind"), strict=True)]
 
 
 def run_target(binary: Path) -> subprocess.CompletedProcess[str]:
@@ -41,27 +45,50 @@ def test_go_calls_pair_by_goroutine(build_go: Callable[..., Path], group: str, t
     truth = json.loads(bare.stdout)
     out = tmp_path / "out.jsonl"
     cfg = tmp_path / "go.toml"
-    cfg.write_text(toml_dumps(build_config(group, probes(binary), out, exporter={"reader": reader})))
+    port = free_port()
+    cfg.write_text(toml_dumps(build_config(group, probes(binary), out, exporter={"reader": reader},
+                                           metrics={"listen": f"127.0.0.1:{port}"})))
+    unwinds = truth["unwind"] // UNWIND_FRAMES
+    returns_of = {"handle": truth["handle"], "deep": truth["deep"], "may_panic": truth["may_panic"] - truth["panics"],
+                  "unwind": unwinds * UNWIND_RETURNS}
+    entries_of = {"handle": truth["handle"], "deep": truth["deep"], "may_panic": truth["may_panic"],
+                  "unwind": truth["unwind"]}
     with ExporterProcess(cfg) as exporter:
         exporter.wait_ready()
         probed = run_target(binary)
-        calls = truth["handle"] + truth["deep"] + truth["may_panic"]
-        expected = 2 * calls - truth["panics"]
-        wait_for_lines(out, expected, timeout=60)
+        wait_for_lines(out, sum(returns_of.values()) + sum(entries_of.values()), timeout=60)
+        s = wait_scrape(port, lambda s: s.value("uprobe_exporter_calls_evicted_total", reason="unwound")
+                        >= truth["panics"] + unwinds * (UNWIND_FRAMES - UNWIND_RETURNS))
         rc, _ = exporter.stop()
     assert rc == 0, exporter.stderr
     assert (probed.returncode, probed.stdout, probed.stderr) == (bare.returncode, bare.stdout, bare.stderr)
     records = read_jsonl(out)
     kinds = Counter((r["probe"], r["type"]) for r in records)
-    assert kinds == {("handle", "entry"): truth["handle"], ("handle", "return"): truth["handle"],
-                     ("deep", "entry"): truth["deep"], ("deep", "return"): truth["deep"],
-                     ("may_panic", "entry"): truth["may_panic"],
-                     ("may_panic", "return"): truth["may_panic"] - truth["panics"]}
-    # every return is paired with its own call's entry: same argument, entry at ts - duration
-    entries = {(r["probe"], r["args"]["x"], r["ts_ns"]) for r in records if r["type"] == "entry"}
+    assert kinds == {**{(p, "entry"): n for p, n in entries_of.items()},
+                     **{(p, "return"): n for p, n in returns_of.items()}}
+    # the kernel's hits: the return event's RET sites summed; calls left by a panic evicted as unwound
+    group_of = f"{group}/"
+    for p in PROBES:
+        assert s.value("uprobe_probe_hits_total", probe=p, event=f"{group_of}{p}_entry") == entries_of[p], p
+        assert s.value("uprobe_probe_hits_total", probe=p, event=f"{group_of}{p}_return") == returns_of[p], p
+        assert s.value("uprobe_exporter_pending_calls", probe=p) == 0, p
+        assert s.value("uprobe_call_duration_seconds_count", probe=p) == returns_of[p], p
+    assert s.value("uprobe_exporter_calls_evicted_total", probe="may_panic", reason="unwound") == truth["panics"]
+    assert s.value("uprobe_exporter_calls_evicted_total", probe="unwind", reason="unwound") == unwinds * 3
+    assert s.value("uprobe_exporter_calls_evicted_total", reason="thread_exit") == 0
+    assert s.value("uprobe_exporter_returns_without_entry_total") == 0
+    assert sum(r["args"]["r"] for r in records if r["probe"] == "unwind" and r["args"].get("x_again") == 6) \
+        == truth["unwind_sum"]
+    # every return is paired with its own call's entry: same argument, entry at ts - duration (ts_ns is wall
+    # time: its offset from the monotonic clock, refreshed each second, may move by microseconds meanwhile)
+    entries: dict[tuple[str, int], list[int]] = {}
+    for r in records:
+        if r["type"] == "entry":
+            entries.setdefault((r["probe"], r["args"]["x"]), []).append(r["ts_ns"])
     returns = [r for r in records if r["type"] == "return"]
     assert all(r["duration_ns"] >= 0 for r in returns)
-    unmatched = [r for r in returns if (r["probe"], r["args"]["x_again"], r["ts_ns"] - r["duration_ns"]) not in entries]
+    unmatched = [r for r in returns if not any(abs(r["ts_ns"] - r["duration_ns"] - ts) <= WALL_DRIFT_NS
+                                               for ts in entries.get((r["probe"], r["args"]["x_again"]), []))]
     assert unmatched == []
     # the return value at the RET (%ax), against what the program computed
     assert sum(r["args"]["r"] for r in returns if r["probe"] == "handle") == truth["doubled"]

@@ -7,6 +7,8 @@
 //   - main.deep: recursion DEPTH deep with 2 KiB frames, from fresh goroutines, so their stacks grow
 //     (are copied) in the middle of calls, and runtime.morestack re-enters deep's first instruction;
 //   - main.mayPanic: panics when x % 5 == 0, recovered by its caller main.safeCall;
+//   - main.unwind: recursion whose innermost frame panics, recovered three frames up by unwind itself:
+//     the frames in between never return, and the recovering frame's RET must not close their entries;
 //   - main.greet(name string): a Go string (pointer in %ax, length in %bx), not NUL-terminated.
 //
 // usage: gocases GOROUTINES CALLS DEPTH
@@ -21,7 +23,9 @@ import (
 	"time"
 )
 
-var handleCalls, handleSum, deepCalls, panicCalls, panics, greetCalls, greetBytes int64
+var handleCalls, handleSum, deepCalls, panicCalls, panics, greetCalls, greetBytes, unwindCalls, unwindSum int64
+
+const unwindDepth, recoverAt = 6, 3
 
 //go:noinline
 func handle(x int64) (int64, int64) {
@@ -65,6 +69,23 @@ func safeCall(x int64) (r int64) {
 }
 
 //go:noinline
+func unwind(n int64) (r int64, x int64) {
+	atomic.AddInt64(&unwindCalls, 1)
+	if n == 0 {
+		panic("bottom")
+	}
+	if n == recoverAt {
+		defer func() {
+			if recover() != nil {
+				r, x = -1, n
+			}
+		}()
+	}
+	inner, _ := unwind(n - 1)
+	return inner + 1, n
+}
+
+//go:noinline
 func greet(name string) int {
 	atomic.AddInt64(&greetCalls, 1)
 	atomic.AddInt64(&greetBytes, int64(len(name)))
@@ -89,6 +110,10 @@ func main() {
 				r, _ := handle(int64(g*1000000 + i))
 				atomic.AddInt64(&doubled, r)
 				atomic.AddInt64(&safeSum, safeCall(int64(g*1000+i)))
+				if i%10 == 0 {
+					r, _ := unwind(unwindDepth)
+					atomic.AddInt64(&unwindSum, r)
+				}
 			}
 			done := make(chan int64)
 			go func() { r, _ := deep(int64(depth)); done <- r }() // a fresh goroutine: a small stack to grow
@@ -101,6 +126,7 @@ func main() {
 		greet(names[i%len(names)][:]) // substrings of literals: no NUL after them
 	}
 	fmt.Printf("{\"handle\":%d,\"handle_sum\":%d,\"doubled\":%d,\"deep\":%d,\"deep_sum\":%d,\"may_panic\":%d,"+
-		"\"panics\":%d,\"safe_sum\":%d,\"greet\":%d,\"greet_bytes\":%d}\n", handleCalls, handleSum, doubled,
-		deepCalls, deepSum, panicCalls, panics, safeSum, greetCalls, greetBytes)
+		"\"panics\":%d,\"safe_sum\":%d,\"unwind\":%d,\"unwind_sum\":%d,\"greet\":%d,\"greet_bytes\":%d}\n",
+		handleCalls, handleSum, doubled, deepCalls, deepSum, panicCalls, panics, safeSum, unwindCalls, unwindSum,
+		greetCalls, greetBytes)
 }
