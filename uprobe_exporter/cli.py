@@ -13,12 +13,15 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from uprobe_exporter import __version__
 from uprobe_exporter.binaries import resolve_binary
 from uprobe_exporter.config import load_config_partial
+from uprobe_exporter.costclass import CostClass, describe_site
+from uprobe_exporter.costprobe import cost_classes
 from uprobe_exporter.daemon import open_tracefs, run
-from uprobe_exporter.elf import load_elf, match_functions, read_stapsdt, render_usdt_listing
+from uprobe_exporter.elf import load_elf, match_functions, read_instruction_at, read_stapsdt, render_usdt_listing
 from uprobe_exporter.errors import ConfigError, UprobeExporterError
 from uprobe_exporter.resolve import load_plan
 from uprobe_exporter.session import remove_group
@@ -64,20 +67,34 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    _, events = load_plan(args.config)
+    config, events = load_plan(args.config)
+    classes = _cost_classes(config.exporter.tracefs)
     filtered = set()
     for ev in events:
         print(ev.command)
+        print(f"# cost {ev.full_name} at {ev.offset:#x}: "
+              f"{describe_site(read_instruction_at(Path(ev.path), ev.offset), classes)}")
         if ev.filter and ev.event not in filtered:  # once per event (a USDT event has a command per site)
             filtered.add(ev.event)
             print(f"# filter {ev.full_name}: {ev.filter}")
     return 0
 
 
+def _cost_classes(tracefs: str) -> dict[str, CostClass] | None:
+    """The cost class per kind of first instruction (measured once per kernel); None, said on stderr, when
+    it cannot be measured here (not root)."""
+    classes, why = cost_classes(tracefs)
+    if classes is None:
+        print(f"{PROG}: note: probe costs not measured ({why})", file=sys.stderr)
+    return classes
+
+
 def _cmd_symbols(args: argparse.Namespace) -> int:
     path = resolve_binary(args.binary, args.host_root)
-    for sym, offset in match_functions(load_elf(path, args.host_root), args.pattern):
-        print(f"{offset:#010x} {sym.size:8d} {sym.name}")
+    found = match_functions(load_elf(path, args.host_root), args.pattern)
+    classes = _cost_classes("auto") if found else None
+    for sym, offset in found:
+        print(f"{offset:#010x} {sym.size:8d} {sym.name}  ({describe_site(read_instruction_at(path, offset), classes)})")
     return 0
 
 

@@ -30,7 +30,7 @@ from elftools.elf.gnuversions import GNUVerDefSection, GNUVerSymSection
 from elftools.elf.sections import NoteSection, SymbolTableSection
 
 from uprobe_exporter.errors import ResolveError
-from uprobe_exporter.instructions import FunctionCode, decode_function
+from uprobe_exporter.instructions import MAX_INSTRUCTION, FunctionCode, Instruction, decode_function
 from uprobe_exporter.stapsdt import LoadSegment, UsdtNote, match_notes, parse_stapsdt_section, resolve_site
 
 FUNCTION_TYPES = ("STT_FUNC",)
@@ -171,6 +171,18 @@ def read_function_code(info: ElfInfo, sym: Symbol) -> FunctionCode:
     except OSError as exc:
         raise ResolveError(f"cannot read {info.path}: {exc.strerror}", binary=str(info.path)) from exc
     return decode_function(data, sym.value)
+
+
+def read_instruction_at(path: Path, offset: int) -> Instruction | None:
+    """The instruction that starts at file ``offset`` (None if the bytes there do not decode)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            data = f.read(MAX_INSTRUCTION)
+    except OSError as exc:
+        raise ResolveError(f"cannot read {path}: {exc.strerror}", binary=str(path)) from exc
+    code = decode_function(data, 0)
+    return code.instructions[0] if code.instructions else None
 
 
 def parse_go_buildinfo(data: bytes) -> str | None:

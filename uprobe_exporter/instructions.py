@@ -22,6 +22,7 @@ _GRP_JUMP, _GRP_CALL, _GRP_RELATIVE = 1, 2, 7  # capstone's CS_GRP_JUMP, CS_GRP_
 # of the g in %r14, ABIInternal) then ``jbe`` to a block that calls runtime.morestack* and jumps back to
 # the function's first instruction.
 GO_STACKGUARD0 = "qword ptr [r14 + 0x10]"
+MAX_INSTRUCTION = 15  # bytes: the longest x86 instruction
 GO_PROLOGUE_SCAN = 4  # the check is within the first instructions (a `lea r12, [rsp - N]` may come first)
 
 
