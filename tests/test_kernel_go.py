@@ -116,3 +116,36 @@ def test_go_check_places_entry_after_the_stack_check(build_go: Callable[..., Pat
     cfg.write_text(toml_dumps(build_config(group, bad, tmp_path / "o.jsonl")))
     done = run_cli("check", "--config", str(cfg))
     assert done.returncode == 2 and "$retval is a uretprobe's" in done.stderr
+
+
+GREETED = [b"gopher", b"", 'caf\u00e9 "quoted"'.encode(), b"x", b"nul\x00inside", b"\xff\xfe not utf-8", b"long" * 20]
+
+
+@pytest.mark.parametrize("reader", ["raw", "text"])
+def test_go_string_arguments_exactly(build_go: Callable[..., Path], group: str, tmp_path: Path, reader: str) -> None:
+    """``%ax:gostring``: a Go string (pointer in %ax, length in %bx) sliced to its length, NUL and
+    non-UTF-8 bytes included; ``:gostring`` reads up to 64 bytes, ``:gostring[128]`` up to 128. Results
+    read at the RET from %ax (an int)."""
+    binary = build_go("gocases")
+    probe = {"name": "greet", "binary": str(binary), "function": "main.greet", "return": True,
+             "args": {"name": "%ax:gostring[128]", "short": "%ax:gostring", "n": "%bx:s64"},
+             "return_args": {"r": "%ax:s64"}}
+    out = tmp_path / "out.jsonl"
+    cfg = tmp_path / "go.toml"
+    cfg.write_text(toml_dumps(build_config(group, [probe], out, exporter={"reader": reader})))
+    with ExporterProcess(cfg) as exporter:
+        exporter.wait_ready()
+        done = run_target(binary)
+        assert done.returncode == 0, done.stderr
+        calls = json.loads(done.stdout)["greet"]
+        wait_for_lines(out, 2 * calls)
+        rc, _ = exporter.stop()
+    assert rc == 0, exporter.stderr
+    records = read_jsonl(out)
+    entries = [r["args"] for r in records if r["type"] == "entry"]
+    expected = [GREETED[i % len(GREETED)] for i in range(calls)]
+    assert [e["name"] for e in entries] == [b.decode("utf-8", "backslashreplace") for b in expected]
+    assert [e["short"] for e in entries] == [b[:64].decode("utf-8", "backslashreplace") for b in expected]
+    assert [e["n"] for e in entries] == [len(b) for b in expected]
+    assert [r["args"]["r"] for r in records if r["type"] == "return"] == [len(b) for b in expected]
+    assert all(r["duration_ns"] >= 0 for r in records if r["type"] == "return")

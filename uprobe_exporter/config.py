@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from uprobe_exporter.errors import ConfigError
-from uprobe_exporter.fetchargs import check_fetcharg
+from uprobe_exporter.fetchargs import GOSTRING_LEN_PREFIX, check_fetcharg
 from uprobe_exporter.stapsdt import check_usdt_arg
 
 DEFAULT_PORT = 9527
@@ -242,6 +242,9 @@ def _parse_args(
             problems.add(loc, "argument names must be C identifiers of at most 31 characters")
         elif name.startswith(("__", "common_")):
             problems.add(loc, "names starting with '__' or 'common_' are reserved; choose another name")
+        elif isinstance(fetcharg, str) and ":gostring" in fetcharg and len(GOSTRING_LEN_PREFIX + name) > MAX_ARG_NAME:
+            problems.add(loc, f"a gostring argument's name is at most {MAX_ARG_NAME - len(GOSTRING_LEN_PREFIX)} "
+                         "characters (its length is the hidden argument __len_NAME)")
         if not isinstance(fetcharg, str):
             problems.add(loc, "must be a string such as \"%di:s32\" or \"+0(%si):string\"")
             continue

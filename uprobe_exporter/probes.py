@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from uprobe_exporter.config import ProbeConfig
 from uprobe_exporter.errors import ResolveError
+from uprobe_exporter.fetchargs import expand_gostring
 
 HIDDEN_FETCHARGS = "__comm=$comm __sp=%sp:x64"
 # A return seen at a RET instruction (``return_via = "ret_instructions"``, a `p:` probe per RET): %sp still
@@ -69,7 +70,11 @@ class ResolvedProbe:
 
 
 def _fetchargs(args: tuple[tuple[str, str], ...]) -> str:
-    return "".join(f" {name}={fetcharg}" for name, fetcharg in args)
+    out = []
+    for name, fetcharg in args:
+        go = expand_gostring(name, fetcharg)  # a Go string: its bytes and, hidden, its length
+        out += [f" {n}={f}" for n, f in go] if isinstance(go, tuple) else [f" {name}={fetcharg}"]
+    return "".join(out)
 
 
 def build_events(probe: ResolvedProbe, group: str, where: str = "") -> list[ProbeEvent]:

@@ -27,7 +27,14 @@ from uprobe_exporter.codegen import compile_function
 from uprobe_exporter.errors import TraceParseError
 from uprobe_exporter.formatfile import EventFormat, Field, FieldKind
 from uprobe_exporter.records import LostEvents, TraceRecord
-from uprobe_exporter.traceline import HIDDEN_COMM, HIDDEN_DERIVED, hidden_values
+from uprobe_exporter.traceline import (
+    GOSTRING_LEN_PREFIX,
+    HIDDEN_COMM,
+    HIDDEN_DERIVED,
+    go_string,
+    hidden_values,
+    wrap_gostrings,
+)
 
 try:  # the native page walk (uprobe_exporter/_walk.c), built at install when a C compiler is there
     from uprobe_exporter import _native
@@ -153,6 +160,7 @@ class UnpackPlan:
         by_name = {f.name: names[i] for i, f in enumerate(fields)}
         comm, comm_code = "'<...>'", ""
         hidden: dict[str, str] = {}
+        lengths: dict[str, str] = {}
         args = []
         for f in fmt.args:
             v = by_name[f.name]
@@ -168,18 +176,23 @@ class UnpackPlan:
                     f"        comm = '<...>'\n")
             elif f.name in HIDDEN_DERIVED:
                 hidden[f.name] = v
+            elif f.name.startswith(GOSTRING_LEN_PREFIX):
+                lengths[f.name.removeprefix(GOSTRING_LEN_PREFIX)] = v
             else:
                 args.append((f, _value_expr(f, v)))
+        if lengths:
+            exprs = dict(wrap_gostrings([(f.name, e) for f, e in args], lengths))
+            args = [(f, exprs[f.name]) for f, _ in args]
         tid = by_name["common_pid"]
         ip, ret_ip, sp, key = hidden_values(hidden, by_name["__probe_func" if fmt.is_retprobe else "__probe_ip"],
                                             by_name.get("__probe_ret_ip", "0"), tid)
         return cls(fmt, "".join(layout), ", ".join(names), tid, ip, ret_ip, sp, comm, comm_code, tuple(args), key,
-                   bool(set(hidden) - {"__sp"}))
+                   bool(set(hidden) - {"__sp"}) or bool(lengths))
 
     def namespace(self) -> dict[str, Any]:
         """What the generated code refers to: ``_unpack``, ``_char``, ``_comms``, ``_comm``."""
         return {"_unpack": struct.Struct(self.struct_layout).unpack_from, "_char": _char, "_comms": COMMS,
-                "_comm": new_comm}
+                "_comm": new_comm, "_gostr": go_string}
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,6 +13,7 @@ Strings are converted back to UTF-8 text at the end; bytes that are not UTF-8 ar
 from __future__ import annotations
 
 import re
+import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +33,7 @@ HIDDEN_SP = "__sp"  # added by the exporter: %sp, to pair an entry with its retu
 # added for returns seen at RET instructions and for Go programs (probes.py RET_HIDDEN_FETCHARGS, GO_FETCHARGS)
 HIDDEN_SP_RET, HIDDEN_RET_ADDR, HIDDEN_IP_DELTA = "__sp_ret", "__ret_addr", "__ip_delta"
 HIDDEN_G, HIDDEN_G_HI = "__g", "__g_hi"
+GOSTRING_LEN_PREFIX = "__len_"  # fetchargs.py: the length of the Go string argument NAME is __len_NAME
 HIDDEN_DERIVED = frozenset({HIDDEN_SP, HIDDEN_SP_RET, HIDDEN_RET_ADDR, HIDDEN_IP_DELTA, HIDDEN_G,
                             HIDDEN_G_HI})
 RETURN_ADDRESS_SIZE = 8  # x86-64: `ret` pops the return address (pairing.py pairs on that)
@@ -66,6 +68,20 @@ def hidden_values(exprs: dict[str, str], ip: str, ret_ip: str, tid: str) -> tupl
     elif at_ret:
         sp = f"({sp}{at_ret})"
     return ip, ret_ip, sp, key
+
+
+def go_string(words: list[int], length: int) -> str | None:
+    """A Go string read as x64 words (fetchargs.py: gostring) and its length: its bytes sliced to the
+    length (at most the words read), UTF-8 decoded with other bytes kept as ``\\xNN``; None if the
+    length is negative (not a string)."""
+    if length < 0:
+        return None
+    return struct.pack(f"<{len(words)}Q", *words)[:length].decode("utf-8", "backslashreplace")
+
+
+def wrap_gostrings(args: list[tuple[str, str]], lengths: dict[str, str]) -> list[tuple[str, str]]:
+    """The argument expressions with each Go string's words turned into its text (``_gostr``)."""
+    return [(name, f"_gostr({expr}, {lengths[name]})" if name in lengths else expr) for name, expr in args]
 
 
 def decode_text(raw: str) -> str:
@@ -124,7 +140,7 @@ class PayloadParser:
             parts, j, ip, ret_ip = [r"\(0x([0-9a-f]+) <- 0x([0-9a-f]+)\)"], 8, "int(g[7], 16)", "int(g[6], 16)"
         else:
             parts, j, ip, ret_ip = [r"\(0x([0-9a-f]+)\)"], 7, "int(g[6], 16)", "0"
-        comm, args, hidden = "_decode(g[0].lstrip())", [], {}
+        comm, named, hidden, lengths = "_decode(g[0].lstrip())", [], {}, {}
         for f in fmt.args:
             pattern, expr, used = _field(f, j)
             parts.append(f" {re.escape(f.name)}={pattern}")
@@ -132,9 +148,12 @@ class PayloadParser:
                 comm = f"(g[{j}] if g[{j}] is not None and g[{j}].isascii() else _comm(g[{j}], g[0]))"
             elif f.name in HIDDEN_DERIVED:
                 hidden[f.name] = expr
+            elif f.name.startswith(GOSTRING_LEN_PREFIX):
+                lengths[f.name.removeprefix(GOSTRING_LEN_PREFIX)] = expr
             else:
-                args.append(f"{f.name!r}: {expr}")
+                named.append((f.name, expr))
             j += used
+        args = [f"{name!r}: {expr}" for name, expr in wrap_gostrings(named, lengths)]
         ip, ret_ip, sp, key = hidden_values(hidden, ip, ret_ip, "int(g[1])")
         # tuple.__new__ directly: the NamedTuple's own __new__ is a Python function, a call per record
         source = (
@@ -146,7 +165,7 @@ class PayloadParser:
             f" {{{', '.join(args)}}}, {key}))\n"
         )
         namespace: dict[str, Any] = {"TraceRecord": TraceRecord, "_new": tuple.__new__, "_decode": decode_text,
-                                     "_to_array": _to_array, "_comm": _comm_or_column}
+                                     "_to_array": _to_array, "_comm": _comm_or_column, "_gostr": go_string}
         build = compile_function(source, "build", f"payload parser {fmt.name}", namespace)
         regex = re.compile(PREFIX + re.escape(fmt.name) + ": " + "".join(parts) + r"\Z", re.S)
         return cls(fmt, regex, build, source)

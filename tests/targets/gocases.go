@@ -18,6 +18,7 @@ import (
 	"fmt"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -121,9 +122,11 @@ func main() {
 		}(g)
 	}
 	wg.Wait()
-	names := []string{"gopher", "", "caf\u00e9 \"quoted\"", "x"}
-	for i := 0; i < 8; i++ {
-		greet(names[i%len(names)][:]) // substrings of literals: no NUL after them
+	// literals lie back to back in the binary, with no NUL after each: read to a NUL, they run on
+	names := []string{"gopher", "", "caf\u00e9 \"quoted\"", "x", "nul\x00inside", "\xff\xfe not utf-8",
+		strings.Repeat("long", 20)}
+	for i := 0; i < 2*len(names); i++ {
+		greet(names[i%len(names)])
 	}
 	fmt.Printf("{\"handle\":%d,\"handle_sum\":%d,\"doubled\":%d,\"deep\":%d,\"deep_sum\":%d,\"may_panic\":%d,"+
 		"\"panics\":%d,\"safe_sum\":%d,\"unwind\":%d,\"unwind_sum\":%d,\"greet\":%d,\"greet_bytes\":%d}\n",
