@@ -6,8 +6,11 @@ function returns, ``%sp`` is 8 bytes higher. So a return with ``sp`` closes the 
 ``sp`` is ``sp - 8``; entries deeper than that (lower addresses) can never return: the stack was
 unwound past them (longjmp, C++ exception) and they are evicted as ``unwound``. A new entry at an
 ``sp`` at or above a pending one proves the same. Without a stack pointer (0), pairing falls back to
-innermost-call (LIFO) order. Threads that exit inside a call are evicted by ``evict_thread``; past
-``max_pending`` the least recently active thread loses its oldest entry (``capacity``).
+innermost-call (LIFO) order. The readers give every return's ``sp`` as a uretprobe sees it (a return
+seen at a RET instruction is 8 lower) and, for Go programs, key calls by goroutine instead of thread,
+with a stack offset that survives stack copies (traceline.hidden_values). Threads that exit inside a
+call are evicted by ``evict_thread``; past ``max_pending`` the least recently active thread loses its
+oldest entry (``capacity``).
 
 A probe whose entry event has a kernel ``filter`` and no ``return_filter`` (``set_entry_filtered``) has
 returns whose entries the filter removed; those are indistinguishable from returns whose entry was never seen otherwise
