@@ -97,7 +97,9 @@ def measure_costs(tracefs: Tracefs, directory: Path | None = None) -> dict[str, 
     except ValueError:
         existing = {}
     existing[os.uname().release] = costs
-    cache.write_text(json.dumps(existing, indent=1, sort_keys=True) + "\n")
+    partial = cache.with_name(f"{CACHE_NAME}.{os.getpid()}")
+    partial.write_text(json.dumps(existing, indent=1, sort_keys=True) + "\n")
+    partial.replace(cache)  # atomic: another check measuring meanwhile never reads half a file
     return costs
 
 
