@@ -41,6 +41,12 @@ def error_lines(stderr: str) -> list[str]:
     ({"function": "work", "offset": 4096}, "probes[0]", "exactly one of 'function'"),
     ({"function": "work", "name": "Bad-Name"}, "probes[0].name", "must match"),
     ({"function": "work+0x4", "return": True}, "probes[0].function", "must be at the function's first instruction"),
+    ({"function": "work", "args": {"size": "%di:u64"}, "filter": "sise > 1"}, "probes[0].filter",
+     "the entry event has no field 'sise'; did you mean 'size'?"),
+    ({"function": "work", "return": True, "return_filter": "ret == 0"}, "probes[0].return_filter",
+     "the return event has no field 'ret'"),
+    ({"function": "work", "args": {"s": "+0(%si):strng"}}, "probes[0].args.s", "did you mean 'string'?"),
+    ({"function": "work", "comm": ["a-very-long-thread-name"]}, "probes[0].comm[0]", "write 'a-very-long-thr'"),
 ])
 def test_bad_probe_is_a_located_one_line_error(
     build: Callable[..., Path], tmp_path: Path, probe: dict[str, Any], location: str, text: str,
@@ -50,6 +56,7 @@ def test_bad_probe_is_a_located_one_line_error(
     assert done.returncode == 2
     lines = error_lines(done.stderr)
     assert len(lines) == 1, done.stderr
+    location = location.replace("probes[0]", f'probes[0] "{probe["name"]}"')  # errors name the probe
     assert lines[0].startswith(f"uprobe-exporter: error: {location}: ")
     assert text in lines[0]
     assert "Traceback" not in done.stderr
@@ -65,8 +72,8 @@ def test_every_problem_is_reported_at_once(build: Callable[..., Path], tmp_path:
     done = run_cli("run", "--config", str(config_file(tmp_path, "g", probes, exporter={"buffer_size_kb": 1})))
     assert done.returncode == 2
     assert "5 configuration problems" in done.stderr
-    for where in ("exporter.buffer_size_kb", "probes[2].name", "probes[2].buckets", "probes[0].function",
-                  "probes[1].binary"):
+    for where in ("exporter.buffer_size_kb", 'probes[2] "a".name', 'probes[2] "a".buckets', 'probes[0] "a".function',
+                  'probes[1] "b".binary'):
         assert f"\n  {where}: " in done.stderr
 
 
@@ -75,8 +82,8 @@ def test_resolution_problems_are_reported_together(build: Callable[..., Path], t
     probes = [{"name": "a", "binary": binary, "function": "wrok"}, {"name": "b", "binary": "/no/such", "function": "w"}]
     done = run_cli("check", "--config", str(config_file(tmp_path, "g", probes)))
     assert done.returncode == 2
-    assert "probes[0].function: symbol 'wrok'" in done.stderr
-    assert "probes[1].binary: '/no/such' does not exist" in done.stderr
+    assert 'probes[0] "a".function: symbol \'wrok\'' in done.stderr
+    assert 'probes[1] "b".binary: \'/no/such\' does not exist' in done.stderr
 
 
 def test_not_toml_and_missing_file(tmp_path: Path) -> None:
@@ -99,10 +106,7 @@ def test_check_prints_commands_and_touches_nothing(
     build: Callable[..., Path], tracefs: Tracefs, group: str, tmp_path: Path,
 ) -> None:
     binary = build("calls")
-    def ours() -> list[str]:  # other test sessions may register and remove their own groups meanwhile
-        return [line for line in (tracefs.root / "uprobe_events").read_text().splitlines() if f":{group}/" in line]
-
-    before = ours()
+    before = [e for e in tracefs.read_uprobe_events() if e.group == group]  # other tests may run beside this one
     probe = {"name": "w", "binary": str(binary), "function": "work", "args": {"a": "%di:s32"}, "return": True,
              "filter": "a > 3"}
     done = run_cli("check", "--config", str(config_file(tmp_path, group, [probe])))
@@ -112,7 +116,7 @@ def test_check_prints_commands_and_touches_nothing(
     assert lines[0].endswith(" __comm=$comm __sp=%sp:x64 a=%di:s32")
     assert lines[1] == f"# filter {group}/w_entry: a > 3"
     assert lines[2].startswith(f"r:{group}/w_return {binary}:0x")
-    assert ours() == before == []
+    assert [e for e in tracefs.read_uprobe_events() if e.group == group] == before == []
     assert not tracefs.instance(group).exists()
 
 
@@ -127,7 +131,7 @@ def test_kernel_refusal_shows_error_log_and_removes_what_was_registered(
     done = run_cli("run", "--config", str(config_file(tmp_path, group, probes)))
     assert done.returncode == 2, done.stderr
     lines = done.stderr.splitlines()
-    assert lines[0].startswith("uprobe-exporter: error: probes[1]: the kernel refused a uprobe_events command")
+    assert lines[0].startswith('uprobe-exporter: error: probes[1] "bad": the kernel refused a uprobe_events command')
     assert f"p:{group}/bad_entry" in lines[0]
     assert "trace_uprobe: error: Invalid bitfield" in done.stderr
     assert lines[-1].strip() == "^"
@@ -135,14 +139,31 @@ def test_kernel_refusal_shows_error_log_and_removes_what_was_registered(
     assert not tracefs.instance(group).exists()
 
 
+def test_run_reports_a_bad_filter_field_before_registering_anything(
+    build: Callable[..., Path], tracefs: Tracefs, group: str, tmp_path: Path,
+) -> None:
+    probe = {"name": "w", "binary": str(build("calls")), "function": "work", "args": {"a": "%di:s32"},
+             "filter": "a > 1 && pid == 3"}
+    done = run_cli("run", "--config", str(config_file(tmp_path, group, [probe])))
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("uprobe-exporter: error: probes[0] \"w\".filter: the entry event has no field "
+                                  "'pid'; did you mean common_pid (the thread id")
+    assert [e for e in tracefs.read_uprobe_events() if e.group == group] == []
+    assert not tracefs.instance(group).exists()
+
+
 def test_kernel_refused_filter_names_the_key(
     build: Callable[..., Path], tracefs: Tracefs, group: str, tmp_path: Path,
 ) -> None:
-    probe = {"name": "w", "binary": str(build("calls")), "function": "work", "filter": "nosuchfield == 1"}
+    # The fields are known before the kernel is touched; what only the kernel checks (a string compared
+    # without quotes) is refused by it, with its error_log.
+    probe = {"name": "w", "binary": str(build("calls")), "function": "work", "args": {"s": "+0(%si):string"},
+             "filter": "s == bare"}
     done = run_cli("run", "--config", str(config_file(tmp_path, group, [probe])))
     assert done.returncode == 2, done.stderr
     assert done.stderr.startswith(
-        f"uprobe-exporter: error: probes[0].filter: the kernel refused the filter of {group}/w_entry")
+        f'uprobe-exporter: error: probes[0] "w".filter: the kernel refused the filter of {group}/w_entry')
+    assert "did you forget quotes" in done.stderr
     assert [e for e in tracefs.read_uprobe_events() if e.group == group] == []
     assert not tracefs.instance(group).exists()
 
@@ -154,8 +175,8 @@ def test_return_probe_inside_a_function_is_refused(build: Callable[..., Path], t
     probe = {"name": "p", "binary": str(binary), "offset": start + 4, "return": True}
     done = run_cli("check", "--config", str(config_file(tmp_path, "g", [probe])))
     assert done.returncode == 2
-    assert done.stderr.strip() == (f"uprobe-exporter: error: probes[0].offset: {start + 4:#x} is work+0x4: a return "
-                                   f"probe must be at a function's first instruction (work is at {start:#x})")
+    assert done.stderr.strip() == (f'uprobe-exporter: error: probes[0] "p".offset: {start + 4:#x} is work+0x4: a '
+                                   f"return probe must be at a function's first instruction (work is at {start:#x})")
     at_start = {**probe, "offset": start}
     assert run_cli("check", "--config", str(config_file(tmp_path, "g", [at_start]))).returncode == 0
 
@@ -171,7 +192,7 @@ def test_an_elf_header_followed_by_garbage_is_a_one_line_error(build: Callable[.
         assert done.returncode == 2, done.stderr
         lines = error_lines(done.stderr)
         assert len(lines) == 1, done.stderr
-        prefix = "uprobe-exporter: error: " + ("probes[0].function: " if argv[0] == "check" else "")
+        prefix = "uprobe-exporter: error: " + ("probes[0] \"p\".function: " if argv[0] == "check" else "")
         assert lines[0].startswith(f"{prefix}{garbage} is not a valid ELF file ("), lines[0]
 
 
@@ -203,10 +224,10 @@ def test_values_with_control_characters_are_quoted_into_one_line(build: Callable
         "uprobe-exporter: error: 6 configuration problems:",
         "  exporter.group: 'x\\nuprobe-exporter: error: forged' must be a C identifier of at most 63 characters",
         "  exporter.instance: 'a\\u2028b' must be a plain directory name ([A-Za-z0-9_.-])",
-        "  probes[0].args.a\\tb: argument names must be C identifiers of at most 31 characters",
-        "  probes[0].args.a\\tb: '%di\\n-:uprobes/x' must be non-empty, without spaces or '#'",
-        "  probes[1].binary: '/no/such\\nx\\nuprobe-exporter: error: forged' does not exist (looked for "
+        "  probes[0] \"p\".args.a\\tb: argument names must be C identifiers of at most 31 characters",
+        "  probes[0] \"p\".args.a\\tb: '%di\\n-:uprobes/x' must be non-empty, without spaces or '#'",
+        "  probes[1] \"q\".binary: '/no/such\\nx\\nuprobe-exporter: error: forged' does not exist (looked for "
         "/no/such\\nx\\nuprobe-exporter: error: forged)",
     ]
-    assert lines[-1].startswith("  probes[2].function: symbol 'work\\x1b[31m' in ")
+    assert lines[-1].startswith("  probes[2] \"r\".function: symbol 'work\\x1b[31m' in ")
     assert lines[-1].endswith(" not found; did you mean 'work'?")

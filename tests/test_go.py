@@ -59,7 +59,8 @@ def test_a_uretprobe_on_a_go_program_is_refused(
     done = run_cli(command, "--config", str(config(tmp_path, group, probe)))
     assert done.returncode == 2, done.stderr
     assert done.stderr.splitlines() == [
-        f"uprobe-exporter: error: probes[0].return_via: {binary} is a Go program ({go_version()}): a uretprobe "
+        'uprobe-exporter: error: probes[0] "handle".return_via: '
+        f"{binary} is a Go program ({go_version()}): a uretprobe "
         "crashes it (Go's stack walker rejects the kernel's return trampoline); use return_via = "
         "\"ret_instructions\" (the default, \"auto\", does)"]
     assert [e for e in tracefs.read_uprobe_events() if e.group == group] == []

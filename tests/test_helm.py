@@ -65,7 +65,7 @@ MONITORING = "monitoring.coreos.com/v1"
 
 CUSTOM_PROBES: list[dict[str, Any]] = [
     {"name": "nginx_request", "binary": "/usr/sbin/nginx", "function": "ngx_http_process_request",
-     "return": True, "latency": True, "buckets": [0.0001, 0.001, 0.01, 0.1, 1]},
+     "comm": ["nginx"], "return": True, "latency": True, "buckets": [0.0001, 0.001, 0.01, 0.1, 1]},
     {"name": "worker_step", "binary": "/proc/1/root/usr/local/bin/worker", "offset": 4425,
      "args": {"n": "%di:s32"}, "filter": "n > 3", "return": True, "latency": True, "labels": ["n"]},
     {"name": "malloc_calls", "binary": "libc.so.6", "function": "malloc", "args": {"size": "%di:u64"},
@@ -653,7 +653,8 @@ def test_systemd_unit_runs_the_exporter_hardened_but_able_to_write_tracefs() -> 
     assert unit.sections() == ["Unit", "Service", "Install"]
     service = unit["Service"]
     binary, *argv = shlex.split(service["ExecStart"])
-    assert binary == f"/usr/local/bin/{PROG}"
+    assert binary == f"/opt/uprobe-exporter/bin/{PROG}"
+    assert "PREFIX=${1:-/opt/uprobe-exporter}" in (HELM / "install.sh").read_text(encoding="utf-8")  # it goes there
     args = _parser().parse_args(argv)
     assert (args.command, args.config) == ("run", CONFIG_PATH)
     expected = {

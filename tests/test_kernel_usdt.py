@@ -193,11 +193,13 @@ def test_check_prints_one_line_per_site_with_ref_ctr_offset(build: Callable[...,
 
 
 @pytest.mark.parametrize(("probe", "message"), [
-    ({"usdt": "t:nope", "args": {"x": "arg0"}}, r"probes\[0\]\.usdt: USDT 't:nope' not found in .*; did you mean"),
-    ({"usdt": "t:sem", "args": {"x": "arg2"}}, r"probes\[0\]\.args\.x: 'arg2': USDT t:sem has 2 arguments"),
-    ({"usdt": "t:sem", "args": {"x": "argv"}}, r"probes\[0\]\.args\.x: 'argv' must be argN"),
-    ({"usdt": "t:ro"}, r"probes\[0\]\.usdt: USDT t:ro: its semaphore at 0x[0-9a-f]+ is not in a writable segment"),
-    ({"usdt": "t:sem", "return": True}, r"probes\[0\]\.return: a USDT is not a function"),
+    ({"usdt": "t:nope", "args": {"x": "arg0"}},
+     r"probes\[0\] \"p\"\.usdt: USDT 't:nope' not found in .*; did you mean"),
+    ({"usdt": "t:sem", "args": {"x": "arg2"}}, r"probes\[0\] \"p\"\.args\.x: 'arg2': USDT t:sem has 2 arguments"),
+    ({"usdt": "t:sem", "args": {"x": "argv"}}, r"probes\[0\] \"p\"\.args\.x: 'argv' must be argN"),
+    ({"usdt": "t:ro"},
+     r"probes\[0\] \"p\"\.usdt: USDT t:ro: its semaphore at 0x[0-9a-f]+ is not in a writable segment"),
+    ({"usdt": "t:sem", "return": True}, r"probes\[0\] \"p\"\.return: a USDT is not a function"),
 ])
 def test_bad_usdt_input_is_one_line_exit_2_nothing_registered(
     build: Callable[..., Path], group: str, tmp_path: Path, tracefs: Tracefs, probe: dict[str, Any], message: str,
@@ -497,7 +499,7 @@ def test_a_site_probed_with_another_semaphore_offset_is_explained(
     finally:
         tracefs.write_uprobe_events(f"-:{other}/sem")
     assert done.returncode == 2, done.stderr
-    assert re.search(rf"probes\[0\]: .*already probed by {other}/sem with 0x[0-9a-f]+ as its semaphore offset",
+    assert re.search(rf"probes\[0\] \"sem\": .*already probed by {other}/sem with 0x[0-9a-f]+ as its semaphore offset",
                      done.stderr), done.stderr
     assert not [e for e in tracefs.read_uprobe_events() if e.group == group]
     assert not tracefs.instance(group).exists()

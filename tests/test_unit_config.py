@@ -18,6 +18,7 @@ from uprobe_exporter.config import (
     example_text,
     parse_config,
     parse_config_partial,
+    probe_location,
 )
 from uprobe_exporter.errors import ConfigError, UprobeExporterError
 
@@ -192,6 +193,9 @@ BAD: list[tuple[dict[str, Any], str, str]] = [
 @pytest.mark.parametrize(("change", "location", "text"), BAD, ids=[f"{loc}:{text}" for _, loc, text in BAD])
 def test_each_problem_is_reported_at_its_location(change: dict[str, Any], location: str, text: str) -> None:
     data = config_with(**copy.deepcopy(change))
+    probes = data.get("probes")
+    if isinstance(probes, list) and probes and isinstance(probes[0], dict):  # the location names the probe
+        location = location.replace("probes[0]", probe_location(0, probes[0].get("name")), 1)
     problems = problems_of(data)
     where, sep, message = problems[0].partition(": ")
     assert sep
@@ -220,8 +224,8 @@ def test_every_problem_at_once() -> None:
     where = [p.partition(": ")[0] for p in info.value.problems]
     assert where == [
         "exporter.bogus", "exporter.buffer_size_kb", "exporter.log_level", "output.jsonl.path", "metrics.listen",
-        "metrics.label_values_max", "probes[1].name", "probes[1].binary", "probes[1].latency",
-        "probes[2].args.x", "probes[2].name", "probes[3]"]
+        "metrics.label_values_max", 'probes[1] "Bad".name', 'probes[1] "Bad".binary', 'probes[1] "Bad".latency',
+        'probes[2] "ok".args.x', 'probes[2] "ok".name', "probes[3]"]
     assert "'ok' is already used by probes[0]" in info.value.problems[10]
     text = str(info.value)
     assert text.startswith(f"{len(where)} configuration problems:\n  ")
@@ -241,7 +245,7 @@ def test_partial_keeps_the_valid_probes() -> None:
     cfg, problems = parse_config_partial(data)
     assert [p.name for p in cfg.probes] == ["good", "good2"]
     assert [p.index for p in cfg.probes] == [0, 2]
-    assert [p.partition(": ")[0] for p in problems] == ["probes[1].args.a"]
+    assert [p.partition(": ")[0] for p in problems] == ['probes[1] "bad".args.a']
 
 
 def test_the_built_in_example_parses() -> None:

@@ -188,14 +188,14 @@ def test_config_keys() -> None:
         {**base, "name": "u", "args": {"a": "arg0:strin", "b": "%di", "c": "argh"}},
     ]})
     text = "\n".join(problems)
-    assert "probes[0].return: a USDT is not a function" in text
-    assert "probes[1]: give one of 'function', 'offset' or 'usdt', not several" in text
-    assert "probes[2].return_usdt: needs usdt" in text
-    assert "probes[3].usdt: 'function__entry' must be provider:name" in text
-    assert "probes[4].latency: needs return_usdt" in text
-    assert "probes[5].args.a: unknown type in 'arg0:strin'" in text
-    assert "probes[5].args.c: 'argh' must be argN" in text
-    assert "probes[5].args.b" not in text  # any fetcharg is allowed beside argN
+    assert "probes[0] \"p\".return: a USDT is not a function" in text
+    assert "probes[1] \"q\": give one of 'function', 'offset' or 'usdt', not several" in text
+    assert "probes[2] \"r\".return_usdt: needs usdt" in text
+    assert "probes[3] \"s\".usdt: 'function__entry' must be provider:name" in text
+    assert "probes[4] \"t\".latency: needs return_usdt" in text
+    assert "probes[5] \"u\".args.a: unknown type in 'arg0:strin'" in text
+    assert "probes[5] \"u\".args.c: 'argh' must be argN" in text
+    assert "probes[5] \"u\".args.b" not in text  # any fetcharg is allowed beside argN
     config, problems = parse_config_partial({"probes": [{**base, "return_usdt": "python:function__return",
                                                          "latency": True, "labels": ["f"],
                                                          "args": {"f": "arg1:string"}}]})

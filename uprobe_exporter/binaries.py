@@ -20,6 +20,7 @@ from uprobe_exporter.ldcache import parse_ld_so_cache
 
 MAX_SYMLINKS = 40  # like the kernel's MAXSYMLINKS
 PROC_ROOT_RE = re.compile(r"(/proc/\d+/root)(/.*)\Z")
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEFAULT_LIB_DIRS = ("/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/lib64", "/usr/lib64", "/lib",
                     "/usr/lib", "/usr/local/lib")
 
@@ -81,6 +82,22 @@ def _ld_library_dirs(root: str) -> list[str]:
     return dirs
 
 
+def find_program(name: str, root: str) -> str | None:
+    """The ELF executable ``name`` on ``PATH`` (inside ``root``, the standard directories), like a shell."""
+    dirs = os.environ.get("PATH", DEFAULT_PATH) if root == "/" else DEFAULT_PATH
+    for d in dirs.split(":"):
+        if not d.startswith("/"):
+            continue
+        candidate = _join_root(root, f"{d.rstrip('/')}/{name}")
+        try:
+            with open(candidate, "rb") as f:
+                if os.access(candidate, os.X_OK) and f.read(4) == b"\x7fELF":
+                    return f"{d.rstrip('/')}/{name}"
+        except OSError:
+            continue
+    return None
+
+
 def resolve_library(name: str, root: str) -> str:
     """``libc.so.6`` → ``/lib/x86_64-linux-gnu/libc.so.6`` (inside ``root``), as ld.so would find it."""
     try:
@@ -92,8 +109,12 @@ def resolve_library(name: str, root: str) -> str:
     for d in (*_ld_library_dirs(root), *DEFAULT_LIB_DIRS):
         if os.path.isfile(_join_root(root, realpath_in_root(root, f"{d}/{name}"))):
             return f"{d}/{name}"
+    program = find_program(name, root)
     close = difflib.get_close_matches(name, list(cache), n=3)
-    hint = f"; did you mean {', '.join(close)}?" if close else "; give its full path instead"
+    if program is not None:  # `symbols bash`: a program, not a library
+        hint = f"; did you mean {program} (found on PATH)?"
+    else:
+        hint = f"; did you mean {', '.join(close)}?" if close else "; give its full path instead"
     raise ResolveError(f"library '{name}' not found in {_join_root(root, '/etc/ld.so.cache')} or the "
                        f"default library directories{hint}", binary=name)
 

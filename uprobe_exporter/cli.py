@@ -1,6 +1,8 @@
-"""Command line: ``run``, ``check``, ``symbols``, ``usdt``, ``cleanup``; the one place errors become exit codes.
+"""Command line: ``run``, ``check``, ``symbols``, ``usdt``, ``cleanup``, ``example``; the one place errors
+become exit codes.
 
-Exit codes: 0 ok, 2 bad configuration or usage, 1 runtime failure. Expected failures print one
+Exit codes: 0 ok, 2 bad configuration or usage, 1 runtime failure (or ``symbols`` matched nothing, like
+grep), 130 interrupted. Expected failures print one
 ``uprobe-exporter: error: ...`` line (plus the kernel's error_log lines when it refused a command),
 never a traceback.
 """
@@ -11,27 +13,56 @@ import argparse
 import asyncio
 import logging
 import os
+import platform
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from uprobe_exporter import __version__
 from uprobe_exporter.binaries import resolve_binary
-from uprobe_exporter.config import load_config_partial
+from uprobe_exporter.config import example_text, load_config_partial
 from uprobe_exporter.costclass import CostClass, describe_site
 from uprobe_exporter.costprobe import cost_classes
 from uprobe_exporter.daemon import open_tracefs, run
-from uprobe_exporter.elf import load_elf, match_functions, read_instruction_at, read_stapsdt, render_usdt_listing
-from uprobe_exporter.errors import ConfigError, UprobeExporterError
+from uprobe_exporter.elf import (
+    close_functions,
+    load_elf,
+    match_functions,
+    read_instruction_at,
+    read_stapsdt,
+    render_usdt_listing,
+)
+from uprobe_exporter.errors import ConfigError, NoMatchError, UprobeExporterError
+from uprobe_exporter.nativestatus import native_status
 from uprobe_exporter.resolve import load_plan
 from uprobe_exporter.session import remove_group
 
 PROG = "uprobe-exporter"
 
 
+def version_text() -> str:
+    """``--version``: the package, the Python and kernel it runs on, and whether the native path is on."""
+    uname = os.uname()
+    return (f"{PROG} {__version__}\n"
+            f"Python {platform.python_version()} ({sys.executable})\n"
+            f"kernel {uname.release} ({uname.machine})\n"
+            f"native path: {native_status().describe()}")
+
+
+class _Version(argparse.Action):
+    """Like argparse's "version" action, but the text is computed only when asked for."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="print the version, Python, kernel, native path")
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object) -> None:
+        print(version_text())
+        parser.exit()
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description="Linux uprobes as JSON lines and Prometheus metrics.")
-    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    p.add_argument("--version", action=_Version)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     config_help = "TOML configuration (default: the built-in example: bash readline, libc getaddrinfo)"
     r = sub.add_parser("run", help="register the probes and emit records until SIGINT/SIGTERM")
@@ -48,6 +79,7 @@ def _parser() -> argparse.ArgumentParser:
     u.add_argument("--host-root", default="/", metavar="DIR", help="resolve the binary inside DIR")
     k = sub.add_parser("cleanup", help="remove leftovers of our group and instance (after a crash)")
     k.add_argument("--config", "-c", metavar="FILE", help=config_help)
+    sub.add_parser("example", help="print the built-in example configuration (to start one's own file)")
     return p
 
 
@@ -91,10 +123,21 @@ def _cost_classes(tracefs: str) -> dict[str, CostClass] | None:
 
 def _cmd_symbols(args: argparse.Namespace) -> int:
     path = resolve_binary(args.binary, args.host_root)
-    found = match_functions(load_elf(path, args.host_root), args.pattern)
+    info = load_elf(path, args.host_root)
+    found = match_functions(info, args.pattern)
     classes = _cost_classes("auto") if found else None
     for sym, offset in found:
         print(f"{offset:#010x} {sym.size:8d} {sym.name}  ({describe_site(read_instruction_at(path, offset), classes)})")
+    if not found:
+        close = close_functions(info, args.pattern or "")
+        hint = f"; close names: {', '.join(close)}" if close else ""
+        what = f"matches '{args.pattern}'" if args.pattern else "can be probed"
+        raise NoMatchError(f"no function of {path} {what}{hint}")
+    return 0
+
+
+def _cmd_example(args: argparse.Namespace) -> int:
+    sys.stdout.write(example_text())
     return 0
 
 
@@ -119,7 +162,7 @@ def _cmd_cleanup(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"run": _cmd_run, "check": _cmd_check, "symbols": _cmd_symbols, "usdt": _cmd_usdt,
-            "cleanup": _cmd_cleanup}
+            "cleanup": _cmd_cleanup, "example": _cmd_example}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -7,6 +7,7 @@ built-in example. Symbol resolution happens later (``resolve.py``): it needs the
 from __future__ import annotations
 
 import difflib
+import json
 import math
 import re
 import tomllib
@@ -18,6 +19,7 @@ from typing import Any
 
 from uprobe_exporter.errors import ConfigError
 from uprobe_exporter.fetchargs import GOSTRING_LEN_PREFIX, check_fetcharg
+from uprobe_exporter.filters import check_comm, check_filter, event_fields
 from uprobe_exporter.stapsdt import check_usdt_arg
 
 DEFAULT_PORT = 9527
@@ -83,7 +85,13 @@ class ProbeConfig:
     labels: tuple[str, ...] = ()
     usdt: str = ""  # provider:name of a USDT probe (.note.stapsdt), instead of function/offset
     return_usdt: str = ""  # the USDT that ends the call (then return_probe is True)
+    comm: tuple[str, ...] = ()  # thread names: a kernel filter on the entry and the return, ANDed with filter
     return_via: str = "auto"  # RETURN_VIA: how returns are seen (auto: Go → ret_instructions, else uretprobe)
+
+    @property
+    def location(self) -> str:
+        """Where the probe is in the configuration, for messages: ``probes[3] "malloc"``."""
+        return probe_location(self.index, self.name)
 
     @property
     def where(self) -> str:
@@ -257,13 +265,31 @@ def _parse_args(
     return tuple(args)
 
 
+def probe_location(index: int, name: object) -> str:
+    """``probes[3] "malloc"``: the index, and the name when there is one to show."""
+    if isinstance(name, str) and name:
+        return f"probes[{index}] {json.dumps(name, ensure_ascii=False)}"
+    return f"probes[{index}]"
+
+
+def _parse_comm(t: Mapping[str, Any], where: str, problems: _Problems) -> tuple[str, ...]:
+    value = t.get("comm", [])
+    if not isinstance(value, list) or (not value and "comm" in t):
+        problems.add(f"{where}.comm", 'must be a non-empty list of thread names, such as ["nginx"]')
+        return ()
+    for i, name in enumerate(value):
+        if (err := check_comm(name)) is not None:
+            problems.add(f"{where}.comm[{i}]", err)
+    return tuple(str(n) for n in value)
+
+
 def _parse_probe(index: int, t: Any, problems: _Problems) -> ProbeConfig | None:
-    where = f"probes[{index}]"
     if not isinstance(t, Mapping):
-        problems.add(where, "must be a table ([[probes]])")
+        problems.add(f"probes[{index}]", "must be a table ([[probes]])")
         return None
+    where = probe_location(index, t.get("name"))
     known = ("name", "binary", "function", "offset", "args", "return", "return_args", "filter",
-             "return_filter", "latency", "buckets", "labels", "return_via", *USDT_KEYS)
+             "return_filter", "comm", "latency", "buckets", "labels", "return_via", *USDT_KEYS)
     _unknown_keys(t, known, where, problems)
     name = _get(t, "name", str, "", where, problems)
     if not NAME_RE.match(name):
@@ -328,11 +354,17 @@ def _parse_probe(index: int, t: Any, problems: _Problems) -> ProbeConfig | None:
     filters = {k: _get(t, k, str, "", where, problems) for k in ("filter", "return_filter")}
     if filters["return_filter"] and not return_probe:
         problems.add(f"{where}.return_filter", f"needs {ret_key}")
+    for key, is_return, names in (("filter", False, args), ("return_filter", True, return_args)):
+        # a USDT return is a `p:` event (__probe_ip), not a uretprobe's (__probe_func, __probe_ret_ip)
+        fields = event_fields([n for n, _ in names], is_return=is_return and not usdt)
+        for problem in check_filter(filters[key], fields, "return" if is_return else "entry"):
+            problems.add(f"{where}.{key}", problem)
+    comm = _parse_comm(t, where, problems)
     return ProbeConfig(
         name=name, binary=binary, index=index, function=symbol, function_offset=function_offset, offset=offset,
         args=args, return_probe=return_probe, return_args=return_args, filter=filters["filter"],
         return_filter=filters["return_filter"], latency=latency,
-        buckets=tuple(float(b) for b in buckets), labels=tuple(str(x) for x in labels),
+        buckets=tuple(float(b) for b in buckets), labels=tuple(str(x) for x in labels), comm=comm,
         usdt=usdt, return_usdt=return_usdt, return_via=return_via,
     )
 
@@ -376,7 +408,7 @@ def parse_config_partial(data: Mapping[str, Any], source: str = "<mapping>") -> 
         if probe is None:
             continue
         if probe.name in seen:
-            problems.add(f"probes[{i}].name", f"'{probe.name}' is already used by probes[{seen[probe.name]}]")
+            problems.add(f"{probe.location}.name", f"'{probe.name}' is already used by probes[{seen[probe.name]}]")
         seen.setdefault(probe.name, i)
         if len(problems.items) == before:
             probes.append(probe)

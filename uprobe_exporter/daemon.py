@@ -19,6 +19,7 @@ from uprobe_exporter.config import Config
 from uprobe_exporter.errors import TracefsError
 from uprobe_exporter.jsonl import JsonlSink
 from uprobe_exporter.metrics import start_metrics_server
+from uprobe_exporter.nativestatus import native_status
 from uprobe_exporter.pairing import PID_MAX_LIMIT, Pairing
 from uprobe_exporter.pipeline import Pipeline, event_infos
 from uprobe_exporter.procfs import TgidCache, thread_exists
@@ -191,8 +192,11 @@ def _reader(
     if raw:
         emitters = pipeline.emitters(formats)
         native = sum(EmitPlan is not None and isinstance(e, EmitPlan) for e in emitters.values())
-        log.info("raw reader: native emitters for %d of %d events%s", native, len(emitters),
-                 "" if EmitPlan is not None else " (the native parts were not built: no C compiler at install)")
+        status = native_status()
+        others = "" if native == len(emitters) or not status.active else \
+            "; the others need the Python emitter (histogram labels from arguments)"
+        log.info("raw reader: native path for %d of %d events; native parts: %s%s", native, len(emitters),
+                 status.describe(), others)
         decoder = RawDecoder(PageLayout.parse(instance.read_header_page()), emitters, pipeline.decode_errors)
         return pipeline, RawPipeReader(instance.root, instance.cpus(), decoder,
                                        lambda located, lost: submit(pipeline.process_located(located, lost)))

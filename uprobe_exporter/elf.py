@@ -390,3 +390,13 @@ def render_usdt_listing(info: StapsdtInfo, pattern: str | None) -> list[str]:
         lines.append(f"{name} sites={','.join(offsets)} semaphore={','.join(sorted(semaphores))} "
                      f"args={' | '.join(specs) or '-'}")
     return lines
+
+
+def close_functions(info: ElfInfo, pattern: str, n: int = 5) -> list[str]:
+    """Function names close to ``pattern`` (its glob characters dropped), closest first, for a search
+    that matched nothing: case-insensitive matches first, then difflib's closest spellings."""
+    word = pattern.strip("*?[]")
+    names = sorted({s.name for s in info.functions()})
+    folded = [name for name in names if word and word.lower() in name.lower()]
+    close = difflib.get_close_matches(word, names, n=n, cutoff=0.6) if word else []
+    return list(dict.fromkeys([*folded[:n], *close]))[:n]

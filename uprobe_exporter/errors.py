@@ -3,6 +3,7 @@
     UprobeExporterError                 every failure we expect and explain (exit 1 unless noted)
     ├── ConfigError                     bad configuration or usage: a list of located problems (exit 2)
     ├── ResolveError                    a binary, library or symbol cannot be turned into a file offset (exit 2)
+    ├── NoMatchError                    a search found nothing: ``symbols BINARY PATTERN`` (exit 1, like grep)
     ├── TracefsError                    tracefs missing, not mounted, not writable, an I/O failure
     │   └── KernelRefusedError          the kernel refused a command; carries the command and error_log
     │       └── ProbeRefusedError       ... a probe or filter from the configuration (a config problem, exit 2)
@@ -69,6 +70,10 @@ class ResolveError(UprobeExporterError):
         self.binary = binary
         self.symbol = symbol
         super().__init__(message)
+
+
+class NoMatchError(UprobeExporterError):
+    """``symbols`` found no function matching the pattern (exit 1, like grep); the message suggests close names."""
 
 
 class TracefsError(UprobeExporterError):

@@ -6,6 +6,7 @@ text is reported. These checks catch the common mistakes early, all at once, wit
 
 from __future__ import annotations
 
+import difflib
 import re
 
 # x86-64 register names accepted by regs_query_register_offset() (arch/x86/kernel/ptrace.c).
@@ -24,6 +25,9 @@ GOSTRING_RE = re.compile(r"(?P<body>.+):gostring(?:\[(?P<n>\d+)\])?\Z")
 GO_INT_REGISTERS = ("ax", "bx", "cx", "di", "si", "r8", "r9", "r10", "r11")  # ABIInternal, amd64
 GOSTRING_BYTES, GOSTRING_MAX_BYTES = 64, 8 * MAX_ARRAY_LEN
 GOSTRING_LEN_PREFIX = "__len_"  # the hidden field with the length of the string argument NAME: __len_NAME
+TYPE_NAMES = (*(f"{k}{b}" for k in "usx" for b in (8, 16, 32, 64)), "char", "string", "ustring")
+C_TYPES = {"int": "s32", "long": "s64", "unsigned": "u32", "short": "s16", "bool": "u8", "size_t": "u64",
+           "ssize_t": "s64", "ptr": "x64", "pointer": "x64", "str": "string", "char*": "string"}
 
 
 def split_type(fetcharg: str) -> tuple[str, str]:
@@ -89,6 +93,11 @@ def check_fetcharg(fetcharg: str, *, is_return: bool) -> str | None:
         return check_fetcharg(go[0][1], is_return=is_return) or check_fetcharg(go[1][1], is_return=is_return)
     body, kind = split_type(fetcharg)
     if ":" in body and not body.startswith("\\"):
+        written = body.rpartition(":")[2]
+        base = written.partition("[")[0]
+        close = [C_TYPES[base]] if base in C_TYPES else difflib.get_close_matches(base, TYPE_NAMES, n=1, cutoff=0.5)
+        if close:
+            return f"unknown type '{written}' in '{fetcharg}'; did you mean '{close[0]}'?"
         return f"unknown type in '{fetcharg}'; use u8..u64, s8..s64, x8..x64, char, string or b<W>@<O>/<C>"
     if (err := _check_body(body, is_return)) is not None:
         return err

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from uprobe_exporter.config import ProbeConfig
 from uprobe_exporter.errors import ResolveError
 from uprobe_exporter.fetchargs import expand_gostring
+from uprobe_exporter.filters import combine_filters, comm_filter
 
 HIDDEN_FETCHARGS = "__comm=$comm __sp=%sp:x64"
 # A return seen at a RET instruction (``return_via = "ret_instructions"``, a `p:` probe per RET): %sp still
@@ -44,7 +45,7 @@ class ProbeEvent:
     offset: int
     command: str
     filter: str
-    location: str = ""  # where it comes from in the configuration: "probes[2]"
+    location: str = ""  # where it comes from in the configuration: 'probes[2] "malloc"'
     usdt: bool = False  # a USDT site: a `p:` probe, also for the return event (which has __probe_ip)
     at_ret: bool = False  # a return seen by a `p:` probe on a RET instruction of the function
 
@@ -86,24 +87,26 @@ def build_events(probe: ResolvedProbe, group: str, where: str = "") -> list[Prob
     if cfg.usdt:
         return _usdt_events(probe, group, where)
     target = f"{probe.path}:{probe.offset:#x}"
+    by_comm = comm_filter(cfg.comm)  # on both events: a return is recorded only where its entry could be
     entry = f"{cfg.name}{ENTRY_SUFFIX}"
     go = f" {GO_FETCHARGS}" if probe.goroutines else ""
     delta = f" __ip_delta=\\{probe.entry_delta}:u32" if probe.entry_delta else ""
     events = [ProbeEvent(cfg.name, group, entry, False, probe.path, probe.offset,
                          f"p:{group}/{entry} {target} {HIDDEN_FETCHARGS}{go}{delta}{_fetchargs(cfg.args)}",
-                         cfg.filter, where)]
+                         combine_filters(by_comm, cfg.filter), where)]
     if cfg.return_probe and probe.ret_sites:
         ret = f"{cfg.name}{RETURN_SUFFIX}"
         events.extend(ProbeEvent(
             cfg.name, group, ret, True, probe.path, offset,
             f"p:{group}/{ret} {probe.path}:{offset:#x} {RET_HIDDEN_FETCHARGS}{go} __ip_delta=\\{into}:u32"
-            f"{_fetchargs(cfg.return_args)}", cfg.return_filter, where, at_ret=True)
+            f"{_fetchargs(cfg.return_args)}", combine_filters(by_comm, cfg.return_filter), where, at_ret=True)
             for offset, into in probe.ret_sites)
     elif cfg.return_probe:
         ret = f"{cfg.name}{RETURN_SUFFIX}"
         events.append(ProbeEvent(
             cfg.name, group, ret, True, probe.path, probe.offset,
-            f"r:{group}/{ret} {target} {HIDDEN_FETCHARGS}{_fetchargs(cfg.return_args)}", cfg.return_filter,
+            f"r:{group}/{ret} {target} {HIDDEN_FETCHARGS}{_fetchargs(cfg.return_args)}",
+            combine_filters(by_comm, cfg.return_filter),
             where))
     return events
 
@@ -112,6 +115,7 @@ def _usdt_events(probe: ResolvedProbe, group: str, where: str) -> list[ProbeEven
     """One ``p:`` command per site; the kernel adds the sites of one event name to that event (they
     must have the same argument names and types: stapsdt.site_fetchargs makes them agree)."""
     cfg = probe.config
+    by_comm = comm_filter(cfg.comm)  # on both events, as for functions
     events = []
     for suffix, sites, flt, is_return in ((ENTRY_SUFFIX, probe.sites, cfg.filter, False),
                                           (RETURN_SUFFIX, probe.return_sites, cfg.return_filter, True)):
@@ -121,7 +125,7 @@ def _usdt_events(probe: ResolvedProbe, group: str, where: str) -> list[ProbeEven
             args = f" {fetchargs}" if fetchargs else ""
             events.append(ProbeEvent(cfg.name, group, event, is_return, probe.path, offset,
                                      f"p:{group}/{event} {probe.path}:{offset:#x}{ref} {USDT_HIDDEN_FETCHARGS}{args}",
-                                     flt, where, usdt=True))
+                                     combine_filters(by_comm, flt), where, usdt=True))
     return events
 
 

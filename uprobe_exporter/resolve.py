@@ -21,7 +21,7 @@ def resolve_probes(config: Config) -> tuple[list[ResolvedProbe], list[str]]:
     resolved: list[ResolvedProbe] = []
     usdt_cache: dict[Path, StapsdtInfo] = {}
     for probe in config.probes:
-        where = f"probes[{probe.index}]"
+        where = probe.location
         key = "function" if probe.offset is None else "offset"
         try:
             path = resolve_binary(probe.binary, root)
@@ -47,7 +47,7 @@ def resolve_usdt(
     probe: ProbeConfig, path: Path, cache: dict[Path, StapsdtInfo], problems: list[str],
 ) -> ResolvedProbe | None:
     """The sites of a USDT probe (and of its ``return_usdt``) with their translated fetchargs."""
-    where = f"probes[{probe.index}]"
+    where = probe.location
     try:
         info = cache.get(path) or cache.setdefault(path, read_stapsdt(path))
     except ResolveError as exc:
@@ -100,7 +100,7 @@ def _function_code(info: ElfInfo, offset: int) -> tuple[Symbol, int, FunctionCod
 def resolve_function_probe(probe: ProbeConfig, info: ElfInfo, problems: list[str]) -> ResolvedProbe | None:
     """A probe on a function or an offset: its entry offset (checked to start an instruction; for Go, after
     the stack check) and, for ``return_via`` RET instructions, the offsets of every RET of the function."""
-    where = f"probes[{probe.index}]"
+    where = probe.location
     if probe.offset is None:
         offset = info.resolve(probe.function, probe.function_offset)
         named = probe.function + (f"+{probe.function_offset:#x}" if probe.function_offset else "")
@@ -170,9 +170,9 @@ def plan_events(config: Config, problems: list[str] | None = None) -> list[Probe
     events: list[ProbeEvent] = []
     for probe in resolved:
         try:
-            events.extend(build_events(probe, config.exporter.group, f"probes[{probe.config.index}]"))
+            events.extend(build_events(probe, config.exporter.group, probe.config.location))
         except ResolveError as exc:
-            problems.append(f"probes[{probe.config.index}].binary: {exc}")
+            problems.append(f"{probe.config.location}.binary: {exc}")
     if problems:
         raise ConfigError(problems)
     return events
