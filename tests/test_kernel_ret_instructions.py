@@ -102,8 +102,8 @@ def test_ret_instructions_listing_and_refusals(
     cfg.write_text(toml_dumps(build_config(group, [bad], tmp_path / "o.jsonl")))
     done = run_cli("check", "--config", str(cfg))
     assert done.returncode == 2
-    assert "probes[0].return_args.r: '$retval': $retval is a uretprobe's; at a RET instruction the return value " \
-           "is in %ax" in done.stderr
+    assert ("probes[0] \"work\".return_args.r: '$retval': $retval is a uretprobe's; at a RET instruction the return "
+            "value is in %ax") in done.stderr
     # an offset inside an instruction: refused, naming the nearest instruction starts
     second = code.instructions[1]
     inside = {"name": "mid", "binary": str(binary), "offset": start + second.offset + 1}
@@ -112,7 +112,8 @@ def test_ret_instructions_listing_and_refusals(
     assert done.returncode == 2
     nxt = code.instructions[2].offset
     assert done.stderr.splitlines() == [
-        f"uprobe-exporter: error: probes[0].offset: {start + second.offset + 1:#x} is work+{second.offset + 1:#x}, "
+        'uprobe-exporter: error: probes[0] "mid".offset: '
+        f"{start + second.offset + 1:#x} is work+{second.offset + 1:#x}, "
         f"inside the instruction '{second.text}': a breakpoint there corrupts the program; the nearest instructions "
         f"start at work+{second.offset:#x} (file offset {start + second.offset:#x}) and work+{nxt:#x} "
         f"(file offset {start + nxt:#x})"]
