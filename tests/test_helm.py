@@ -32,7 +32,7 @@ import pytest
 from tests.helpers import ROOT
 from uprobe_exporter import __version__
 from uprobe_exporter.cli import PROG, _parser
-from uprobe_exporter.config import DEFAULT_PORT, example_text, parse_config
+from uprobe_exporter.config import DEFAULT_PORT, ExporterConfig, example_text, parse_config
 
 MISSING: list[str] = []
 try:
@@ -134,6 +134,10 @@ def _worker_lint(values_json: str, kube_version: str) -> dict[str, Any]:
     return helm.lint(str(CHART), json.loads(values_json), strict=True, kube_version=kube_version)
 
 
+def is_hook(obj: dict[str, Any]) -> bool:
+    return "helm.sh/hook" in (obj["metadata"].get("annotations") or {})
+
+
 @dataclass(frozen=True, slots=True)
 class Rendered:
     """The manifests of one ``helm template``, parsed."""
@@ -142,12 +146,21 @@ class Rendered:
     notes: str
 
     def get(self, kind: str) -> dict[str, Any]:
-        found = [o for o in self.objects if o["kind"] == kind]
+        """The one object of ``kind`` in the release (hooks are not part of it)."""
+        found = [o for o in self.objects if o["kind"] == kind and not is_hook(o)]
         assert len(found) == 1, f"{len(found)} objects of kind {kind}"
         return found[0]
 
+    def hook(self, kind: str) -> dict[str, Any]:
+        found = [o for o in self.objects if o["kind"] == kind and is_hook(o)]
+        assert len(found) == 1, f"{len(found)} hooks of kind {kind}"
+        return found[0]
+
     def kinds(self) -> set[str]:
-        return {o["kind"] for o in self.objects}
+        return {o["kind"] for o in self.objects if not is_hook(o)}
+
+    def hook_kinds(self) -> set[str]:
+        return {o["kind"] for o in self.objects if is_hook(o)}
 
     def config_toml(self) -> str:
         text = self.get("ConfigMap")["data"]["config.toml"]
@@ -330,6 +343,8 @@ def test_every_value_set_renders_the_objects_it_asks_for(helm: Helm) -> None:
     assert helm.render(FULL_VALUES).kinds() == {"ConfigMap", "DaemonSet", "Service", "ServiceAccount",
                                                 "ServiceMonitor", "PodMonitor"}
     assert helm.render(NODE_VALUES).kinds() == {"ConfigMap", "DaemonSet", "PodMonitor"}
+    assert helm.render({}).hook_kinds() == {"ConfigMap", "Job"}
+    assert helm.render({"cleanupJob": {"enabled": False}}).hook_kinds() == set()
 
 
 # --- the DaemonSet --------------------------------------------------------------------------------
@@ -379,10 +394,73 @@ def test_daemonset_has_what_tracefs_and_uprobes_need(helm: Helm) -> None:
     assert pod["nodeSelector"] == {"kubernetes.io/os": "linux"}
     assert "priorityClassName" not in pod
     assert ds["spec"]["updateStrategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1}}
-    # The exporter stops within 2 s of SIGTERM.
-    assert 2 < pod["terminationGracePeriodSeconds"] <= 30
+    # The stop needs ≈60 ms per event: 10 s + 100 ms per event (test_grace_period_follows_the_events).
+    assert pod["terminationGracePeriodSeconds"] == 10 + -(-events_of(rendered) // 10)
     assert container["resources"]["requests"] and container["resources"]["limits"]["memory"]
     assert ds["spec"]["selector"]["matchLabels"].items() <= ds["spec"]["template"]["metadata"]["labels"].items()
+
+
+def events_of(rendered: Rendered) -> int:
+    """Kernel events of the rendered configuration: one per probe, two with return = true."""
+    return sum(2 if p.get("return") else 1 for p in rendered.config()["probes"])
+
+
+MANY_PROBES = [{"name": f"f{i}", "binary": "/usr/local/bin/app", "function": f"f{i}", "return": True}
+               for i in range(150)]
+
+
+@pytest.mark.parametrize(("values", "grace", "budget"), [
+    ({}, None, None),
+    ({"config": {"probes": MANY_PROBES}}, 40, 37),
+    ({"config": {"probes": [*MANY_PROBES[:3], {**MANY_PROBES[3], "return": False}]}}, 11, 8),
+    ({"config": {"probes": MANY_PROBES}, "terminationGracePeriodSeconds": 90}, 90, 87),
+    ({"config": {"probes": MANY_PROBES, "exporter": {"stop_budget_seconds": 60}}}, 63, 60),
+    ({"config": {"probes": MANY_PROBES, "exporter": {"stop_budget_seconds": 12.5}}}, 40, 12.5),
+])
+def test_grace_period_follows_the_events(helm: Helm, values: dict[str, Any], grace: int | None,
+                                         budget: float | None) -> None:
+    """The kubelet's grace period covers the exporter's stop (≈60 ms per event on Linux 6.18), and the
+    exporter's stop budget fits in it."""
+    rendered = helm.render(values)
+    events = events_of(rendered)
+    pod_grace = rendered.pod_spec()["terminationGracePeriodSeconds"]
+    stop_budget = rendered.config()["exporter"]["stop_budget_seconds"]
+    if grace is None:
+        grace, budget = 10 + -(-events // 10), 10 + -(-events // 10) - 3
+    assert (pod_grace, stop_budget) == (grace, budget)
+    assert pod_grace >= stop_budget + 3
+    assert parse_config(rendered.config()).exporter.stop_budget_seconds == budget
+    assert pod_grace >= events * 0.06 * 1.25 + 2, "room for the stop the exporter itself estimates"
+
+
+def test_cleanup_job_runs_cleanup_on_every_node_after_uninstall(helm: Helm) -> None:
+    rendered = helm.render({"cleanupJob": {"nodes": 5}, "config": {"exporter": {"group": "g1", "instance": "i1"}}})
+    job, config_map = rendered.hook("Job"), rendered.hook("ConfigMap")
+    for obj in (job, config_map):
+        annotations = obj["metadata"]["annotations"]
+        assert annotations["helm.sh/hook"] == "post-delete"
+        assert set(annotations["helm.sh/hook-delete-policy"].split(",")) == {"before-hook-creation", "hook-succeeded"}
+    assert int(config_map["metadata"]["annotations"]["helm.sh/hook-weight"]) < int(
+        job["metadata"]["annotations"]["helm.sh/hook-weight"])
+    assert job["spec"]["completions"] == job["spec"]["parallelism"] == 5
+    pod = job["spec"]["template"]["spec"]
+    anti = pod["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert anti[0]["topologyKey"] == "kubernetes.io/hostname"
+    assert anti[0]["labelSelector"]["matchLabels"].items() <= job["spec"]["template"]["metadata"]["labels"].items()
+    container = pod["containers"][0]
+    args = _parser().parse_args(container["args"])
+    assert args.command == "cleanup" and args.config == CONFIG_PATH
+    grace = rendered.pod_spec()["terminationGracePeriodSeconds"]
+    assert args.wait > grace, "waits for an exporter still stopping on its node"
+    assert pod["volumes"][0]["configMap"]["name"] == config_map["metadata"]["name"]
+    assert {"name": "tracefs", "hostPath": {"path": "/sys/kernel/tracing", "type": "Directory"}} in pod["volumes"]
+    assert "serviceAccountName" not in pod and pod["automountServiceAccountToken"] is False
+    assert pod["tolerations"] == rendered.pod_spec()["tolerations"]
+    assert container["securityContext"] == rendered.container()["securityContext"]
+    config = tomllib.loads(config_map["data"]["config.toml"])
+    assert config == {"exporter": {"tracefs": "/sys/kernel/tracing", "group": "g1", "instance": "i1",
+                                   "log_level": "info"}}
+    assert helm.render({}).hook("Job")["spec"]["completions"] == 1, "no cluster to look the nodes up in"
 
 
 def test_capabilities_profile_drops_everything_but_what_it_adds(helm: Helm) -> None:
@@ -446,10 +524,12 @@ def test_default_config_is_the_built_in_example(helm: Helm) -> None:
     assert rendered["probes"] == example["probes"]
     assert rendered["output"] == example["output"]
     assert rendered["metrics"] == example["metrics"]
-    # The same exporter settings, but for the paths of the chart's mounts.
+    # The same exporter settings, but for the paths of the chart's mounts and the stop budget (from
+    # the grace period the chart renders).
     exporter = parse_config(example).exporter
+    grace = helm.render({}).pod_spec()["terminationGracePeriodSeconds"]
     assert parse_config(rendered).exporter == dataclasses.replace(
-        exporter, tracefs="/sys/kernel/tracing", host_root="/host")
+        exporter, tracefs="/sys/kernel/tracing", host_root="/host", stop_budget_seconds=grace - 3)
 
 
 def test_custom_probes_render_to_the_same_toml_values(helm: Helm) -> None:
@@ -658,12 +738,14 @@ def test_systemd_unit_runs_the_exporter_hardened_but_able_to_write_tracefs() -> 
     args = _parser().parse_args(argv)
     assert (args.command, args.config) == ("run", CONFIG_PATH)
     expected = {
-        "User": "root", "Restart": "on-failure", "KillSignal": "SIGTERM", "TimeoutStopSec": "10",
+        "User": "root", "Restart": "on-failure", "KillSignal": "SIGTERM", "TimeoutStopSec": "35",
         "NoNewPrivileges": "yes", "ProtectSystem": "strict", "ProtectHome": "read-only", "PrivateTmp": "yes",
         "ProtectKernelModules": "yes", "ProtectControlGroups": "yes", "LockPersonality": "yes",
         "MemoryDenyWriteExecute": "yes", "RestrictRealtime": "yes", "SystemCallArchitectures": "native",
     }
     assert {key: service.get(key) for key in expected} == expected
+    # The stop needs ≈60 ms per event: the unit's timeout must exceed the exporter's default stop budget.
+    assert int(service["TimeoutStopSec"]) >= ExporterConfig().stop_budget_seconds + 5
     assert "/sys/kernel/tracing" in service["ReadWritePaths"].split()
     assert set(service["RestrictAddressFamilies"].split()) == {"AF_INET", "AF_INET6", "AF_UNIX"}
     # uid 0 passes tracefs's file-mode checks without capabilities; ptrace-read for /proc/<pid>/root.

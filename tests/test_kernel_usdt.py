@@ -435,7 +435,7 @@ def test_usdt_pages_give_the_same_output_by_records_and_by_emitters(
     pages: list[tuple[bytes, int]] = []
     with ProbeSession(tracefs, instance, group, events, 1024) as session:
         target.go(ROUNDS)
-        session.disable()
+        session.stop_recording()
         for cpu in instance.cpus():
             raw = instance.root / "per_cpu" / f"cpu{cpu}" / "trace_pipe_raw"
             fd = os.open(raw, os.O_RDONLY | os.O_NONBLOCK)

@@ -268,3 +268,21 @@ def test_config_records_are_frozen() -> None:
     cfg = parse_config(config_with())
     with pytest.raises(AttributeError):
         cfg.exporter.group = "x"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("group", ["uprobes", "kprobes", "eprobes", "fprobes", "tracepoints", "synthetic", "ftrace"])
+def test_the_kernels_own_groups_are_refused(group: str) -> None:
+    assert problems_of(config_with(exporter={"group": group})) == (
+        f"exporter.group: '{group}' is the kernel's own group for dynamic events (other users' probes live there "
+        "and would be removed); choose a group of your own, such as 'uprobe_exporter'",)
+
+
+def test_stop_budget() -> None:
+    assert parse_config(config_with()).exporter.stop_budget_seconds == 30.0
+    assert parse_config(config_with(exporter={"stop_budget_seconds": 45})).exporter.stop_budget_seconds == 45.0
+    assert parse_config(config_with(exporter={"stop_budget_seconds": 7.5})).exporter.stop_budget_seconds == 7.5
+    for bad in (0, 0.5, -3, float("nan"), float("inf")):
+        assert problems_of(config_with(exporter={"stop_budget_seconds": bad}))[0].startswith(
+            "exporter.stop_budget_seconds: must be at least 1")
+    assert problems_of(config_with(exporter={"stop_budget_seconds": "10"})) == (
+        "exporter.stop_budget_seconds: must be int/float, not str",)

@@ -15,7 +15,7 @@ PURE = ("config", "fetchargs", "formatfile", "traceline", "records", "kerneltext
         "filters", "instructions", "costclass")
 NATIVE = ("_native",)  # C extensions: pure computation, no I/O (uprobe_exporter/_*.c)
 SHELL = ("tracefs", "daemon", "reader", "rawreader", "jsonl", "session", "cli", "elf", "binaries", "resolve", "metrics",
-         "nativestatus", "costprobe")
+         "nativestatus", "ownership", "costprobe")
 FORBIDDEN = {"asyncio", "aiofiles", "subprocess", "socket", "selectors"}  # (logging loads threading)
 FILE_APIS = {"os", "io", "shutil", "pathlib", "tempfile", "fcntl", "mmap"}
 # config.py also holds load_config_partial(), which reads the file and the packaged example (STYLE.md §12).

@@ -15,6 +15,7 @@ import logging
 import os
 import platform
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -32,10 +33,11 @@ from uprobe_exporter.elf import (
     read_stapsdt,
     render_usdt_listing,
 )
-from uprobe_exporter.errors import ConfigError, NoMatchError, UprobeExporterError
+from uprobe_exporter.errors import ConfigError, NoMatchError, OwnershipError, UprobeExporterError
 from uprobe_exporter.nativestatus import native_status
+from uprobe_exporter.ownership import claim_leftovers
 from uprobe_exporter.resolve import load_plan
-from uprobe_exporter.session import remove_group
+from uprobe_exporter.session import EVENT_STOP_COST_S, STOP_FIXED_S, STOP_MARGIN, remove_events, remove_group
 
 PROG = "uprobe-exporter"
 
@@ -79,6 +81,8 @@ def _parser() -> argparse.ArgumentParser:
     u.add_argument("--host-root", default="/", metavar="DIR", help="resolve the binary inside DIR")
     k = sub.add_parser("cleanup", help="remove leftovers of our group and instance (after a crash)")
     k.add_argument("--config", "-c", metavar="FILE", help=config_help)
+    k.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+                   help="wait up to SECONDS for a running exporter holding the group or instance to exit")
     sub.add_parser("example", help="print the built-in example configuration (to start one's own file)")
     return p
 
@@ -109,6 +113,14 @@ def _cmd_check(args: argparse.Namespace) -> int:
         if ev.filter and ev.event not in filtered:  # once per event (a USDT event has a command per site)
             filtered.add(ev.event)
             print(f"# filter {ev.full_name}: {ev.filter}")
+    n = len({ev.event for ev in events})  # a USDT event has a command per site
+    need = n * EVENT_STOP_COST_S * STOP_MARGIN + STOP_FIXED_S
+    budget = config.exporter.stop_budget_seconds
+    print(f"# stop: {n} events take about {need:.0f} s to disable and remove "
+          f"({EVENT_STOP_COST_S * 1000:.0f} ms each on Linux 6.18; 'run' measures this kernel when it matters); "
+          f"exporter.stop_budget_seconds = {budget:g}"
+          + ("" if need <= budget else f": too little, give the stop at least {need + 1:.0f} s")
+          + "; TimeoutStopSec / terminationGracePeriodSeconds must exceed the budget")
     return 0
 
 
@@ -156,7 +168,23 @@ def _cmd_cleanup(args: argparse.Namespace) -> int:
         raise ConfigError(exporter_problems)
     _setup_logging(config.exporter.log_level)
     tracefs, instance = open_tracefs(config)
-    removed = remove_group(tracefs, config.exporter.group, instance)
+    group = config.exporter.group
+    # Refuses (exit 1, naming the pid) what a running exporter holds, and an instance that is not ours.
+    deadline = time.monotonic() + args.wait
+    while True:
+        try:
+            owned = claim_leftovers(tracefs, group, instance)
+            break
+        except OwnershipError as exc:
+            if exc.pid is None or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.5)
+    try:
+        removed = remove_group(tracefs, group) if owned.holds(tracefs.group_dir(group)) else []
+        if owned.holds(instance.root):
+            removed += remove_events(tracefs, group, [], instance)
+    finally:
+        owned.release()
     print(f"removed {len(removed)}: {', '.join(removed)}" if removed else "nothing to remove")
     return 0
 

@@ -35,6 +35,10 @@ RESERVED_LABELS = ("probe", "le", "instance", "job")  # set by the histogram its
 LOG_LEVELS = ("debug", "info", "warning", "error")
 RETURN_VIA = ("auto", "uretprobe", "ret_instructions")  # a kernel uretprobe, or a `p:` probe on each RET
 READERS = ("raw", "text")  # per-CPU trace_pipe_raw (binary, ns timestamps), or the text trace_pipe
+# Groups the kernel itself puts dynamic events in (kernel/trace: UPROBE_EVENT_SYSTEM, KPROBE_EVENT_SYSTEM,
+# EPROBE_EVENT_SYSTEM, FPROBE_EVENT_SYSTEM and TRACEPOINT_EVENT_SYSTEM, SYNTH_SYSTEM; "ftrace" holds the
+# tracer's own events): other people's probes live there, and we remove every uprobe of our group.
+RESERVED_GROUPS = ("uprobes", "kprobes", "eprobes", "fprobes", "tracepoints", "synthetic", "ftrace")
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +51,7 @@ class ExporterConfig:
     max_pending_calls: int = 65536
     log_level: str = "info"
     reader: str = "raw"
+    stop_budget_seconds: float = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,13 +182,22 @@ def _parse_exporter(data: Mapping[str, Any], problems: _Problems) -> ExporterCon
         max_pending_calls=_get(t, "max_pending_calls", int, d.max_pending_calls, "exporter", problems),
         log_level=_get(t, "log_level", str, d.log_level, "exporter", problems),
         reader=_get(t, "reader", str, d.reader, "exporter", problems),
+        stop_budget_seconds=float(_get(t, "stop_budget_seconds", (int, float), d.stop_budget_seconds, "exporter",
+                                       problems)),
     )
     if not GROUP_RE.match(cfg.group) or len(cfg.group) > MAX_EVENT_NAME:
         problems.add("exporter.group", f"'{cfg.group}' must be a C identifier of at most 63 characters")
+    elif cfg.group in RESERVED_GROUPS:
+        problems.add("exporter.group", f"'{cfg.group}' is the kernel's own group for dynamic events (other users' "
+                     "probes live there and would be removed); choose a group of your own, such as "
+                     f"'{d.group}'")
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", cfg.instance) or cfg.instance in (".", ".."):
         problems.add("exporter.instance", f"'{cfg.instance}' must be a plain directory name ([A-Za-z0-9_.-])")
     if cfg.buffer_size_kb < 4:
         problems.add("exporter.buffer_size_kb", "must be at least 4 (one page per CPU)")
+    if not 1 <= cfg.stop_budget_seconds < math.inf:
+        problems.add("exporter.stop_budget_seconds", "must be at least 1 (seconds the stop is given: the grace "
+                     "period, TimeoutStopSec)")
     if cfg.max_pending_calls < 1:
         problems.add("exporter.max_pending_calls", "must be positive")
     if cfg.log_level not in LOG_LEVELS:

@@ -1,8 +1,10 @@
 """Wiring: config → resolve → register → one TaskGroup (reader, sink, housekeeping) → clean exit.
 
-Shutdown (SIGINT, SIGTERM, an error, or the JSON reader going away): stop reading, disable our
-events, drain what the kernel still holds, flush the sink, remove our events and our instance. The
-reader never blocks, so this takes milliseconds even when no event ever arrived.
+Shutdown (SIGINT, SIGTERM, an error, or the JSON reader going away): stop recording (our instance's
+``tracing_on``), drain what the kernel still holds, flush the sink, then disable and remove our events
+one by one, hottest first, and our instance. The reader never blocks; what the stop costs is the
+kernel's per-event removal (an RCU grace period or two each, ≈60 ms on Linux 6.18), which
+``exporter.stop_budget_seconds`` must cover (session.py).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from uprobe_exporter.traceline import TextParser
 
 log = logging.getLogger(__name__)
 SWEEP_SECONDS = 5.0  # how often threads with pending calls are checked for having exited
+PRESENCE_SECONDS = 2.0  # how often we check that our events are still registered
 FINAL_FLUSH_SECONDS = 1.5
 
 
@@ -62,11 +65,13 @@ def open_tracefs(config: Config) -> tuple[Tracefs, Instance]:
     return tracefs, tracefs.instance(config.exporter.instance)
 
 
-async def _housekeeping(rt: Runtime) -> None:
-    """Once a second: refresh the wall-clock offset and check that the probed binaries are still the
-    files we probed; every SWEEP_SECONDS: forget threads that exited (their pending calls will never
-    return) and the cached process ids (thread ids get reused)."""
-    last_sweep = time.monotonic()
+async def _housekeeping(rt: Runtime, session: ProbeSession) -> None:
+    """Once a second: refresh the wall-clock offset, check that the probed binaries are still the files
+    we probed, and forget the pending entries of threads the last sweep found exited; every
+    PRESENCE_SECONDS: check that our events are still registered (someone may remove them: logged and
+    counted, not served as registered); every SWEEP_SECONDS: find the threads that exited (their pending
+    calls will never return) and forget the cached process ids (thread ids get reused)."""
+    last_sweep = last_presence = time.monotonic()
     exited: set[int] = set()  # found exited by the last sweep, a second ago
     while True:
         await asyncio.sleep(1.0)
@@ -81,6 +86,12 @@ async def _housekeeping(rt: Runtime) -> None:
         exited = set()
         for change in rt.binaries.check():
             _log_binary_change(change)
+        if time.monotonic() - last_presence >= PRESENCE_SECONDS:
+            last_presence = time.monotonic()
+            try:
+                session.check_present()
+            except TracefsError as exc:
+                log.error("%s", exc)
         if time.monotonic() - last_sweep >= SWEEP_SECONDS:
             last_sweep = time.monotonic()
             # keys above PID_MAX_LIMIT are Go goroutines (their g), not threads: a new call evicts their stale
@@ -147,7 +158,8 @@ async def run(config: Config, problems: list[str]) -> bool:
     rt: Runtime | None = None
     try:
         with Signals(sink) as signals, ProbeSession(tracefs, instance, config.exporter.group, events,
-                                                    config.exporter.buffer_size_kb) as session:
+                                                    config.exporter.buffer_size_kb,
+                                                    config.exporter.stop_budget_seconds) as session:
             pipeline, reader = _reader(config, session, instance, renderer, tgids, sink)
             rt = Runtime(pipeline, reader, sink, tgids, binaries)
             # What exists now (modules, compiled parsers, the registry) lives as long as the process:
@@ -158,6 +170,7 @@ async def run(config: Config, problems: list[str]) -> bool:
                 if metrics is not None:
                     metrics.sources.binaries = binaries
                     metrics.sources.update(tracefs, instance, events, pipeline, sink, reader)
+                    metrics.sources.vanished = session.vanished
                 await _serve(rt, session, instance, signals.stop)
             finally:
                 if metrics is not None:  # no scrape may hold a file of the instance while it is removed
@@ -208,12 +221,12 @@ async def _serve(rt: Runtime, session: ProbeSession, instance: Instance, stop: a
     async with asyncio.TaskGroup() as tg:
         sink_task = tg.create_task(rt.sink.run()) if rt.sink is not None else None
         reader_task = tg.create_task(rt.reader.run())
-        house_task = tg.create_task(_housekeeping(rt))
+        house_task = tg.create_task(_housekeeping(rt, session))
         log.info("%d events registered in %s; reading", len(session.registered), instance.root)
         await stop.wait()
         reader_task.cancel()
         house_task.cancel()
-        session.disable()
+        session.stop_recording()
         rt.reader.drain()
         if rt.sink is not None and sink_task is not None:
             rt.sink.finish()

@@ -7,6 +7,7 @@
     ├── TracefsError                    tracefs missing, not mounted, not writable, an I/O failure
     │   └── KernelRefusedError          the kernel refused a command; carries the command and error_log
     │       └── ProbeRefusedError       ... a probe or filter from the configuration (a config problem, exit 2)
+    ├── OwnershipError                  our group or instance is held by a running exporter, or is not ours
     ├── OutputClosed                    the reader of our stdout went away: stop cleanly (exit 0)
     ├── OutputError                     the JSON output cannot be written (disk full, I/O error)
     ├── MetricsError                    the metrics endpoint cannot listen (port taken)
@@ -109,6 +110,16 @@ class ProbeRefusedError(KernelRefusedError):
                          error_log=refused.error_log, errno=refused.errno)
         self.location = location
         self.exit_code = 1 if self.errno in (errno_codes.ENOMEM, errno_codes.EBUSY, errno_codes.EAGAIN) else 2
+
+
+class OwnershipError(UprobeExporterError):
+    """Our group or instance is held by another running exporter (``pid``, 0 when it runs in a pid
+    namespace we cannot see), or exists and is not ours."""
+
+    def __init__(self, message: str, *, path: str = "", pid: int | None = None) -> None:
+        self.path = path
+        self.pid = pid
+        super().__init__(message)
 
 
 class OutputClosed(UprobeExporterError):

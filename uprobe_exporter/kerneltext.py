@@ -121,3 +121,30 @@ def parse_saved_tgids(text: str) -> dict[int, int]:
         if len(parts) == 2 and parts[0].isdigit() and parts[1].isdigit():
             out[int(parts[0])] = int(parts[1])
     return out
+
+
+@dataclass(frozen=True, slots=True)
+class FileLock:
+    """One lock from ``/proc/locks`` (fs/locks.c: lock_get_status())."""
+
+    kind: str  # FLOCK, POSIX, OFDLCK, LEASE...
+    mode: str  # READ or WRITE
+    pid: int  # in the reader's pid namespace; 0 when the holder is not visible there, -1 for OFD locks
+    dev: tuple[int, int]  # major, minor
+    inode: int
+
+
+PROC_LOCKS_RE = re.compile(
+    r"\d+: (?P<kind>\S+)\s+\S+\s+(?P<mode>\S+)\s+(?P<pid>-?\d+) (?P<maj>[0-9a-f]+):(?P<min>[0-9a-f]+):(?P<ino>\d+) ")
+
+
+def parse_proc_locks(text: str) -> list[FileLock]:
+    """``/proc/locks``: ``1: FLOCK  ADVISORY  WRITE 9775 00:0d:20219 0 EOF``; waiters (``1: -> FLOCK ...``)
+    hold nothing and are skipped."""
+    out = []
+    for line in text.splitlines():
+        m = PROC_LOCKS_RE.match(line)
+        if m:
+            out.append(FileLock(m["kind"], m["mode"], int(m["pid"]), (int(m["maj"], 16), int(m["min"], 16)),
+                                int(m["ino"])))
+    return out

@@ -50,6 +50,7 @@ class Sources:
     sink: JsonlSink | None = None
     reader: TracePipeReader | RawPipeReader | None = None
     binaries: BinaryWatch | None = None
+    vanished: set[str] = field(default_factory=set)  # our events someone else removed (ProbeSession.vanished)
     scrape_errors: Counter[str] = field(default_factory=Counter)
     lock: threading.Lock = field(default_factory=threading.Lock)  # scrapes may run concurrently
 
@@ -98,8 +99,12 @@ class UprobeCollector(Collector):
         yield info
         registered = GaugeMetricFamily("uprobe_exporter_events_registered",
                                        "uprobe events the exporter has registered in its group.")
-        registered.add_metric([], len({e.event for e in s.events}) if s.pipeline is not None else 0)
+        registered.add_metric([], len({e.event for e in s.events}) - len(s.vanished) if s.pipeline is not None else 0)
         yield registered
+        vanished = CounterMetricFamily("uprobe_exporter_events_vanished",
+                                       "Our events that someone else removed while we ran (logged).")
+        vanished.add_metric([], len(s.vanished))
+        yield vanished
         if s.pipeline is None or s.tracefs is None or s.instance is None:
             yield from self._scrape_errors()
             return

@@ -7,10 +7,13 @@ with O_APPEND and never O_TRUNC (truncation deletes every uprobe on the host); o
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
+import fcntl
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from uprobe_exporter.errors import KernelRefusedError, TracefsError
@@ -19,6 +22,7 @@ from uprobe_exporter.kerneltext import (
     UprobeEvent,
     find_error_log_entry,
     parse_mountinfo,
+    parse_proc_locks,
     parse_stats,
     parse_uprobe_events,
     parse_uprobe_profile,
@@ -93,6 +97,76 @@ def find_tracefs(setting: str, mountinfo: str | None = None) -> Path:
     return Path(DEFAULT_MOUNT)
 
 
+class DirLock:
+    """An exclusive ``flock(2)`` on a tracefs directory, held while our descriptor is open.
+
+    tracefs has one superblock however often and wherever it is mounted (fs/tracefs/inode.c:
+    get_tree_single), so every exporter on the host sees the same inode and the same lock: in a pod,
+    under systemd, in another mount namespace. The kernel drops the lock when its holder dies, so a
+    held lock always means a live holder; ``/proc/locks`` names it (checked on Linux 6.18)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.fd: int | None = None
+
+    @property
+    def held(self) -> bool:
+        return self.fd is not None
+
+    def try_acquire(self) -> bool:
+        """Lock without waiting: False when another process holds it (or the directory is gone)."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            raise _oserror(exc, "cannot open", self.path) from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        except OSError as exc:
+            os.close(fd)
+            raise _oserror(exc, "cannot lock", self.path) from exc
+        self.fd = fd
+        return True
+
+    def still_locks_path(self) -> bool:
+        """Whether the directory we hold is still the one at ``path`` (a group directory vanishes with
+        its last event, and the next event of that group makes a new one that our lock does not cover)."""
+        if self.fd is None:
+            return False
+        try:
+            return os.path.samestat(os.fstat(self.fd), os.stat(self.path))
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            raise _oserror(exc, "cannot stat", self.path) from exc
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def lock_holder(path: Path) -> int | None:
+    """The pid holding a flock on ``path`` as ``/proc/locks`` shows it, or None when it shows none (nobody
+    holds one, ``path`` is gone, or the holder is in a pid namespace we cannot see: /proc/locks lists
+    only the locks of visible processes)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise _oserror(exc, "cannot stat", path) from exc
+    dev = (os.major(st.st_dev), os.minor(st.st_dev))
+    for lock in parse_proc_locks(read_text(Path("/proc/locks"))):
+        if lock.kind == "FLOCK" and lock.dev == dev and lock.inode == st.st_ino:
+            return lock.pid
+    return None
+
+
 class Tracefs:
     """A tracefs mount: the top-level files shared by everyone (uprobe_events, uprobe_profile)."""
 
@@ -151,6 +225,38 @@ class Tracefs:
     def instance(self, name: str) -> Instance:
         return Instance(self.root / "instances" / name)
 
+    def group_dir(self, group: str) -> Path:
+        """``events/<group>``: exists while the group has an event; the lock of its owner."""
+        return self.root / "events" / group
+
+    def group_event_names(self, group: str) -> list[str]:
+        """Every event of ``group`` the kernel shows (uprobes or not)."""
+        try:
+            return sorted(p.name for p in self.group_dir(group).iterdir() if p.is_dir())
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise _oserror(exc, "cannot list", self.group_dir(group)) from exc
+
+    @contextlib.contextmanager
+    def claim_lock(self, timeout: float = 30.0) -> Iterator[None]:
+        """The host-wide lock under which an exporter checks who owns a group and an instance and
+        takes them (milliseconds: never held while probes are disabled or removed). It makes "nobody
+        holds it, so I take it" one step for exporters starting at the same moment."""
+        lock = DirLock(self.root / "instances")
+        deadline = time.monotonic() + timeout
+        while not lock.try_acquire():
+            if time.monotonic() > deadline:
+                pid = lock_holder(lock.path)
+                raise TracefsError(f"{lock.path} stayed locked for {timeout:.0f} s by "
+                                   f"{f'pid {pid}' if pid else 'a process in another pid namespace'} "
+                                   "(another uprobe-exporter starting?)", path=str(lock.path))
+            time.sleep(0.01)
+        try:
+            yield
+        finally:
+            lock.release()
+
     def disable_everywhere(self, group: str, event: str) -> None:
         """Disable ``group/event`` at the top level and in every instance: an event enabled anywhere
         cannot be removed (EBUSY). Only ever called for events of our own group."""
@@ -177,8 +283,6 @@ class Instance:
     def create(self) -> None:
         try:
             self.root.mkdir()
-        except FileExistsError:
-            pass
         except OSError as exc:
             raise _oserror(exc, "cannot create tracefs instance", self.root) from exc
 
@@ -197,10 +301,11 @@ class Instance:
 
     def configure(self, buffer_size_kb: int, trace_clock: str = "mono") -> None:
         """trace_clock mono (CLOCK_MONOTONIC, comparable across CPUs), record-tgid, our buffer size.
-        ``buffer_percent`` 0 makes poll() report data as soon as there is any."""
-        write_text(self.root / "tracing_on", "0")
+        ``buffer_percent`` 0 makes poll() report data as soon as there is any. The clock and record-tgid
+        come first: they are how a leftover instance is recognised as ours (ownership.py)."""
         write_text(self.root / "trace_clock", trace_clock)
         write_text(self.root / "options" / "record-tgid", "1")
+        write_text(self.root / "tracing_on", "0")
         write_text(self.root / "buffer_size_kb", str(buffer_size_kb))
         write_text(self.root / "buffer_percent", "0")
         write_text(self.root / "tracing_on", "1")
@@ -210,6 +315,16 @@ class Instance:
 
     def read_format(self, group: str, event: str) -> str:
         return read_text(self.event_dir(group, event) / "format")
+
+    def set_tracing_on(self, on: bool) -> None:
+        """Start or stop recording into our buffer at once; the probes stay armed."""
+        write_text(self.root / "tracing_on", "1" if on else "0")
+
+    def read_marks(self) -> tuple[str, str, str, str]:
+        """What tells our instance from another one: trace_clock, options/record-tgid, the enabled
+        events (set_event, ``group:event`` lines) and current_tracer."""
+        return (read_text(self.root / "trace_clock"), read_text(self.root / "options" / "record-tgid"),
+                read_text(self.root / "set_event"), read_text(self.root / "current_tracer"))
 
     def set_enabled(self, group: str, event: str, enabled: bool) -> None:
         write_text(self.event_dir(group, event) / "enable", "1" if enabled else "0")

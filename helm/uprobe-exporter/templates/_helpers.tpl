@@ -208,3 +208,30 @@ metricRelabelings:
   {{- toYaml . | nindent 2 }}
 {{- end }}
 {{- end }}
+
+{{/*
+The stop: the number of kernel events of config.probes (1 per probe, 2 with return = true), the
+grace period the kubelet gives a stopping pod (terminationGracePeriodSeconds, or 10 + ceil(events /
+10): 100 ms per event, the kernel needing ≈60 ms, plus 10 s for the rest) and the exporter's
+stop_budget_seconds (3 s less, unless set; the grace period then covers it).
+*/}}
+{{- define "uprobe-exporter.eventCount" -}}
+{{- $n := 0 }}
+{{- range .Values.config.probes }}
+{{- $n = add $n (ternary 2 1 (eq (toString (get . "return")) "true")) }}
+{{- end }}
+{{- $n }}
+{{- end }}
+
+{{- define "uprobe-exporter.gracePeriod" -}}
+{{- $events := include "uprobe-exporter.eventCount" . | int }}
+{{- $grace := .Values.terminationGracePeriodSeconds | default (add 10 (div (add $events 9) 10)) | int }}
+{{- with (.Values.config.exporter | default dict).stop_budget_seconds }}
+{{- $grace = max $grace (add (ceil .) 3) }}
+{{- end }}
+{{- $grace }}
+{{- end }}
+
+{{- define "uprobe-exporter.stopBudget" -}}
+{{- (.Values.config.exporter | default dict).stop_budget_seconds | default (sub (include "uprobe-exporter.gracePeriod" . | int) 3) }}
+{{- end }}
