@@ -74,3 +74,5 @@ def test_kinds_of_instructions() -> None:
     assert kind("ffe0") == ""  # jmp rax
     assert kind("c3") == "ret" and kind("c20800") == "ret"
     assert kind("4889e5") == "mov" and kind("4883ec08") == "sub" and kind("493b6610") == "cmp"
+    assert kind("4863c2") == "mov"  # movsxd rax, edx
+    assert kind("31c0") == ""  # xor eax, eax: not measured

@@ -18,6 +18,7 @@ import pytest
 from tests.helpers import ExporterProcess, build_config, read_jsonl, run_cli, toml_dumps, wait_for_lines
 from tests.prom import free_port
 from tests.test_kernel_metrics import wait_scrape
+from uprobe_exporter.elf import load_elf
 
 GOROUTINES, CALLS, DEPTH = 16, 40, 1200  # 16 goroutines on 2 cores; 1200 frames of 2 KiB: ~19 stack copies
 PROBES = ("handle", "deep", "may_panic", "unwind")
@@ -112,6 +113,13 @@ def test_go_check_places_entry_after_the_stack_check(build_go: Callable[..., Pat
     assert done.returncode == 0, done.stderr
     deep = [x for x in done.stdout.splitlines() if x.startswith(f"p:{group}/deep_entry ")]
     assert len(deep) == 1 and "__g=%r14:x64 __g_hi=+8(%r14):x64 __ip_delta=\\18:u32" in deep[0]
+    start = load_elf(binary).resolve("main.deep")
+    by_offset = [{"name": "deep", "binary": str(binary), "offset": start}]  # the function's start, by offset
+    cfg.write_text(toml_dumps(build_config(group, by_offset, tmp_path / "o.jsonl")))
+    done = run_cli("check", "--config", str(cfg))
+    assert done.returncode == 0, done.stderr
+    assert f"p:{group}/deep_entry {binary}:{start + 18:#x} __comm=$comm __sp=%sp:x64 __ip_delta=\\18:u32" \
+        in done.stdout.splitlines()
     bad = [{**probes(binary)[0], "return_args": {"r": "$retval"}}]
     cfg.write_text(toml_dumps(build_config(group, bad, tmp_path / "o.jsonl")))
     done = run_cli("check", "--config", str(cfg))

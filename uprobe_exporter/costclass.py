@@ -77,6 +77,8 @@ def instruction_kind(ins: Instruction) -> str:
         return "jmp" if ins.mnemonic == "jmp" else "jcc"
     if ins.mnemonic in _MEASURED_MNEMONICS:
         return ins.mnemonic
+    if ins.mnemonic.startswith("mov"):  # movsxd, movzx, movabs, movaps...: moves, as `mov`
+        return "mov"
     return ""
 
 

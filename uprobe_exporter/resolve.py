@@ -136,13 +136,13 @@ def resolve_function_probe(probe: ProbeConfig, info: ElfInfo, problems: list[str
         elif via == "auto":
             via = "uretprobe"
     entry_delta = 0
-    if info.is_go and found is not None and probe.offset is None and not probe.function_offset:
+    if info.is_go and found is not None and found[1] == 0:  # a Go function's start: by name or by offset
         sym, _, code = found
         entry_delta = go_entry_offset(code)
         if not entry_delta and calls_back_to_start(code):
             raise ResolveError(f"{sym.name} jumps back to its first instruction (Go's stack growth) but its stack "
                                "check was not recognised: an entry probe there would fire twice for one call; probe an "
-                               "offset after the check (uprobe-exporter symbols lists the first instructions)")
+                               "offset after the check (objdump -d shows where it ends)")
     ret_sites: tuple[tuple[int, int], ...] = ()
     if probe.return_probe and via == "ret_instructions":
         if found is None:
