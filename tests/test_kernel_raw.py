@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 import time
 from collections import defaultdict
@@ -9,7 +10,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tests.helpers import ROOT, ExporterProcess, build_config, compile_c, read_jsonl, toml_dumps, wait_for_lines
+from tests.helpers import (
+    ROOT,
+    TIME_SLACK,
+    ExporterProcess,
+    build_config,
+    compile_c,
+    read_jsonl,
+    toml_dumps,
+    wait_for_lines,
+)
 from tests.prom import free_port
 from tests.test_kernel_metrics import Scrape, scrape
 from tests.test_kernel_records import RECURSE, WORK
@@ -17,7 +27,7 @@ from uprobe_exporter.session import remove_group
 from uprobe_exporter.tracefs import Tracefs
 
 THREADS, CALLS, DEPTH = 4, 50, 5
-SAME_HIT_NS = 200_000  # both readers' probes fire on the same hit, one after the other; wall offsets differ
+SAME_HIT_NS = 200_000 * TIME_SLACK  # both readers' probes fire on the same hit, one after the other
 TIMING = ("time", "ts_ns", "duration_ns", "event")
 
 
@@ -69,8 +79,10 @@ def test_text_and_raw_readers_emit_the_same_records(
             if "duration_ns" in r:
                 assert abs(r["duration_ns"] - t["duration_ns"]) < SAME_HIT_NS
     # Both streams are in timestamp order across CPUs; text timestamps stop at the microsecond.
+    # (Emulated: a virtual CPU stalled between an event's timestamp and its commit makes it late by as much.)
     for recs in records.values():
-        assert [r["ts_ns"] for r in recs] == sorted(r["ts_ns"] for r in recs)
+        backsteps = [a["ts_ns"] - b["ts_ns"] for a, b in itertools.pairwise(recs)]
+        assert max(backsteps) <= (0 if TIME_SLACK == 1 else SAME_HIT_NS), "out of timestamp order"
     assert len({r["ts_ns"] % 1000 for r in records["text"]}) == 1
     assert len({r["ts_ns"] % 1000 for r in records["raw"]}) > 1
     assert {r["args"]["s"] for r in records["raw"] if "s" in r["args"]} >= {

@@ -229,6 +229,23 @@ def test_semaphore_back_to_zero_after_sigkill_and_cleanup(
     assert read_u16(target.pid, target.semaphore) == 0
 
 
+def test_cleanup_after_sigkill_removes_every_event_with_several_sites(
+    build: Callable[..., Path], group: str, tmp_path: Path, tracefs: Tracefs,
+) -> None:
+    """``uprobe_events`` lists an event with several probes (the inlined USDT) once per site: cleanup
+    removes it once (a second removal failed with ENOENT)."""
+    config = write_config(tmp_path / "c.toml", group, tmp_path / "out.jsonl", build("usdt"), C_PROBES)
+    exporter = ExporterProcess(config)
+    exporter.wait_ready()
+    listed = [e.event for e in tracefs.read_uprobe_events() if e.group == group]
+    assert len(listed) > len(set(listed)), listed  # some event has several sites
+    exporter.stop(signal.SIGKILL)
+    done = run_cli("cleanup", "--config", str(config))
+    assert done.returncode == 0, done.stderr
+    assert not [e for e in tracefs.read_uprobe_events() if e.group == group]
+    assert not tracefs.instance(group).exists()
+
+
 # --- the real python3.11 -------------------------------------------------------------------------
 
 # Debian's CPython 3.11 fires python:function__return for every frame (each yield too), but

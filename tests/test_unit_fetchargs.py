@@ -7,7 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from uprobe_exporter.fetchargs import check_fetcharg, expand_gostring, split_type
+from uprobe_exporter.fetchargs import (
+    check_fetcharg,
+    expand_gostring,
+    kernel_release_version,
+    split_type,
+    too_new_for_kernel,
+)
 from uprobe_exporter.traceline import go_string
 
 KERNEL = Path(__file__).parent / "fixtures" / "kernel"
@@ -108,3 +114,21 @@ def test_go_string_is_sliced_to_its_length() -> None:
     assert go_string(words, 0) == ""
     assert go_string(words, 40) == "ab\x00c\\xffdefghijklmn"  # longer than read: what was read
     assert go_string(words, -1) is None
+
+
+def test_a_refusal_names_the_kernel_version_a_fetcharg_needs() -> None:
+    char = "p:g/w_entry /bin/t:0x1149 __comm=$comm __sp=%sp:x64 c=+0(%si):char"
+    assert too_new_for_kernel(char, "5.10.0-32-cloud-amd64") == \
+        "the 'char' fetcharg type needs Linux 6.3 or later; this kernel is 5.10.0-32-cloud-amd64"
+    assert too_new_for_kernel(char.replace(":char", ":char[4]"), "6.1.0-50-cloud-amd64") is not None
+    assert too_new_for_kernel(char, "6.3.0") is None
+    assert too_new_for_kernel(char, "6.12.117+deb13-cloud-amd64") is None
+    assert too_new_for_kernel(char, "weird") is None
+    assert too_new_for_kernel(char.replace(":char", ":u8"), "5.10.0") is None
+    assert too_new_for_kernel(char.replace(":char", ":ustring"), "5.4.0-1") == \
+        "the 'ustring' fetcharg type needs Linux 5.5 or later; this kernel is 5.4.0-1"
+    usdt = "p:g/f_entry /usr/bin/python3.11:0xf20d4(0x683262) __comm=$comm"
+    assert "USDT semaphore" in (too_new_for_kernel(usdt, "4.19.0-27-amd64") or "")
+    assert too_new_for_kernel(usdt, "4.20.0") is None
+    assert kernel_release_version("6.12.117+deb13-cloud-amd64") == (6, 12)
+    assert kernel_release_version("") is None

@@ -116,3 +116,31 @@ def check_fetcharg(fetcharg: str, *, is_return: bool) -> str | None:
         if not 0 < int(m["n"]) <= MAX_ARRAY_LEN:
             return f"'{fetcharg}': array length must be 1..{MAX_ARRAY_LEN}"
     return None
+
+
+# Fetchargs that mainline kernels took only from some version on (kernel/trace/trace_probe.c history). A kernel
+# that refuses one is told apart from a plain mistake by its release: the refusal then names the version needed.
+# (Not checked before registering: distribution kernels backport such features; the kernel decides.)
+NEWER_FETCHARGS: tuple[tuple[re.Pattern[str], str, tuple[int, int]], ...] = (
+    (re.compile(r"=\S*:char(?:\[\d+\])?(?:\s|\Z)"), "the 'char' fetcharg type", (6, 3)),  # ce9c752ee1e7
+    (re.compile(r"=\S*:ustring(?:\[\d+\])?(?:\s|\Z)"), "the 'ustring' fetcharg type", (5, 5)),  # 88903c464321
+    (re.compile(r"^[pr]:\S+ \S+:0x[0-9a-f]+\(0x[0-9a-f]+\)"), "a USDT semaphore (ref_ctr_offset)", (4, 20)),
+)
+
+
+def kernel_release_version(release: str) -> tuple[int, int] | None:
+    """``'5.10.0-32-cloud-amd64'`` → ``(5, 10)``; None when ``release`` does not start with a version."""
+    m = re.match(r"(\d+)\.(\d+)", release)
+    return (int(m[1]), int(m[2])) if m else None
+
+
+def too_new_for_kernel(command: str, release: str) -> str | None:
+    """Why a refused ``uprobe_events`` command may be this kernel's age: the first feature it uses that
+    mainline added after ``release`` (``uname -r``), with the version needed; else None."""
+    running = kernel_release_version(release)
+    if running is None:
+        return None
+    for pattern, what, needed in NEWER_FETCHARGS:
+        if running < needed and pattern.search(command):
+            return f"{what} needs Linux {needed[0]}.{needed[1]} or later; this kernel is {release}"
+    return None

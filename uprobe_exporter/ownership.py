@@ -19,6 +19,7 @@ made with our instance's name is refused and left alone.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -102,6 +103,19 @@ class Ownership:
         self.locks.clear()
 
 
+def _not_uprobes(tracefs: Tracefs, group: str, attempts: int = 20) -> list[str]:
+    """Events of ``group`` that ``uprobe_events`` does not list. An event being removed (a SIGKILLed
+    exporter's last write) leaves ``uprobe_events`` before its directory goes: look again for up to a
+    second before calling the group another tool's."""
+    for attempt in range(attempts):
+        uprobes = {e.event for e in tracefs.read_uprobe_events() if e.group == group}
+        others = [e for e in tracefs.group_event_names(group) if e not in uprobes]
+        if not others or attempt == attempts - 1:
+            return others
+        time.sleep(0.05)
+    return []
+
+
 def _inspect(tracefs: Tracefs, group: str, instance: Instance) -> Ownership:
     """Under the claim lock: lock what exists of our group and instance, refusing what a live exporter
     holds and what is not ours. The returned locks are on leftovers (empty: nothing exists)."""
@@ -109,8 +123,7 @@ def _inspect(tracefs: Tracefs, group: str, instance: Instance) -> Ownership:
     try:
         owned.take_group(tracefs)
         if owned.locks:
-            uprobes = {e.event for e in tracefs.read_uprobe_events() if e.group == group}
-            others = [e for e in tracefs.group_event_names(group) if e not in uprobes]
+            others = _not_uprobes(tracefs, group)
             if others:
                 raise OwnershipError(
                     f"exporter.group '{group}' holds events that are not uprobes ({', '.join(others[:3])}): "

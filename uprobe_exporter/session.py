@@ -97,7 +97,8 @@ def remove_event(tracefs: Tracefs, command: str, group: str = "", event: str = "
 
 def remove_group(tracefs: Tracefs, group: str, instance: Instance | None = None) -> list[str]:
     """Remove every uprobe event of ``group`` (and our instance); never touches other groups."""
-    events = [ev.event for ev in tracefs.read_uprobe_events() if ev.group == group]
+    # an event with several probes (USDT sites) is listed once per probe, and removed once
+    events = list(dict.fromkeys(ev.event for ev in tracefs.read_uprobe_events() if ev.group == group))
     return remove_events(tracefs, group, events, instance)
 
 

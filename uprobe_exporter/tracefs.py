@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from uprobe_exporter.errors import KernelRefusedError, TracefsError
+from uprobe_exporter.fetchargs import too_new_for_kernel
 from uprobe_exporter.kerneltext import (
     ProfileEntry,
     UprobeEvent,
@@ -191,9 +192,11 @@ class Tracefs:
             os.write(fd, command.encode() + b"\n")
         except OSError as exc:
             log = find_error_log_entry(self._error_log(), command)
+            too_new = too_new_for_kernel(command, os.uname().release)
             raise KernelRefusedError(
                 f"the kernel refused a uprobe_events command ({errno.errorcode.get(exc.errno or 0, exc.errno)}"
-                f": {exc.strerror})", path=str(path), command=command, error_log=log, errno=exc.errno or 0) from exc
+                f": {exc.strerror}{'; ' + too_new if too_new else ''})", path=str(path), command=command,
+                error_log=log, errno=exc.errno or 0) from exc
         finally:
             os.close(fd)
 
