@@ -157,3 +157,43 @@ def test_go_string_arguments_exactly(build_go: Callable[..., Path], group: str, 
     assert [e["n"] for e in entries] == [len(b) for b in expected]
     assert [r["args"]["r"] for r in records if r["type"] == "return"] == [len(b) for b in expected]
     assert all(r["duration_ns"] >= 0 for r in records if r["type"] == "return")
+
+
+def test_replicas_pair_apart_and_parked_calls_go_when_their_process_exits(
+    build_go: Callable[..., Path], group: str, tmp_path: Path,
+) -> None:
+    """Two copies of one Go program at once: their heaps (and so their goroutines' g) sit at the same
+    addresses, yet each return pairs with an entry of its own process. Goroutines still inside main.park
+    when their program exits leave pending calls that go (thread_exit) once the process is gone."""
+    binary = build_go("gocases")
+    parked = 3
+    probes_ = [*probes(binary)[:2], {"name": "park", "binary": str(binary), "function": "main.park", "return": True}]
+    out = tmp_path / "out.jsonl"
+    port = free_port()
+    cfg = tmp_path / "go.toml"
+    cfg.write_text(toml_dumps(build_config(group, probes_, out, metrics={"listen": f"127.0.0.1:{port}"})))
+    argv = [str(binary), str(GOROUTINES), str(CALLS), "300", str(parked)]
+    with ExporterProcess(cfg) as exporter:
+        exporter.wait_ready()
+        replicas = [subprocess.Popen(argv, stdout=subprocess.PIPE, text=True) for _ in range(2)]
+        reports = [json.loads(p.communicate(timeout=120)[0]) for p in replicas]
+        assert [p.returncode for p in replicas] == [0, 0]
+        calls = sum(r["handle"] + r["deep"] for r in reports)
+        wait_for_lines(out, 2 * calls + 2 * parked, timeout=60)
+        s = wait_scrape(port, lambda s: s.value("uprobe_exporter_calls_evicted_total", probe="park",
+                                                reason="thread_exit") >= 2 * parked, timeout=30)
+        rc, _ = exporter.stop()
+    assert rc == 0, exporter.stderr
+    assert s.value("uprobe_exporter_calls_evicted_total", probe="park", reason="thread_exit") == 2 * parked
+    assert s.value("uprobe_exporter_pending_calls", probe="park") == 0
+    records = read_jsonl(out)
+    assert len({r["pid"] for r in records}) == 2
+    entries: dict[tuple[int, str, int], list[int]] = {}
+    for r in records:
+        if r["type"] == "entry" and r["probe"] != "park":
+            entries.setdefault((r["pid"], r["probe"], r["args"]["x"]), []).append(r["ts_ns"])
+    returns = [r for r in records if r["type"] == "return"]
+    assert len(returns) == calls and all(r["duration_ns"] >= 0 for r in returns)
+    unmatched = [r for r in returns if not any(abs(r["ts_ns"] - r["duration_ns"] - ts) <= WALL_DRIFT_NS
+                                               for ts in entries.get((r["pid"], r["probe"], r["args"]["x_again"]), []))]
+    assert unmatched == []

@@ -4,7 +4,7 @@ the hidden fields become a record's ip, ret_ip, pairing sp and pairing key (trac
 from __future__ import annotations
 
 from uprobe_exporter.config import ProbeConfig
-from uprobe_exporter.pairing import PythonPairing
+from uprobe_exporter.pairing import PID_MAX_LIMIT, GoroutineKeys, PythonPairing
 from uprobe_exporter.probes import ResolvedProbe, build_events
 from uprobe_exporter.traceline import GO_STACK_TOP, hidden_values
 
@@ -32,10 +32,10 @@ def test_go_events_fetch_the_goroutine_and_start_after_the_stack_check() -> None
         "__g_hi=+8(%r14):x64 __ip_delta=\\128:u32"]
 
 
-def values(exprs: dict[str, int], ip: int = 0x1000, ret_ip: int = 0, tid: int = 7) -> tuple[int, int, int, int]:
+def values(exprs: dict[str, int], ip: int = 0x1000, ret_ip: int = 0) -> tuple[int, int, int, int]:
     names = {k: f"v_{k}" for k in exprs}
-    code = hidden_values(names, "ip", "ret_ip", "tid")
-    env = {**{f"v_{k}": v for k, v in exprs.items()}, "ip": ip, "ret_ip": ret_ip, "tid": tid}
+    code = hidden_values(names, "ip", "ret_ip")
+    env = {**{f"v_{k}": v for k, v in exprs.items()}, "ip": ip, "ret_ip": ret_ip}
     ip_v, ret_v, sp_v, key_v = (eval(c, {}, env) for c in code)  # our own generated expressions
     return ip_v, ret_v, sp_v, key_v
 
@@ -54,4 +54,18 @@ def test_hidden_values() -> None:
     pairing.enter("h", before[3], before[2], 1)
     frame = pairing.leave("h", after_copy_ret[3], after_copy_ret[2])
     assert frame is not None and frame.ts_ns == 1
-    assert values({"__sp": 0x10, "__g": 0, "__g_hi": 0}) == (0x1000, 0, 0, 7)  # no g (its read faulted): the thread
+    assert values({"__sp": 0x10, "__g": 0, "__g_hi": 0}) == (0x1000, 0, 0, 0)  # no g (its read faulted): the thread
+
+
+def test_goroutine_keys_tell_processes_apart() -> None:
+    """Go heaps sit at the same addresses in every Go process: the same g in two replicas is two keys."""
+    tgid = {101: 100, 102: 100, 201: 200}
+    keys = GoroutineKeys(tgid.__getitem__, max_keys=2)
+    g = 0xC000_0010_00
+    a, a_again, b = keys.key(101, g), keys.key(102, g), keys.key(201, g)
+    assert a == a_again != b  # the same goroutine on another thread of its process; another process
+    assert min(a, b) > PID_MAX_LIMIT and keys.owner == {a: 100, b: 200}
+    assert keys.key(101, 0) == 101  # no g: the thread
+    keys.key(101, g + 0x400)
+    keys.prune({a})  # past max_keys: those without pending calls go
+    assert keys.owner == {a: 100} and keys.key(101, g) == a

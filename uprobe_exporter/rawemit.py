@@ -21,7 +21,7 @@ import orjson
 from uprobe_exporter.codegen import compile_function
 from uprobe_exporter.formatfile import FieldKind
 from uprobe_exporter.histogram import ANY_LABELS, COMM_LABEL, NO_LABELS, ProbeHistograms
-from uprobe_exporter.pairing import Pairing
+from uprobe_exporter.pairing import GoroutineKeys, Pairing
 from uprobe_exporter.rawpage import COMMS, Handler, UnpackPlan, new_comm
 from uprobe_exporter.render import DURATION_END, LINE_END, LINE_HEAD, EventInfo, Renderer
 from uprobe_exporter.traceline import HIDDEN_COMM, HIDDEN_SP
@@ -77,6 +77,7 @@ class Sinks:
     tgid_of: Callable[[int], int]
     lines: LineList | Any  # the JSON lines of the batch (or a _native.Lines), taken by the pipeline
     negative: dict[str, int]  # per probe: returns that paired with an entry younger than them
+    go_keys: GoroutineKeys | None = None  # Go: pairing keys per (process, g)
 
 
 def args_template(plan: UnpackPlan, values: list[str]) -> tuple[bytes, str]:
@@ -131,7 +132,8 @@ def compile_emitter(plan: UnpackPlan, route: Route, sinks: Sinks) -> tuple[Handl
     if not known_only:
         lines.append(count)
     duration = False
-    pair_by = plan.tid if plan.key == "0" else plan.key  # the thread, or a Go program's goroutine
+    # the thread, or a Go program's goroutine in its process (pairing.GoroutineKeys)
+    pair_by = plan.tid if plan.key == "0" else f"_gokey({plan.tid}, {plan.key})"
     if route.paired and not fmt.is_return:
         extra = ("()" if hist is None or route.labels_kind not in (COMM_LABEL, ANY_LABELS) else
                  f"({plan.comm},)" if route.labels_kind == COMM_LABEL else
@@ -186,6 +188,7 @@ def compile_emitter(plan: UnpackPlan, route: Route, sinks: Sinks) -> tuple[Handl
         "_clock": renderer.clock if renderer is not None else None,
         "_by_thread": renderer.by_thread if renderer is not None else None, "_tgid_of": sinks.tgid_of,
         "_append": sinks.lines.append, "_dumps": orjson.dumps, "_negative": sinks.negative,
+        "_gokey": sinks.go_keys.key if sinks.go_keys is not None else None,
     }
     return compile_function(source, "emit", f"emitter {fmt.name}", namespace), source
 

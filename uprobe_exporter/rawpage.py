@@ -133,7 +133,7 @@ class UnpackPlan:
     comm: str  # an expression: "comm" once ``comm_code`` ran, or a literal
     comm_code: str  # statements (indented 4) that set ``comm`` from the page
     args: tuple[tuple[Field, str], ...]  # the configured arguments: (field, value expression)
-    key: str = "0"  # what calls pair by, when not the thread (traceline.hidden_values)
+    key: str = "0"  # a Go program's g (traceline.hidden_values); "0": calls pair by thread
     derived: bool = False  # ip, ret_ip or sp come from the hidden fields of RET sites or Go (Python emitters only)
 
     @classmethod
@@ -185,7 +185,7 @@ class UnpackPlan:
             args = [(f, exprs[f.name]) for f, _ in args]
         tid = by_name["common_pid"]
         ip, ret_ip, sp, key = hidden_values(hidden, by_name["__probe_func" if fmt.is_retprobe else "__probe_ip"],
-                                            by_name.get("__probe_ret_ip", "0"), tid)
+                                            by_name.get("__probe_ret_ip", "0"))
         return cls(fmt, "".join(layout), ", ".join(names), tid, ip, ret_ip, sp, comm, comm_code, tuple(args), key,
                    bool(set(hidden) - {"__sp"}) or bool(lengths))
 

@@ -31,7 +31,7 @@ class TraceRecord(NamedTuple):
     is_return: bool
     sp: int
     args: dict[str, Any]
-    key: int = 0  # what calls pair by when not the thread: a Go program's goroutine (its g), else 0
+    key: int = 0  # a Go program's goroutine (its g), which calls pair by with the process; else 0: the thread
 
 
 @dataclass(frozen=True, slots=True)

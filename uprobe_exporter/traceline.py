@@ -43,15 +43,16 @@ MAX_JOINED_LINES = 8  # a string argument holding newlines spans lines; rejoin a
 COMM_LEN = 15  # TASK_COMM_LEN - 1
 
 
-def hidden_values(exprs: dict[str, str], ip: str, ret_ip: str, tid: str) -> tuple[str, str, str, str]:
+def hidden_values(exprs: dict[str, str], ip: str, ret_ip: str) -> tuple[str, str, str, str]:
     """The expressions of a record's ``ip``, ``ret_ip``, pairing ``sp`` and pairing ``key`` from those of
-    its hidden fields (``exprs``, by field name) and of the kernel's ``ip``/``ret_ip``/thread id.
+    its hidden fields (``exprs``, by field name) and of the kernel's ``ip``/``ret_ip``.
 
     ``sp`` is always as a uretprobe would see it at a return: at a RET instruction (``__sp_ret``) %sp
     still points at the return address, so it is 8 lower. In a Go program (``__g``, ``__g_hi``) calls
     pair by goroutine (``key``: its g) and by the frame's distance from the top of the goroutine's stack,
     which a stack copy keeps: ``sp`` is GO_STACK_TOP − (hi − %sp), so that deeper frames stay lower.
-    ``key`` is "0" (pair by thread) unless the record has a g."""
+    ``key`` is the g ("0" without one: pair by thread), which pairing.GoroutineKeys turns into a key per
+    process and goroutine."""
     if HIDDEN_IP_DELTA in exprs:
         ip = f"({ip} - {exprs[HIDDEN_IP_DELTA]})"
     ret_ip = exprs.get(HIDDEN_RET_ADDR, ret_ip)
@@ -64,7 +65,7 @@ def hidden_values(exprs: dict[str, str], ip: str, ret_ip: str, tid: str) -> tupl
     elif HIDDEN_G_HI in exprs and HIDDEN_G in exprs:
         hi = exprs[HIDDEN_G_HI]  # 0: %r14 was not a g (its read faulted): pair by order then
         sp = f"(({GO_STACK_TOP} - {hi} + {sp}{at_ret}) if {hi} else 0)"
-        key = f"({exprs[HIDDEN_G]} or {tid})"
+        key = exprs[HIDDEN_G]
     elif at_ret:
         sp = f"({sp}{at_ret})"
     return ip, ret_ip, sp, key
@@ -154,7 +155,7 @@ class PayloadParser:
                 named.append((f.name, expr))
             j += used
         args = [f"{name!r}: {expr}" for name, expr in wrap_gostrings(named, lengths)]
-        ip, ret_ip, sp, key = hidden_values(hidden, ip, ret_ip, "int(g[1])")
+        ip, ret_ip, sp, key = hidden_values(hidden, ip, ret_ip)
         # tuple.__new__ directly: the NamedTuple's own __new__ is a Python function, a call per record
         source = (
             "def build(m):\n"

@@ -11,7 +11,9 @@
 //     the frames in between never return, and the recovering frame's RET must not close their entries;
 //   - main.greet(name string): a Go string (pointer in %ax, length in %bx), not NUL-terminated.
 //
-// usage: gocases GOROUTINES CALLS DEPTH
+//   - main.park: with PARKED > 0, that many goroutines are inside it (blocked for good) when the program exits.
+//
+// usage: gocases GOROUTINES CALLS DEPTH [PARKED]
 package main
 
 import (
@@ -86,6 +88,14 @@ func unwind(n int64) (r int64, x int64) {
 	return inner + 1, n
 }
 
+var parked int64
+
+//go:noinline
+func park(forever chan int) int {
+	atomic.AddInt64(&parked, 1)
+	return <-forever
+}
+
 //go:noinline
 func greet(name string) int {
 	atomic.AddInt64(&greetCalls, 1)
@@ -94,13 +104,23 @@ func greet(name string) int {
 }
 
 func main() {
-	if len(os.Args) != 4 {
-		fmt.Fprintf(os.Stderr, "usage: %s GOROUTINES CALLS DEPTH\n", os.Args[0])
+	if len(os.Args) != 4 && len(os.Args) != 5 {
+		fmt.Fprintf(os.Stderr, "usage: %s GOROUTINES CALLS DEPTH [PARKED]\n", os.Args[0])
 		os.Exit(2)
 	}
 	goroutines, _ := strconv.Atoi(os.Args[1])
 	calls, _ := strconv.Atoi(os.Args[2])
 	depth, _ := strconv.Atoi(os.Args[3])
+	if len(os.Args) == 5 {
+		n, _ := strconv.Atoi(os.Args[4])
+		forever := make(chan int)
+		for i := 0; i < n; i++ {
+			go park(forever)
+		}
+		for atomic.LoadInt64(&parked) < int64(n) {
+			time.Sleep(time.Millisecond)
+		}
+	}
 	var wg sync.WaitGroup
 	var doubled, deepSum, safeSum int64
 	for g := 0; g < goroutines; g++ {
