@@ -1,11 +1,12 @@
 """Live benchmark on the real kernel (root): the exporter against `cat trace_pipe > file`.
 
-    python benchmarks/bench_live.py [--seconds 5] [--targets step,push] [--producers 1] [--readers raw,text]
-                                    [--python PYTHON]
+    python benchmarks/bench_live.py [--seconds 5] [--targets step,push,go] [--producers 1] [--readers raw,text]
+                                    [--return-via uretprobe,ret_instructions] [--python PYTHON]
 
 For each target (a function starting with an instruction the kernel single-steps, and one starting
-with `push`, which it emulates), entry + return probes, ``--producers`` copies of the target at once,
-runs of the same length:
+with `push`, which it emulates; ``go``: a Go function, main.work, whose returns are always seen at its RET),
+entry + return probes (returns by ``--return-via``: a uretprobe or a `p:` probe on each RET instruction),
+``--producers`` copies of the target at once, runs of the same length:
   none     probes enabled in an instance, nobody reading (the target's speed with probes alone)
   raw      uprobe-exporter run, reader = "raw" (per-CPU trace_pipe_raw), JSON lines to a file
   text     uprobe-exporter run, reader = "text" (trace_pipe), JSON lines to a file
@@ -34,7 +35,8 @@ sys.path.insert(0, str(ROOT))
 
 from uprobe_exporter.config import ProbeConfig  # noqa: E402
 from uprobe_exporter.elf import load_elf  # noqa: E402
-from uprobe_exporter.probes import ResolvedProbe, build_events  # noqa: E402
+from uprobe_exporter.probes import build_events  # noqa: E402
+from uprobe_exporter.resolve import resolve_function_probe  # noqa: E402
 from uprobe_exporter.session import ProbeSession  # noqa: E402
 from uprobe_exporter.tracefs import Tracefs, find_tracefs  # noqa: E402
 
@@ -109,21 +111,35 @@ def count_records(path: Path) -> int:
         return sum(1 for line in f if not line.startswith(b"CPU:"))
 
 
-def probes_for(binary: Path, mode: str) -> list[ProbeConfig]:
-    return [ProbeConfig(name="work", binary=str(binary), function=f"work_{mode}", args=(("x", "%di:s64"),),
-                        return_probe=True, return_args=(("ret", "$retval:s64"),))]
+def function_of(mode: str) -> str:
+    return "main.work" if mode == "go" else f"work_{mode}"
 
 
-def session(tracefs: Tracefs, group: str, binary: Path, mode: str) -> ProbeSession:
+def args_of(mode: str, via: str) -> tuple[str, str]:
+    """The argument and the return value: Go's register ABI, and %ax at a RET ($retval is a uretprobe's)."""
+    return ("%ax:s64" if mode == "go" else "%di:s64",
+            "%ax:s64" if mode == "go" or via == "ret_instructions" else "$retval:s64")
+
+
+def probes_for(binary: Path, mode: str, via: str) -> list[ProbeConfig]:
+    arg, ret = args_of(mode, via)
+    return [ProbeConfig(name="work", binary=str(binary), function=function_of(mode), args=(("x", arg),),
+                        return_probe=True, return_args=(("ret", ret),), return_via=via)]
+
+
+def session(tracefs: Tracefs, group: str, binary: Path, mode: str, via: str) -> ProbeSession:
     info = load_elf(binary)
-    events = [e for p in probes_for(binary, mode)
-              for e in build_events(ResolvedProbe(p, str(binary), info.resolve(p.function)), group)]
+    problems: list[str] = []
+    resolved = [resolve_function_probe(p, info, problems) for p in probes_for(binary, mode, via)]
+    if problems:
+        raise SystemExit("; ".join(problems))
+    events = [e for r in resolved if r is not None for e in build_events(r, group)]
     return ProbeSession(tracefs, tracefs.instance(group), group, events, BUFFER_KB)
 
 
-def run_none(tracefs: Tracefs, binary: Path, mode: str, seconds: float, producers: int) -> Run:
+def run_none(tracefs: Tracefs, binary: Path, mode: str, seconds: float, producers: int, via: str) -> Run:
     group = f"bench_none_{mode}_{os.getpid()}"
-    with session(tracefs, group, binary, mode) as s:
+    with session(tracefs, group, binary, mode, via) as s:
         calls, elapsed = run_target(binary, mode, seconds, producers)
         hits = hits_of(tracefs, str(binary), [e.event for e in s.events])
         lost = s.instance.read_lost()
@@ -131,10 +147,10 @@ def run_none(tracefs: Tracefs, binary: Path, mode: str, seconds: float, producer
     return Run("none", calls, elapsed, hits, kept, lost, 0.0)
 
 
-def run_cat(tracefs: Tracefs, binary: Path, mode: str, seconds: float, producers: int, tmp: Path) -> Run:
+def run_cat(tracefs: Tracefs, binary: Path, mode: str, seconds: float, producers: int, tmp: Path, via: str) -> Run:
     group = f"bench_cat_{mode}_{os.getpid()}"
     out = tmp / f"cat_{mode}.txt"
-    with session(tracefs, group, binary, mode) as s, out.open("wb") as f:
+    with session(tracefs, group, binary, mode, via) as s, out.open("wb") as f:
         cat = subprocess.Popen(["cat", str(s.instance.trace_pipe)], stdout=f)
         time.sleep(0.3)
         cpu0 = cpu_seconds(cat.pid)
@@ -149,17 +165,19 @@ def run_cat(tracefs: Tracefs, binary: Path, mode: str, seconds: float, producers
 
 
 def run_exporter(binary: Path, mode: str, seconds: float, producers: int, tmp: Path, python: str,
-                 reader: str) -> Run:
+                 reader: str, via: str) -> Run:
     group = f"bench_exp_{mode}_{os.getpid()}"
     out = tmp / f"exporter_{mode}.jsonl"
     out.unlink(missing_ok=True)  # the sink appends
     config = tmp / "config.toml"
+    arg, ret = args_of(mode, via)
     config.write_text(
         f'[exporter]\ngroup = "{group}"\ninstance = "{group}"\nbuffer_size_kb = {BUFFER_KB}\n'
         f'reader = "{reader}"\n'
         f'[output.jsonl]\npath = "{out}"\n[metrics]\nenabled = false\n'
-        f'[[probes]]\nname = "work"\nbinary = "{binary}"\nfunction = "work_{mode}"\n'
-        f'args = {{ x = "%di:s64" }}\nreturn = true\nreturn_args = {{ ret = "$retval:s64" }}\n')
+        f'[[probes]]\nname = "work"\nbinary = "{binary}"\nfunction = "{function_of(mode)}"\n'
+        f'args = {{ x = "{arg}" }}\nreturn = true\nreturn_args = {{ ret = "{ret}" }}\n'
+        f'return_via = "{via}"\n')
     exporter = subprocess.Popen([python, "-m", "uprobe_exporter", "run", "--config", str(config)], cwd=ROOT,
                                 stderr=subprocess.PIPE, text=True)
     assert exporter.stderr is not None
@@ -184,9 +202,9 @@ def run_exporter(binary: Path, mode: str, seconds: float, producers: int, tmp: P
     return Run(reader, calls, elapsed, hits, count_records(out), lost, cpu, (rss0, rss1), dropped)
 
 
-def report(mode: str, producers: int, runs: dict[str, Run]) -> None:
+def report(mode: str, producers: int, runs: dict[str, Run], via: str) -> None:
     none = runs["none"]
-    print(f"\n== target '{mode}' x{producers}: entry + return probes, {none.seconds:.1f} s per run ==")
+    print(f"\n== target '{mode}' x{producers}: entry + return probes ({via}), {none.seconds:.1f} s per run ==")
     print(f"{'run':6} {'calls/s':>10} {'events':>10} {'records':>10} {'lost':>10} {'dropped':>8} {'loss%':>6} "
           f"{'adds up':>7} {'µs CPU/rec':>10} {'µs CPU/ev':>9} {'slowdown':>8} {'RSS MB start/end':>16}")
     for r in runs.values():
@@ -217,19 +235,28 @@ def main() -> None:
     ap.add_argument("--producers", type=int, default=1, help="copies of the target running at once")
     ap.add_argument("--readers", default="raw,text", help="the exporter's readers to run (raw, text)")
     ap.add_argument("--python", default=sys.executable, help="the interpreter that runs the exporter")
+    ap.add_argument("--return-via", default="uretprobe", help="uretprobe, ret_instructions or both (comma)")
     args = ap.parse_args()
     tracefs = Tracefs(find_tracefs("auto"))
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        binary = tmp / "loop"
-        subprocess.run(["gcc", "-O2", "-o", str(binary), str(ROOT / "benchmarks" / "targets" / "loop.c")],
+        c_loop, go_loop = tmp / "loop", tmp / "goloop"
+        subprocess.run(["gcc", "-O2", "-o", str(c_loop), str(ROOT / "benchmarks" / "targets" / "loop.c")],
                        check=True)
+        if "go" in args.targets.split(","):
+            subprocess.run(["go", "build", "-o", str(go_loop), str(ROOT / "benchmarks" / "targets" / "goloop.go")],
+                           check=True, env={**os.environ, "GOCACHE": str(tmp / "gocache")})
         for mode in args.targets.split(","):
-            runs = {"none": run_none(tracefs, binary, mode, args.seconds, args.producers)}
-            for reader in args.readers.split(","):
-                runs[reader] = run_exporter(binary, mode, args.seconds, args.producers, tmp, args.python, reader)
-            runs["cat"] = run_cat(tracefs, binary, mode, args.seconds, args.producers, tmp)
-            report(mode, args.producers, runs)
+            binary = go_loop if mode == "go" else c_loop
+            for via in args.return_via.split(","):
+                if mode == "go" and via == "uretprobe":
+                    continue  # it would crash the Go program: refused
+                runs = {"none": run_none(tracefs, binary, mode, args.seconds, args.producers, via)}
+                for reader in args.readers.split(","):
+                    runs[reader] = run_exporter(binary, mode, args.seconds, args.producers, tmp, args.python,
+                                                reader, via)
+                runs["cat"] = run_cat(tracefs, binary, mode, args.seconds, args.producers, tmp, via)
+                report(mode, args.producers, runs, via)
 
 
 if __name__ == "__main__":

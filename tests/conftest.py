@@ -28,6 +28,18 @@ def _ours(tracefs: Tracefs) -> tuple[list[str], list[str]]:
     return events, instances
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _cost_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Probe costs (costprobe.py) are measured once per test session, into its own cache, not ~/.cache."""
+    before = os.environ.get("UPROBE_EXPORTER_CACHE")
+    os.environ["UPROBE_EXPORTER_CACHE"] = str(tmp_path_factory.mktemp("cost-cache"))
+    yield
+    if before is None:
+        del os.environ["UPROBE_EXPORTER_CACHE"]
+    else:
+        os.environ["UPROBE_EXPORTER_CACHE"] = before
+
+
 @pytest.fixture(scope="session")
 def tracefs() -> Iterator[Tracefs]:
     """The real tracefs, writable; skips (with the reason) only where it truly cannot be written."""

@@ -35,7 +35,7 @@ def test_symbols_lists_functions_with_their_file_offsets(build: Callable[..., Pa
 def test_symbols_of_a_library_by_name() -> None:
     done = run_cli("symbols", "libc.so.6", "getaddrinfo")
     assert done.returncode == 0, done.stderr
-    assert re.search(r"^0x[0-9a-f]+ +\d+ getaddrinfo$", done.stdout, re.M)
+    assert re.search(r"^0x[0-9a-f]+ +\d+ getaddrinfo  \(.+\)$", done.stdout, re.M)
 
 
 def test_symbols_of_a_missing_binary_is_a_one_line_error() -> None:

@@ -184,6 +184,9 @@ BAD: list[tuple[dict[str, Any], str, str]] = [
      "reserved or repeated"),
     ({"probe": {"buckets": [0.1, float("inf")]}}, "probes[0].buckets", "finite"),
     ({"probe": {"labels": "comm"}}, "probes[0].labels", "must be list, not str"),
+    ({"probe": {"return": True, "return_via": "kretprobe"}}, "probes[0].return_via",
+     "must be one of auto, uretprobe, ret_instructions"),
+    ({"probe": {"return_via": "uretprobe"}}, "probes[0].return_via", "applies to return = true"),
 ]
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from elftools.elf.elffile import ELFFile
 
-from uprobe_exporter.elf import ElfInfo, load_elf, match_functions
+from uprobe_exporter.elf import ElfInfo, Segment, Symbol, load_elf, match_functions
 from uprobe_exporter.errors import ResolveError, UprobeExporterError
 
 TARGETS = Path(__file__).parent / "targets"
@@ -247,3 +247,14 @@ def test_a_corrupt_binary_is_always_a_resolve_error(built: dict[str, Built], tmp
             refusals.append(str(exc))
     assert len(refusals) > MUTANTS // 5  # the mutations do reach the parser's failure paths
     assert all(str(path) in message and "\n" not in message for message in refusals)
+
+
+def test_go_register_abi_from_the_version_or_the_abi_wrappers() -> None:
+    def info(version: str | None, *names: str) -> ElfInfo:
+        syms = {n: [Symbol(n, 0x1000, 8, "STT_FUNC")] for n in names}
+        return ElfInfo(Path("/x"), (Segment(0, 0, 0x2000, True),), syms, version)
+
+    assert info("go1.19.8").go_register_abi() and info("go1.17").go_register_abi()
+    assert not info("go1.16.15").go_register_abi()
+    assert info("", "runtime.morestack_noctxt.abi0").go_register_abi()  # Go 1.17: no inline version
+    assert not info("", "runtime.morestack_noctxt").go_register_abi()  # Go < 1.17

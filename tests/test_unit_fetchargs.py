@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
 import pytest
 
-from uprobe_exporter.fetchargs import check_fetcharg, kernel_release_version, split_type, too_new_for_kernel
+from uprobe_exporter.fetchargs import (
+    check_fetcharg,
+    expand_gostring,
+    kernel_release_version,
+    split_type,
+    too_new_for_kernel,
+)
+from uprobe_exporter.traceline import go_string
 
 KERNEL = Path(__file__).parent / "fixtures" / "kernel"
 
@@ -86,6 +94,26 @@ def test_refused_with_an_explanation(fetcharg: str, is_return: bool, word: str) 
 ])
 def test_split_type(fetcharg: str, body: str, kind: str) -> None:
     assert split_type(fetcharg) == (body, kind)
+
+
+def test_gostring_expands_to_its_words_and_hidden_length() -> None:
+    assert expand_gostring("name", "%ax:gostring") == (("name", "+0(%ax):x64[8]"), ("__len_name", "%bx:s64"))
+    assert expand_gostring("s", "%r10:gostring[9]") == (("s", "+0(%r10):x64[2]"), ("__len_s", "%r11:s64"))
+    assert expand_gostring("s", "+16(%ax):gostring[512]") == (("s", "+0(+16(%ax)):x64[64]"),
+                                                              ("__len_s", "+24(%ax):s64"))
+    assert expand_gostring("s", "-8(%sp):gostring") == (("s", "+0(-8(%sp)):x64[8]"), ("__len_s", "+0(%sp):s64"))
+    assert expand_gostring("s", "%ax:string") is None
+    for bad, text in (("%r11:gostring", "the next one"), ("%ax:gostring[0]", "1..512"),
+                      ("%ax:gostring[513]", "1..512"), ("$stack1:gostring", "+OFF(FETCHARG):gostring")):
+        assert text in str(check_fetcharg(bad, is_return=False)), bad
+
+
+def test_go_string_is_sliced_to_its_length() -> None:
+    words = list(struct.unpack("<2Q", b"ab\x00c\xffdefghijklmn"))  # 16 bytes read, 5 of them the string
+    assert go_string(words, 5) == "ab\x00c\\xff"
+    assert go_string(words, 0) == ""
+    assert go_string(words, 40) == "ab\x00c\\xffdefghijklmn"  # longer than read: what was read
+    assert go_string(words, -1) is None
 
 
 def test_a_refusal_names_the_kernel_version_a_fetcharg_needs() -> None:

@@ -132,8 +132,16 @@ def resolve_binary(binary: str, host_root: str = "/") -> Path:
         raise ResolveError(f"'{binary}' must be an absolute path or a library name such as libc.so.6",
                            binary=binary)
     real = _join_root(root, realpath_in_root(root, inner))
-    if not os.path.exists(real):
-        raise ResolveError(f"'{binary}' does not exist (looked for {real})", binary=binary)
+    try:
+        os.stat(real)
+    except PermissionError:
+        # /proc/<pid>/root: the kernel's ptrace access check refuses a process with capabilities
+        # the caller lacks, unless the caller has CAP_SYS_PTRACE.
+        hint = "; another process's root needs CAP_SYS_PTRACE" if m else ""
+        raise ResolveError(f"'{binary}' cannot be reached ({real}: permission denied){hint}",
+                           binary=binary) from None
+    except OSError:
+        raise ResolveError(f"'{binary}' does not exist (looked for {real})", binary=binary) from None
     if not os.path.isfile(real):
         raise ResolveError(f"'{binary}' is not a regular file ({real})", binary=binary)
     return Path(real)

@@ -17,13 +17,23 @@ import platform
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from uprobe_exporter import __version__
 from uprobe_exporter.binaries import resolve_binary
 from uprobe_exporter.config import Config, example_text, load_config_partial
+from uprobe_exporter.costclass import CostClass, describe_site
+from uprobe_exporter.costprobe import cost_classes
 from uprobe_exporter.daemon import discover_events_max, open_tracefs, run
 from uprobe_exporter.discover import survey
-from uprobe_exporter.elf import close_functions, load_elf, match_functions, read_stapsdt, render_usdt_listing
+from uprobe_exporter.elf import (
+    close_functions,
+    load_elf,
+    match_functions,
+    read_instruction_at,
+    read_stapsdt,
+    render_usdt_listing,
+)
 from uprobe_exporter.errors import ConfigError, NoMatchError, OwnershipError, UprobeExporterError
 from uprobe_exporter.identity import pod_identities
 from uprobe_exporter.nativestatus import native_status
@@ -97,9 +107,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_check(args: argparse.Namespace) -> int:
     config, events = load_plan(args.config)
-    _print_events(events)
+    classes = _cost_classes(config.exporter.tracefs)
+    _print_events(events, classes)
     if any(p.discover is not None for p in config.probes):
-        _print_survey(config)
+        _print_survey(config, classes)
     # a USDT event has a command per site; discover probes may add up to discover_files_max files each
     n = len({ev.event for ev in events}) + discover_events_max(config)
     need = n * EVENT_STOP_COST_S * STOP_MARGIN + STOP_FIXED_S
@@ -112,7 +123,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_survey(config: Config) -> None:
+def _print_survey(config: Config, classes: dict[str, CostClass] | None) -> None:
     """What each discover probe would follow today: its files, the processes running them, their events."""
     entries = survey(config, pod_identities(config.exporter.host_root, config.exporter.pods_dir))
     for probe in (p for p in config.probes if p.discover is not None):
@@ -122,24 +133,36 @@ def _print_survey(config: Config) -> None:
         for e in mine:
             print(f"#   {e.file.path} (device {e.file.dev:#x}, inode {e.file.inode}): processes "
                   f"{' '.join(map(str, e.pids))}" + (f"; cannot be probed: {e.problem}" if e.problem else ""))
-            _print_events(list(e.events))
+            _print_events(list(e.events), classes)
 
 
-def _print_events(events: list[ProbeEvent]) -> None:
+def _print_events(events: list[ProbeEvent], classes: dict[str, CostClass] | None) -> None:
     filtered = set()
     for ev in events:
         print(ev.command)
+        print(f"# cost {ev.full_name} at {ev.offset:#x}: "
+              f"{describe_site(read_instruction_at(Path(ev.path), ev.offset), classes)}")
         if ev.filter and ev.event not in filtered:  # once per event (a USDT event has a command per site)
             filtered.add(ev.event)
             print(f"# filter {ev.full_name}: {ev.filter}")
+
+
+def _cost_classes(tracefs: str) -> dict[str, CostClass] | None:
+    """The cost class per kind of first instruction (measured once per kernel); None, said on stderr, when
+    it cannot be measured here (not root)."""
+    classes, why = cost_classes(tracefs)
+    if classes is None:
+        print(f"{PROG}: note: probe costs not measured ({why})", file=sys.stderr)
+    return classes
 
 
 def _cmd_symbols(args: argparse.Namespace) -> int:
     path = resolve_binary(args.binary, args.host_root)
     info = load_elf(path, args.host_root)
     found = match_functions(info, args.pattern)
+    classes = _cost_classes("auto") if found else None
     for sym, offset in found:
-        print(f"{offset:#010x} {sym.size:8d} {sym.name}")
+        print(f"{offset:#010x} {sym.size:8d} {sym.name}  ({describe_site(read_instruction_at(path, offset), classes)})")
     if not found:
         close = close_functions(info, args.pattern or "")
         hint = f"; close names: {', '.join(close)}" if close else ""

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from uprobe_exporter.errors import ConfigError
-from uprobe_exporter.fetchargs import check_fetcharg
+from uprobe_exporter.fetchargs import GOSTRING_LEN_PREFIX, check_fetcharg
 from uprobe_exporter.filters import check_comm, check_filter, event_fields
 from uprobe_exporter.podlogs import POD_LABELS
 from uprobe_exporter.stapsdt import check_usdt_arg
@@ -34,6 +34,7 @@ MAX_ARG_NAME = 31  # MAX_ARG_NAME_LEN 32
 RECORD_LABELS = ("comm", *POD_LABELS)
 RESERVED_LABELS = ("probe", "le", "instance", "job")  # set by the histogram itself or by Prometheus
 LOG_LEVELS = ("debug", "info", "warning", "error")
+RETURN_VIA = ("auto", "uretprobe", "ret_instructions")  # a kernel uretprobe, or a `p:` probe on each RET
 READERS = ("raw", "text")  # per-CPU trace_pipe_raw (binary, ns timestamps), or the text trace_pipe
 # Groups the kernel itself puts dynamic events in (kernel/trace: UPROBE_EVENT_SYSTEM, KPROBE_EVENT_SYSTEM,
 # EPROBE_EVENT_SYSTEM, FPROBE_EVENT_SYSTEM and TRACEPOINT_EVENT_SYSTEM, SYNTH_SYSTEM; "ftrace" holds the
@@ -114,6 +115,7 @@ class ProbeConfig:
     return_usdt: str = ""  # the USDT that ends the call (then return_probe is True)
     discover: DiscoverConfig | None = None  # follow running processes instead of one binary
     comm: tuple[str, ...] = ()  # thread names: a kernel filter on the entry and the return, ANDed with filter
+    return_via: str = "auto"  # RETURN_VIA: how returns are seen (auto: Go → ret_instructions, else uretprobe)
 
     @property
     def location(self) -> str:
@@ -300,6 +302,9 @@ def _parse_args(
             problems.add(loc, "argument names must be C identifiers of at most 31 characters")
         elif name.startswith(("__", "common_")):
             problems.add(loc, "names starting with '__' or 'common_' are reserved; choose another name")
+        elif isinstance(fetcharg, str) and ":gostring" in fetcharg and len(GOSTRING_LEN_PREFIX + name) > MAX_ARG_NAME:
+            problems.add(loc, f"a gostring argument's name is at most {MAX_ARG_NAME - len(GOSTRING_LEN_PREFIX)} "
+                         "characters (its length is the hidden argument __len_NAME)")
         if not isinstance(fetcharg, str):
             problems.add(loc, "must be a string such as \"%di:s32\" or \"+0(%si):string\"")
             continue
@@ -336,7 +341,7 @@ def _parse_probe(index: int, t: Any, problems: _Problems) -> ProbeConfig | None:
         return None
     where = probe_location(index, t.get("name"))
     known = ("name", "binary", "function", "offset", "args", "return", "return_args", "filter",
-             "return_filter", "comm", "latency", "buckets", "labels", "discover", *USDT_KEYS)
+             "return_filter", "comm", "latency", "buckets", "labels", "return_via", "discover", *USDT_KEYS)
     _unknown_keys(t, known, where, problems)
     name = _get(t, "name", str, "", where, problems)
     if not NAME_RE.match(name):
@@ -373,6 +378,11 @@ def _parse_probe(index: int, t: Any, problems: _Problems) -> ProbeConfig | None:
         # a uretprobe replaces the return address it finds at the top of the stack: only true at entry
         problems.add(f"{where}.function", f"a return probe must be at the function's first instruction, not "
                      f"{function}; drop the +offset or return = true")
+    return_via = _get(t, "return_via", str, "auto", where, problems)
+    if return_via not in RETURN_VIA:
+        problems.add(f"{where}.return_via", f"'{return_via}' must be one of {', '.join(RETURN_VIA)}")
+    elif "return_via" in t and (usdt or not return_probe):
+        problems.add(f"{where}.return_via", "applies to return = true on a function or offset")
     args = _parse_args(t.get("args", {}), f"{where}.args", False, problems, bool(usdt))
     return_args = _parse_args(t.get("return_args", {}), f"{where}.return_args", not usdt, problems, bool(usdt))
     ret_key = "return_usdt" if usdt else "return = true"
@@ -412,7 +422,7 @@ def _parse_probe(index: int, t: Any, problems: _Problems) -> ProbeConfig | None:
         args=args, return_probe=return_probe, return_args=return_args, filter=filters["filter"],
         return_filter=filters["return_filter"], latency=latency,
         buckets=tuple(float(b) for b in buckets), labels=tuple(str(x) for x in labels), comm=comm,
-        usdt=usdt, return_usdt=return_usdt, discover=discover,
+        usdt=usdt, return_usdt=return_usdt, return_via=return_via, discover=discover,
     )
 
 

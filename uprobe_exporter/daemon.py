@@ -24,7 +24,7 @@ from uprobe_exporter.identity import PodIdentities, pod_identities
 from uprobe_exporter.jsonl import JsonlSink
 from uprobe_exporter.metrics import start_metrics_server
 from uprobe_exporter.nativestatus import native_status
-from uprobe_exporter.pairing import Pairing
+from uprobe_exporter.pairing import PID_MAX_LIMIT, GoroutineKeys, Pairing
 from uprobe_exporter.pipeline import Pipeline, event_infos
 from uprobe_exporter.procfs import TgidCache, thread_exists
 from uprobe_exporter.rawemit import EmitPlan
@@ -79,8 +79,9 @@ async def _housekeeping(rt: Runtime, session: ProbeSession) -> None:
     """Once a second: refresh the wall-clock offset, check that the probed binaries are still the files
     we probed, and forget the pending entries of threads the last sweep found exited; every
     PRESENCE_SECONDS: check that our events are still registered (someone may remove them: logged and
-    counted, not served as registered); every SWEEP_SECONDS: find the threads that exited (their pending
-    calls will never return) and forget the cached process ids (thread ids get reused)."""
+    counted, not served as registered); every SWEEP_SECONDS: find the threads (and the Go processes, for
+    goroutines) that exited (their pending calls will never return) and forget the cached process ids
+    (thread ids get reused)."""
     last_sweep = last_presence = time.monotonic()
     exited: set[int] = set()  # found exited by the last sweep, a second ago
     while True:
@@ -90,8 +91,9 @@ async def _housekeeping(rt: Runtime, session: ProbeSession) -> None:
         pairing = rt.pipeline.pairing
         # A thread found exited may have returned just before it exited, that return still unread in the
         # kernel's buffer or held back for ordering: its entries are forgotten a second later.
+        go_keys = rt.pipeline.go_keys
         for tid in exited:
-            if not thread_exists(tid):
+            if _gone(tid, go_keys):
                 pairing.evict_thread(tid)
         exited = set()
         for change in rt.binaries.check():
@@ -104,13 +106,25 @@ async def _housekeeping(rt: Runtime, session: ProbeSession) -> None:
                 log.error("%s", exc)
         if time.monotonic() - last_sweep >= SWEEP_SECONDS:
             last_sweep = time.monotonic()
-            exited = {tid for tid in pairing.threads() if not thread_exists(tid)}
+            pending = pairing.threads()
+            exited = {tid for tid in pending if _gone(tid, go_keys)}
+            go_keys.prune(pending)
             pairing.drop_empty()
             rt.tgids.clear()
             if rt.identities is not None:
                 rt.identities.forget_exited()
             if rt.pipeline.renderer is not None:
                 rt.pipeline.renderer.forget_pids()
+
+
+def _gone(key: int, go_keys: GoroutineKeys) -> bool:
+    """A pairing key whose pending calls will never return: a thread that exited, or a Go goroutine
+    (pairing.GoroutineKeys, above PID_MAX_LIMIT) whose process exited; a goroutine moves between threads,
+    so its threads say nothing (a stale entry of a live one goes at its next call: unwound)."""
+    if key <= PID_MAX_LIMIT:
+        return not thread_exists(key)
+    pid = go_keys.owner.get(key, 0)
+    return pid > 0 and not thread_exists(pid)
 
 
 def _log_binary_change(change: BinaryChange) -> None:

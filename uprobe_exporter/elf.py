@@ -16,6 +16,7 @@ import difflib
 import errno
 import fnmatch
 import os
+import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ from elftools.elf.gnuversions import GNUVerDefSection, GNUVerSymSection
 from elftools.elf.sections import NoteSection, SymbolTableSection
 
 from uprobe_exporter.errors import ResolveError
+from uprobe_exporter.instructions import MAX_INSTRUCTION, FunctionCode, Instruction, decode_function
 from uprobe_exporter.stapsdt import LoadSegment, UsdtNote, match_notes, parse_stapsdt_section, resolve_site
 
 FUNCTION_TYPES = ("STT_FUNC",)
@@ -81,6 +83,20 @@ class ElfInfo:
 
     def offset_is_executable(self, offset: int) -> bool:
         return any(s.executable and s.offset <= offset < s.offset + s.filesz for s in self.segments)
+
+    def go_register_abi(self) -> bool:
+        """Go ≥ 1.17 on amd64: arguments in registers, the current g in %r14 (ABIInternal). The version
+        is inline from Go 1.18; without it, Go 1.17's ABI wrappers (``*.abi0`` symbols) say so."""
+        version = self.go_version or ""
+        m = re.match(r"go1\.(\d+)", version)
+        if m:
+            return int(m[1]) >= 17
+        return any(name.endswith(".abi0") for name in self.symbols)
+
+    def function_symbol(self, name: str) -> Symbol | None:
+        """The function symbol ``name`` (its default version), if there is exactly one."""
+        funcs = {s.value: s for s in self.symbols.get(name.partition("@")[0], []) if s.type in FUNCTION_TYPES}
+        return next(iter(funcs.values())) if len(funcs) == 1 else None
 
     def function_around(self, offset: int) -> tuple[Symbol, int] | None:
         """The function whose code holds file ``offset``, and how far into it, if the symbols say."""
@@ -140,6 +156,33 @@ class ElfInfo:
             raise ResolveError(f"symbol {where} is not in an executable segment", binary=str(self.path),
                                symbol=symbol)
         return offset
+
+
+def read_function_code(info: ElfInfo, sym: Symbol) -> FunctionCode:
+    """The decoded instructions of ``sym`` (its ``st_size`` bytes), read from its file."""
+    offset = info.file_offset(sym.value)
+    if offset is None:
+        raise ResolveError(f"{sym.name} is not in an executable segment of {info.path}", binary=str(info.path),
+                           symbol=sym.name)
+    try:
+        with open(info.path, "rb") as f:
+            f.seek(offset)
+            data = f.read(sym.size)
+    except OSError as exc:
+        raise ResolveError(f"cannot read {info.path}: {exc.strerror}", binary=str(info.path)) from exc
+    return decode_function(data, sym.value)
+
+
+def read_instruction_at(path: Path, offset: int) -> Instruction | None:
+    """The instruction that starts at file ``offset`` (None if the bytes there do not decode)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            data = f.read(MAX_INSTRUCTION)
+    except OSError as exc:
+        raise ResolveError(f"cannot read {path}: {exc.strerror}", binary=str(path)) from exc
+    code = decode_function(data, 0)
+    return code.instructions[0] if code.instructions else None
 
 
 def parse_go_buildinfo(data: bytes) -> str | None:

@@ -18,6 +18,13 @@ _BASIC = r"(?:[usx](?:8|16|32|64)|char|string|ustring|symbol|symstr|b\d+@\d+/\d+
 TYPE_RE = re.compile(rf"(?P<base>{_BASIC})(?:\[(?P<n>\d+)\])?\Z")
 DEREF_RE = re.compile(r"[+-]u?(?:0x[0-9a-fA-F]+|\d+)\((?P<inner>.+)\)\Z")
 MAX_ARRAY_LEN = 64  # trace_probe.h
+# A Go string (pointer, length) read exactly: ``%ax:gostring`` (the length in the next register of Go's
+# ABIInternal order) or ``+16(%ax):gostring`` (the length 8 bytes after the pointer), up to N bytes
+# (``:gostring[N]``, default 64): the bytes as an array of x64 words and the length as a hidden field.
+GOSTRING_RE = re.compile(r"(?P<body>.+):gostring(?:\[(?P<n>\d+)\])?\Z")
+GO_INT_REGISTERS = ("ax", "bx", "cx", "di", "si", "r8", "r9", "r10", "r11")  # ABIInternal, amd64
+GOSTRING_BYTES, GOSTRING_MAX_BYTES = 64, 8 * MAX_ARRAY_LEN
+GOSTRING_LEN_PREFIX = "__len_"  # the hidden field with the length of the string argument NAME: __len_NAME
 TYPE_NAMES = (*(f"{k}{b}" for k in "usx" for b in (8, 16, 32, 64)), "char", "string", "ustring")
 C_TYPES = {"int": "s32", "long": "s64", "unsigned": "u32", "short": "s16", "bool": "u8", "size_t": "u64",
            "ssize_t": "s64", "ptr": "x64", "pointer": "x64", "str": "string", "char*": "string"}
@@ -51,10 +58,39 @@ def _check_body(body: str, is_return: bool) -> str | None:
     return f"'{body}' is not a fetcharg (%REG, @ADDR, @+OFFSET, $stackN, $retval, $comm, +OFF(FETCHARG))"
 
 
+def expand_gostring(name: str, fetcharg: str) -> tuple[tuple[str, str], tuple[str, str]] | str | None:
+    """A ``:gostring`` argument as the two fetchargs the kernel reads, ``(NAME, +0(PTR):x64[W])`` and
+    ``(__len_NAME, LEN:s64)``; a problem (str); or None when ``fetcharg`` is not a gostring."""
+    m = GOSTRING_RE.match(fetcharg)
+    if m is None:
+        return None
+    body, size = m["body"], int(m["n"] or GOSTRING_BYTES)
+    if not 0 < size <= GOSTRING_MAX_BYTES:
+        return f"'{fetcharg}': a gostring reads 1..{GOSTRING_MAX_BYTES} bytes"
+    if body.startswith("%"):
+        reg = body[1:]
+        if reg not in GO_INT_REGISTERS[:-1]:
+            return (f"'{fetcharg}': a Go string in registers is a pointer in one of {', '.join(GO_INT_REGISTERS[:-1])} "
+                    "and its length in the next one (ABIInternal order)")
+        length = "%" + GO_INT_REGISTERS[GO_INT_REGISTERS.index(reg) + 1]
+    elif (d := re.fullmatch(r"(?P<sign>[+-])(?P<u>u?)(?P<off>0x[0-9a-fA-F]+|\d+)\((?P<inner>.+)\)", body)) is not None:
+        off = int(d["off"], 0) * (-1 if d["sign"] == "-" else 1) + 8
+        length = f"{'+' if off >= 0 else '-'}{d['u']}{abs(off)}({d['inner']})"
+    else:
+        return f"'{fetcharg}': a gostring is %REG:gostring or +OFF(FETCHARG):gostring (the string header in memory)"
+    words = (size + 7) // 8
+    return (name, f"+0({body}):x64[{words}]"), (f"{GOSTRING_LEN_PREFIX}{name}", f"{length}:s64")
+
+
 def check_fetcharg(fetcharg: str, *, is_return: bool) -> str | None:
     """Return a one-line problem with ``fetcharg`` and how to fix it, or None if it looks right."""
     if not fetcharg or any(c.isspace() for c in fetcharg) or "#" in fetcharg:
         return f"'{fetcharg}' must be non-empty, without spaces or '#'"
+    go = expand_gostring("x", fetcharg)
+    if isinstance(go, str):
+        return go
+    if go is not None:
+        return check_fetcharg(go[0][1], is_return=is_return) or check_fetcharg(go[1][1], is_return=is_return)
     body, kind = split_type(fetcharg)
     if ":" in body and not body.startswith("\\"):
         written = body.rpartition(":")[2]

@@ -6,8 +6,11 @@ function returns, ``%sp`` is 8 bytes higher. So a return with ``sp`` closes the 
 ``sp`` is ``sp - 8``; entries deeper than that (lower addresses) can never return: the stack was
 unwound past them (longjmp, C++ exception) and they are evicted as ``unwound``. A new entry at an
 ``sp`` at or above a pending one proves the same. Without a stack pointer (0), pairing falls back to
-innermost-call (LIFO) order. Threads that exit inside a call are evicted by ``evict_thread``; past
-``max_pending`` the least recently active thread loses its oldest entry (``capacity``).
+innermost-call (LIFO) order. The readers give every return's ``sp`` as a uretprobe sees it (a return
+seen at a RET instruction is 8 lower) and, for Go programs, key calls by goroutine instead of thread,
+with a stack offset that survives stack copies (traceline.hidden_values). Threads that exit inside a
+call are evicted by ``evict_thread``; past ``max_pending`` the least recently active thread loses its
+oldest entry (``capacity``).
 
 A probe whose entry event has a kernel ``filter`` and no ``return_filter`` (``set_entry_filtered``) has
 returns whose entries the filter removed; those are indistinguishable from returns whose entry was never seen otherwise
@@ -34,6 +37,8 @@ except ImportError:  # then PythonPairing does it
     _NativePairing = None
 
 RETURN_ADDRESS_SIZE = 8  # x86-64: `ret` pops the return address
+PID_MAX_LIMIT = 1 << 22  # include/linux/threads.h: thread ids never exceed it
+GO_KEY_BASE = 1 << 40  # GoroutineKeys count up from here: a key above PID_MAX_LIMIT is a goroutine's
 _new_frame = tuple.__new__  # skips the NamedTuple's Python-level __new__
 UNWOUND, THREAD_EXIT, CAPACITY = "unwound", "thread_exit", "capacity"
 EVICTION_REASONS = (UNWOUND, THREAD_EXIT, CAPACITY)
@@ -54,6 +59,43 @@ class PairingStats:
     evicted_by_probe: dict[tuple[str, str], int]  # (probe, reason)
     returns_filtered: int = 0
     returns_filtered_by_probe: dict[str, int] = field(default_factory=dict)
+
+
+class GoroutineKeys:
+    """Pairing keys of Go goroutines: one per (process, g). A g is a heap address, and Go programs put
+    their heaps at the same addresses (0xc000000000…), so two processes — two replicas of one service —
+    have goroutines with the same g; the process keeps them apart. Keys count up from GO_KEY_BASE, above
+    every thread id (PID_MAX_LIMIT), so housekeeping tells them from threads, and ``owner`` says whose
+    they are: their pending calls go when that process exits. Bounded: past ``max_keys``, the keys without
+    pending calls are forgotten (``prune``)."""
+
+    def __init__(self, tgid_of: Callable[[int], int], max_keys: int = 1 << 16) -> None:
+        self.tgid_of = tgid_of
+        self.max_keys = max_keys
+        self.ids: dict[tuple[int, int], int] = {}
+        self.owner: dict[int, int] = {}  # key → process id (0: unknown)
+        self.next = GO_KEY_BASE
+
+    def key(self, tid: int, g: int) -> int:
+        """The key of goroutine ``g`` of the process of thread ``tid``; the thread itself when no g (0)."""
+        if not g:
+            return tid
+        pid = self.tgid_of(tid)
+        key = self.ids.get((pid, g))
+        if key is None:
+            key = self.ids[pid, g] = self.next
+            self.owner[key] = pid
+            self.next += 1
+        return key
+
+    def prune(self, pending: set[int]) -> None:
+        """Past ``max_keys``, forget the keys that have no pending call."""
+        if len(self.ids) <= self.max_keys:
+            return
+        for ident, key in list(self.ids.items()):
+            if key not in pending:
+                del self.ids[ident]
+                self.owner.pop(key, None)
 
 
 class Frame(NamedTuple):

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from uprobe_exporter.config import ProbeConfig
 from uprobe_exporter.formatfile import EventFormat
 from uprobe_exporter.histogram import COMM_LABEL, NO_LABELS, LabelFolder, ProbeHistograms, labels_kind
-from uprobe_exporter.pairing import Pairing
+from uprobe_exporter.pairing import GoroutineKeys, Pairing
 from uprobe_exporter.podlogs import POD_LABELS, PodIdentity
 from uprobe_exporter.probes import ProbeEvent
 from uprobe_exporter.rawemit import Route, Sinks, compile_emitter, native_emitter, new_lines
@@ -91,6 +91,7 @@ class Pipeline:
         self.probes = {p.name: p for p in probes}
         self.routes = {name: self._route(info) for name, info in infos.items()}
         self.negative_durations: dict[str, int] = dict.fromkeys(sorted(self.paired), 0)
+        self.go_keys = GoroutineKeys(tgid_of)  # Go: pairing keys per (process, g)
         self.event_counts: dict[str, int] = dict.fromkeys(infos, 0)  # not a Counter: += is 3x cheaper
         self.parse_errors: Counter[str] = Counter()
         self.decode_errors = decode_errors if decode_errors is not None else {}  # kept by the raw decoder
@@ -159,7 +160,7 @@ class Pipeline:
         the native one where it is built and covers the event (unless ``native`` is off), else the Python
         one."""
         sinks = Sinks(self.event_counts, self.pairing, self.renderer, self.tgid_of, self.lines, self.negative_durations,
-                      self.pod_label)
+                      self.go_keys, self.pod_label)
         out = {}
         for f in formats:
             plan, route = UnpackPlan.of(f), self.routes[f.name]
@@ -192,7 +193,7 @@ class Pipeline:
 
     def _record(self, rec: TraceRecord) -> bytes | None:
         # indexes, not attribute names: this runs once per record (0 event, 1 tid, 2 tgid, 4 ts_ns,
-        # 5 comm, 8 is_return, 9 sp)
+        # 5 comm, 8 is_return, 9 sp, 11 key: a Go program's goroutine, else 0 and the thread pairs)
         name = rec[0]
         info, paired, hist, labels_at_return, kind, entry_filtered, match = self.routes[name]
         duration = None
@@ -203,10 +204,12 @@ class Pipeline:
                 extra = () if kind is NO_LABELS else (
                     (rec[5],) if kind is COMM_LABEL else _label_values(rec, info.labels, None, frozenset(),
                                                                        self.pod_label))
-                self.pairing.enter(info.probe, rec[1], rec[9], rec[4], extra)
+                self.pairing.enter(info.probe, self.go_keys.key(rec[1], rec[11]) if rec[11] else rec[1], rec[9], rec[4],
+                                   extra)
             else:
                 frame = (self.pairing.leave_matching(info.probe, rec[1], _wanted(rec, info.labels, match)) if match
-                         else self.pairing.leave(info.probe, rec[1], rec[9]))
+                         else self.pairing.leave(info.probe, self.go_keys.key(rec[1], rec[11]) if rec[11] else rec[1],
+                                                 rec[9]))
                 if frame is None and entry_filtered:
                     return None  # its entry was filtered in the kernel (the pairing counted it)
                 self.event_counts[name] += 1

@@ -13,9 +13,18 @@ from dataclasses import dataclass
 
 from uprobe_exporter.config import ProbeConfig
 from uprobe_exporter.errors import ResolveError
+from uprobe_exporter.fetchargs import expand_gostring
 from uprobe_exporter.filters import combine_filters, comm_filter
 
 HIDDEN_FETCHARGS = "__comm=$comm __sp=%sp:x64"
+# A return seen at a RET instruction (``return_via = "ret_instructions"``, a `p:` probe per RET): %sp still
+# points at the return address there, as at the entry (a uretprobe sees it 8 higher): ``__sp_ret`` says
+# which kind of return the pairing sees; ``__ret_addr`` is the address the RET returns to; ``__ip_delta``
+# (an immediate per site) is how far the site is from the function's start, so ``func`` is the function's.
+RET_HIDDEN_FETCHARGS = "__comm=$comm __sp_ret=%sp:x64 __ret_addr=+0(%sp):x64"
+# Go (ABIInternal, amd64): %r14 is the current g, and runtime.g begins with stack{lo, hi}: calls pair by
+# goroutine (g) and by hi − sp, which stays the same when the goroutine's stack is copied (grown).
+GO_FETCHARGS = "__g=%r14:x64 __g_hi=+8(%r14):x64"
 # A USDT site is not a function's first instruction: %sp says nothing about which call a return ends
 # (CPython 3.11 runs nested Python calls in one C frame). The constant 0 makes pairing take the
 # innermost open entry of the thread (pairing.py: no stack pointer, LIFO order).
@@ -38,6 +47,7 @@ class ProbeEvent:
     filter: str
     location: str = ""  # where it comes from in the configuration: 'probes[2] "malloc"'
     usdt: bool = False  # a USDT site: a `p:` probe, also for the return event (which has __probe_ip)
+    at_ret: bool = False  # a return seen by a `p:` probe on a RET instruction of the function
 
     @property
     def full_name(self) -> str:
@@ -55,10 +65,17 @@ class ResolvedProbe:
     # semaphore file offset and translated fetchargs ("name=fetcharg ...")
     sites: tuple[tuple[int, int | None, str], ...] = ()
     return_sites: tuple[tuple[int, int | None, str], ...] = ()
+    entry_delta: int = 0  # the entry probe is this far into the function (Go: after the stack check)
+    ret_sites: tuple[tuple[int, int], ...] = ()  # return_via RET instructions: (file offset, offset in the function)
+    goroutines: bool = False  # Go: pair by goroutine (g in %r14) and by the stack offset from its top
 
 
 def _fetchargs(args: tuple[tuple[str, str], ...]) -> str:
-    return "".join(f" {name}={fetcharg}" for name, fetcharg in args)
+    out = []
+    for name, fetcharg in args:
+        go = expand_gostring(name, fetcharg)  # a Go string: its bytes and, hidden, its length
+        out += [f" {n}={f}" for n, f in go] if isinstance(go, tuple) else [f" {name}={fetcharg}"]
+    return "".join(out)
 
 
 def build_events(probe: ResolvedProbe, group: str, where: str = "", base: str = "") -> list[ProbeEvent]:
@@ -74,11 +91,19 @@ def build_events(probe: ResolvedProbe, group: str, where: str = "", base: str = 
     target = f"{probe.path}:{probe.offset:#x}"
     by_comm = comm_filter(cfg.comm)  # on both events: a return is recorded only where its entry could be
     entry = f"{base}{ENTRY_SUFFIX}"
+    go = f" {GO_FETCHARGS}" if probe.goroutines else ""
+    delta = f" __ip_delta=\\{probe.entry_delta}:u32" if probe.entry_delta else ""
     events = [ProbeEvent(cfg.name, group, entry, False, probe.path, probe.offset,
-                         f"p:{group}/{entry} {target} {HIDDEN_FETCHARGS}{_fetchargs(cfg.args)}",
-                         combine_filters(by_comm, cfg.filter),
-                         where)]
-    if cfg.return_probe:
+                         f"p:{group}/{entry} {target} {HIDDEN_FETCHARGS}{go}{delta}{_fetchargs(cfg.args)}",
+                         combine_filters(by_comm, cfg.filter), where)]
+    if cfg.return_probe and probe.ret_sites:
+        ret = f"{base}{RETURN_SUFFIX}"
+        events.extend(ProbeEvent(
+            cfg.name, group, ret, True, probe.path, offset,
+            f"p:{group}/{ret} {probe.path}:{offset:#x} {RET_HIDDEN_FETCHARGS}{go} __ip_delta=\\{into}:u32"
+            f"{_fetchargs(cfg.return_args)}", combine_filters(by_comm, cfg.return_filter), where, at_ret=True)
+            for offset, into in probe.ret_sites)
+    elif cfg.return_probe:
         ret = f"{base}{RETURN_SUFFIX}"
         events.append(ProbeEvent(
             cfg.name, group, ret, True, probe.path, probe.offset,

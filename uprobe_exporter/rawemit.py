@@ -21,7 +21,7 @@ import orjson
 from uprobe_exporter.codegen import compile_function
 from uprobe_exporter.formatfile import FieldKind
 from uprobe_exporter.histogram import ANY_LABELS, COMM_LABEL, NO_LABELS, ProbeHistograms
-from uprobe_exporter.pairing import Pairing
+from uprobe_exporter.pairing import GoroutineKeys, Pairing
 from uprobe_exporter.podlogs import POD_LABELS
 from uprobe_exporter.rawpage import COMMS, Handler, UnpackPlan, new_comm
 from uprobe_exporter.render import DURATION_END, LINE_END, LINE_HEAD, EventInfo, Renderer
@@ -78,6 +78,7 @@ class Sinks:
     tgid_of: Callable[[int], int]
     lines: LineList | Any  # the JSON lines of the batch (or a _native.Lines), taken by the pipeline
     negative: dict[str, int]  # per probe: returns that paired with an entry younger than them
+    go_keys: GoroutineKeys | None = None  # Go: pairing keys per (process, g)
     pod_label: Callable[[int, str], str] = lambda tid, label: ""  # a thread's k8s_* label value
 
 
@@ -134,14 +135,16 @@ def compile_emitter(plan: UnpackPlan, route: Route, sinks: Sinks) -> tuple[Handl
     if not known_only:
         lines.append(count)
     duration = False
+    # the thread, or a Go program's goroutine in its process (pairing.GoroutineKeys)
+    pair_by = plan.tid if plan.key == "0" else f"_gokey({plan.tid}, {plan.key})"
     if route.paired and not fmt.is_return:
         extra = ("()" if hist is None or route.labels_kind not in (COMM_LABEL, ANY_LABELS) else
                  f"({plan.comm},)" if route.labels_kind == COMM_LABEL else
                  _label_tuple(plan, info.labels, values, None))
-        lines.append(f"    _enter({info.probe!r}, {plan.tid}, {plan.sp}, ts, {extra})")
+        lines.append(f"    _enter({info.probe!r}, {pair_by}, {plan.sp}, ts, {extra})")
     elif route.paired:
         duration = True
-        leave = (f"_leave({info.probe!r}, {plan.tid}, {plan.sp})" if not route.match else
+        leave = (f"_leave({info.probe!r}, {pair_by}, {plan.sp})" if not route.match else
                  f"_leave_matching({info.probe!r}, {plan.tid}, {_wanted(plan, info.labels, values, route.match)})")
         lines += ["    duration = None",
                   f"    frame = {leave}"]
@@ -187,8 +190,8 @@ def compile_emitter(plan: UnpackPlan, route: Route, sinks: Sinks) -> tuple[Handl
         "_observe": hist.observe if hist is not None else None, "_renderer": renderer, "_info": info,
         "_clock": renderer.clock if renderer is not None else None,
         "_by_thread": renderer.by_thread if renderer is not None else None, "_tgid_of": sinks.tgid_of,
-        "_append": sinks.lines.append, "_pod_label": sinks.pod_label, "_dumps": orjson.dumps,
-        "_negative": sinks.negative,
+        "_append": sinks.lines.append, "_dumps": orjson.dumps, "_negative": sinks.negative,
+        "_gokey": sinks.go_keys.key if sinks.go_keys is not None else None, "_pod_label": sinks.pod_label,
     }
     return compile_function(source, "emit", f"emitter {fmt.name}", namespace), source
 
@@ -196,8 +199,9 @@ def compile_emitter(plan: UnpackPlan, route: Route, sinks: Sinks) -> tuple[Handl
 def native_emitter(plan: UnpackPlan, route: Route, sinks: Sinks, emitter: Handler) -> Handler | None:
     """The native emitter of the event, which does exactly what ``emitter`` (its Python emitter) does and
     hands it what it does not cover; None when the extension is not built or the event has what only
-    the Python emitter handles: histogram labels taken from arguments."""
-    if EmitPlan is None:
+    the Python emitter handles: histogram labels taken from arguments; returns seen at RET instructions
+    and Go programs' events (their ip, sp and pairing key are computed from hidden fields)."""
+    if EmitPlan is None or plan.derived:
         return None
     fmt = plan.fmt
     fields = {f.name: f for f in (*fmt.common, *fmt.fields)}

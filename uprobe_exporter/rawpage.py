@@ -27,7 +27,14 @@ from uprobe_exporter.codegen import compile_function
 from uprobe_exporter.errors import TraceParseError
 from uprobe_exporter.formatfile import EventFormat, Field, FieldKind
 from uprobe_exporter.records import LostEvents, TraceRecord
-from uprobe_exporter.traceline import HIDDEN_COMM, HIDDEN_SP
+from uprobe_exporter.traceline import (
+    GOSTRING_LEN_PREFIX,
+    HIDDEN_COMM,
+    HIDDEN_DERIVED,
+    go_string,
+    hidden_values,
+    wrap_gostrings,
+)
 
 try:  # the native page walk (uprobe_exporter/_walk.c), built at install when a C compiler is there
     from uprobe_exporter import _native
@@ -126,6 +133,8 @@ class UnpackPlan:
     comm: str  # an expression: "comm" once ``comm_code`` ran, or a literal
     comm_code: str  # statements (indented 4) that set ``comm`` from the page
     args: tuple[tuple[Field, str], ...]  # the configured arguments: (field, value expression)
+    key: str = "0"  # a Go program's g (traceline.hidden_values); "0": calls pair by thread
+    derived: bool = False  # ip, ret_ip or sp come from the hidden fields of RET sites or Go (Python emitters only)
 
     @classmethod
     def of(cls, fmt: EventFormat) -> UnpackPlan:
@@ -150,7 +159,8 @@ class UnpackPlan:
                 names.append(f"v{len(names)}")
         by_name = {f.name: names[i] for i, f in enumerate(fields)}
         comm, comm_code = "'<...>'", ""
-        sp = "0"
+        hidden: dict[str, str] = {}
+        lengths: dict[str, str] = {}
         args = []
         for f in fmt.args:
             v = by_name[f.name]
@@ -164,18 +174,25 @@ class UnpackPlan:
                     f"            comm = _comm(raw)\n"
                     f"    else:\n"  # the fetch faulted
                     f"        comm = '<...>'\n")
-            elif f.name == HIDDEN_SP:
-                sp = v
+            elif f.name in HIDDEN_DERIVED:
+                hidden[f.name] = v
+            elif f.name.startswith(GOSTRING_LEN_PREFIX):
+                lengths[f.name.removeprefix(GOSTRING_LEN_PREFIX)] = v
             else:
                 args.append((f, _value_expr(f, v)))
-        return cls(fmt, "".join(layout), ", ".join(names), by_name["common_pid"],
-                   by_name["__probe_func" if fmt.is_retprobe else "__probe_ip"], by_name.get("__probe_ret_ip", "0"),
-                   sp, comm, comm_code, tuple(args))
+        if lengths:
+            exprs = dict(wrap_gostrings([(f.name, e) for f, e in args], lengths))
+            args = [(f, exprs[f.name]) for f, _ in args]
+        tid = by_name["common_pid"]
+        ip, ret_ip, sp, key = hidden_values(hidden, by_name["__probe_func" if fmt.is_retprobe else "__probe_ip"],
+                                            by_name.get("__probe_ret_ip", "0"))
+        return cls(fmt, "".join(layout), ", ".join(names), tid, ip, ret_ip, sp, comm, comm_code, tuple(args), key,
+                   bool(set(hidden) - {"__sp"}) or bool(lengths))
 
     def namespace(self) -> dict[str, Any]:
         """What the generated code refers to: ``_unpack``, ``_char``, ``_comms``, ``_comm``."""
         return {"_unpack": struct.Struct(self.struct_layout).unpack_from, "_char": _char, "_comms": COMMS,
-                "_comm": new_comm}
+                "_comm": new_comm, "_gostr": go_string}
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,7 +212,7 @@ class RecordBuilder:
             f"    {plan.unpack}, = _unpack(p, o)\n"
             f"{plan.comm_code}"
             f"    return _new(TraceRecord, ({fmt.name!r}, {plan.tid}, 0, cpu, ts, {plan.comm}, {plan.ip},"
-            f" {plan.ret_ip}, {fmt.is_return}, {plan.sp}, {{{args}}}))\n"
+            f" {plan.ret_ip}, {fmt.is_return}, {plan.sp}, {{{args}}}, {plan.key}))\n"
         )
         namespace = {"TraceRecord": TraceRecord, "_new": tuple.__new__, **plan.namespace()}
         return cls(fmt, compile_function(source, "build", f"record builder {fmt.name}", namespace), source)

@@ -16,7 +16,8 @@ class TraceRecord(NamedTuple):
     ``tid`` is the kernel's ``common_pid`` (a thread id), ``tgid`` the process id (0 when the kernel
     did not know it), ``ts_ns`` the trace clock (``mono``) in nanoseconds. For an entry event ``ip`` is
     ``__probe_ip``; for a return event ``ip`` is ``__probe_func`` and ``ret_ip`` is ``__probe_ret_ip``.
-    ``sp`` is the stack pointer the exporter fetches itself (``__sp``), used to pair calls exactly.
+    ``sp`` is the stack pointer the exporter fetches itself (``__sp``), used to pair calls exactly, as a
+    uretprobe sees it at a return (see ``traceline.hidden_values``).
     """
 
     event: str
@@ -30,6 +31,7 @@ class TraceRecord(NamedTuple):
     is_return: bool
     sp: int
     args: dict[str, Any]
+    key: int = 0  # a Go program's goroutine (its g), which calls pair by with the process; else 0: the thread
 
 
 @dataclass(frozen=True, slots=True)

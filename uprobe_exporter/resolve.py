@@ -6,8 +6,9 @@ from pathlib import Path
 
 from uprobe_exporter.binaries import resolve_binary
 from uprobe_exporter.config import Config, ProbeConfig, load_config_partial
-from uprobe_exporter.elf import ElfInfo, StapsdtInfo, load_elf, read_stapsdt
+from uprobe_exporter.elf import ElfInfo, StapsdtInfo, Symbol, load_elf, read_function_code, read_stapsdt
 from uprobe_exporter.errors import ConfigError, ResolveError
+from uprobe_exporter.instructions import FunctionCode, calls_back_to_start, find_ret_sites, go_entry_offset
 from uprobe_exporter.probes import ProbeEvent, ResolvedProbe, build_events
 from uprobe_exporter.stapsdt import find_notes, resolve_site, site_fetchargs
 
@@ -36,44 +37,26 @@ def resolve_probes(config: Config) -> tuple[list[ResolvedProbe], list[str]]:
             continue
         try:
             info = cache.get(path) or cache.setdefault(path, load_elf(path, root))
-            if probe.return_probe and info.is_go:
-                problems.append(f"{where}.return: {go_return_problem(info)}")
-                continue
-            resolved.append(resolve_function(probe, path, root, cache))
+            resolved_probe = resolve_function_probe(probe, info, problems)
+            if resolved_probe is not None:
+                resolved.append(resolved_probe)
         except ResolveError as exc:
             problems.append(f"{where}.{key}: {exc}")
     return resolved, problems
 
 
-def resolve_function(probe: ProbeConfig, path: Path, root: str, cache: dict[Path, ElfInfo]) -> ResolvedProbe:
-    """The file offset of a function (or offset) probe in ``path``."""
-    info = cache.get(path) or cache.setdefault(path, load_elf(path, root))
-    if probe.return_probe and info.is_go:
-        raise ResolveError(go_return_problem(info), binary=str(path))
-    if probe.offset is None:
-        offset = info.resolve(probe.function, probe.function_offset)
-    elif info.offset_is_executable(probe.offset):
-        offset = probe.offset
-        around = info.function_around(offset) if probe.return_probe else None
-        if around is not None and around[1]:
-            raise ResolveError(f"{offset:#x} is {around[0].name}+{around[1]:#x}: a return probe must be at "
-                               f"a function's first instruction ({around[0].name} is at "
-                               f"{offset - around[1]:#x})")
-    else:
-        raise ResolveError(f"file offset {probe.offset:#x} is outside every executable segment of "
-                           f"{path}; find offsets with: uprobe-exporter symbols {path}")
-    return ResolvedProbe(probe, str(path), offset)
-
-
 def resolve_file(probe: ProbeConfig, path: Path, root: str) -> ResolvedProbe:
     """A ``discover`` probe in one file found running (a path the kernel can open); raises ResolveError."""
+    problems: list[str] = []
     if probe.usdt:
-        problems: list[str] = []
         usdt = resolve_usdt(probe, path, {}, problems)
         if usdt is None:
             raise ResolveError("; ".join(problems) or f"no USDT {probe.usdt} in {path}", binary=str(path))
         return usdt
-    return resolve_function(probe, path, root, {})
+    resolved = resolve_function_probe(probe, load_elf(path, root), problems)
+    if resolved is None:
+        raise ResolveError("; ".join(problems), binary=str(path))
+    return resolved
 
 
 def resolve_usdt(
@@ -114,12 +97,84 @@ def resolve_usdt(
 
 
 def go_return_problem(info: ElfInfo) -> str:
-    """Why a return probe on a Go program is refused: the kernel's uretprobe swaps the return address on
+    """Why a uretprobe on a Go program is refused: the kernel's uretprobe swaps the return address on
     the stack for its trampoline (0x7fffffffe000); Go's runtime walks its own stacks (garbage collection,
     stack growth, preemption, tracebacks) and kills the program at that unknown return address."""
     built = f" ({info.go_version})" if info.go_version else ""
-    return (f"{info.path} is a Go program{built}: a return probe crashes it (Go's stack walker rejects the "
-            "kernel's return trampoline); probe the entry only (return = false, no latency)")
+    return (f"{info.path} is a Go program{built}: a uretprobe crashes it (Go's stack walker rejects the "
+            "kernel's return trampoline); use return_via = \"ret_instructions\" (the default, \"auto\", does)")
+
+
+def _function_code(info: ElfInfo, offset: int) -> tuple[Symbol, int, FunctionCode] | None:
+    """The function holding file ``offset`` (with a size), how far into it, and its instructions."""
+    around = info.function_around(offset)
+    if around is None or not around[0].size:
+        return None
+    return around[0], around[1], read_function_code(info, around[0])
+
+
+def resolve_function_probe(probe: ProbeConfig, info: ElfInfo, problems: list[str]) -> ResolvedProbe | None:
+    """A probe on a function or an offset: its entry offset (checked to start an instruction; for Go, after
+    the stack check) and, for ``return_via`` RET instructions, the offsets of every RET of the function."""
+    where = probe.location
+    if probe.offset is None:
+        offset = info.resolve(probe.function, probe.function_offset)
+        named = probe.function + (f"+{probe.function_offset:#x}" if probe.function_offset else "")
+    elif info.offset_is_executable(probe.offset):
+        offset, named = probe.offset, f"{probe.offset:#x}"
+    else:
+        raise ResolveError(f"file offset {probe.offset:#x} is outside every executable segment of "
+                           f"{info.path}; find offsets with: uprobe-exporter symbols {info.path}")
+    found = _function_code(info, offset)
+    if found is not None:
+        sym, into, code = found
+        if code.complete and into not in code.starts():
+            before, after = code.boundaries_around(into)
+            ins = code.at(before) if before is not None else None
+            nearest = " and ".join(f"{sym.name}+{b:#x} (file offset {offset - into + b:#x})"
+                                   for b in (before, after) if b is not None)
+            raise ResolveError(f"{named} is {sym.name}+{into:#x}, inside the instruction '{ins.text if ins else '?'}': "
+                               f"a breakpoint there corrupts the program; the nearest instructions start at {nearest}")
+        if probe.return_probe and into:
+            raise ResolveError(f"{offset:#x} is {sym.name}+{into:#x}: a return probe must be at a function's first "
+                               f"instruction ({sym.name} is at {offset - into:#x})")
+    via = probe.return_via
+    if probe.return_probe:
+        if info.is_go:
+            if via == "uretprobe":
+                problems.append(f"{where}.return_via: {go_return_problem(info)}")
+                return None
+            if not info.go_register_abi():
+                problems.append(f"{where}.return: {info.path} is built by Go {info.go_version or '< 1.17'}, before the "
+                                "register ABI (Go 1.17): calls cannot be paired by goroutine; probe the entry only")
+                return None
+            via = "ret_instructions"
+        elif via == "auto":
+            via = "uretprobe"
+    entry_delta = 0
+    if info.is_go and found is not None and found[1] == 0:  # a Go function's start: by name or by offset
+        sym, _, code = found
+        entry_delta = go_entry_offset(code)
+        if not entry_delta and calls_back_to_start(code):
+            raise ResolveError(f"{sym.name} jumps back to its first instruction (Go's stack growth) but its stack "
+                               "check was not recognised: an entry probe there would fire twice for one call; probe an "
+                               "offset after the check (objdump -d shows where it ends)")
+    ret_sites: tuple[tuple[int, int], ...] = ()
+    if probe.return_probe and via == "ret_instructions":
+        if found is None:
+            raise ResolveError(f"no function symbol with a size holds {named}: its RET instructions cannot be found; "
+                               "use return_via = \"uretprobe\"")
+        sym, into, code = found
+        start = offset - into
+        ret_sites = tuple((start + r, r) for r in find_ret_sites(code, sym.name))
+        for name, fetcharg in probe.return_args:
+            if "$retval" in fetcharg:
+                problems.append(f"{where}.return_args.{name}: '{fetcharg}': $retval is a uretprobe's; at a RET "
+                                "instruction the return value is in %ax: write '%ax' (Go: %ax, %bx, %cx... in order)")
+        if any("$retval" in f for _, f in probe.return_args):
+            return None
+    return ResolvedProbe(probe, str(info.path), offset + entry_delta, entry_delta=entry_delta, ret_sites=ret_sites,
+                         goroutines=info.is_go and probe.return_probe)
 
 
 def plan_events(config: Config, problems: list[str] | None = None) -> list[ProbeEvent]:

@@ -149,9 +149,10 @@ class ProbeSession:
         try:
             claim(self.tracefs, self.owned, self._create, self._remove_leftovers)
             self.estimate_stop()
-            for ev in unique_events(self.events):  # a USDT event has one command per site
+            for ev in unique_events(self.events):  # a USDT or RET-instruction event has one command per site
                 fmt = parse_format(self.instance.read_format(self.group, ev.event))
-                self.formats[ev.event] = replace(fmt, ends_call=True) if ev.usdt and ev.is_return else fmt
+                p_return = (ev.usdt or ev.at_ret) and ev.is_return  # a `p:` event that ends a call
+                self.formats[ev.event] = replace(fmt, ends_call=True) if p_return else fmt
                 if ev.filter:
                     try:
                         self.instance.set_filter(self.group, ev.event, ev.filter)

@@ -68,10 +68,17 @@ def _mount_tracefs(target: str) -> None:
         )
 
 
+def _not_accessible(path: str) -> str:
+    return (f"tracefs at {path} is not accessible: uprobe-exporter needs root to register uprobes "
+            "(tracefs is owned by root, mode 0700)")
+
+
 def find_tracefs(setting: str, mountinfo: str | None = None) -> Path:
     """Locate tracefs: a configured path, or "auto" = the first tracefs mount, mounting it when root."""
     if setting != "auto":
         path = Path(setting)
+        if not os.access(path, os.X_OK) and path.is_dir():
+            raise TracefsError(_not_accessible(setting), path=setting)
         if not (path / "uprobe_events").exists():
             raise TracefsError(f"{path} is not a tracefs with uprobe_events; fix exporter.tracefs", path=setting)
         return path
@@ -81,8 +88,7 @@ def find_tracefs(setting: str, mountinfo: str | None = None) -> Path:
         if mount.fstype != "tracefs":
             continue
         if not os.access(mount.mount_point, os.R_OK | os.X_OK):
-            raise TracefsError(f"tracefs at {mount.mount_point} is not accessible: uprobe-exporter needs root "
-                               "to register uprobes (tracefs is owned by root, mode 0700)", path=mount.mount_point)
+            raise TracefsError(_not_accessible(mount.mount_point), path=mount.mount_point)
         if Path(mount.mount_point, "uprobe_events").exists():
             return Path(mount.mount_point)
     if os.geteuid() != 0:

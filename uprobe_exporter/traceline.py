@@ -13,6 +13,7 @@ Strings are converted back to UTF-8 text at the end; bytes that are not UTF-8 ar
 from __future__ import annotations
 
 import re
+import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,9 +30,59 @@ LINE_RE = re.compile(PREFIX + r"(\w+): (.*)\Z", re.S)  # any event: 7 event, 8 p
 LOST_RE = re.compile(r"CPU:(\d+) \[LOST (?:(\d+) )?EVENTS\]\Z")
 HIDDEN_COMM = "__comm"  # added by the exporter: comm=$comm, the thread's name when it hit the probe
 HIDDEN_SP = "__sp"  # added by the exporter: %sp, to pair an entry with its return exactly
+# added for returns seen at RET instructions and for Go programs (probes.py RET_HIDDEN_FETCHARGS, GO_FETCHARGS)
+HIDDEN_SP_RET, HIDDEN_RET_ADDR, HIDDEN_IP_DELTA = "__sp_ret", "__ret_addr", "__ip_delta"
+HIDDEN_G, HIDDEN_G_HI = "__g", "__g_hi"
+GOSTRING_LEN_PREFIX = "__len_"  # fetchargs.py: the length of the Go string argument NAME is __len_NAME
+HIDDEN_DERIVED = frozenset({HIDDEN_SP, HIDDEN_SP_RET, HIDDEN_RET_ADDR, HIDDEN_IP_DELTA, HIDDEN_G,
+                            HIDDEN_G_HI})
+RETURN_ADDRESS_SIZE = 8  # x86-64: `ret` pops the return address (pairing.py pairs on that)
+GO_STACK_TOP = 1 << 62  # Go: a frame's sp for pairing is GO_STACK_TOP − (g.stack.hi − sp): deeper is lower
 PARSE_ERROR_REASONS = ("line_format", "unknown_event", "payload", "value")  # TraceParseError.reason values
 MAX_JOINED_LINES = 8  # a string argument holding newlines spans lines; rejoin at most this many
 COMM_LEN = 15  # TASK_COMM_LEN - 1
+
+
+def hidden_values(exprs: dict[str, str], ip: str, ret_ip: str) -> tuple[str, str, str, str]:
+    """The expressions of a record's ``ip``, ``ret_ip``, pairing ``sp`` and pairing ``key`` from those of
+    its hidden fields (``exprs``, by field name) and of the kernel's ``ip``/``ret_ip``.
+
+    ``sp`` is always as a uretprobe would see it at a return: at a RET instruction (``__sp_ret``) %sp
+    still points at the return address, so it is 8 lower. In a Go program (``__g``, ``__g_hi``) calls
+    pair by goroutine (``key``: its g) and by the frame's distance from the top of the goroutine's stack,
+    which a stack copy keeps: ``sp`` is GO_STACK_TOP − (hi − %sp), so that deeper frames stay lower.
+    ``key`` is the g ("0" without one: pair by thread), which pairing.GoroutineKeys turns into a key per
+    process and goroutine."""
+    if HIDDEN_IP_DELTA in exprs:
+        ip = f"({ip} - {exprs[HIDDEN_IP_DELTA]})"
+    ret_ip = exprs.get(HIDDEN_RET_ADDR, ret_ip)
+    sp, at_ret = exprs.get(HIDDEN_SP), ""
+    if sp is None and HIDDEN_SP_RET in exprs:
+        sp, at_ret = exprs[HIDDEN_SP_RET], f" + {RETURN_ADDRESS_SIZE}"
+    key = "0"
+    if sp is None:
+        sp = "0"
+    elif HIDDEN_G_HI in exprs and HIDDEN_G in exprs:
+        hi = exprs[HIDDEN_G_HI]  # 0: %r14 was not a g (its read faulted): pair by order then
+        sp = f"(({GO_STACK_TOP} - {hi} + {sp}{at_ret}) if {hi} else 0)"
+        key = exprs[HIDDEN_G]
+    elif at_ret:
+        sp = f"({sp}{at_ret})"
+    return ip, ret_ip, sp, key
+
+
+def go_string(words: list[int], length: int) -> str | None:
+    """A Go string read as x64 words (fetchargs.py: gostring) and its length: its bytes sliced to the
+    length (at most the words read), UTF-8 decoded with other bytes kept as ``\\xNN``; None if the
+    length is negative (not a string)."""
+    if length < 0:
+        return None
+    return struct.pack(f"<{len(words)}Q", *words)[:length].decode("utf-8", "backslashreplace")
+
+
+def wrap_gostrings(args: list[tuple[str, str]], lengths: dict[str, str]) -> list[tuple[str, str]]:
+    """The argument expressions with each Go string's words turned into its text (``_gostr``)."""
+    return [(name, f"_gostr({expr}, {lengths[name]})" if name in lengths else expr) for name, expr in args]
 
 
 def decode_text(raw: str) -> str:
@@ -90,17 +141,21 @@ class PayloadParser:
             parts, j, ip, ret_ip = [r"\(0x([0-9a-f]+) <- 0x([0-9a-f]+)\)"], 8, "int(g[7], 16)", "int(g[6], 16)"
         else:
             parts, j, ip, ret_ip = [r"\(0x([0-9a-f]+)\)"], 7, "int(g[6], 16)", "0"
-        comm, sp, args = "_decode(g[0].lstrip())", "0", []
+        comm, named, hidden, lengths = "_decode(g[0].lstrip())", [], {}, {}
         for f in fmt.args:
             pattern, expr, used = _field(f, j)
             parts.append(f" {re.escape(f.name)}={pattern}")
             if f.name == HIDDEN_COMM:
                 comm = f"(g[{j}] if g[{j}] is not None and g[{j}].isascii() else _comm(g[{j}], g[0]))"
-            elif f.name == HIDDEN_SP:
-                sp = expr
+            elif f.name in HIDDEN_DERIVED:
+                hidden[f.name] = expr
+            elif f.name.startswith(GOSTRING_LEN_PREFIX):
+                lengths[f.name.removeprefix(GOSTRING_LEN_PREFIX)] = expr
             else:
-                args.append(f"{f.name!r}: {expr}")
+                named.append((f.name, expr))
             j += used
+        args = [f"{name!r}: {expr}" for name, expr in wrap_gostrings(named, lengths)]
+        ip, ret_ip, sp, key = hidden_values(hidden, ip, ret_ip)
         # tuple.__new__ directly: the NamedTuple's own __new__ is a Python function, a call per record
         source = (
             "def build(m):\n"
@@ -108,10 +163,10 @@ class PayloadParser:
             "    tgid = g[2]\n"
             f"    return _new(TraceRecord, ({fmt.name!r}, int(g[1]), int(tgid) if tgid and tgid[0] != '-' else 0,"
             f" int(g[3]), int(g[4] + g[5]) * 1000, {comm}, {ip}, {ret_ip}, {fmt.is_return}, {sp},"
-            f" {{{', '.join(args)}}}))\n"
+            f" {{{', '.join(args)}}}, {key}))\n"
         )
         namespace: dict[str, Any] = {"TraceRecord": TraceRecord, "_new": tuple.__new__, "_decode": decode_text,
-                                     "_to_array": _to_array, "_comm": _comm_or_column}
+                                     "_to_array": _to_array, "_comm": _comm_or_column, "_gostr": go_string}
         build = compile_function(source, "build", f"payload parser {fmt.name}", namespace)
         regex = re.compile(PREFIX + re.escape(fmt.name) + ": " + "".join(parts) + r"\Z", re.S)
         return cls(fmt, regex, build, source)
