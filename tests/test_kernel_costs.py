@@ -13,7 +13,7 @@ import pytest
 
 from tests.helpers import build_config, run_cli, toml_dumps
 from uprobe_exporter.costclass import EMULATED, SINGLE_STEPPED, classify, instruction_kind
-from uprobe_exporter.costprobe import CACHE_NAME, measure_costs
+from uprobe_exporter.costprobe import CACHE_NAME, COST_GROUP, measure_costs
 from uprobe_exporter.instructions import decode_function
 from uprobe_exporter.tracefs import Tracefs
 
@@ -34,7 +34,7 @@ def test_measured_classes_on_this_kernel(tracefs: Tracefs, cache: Path) -> None:
     assert max(costs[k] for k in ("jmp", "call", "jcc")) < min(costs[k] for k in ("mov", "sub", "lea", "cmp"))
     stored = json.loads((cache / CACHE_NAME).read_text())
     assert stored[os.uname().release] == costs
-    assert not [e for e in tracefs.read_uprobe_events() if e.group.startswith(f"uprobe_exporter_cost_{os.getpid()}")]
+    assert not [e for e in tracefs.read_uprobe_events() if e.group == COST_GROUP]
 
 
 def test_symbols_and_check_print_the_class(build: Callable[..., Path], cache: Path, group: str, tmp_path: Path) -> None:

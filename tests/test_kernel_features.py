@@ -30,7 +30,7 @@ def test_char_type_records_or_is_refused_naming_linux_6_3(
         done = run_cli("run", "--config", str(config))
         assert done.returncode == 2, done.stderr
         first = done.stderr.splitlines()[0]
-        assert first.startswith("uprobe-exporter: error: probes[0]: the kernel refused a uprobe_events command")
+        assert first.startswith("uprobe-exporter: error: probes[0] \"w\": the kernel refused a uprobe_events command")
         assert f"the 'char' fetcharg type needs Linux 6.3 or later; this kernel is {release}" in first
         assert "Traceback" not in done.stderr
         assert [e for e in tracefs.read_uprobe_events() if e.group == group] == []

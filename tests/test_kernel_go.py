@@ -7,6 +7,7 @@ return (unless it panicked) paired with its own entry, and the return value read
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from collections import Counter
 from collections.abc import Callable
@@ -34,8 +35,11 @@ def probes(binary: Path) -> list[dict[str, Any]]:
 
 
 def run_target(binary: Path) -> subprocess.CompletedProcess[str]:
+    # more Ps than cores: a parked goroutine resumes on whichever thread runs a P then, so calls move
+    # between threads even when another load keeps one of the two cores (one P idle) busy
+    env = {**os.environ, "GOMAXPROCS": "8"}
     return subprocess.run([binary, str(GOROUTINES), str(CALLS), str(DEPTH)], capture_output=True, text=True,
-                          timeout=120, check=False)
+                          timeout=120, check=False, env=env)
 
 
 @pytest.mark.parametrize("reader", ["raw", "text"])

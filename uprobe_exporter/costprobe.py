@@ -24,6 +24,7 @@ from uprobe_exporter.session import ProbeSession
 from uprobe_exporter.tracefs import Tracefs, find_tracefs
 
 CALLS, ROUNDS = 4000, 3
+COST_GROUP = "uprobe_exporter_cost"  # its own group and instance for the measurement
 CACHE_NAME = "cost-classes-v1.json"
 # The child: map the code file (PROT_READ|PROT_EXEC, from the file) and time loop(n, fn) per kind.
 _TIMER = r"""
@@ -85,7 +86,9 @@ def measure_costs(tracefs: Tracefs, directory: Path | None = None) -> dict[str, 
         path = Path(tmp) / "kinds.bin"
         path.write_bytes(data)
         bare = _time_kinds(path, loop_off, offsets)
-        group = f"uprobe_exporter_cost_{os.getpid()}"
+        # one fixed name, locked while measuring (ownership.py): a measurement killed halfway leaves
+        # leftovers the next one removes, and two at once do not both measure
+        group = COST_GROUP
         events = [ProbeEvent(kind, group, kind, False, str(path), off, f"p:{group}/{kind} {path}:{off:#x}", "")
                   for kind, off in offsets.items()]
         with ProbeSession(tracefs, tracefs.instance(group), group, events, 64):

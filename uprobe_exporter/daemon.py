@@ -12,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import signal
+import sys
 import time
 from dataclasses import dataclass
 
@@ -26,6 +28,7 @@ from uprobe_exporter.metrics import start_metrics_server
 from uprobe_exporter.nativestatus import native_status
 from uprobe_exporter.pairing import PID_MAX_LIMIT, GoroutineKeys, Pairing
 from uprobe_exporter.pipeline import Pipeline, event_infos
+from uprobe_exporter.probes import ProbeEvent
 from uprobe_exporter.procfs import TgidCache, thread_exists
 from uprobe_exporter.rawemit import EmitPlan
 from uprobe_exporter.rawpage import RAW_ERROR_REASONS, PageLayout, RawDecoder
@@ -43,9 +46,35 @@ PRESENCE_SECONDS = 2.0  # how often we check that our events are still registere
 FINAL_FLUSH_SECONDS = 1.5
 
 
-def wall_offset_ns() -> int:
-    """CLOCK_REALTIME − CLOCK_MONOTONIC: turns the ``mono`` trace clock into wall time."""
-    return time.clock_gettime_ns(time.CLOCK_REALTIME) - time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+def _warn_if_own_interpreter(events: list[ProbeEvent]) -> None:
+    """A probe on the Python binary we run on (a venv of Debian's python3.11) fires in our own frames too."""
+    own = os.path.realpath(sys.executable)
+    for path in sorted({ev.path for ev in events if os.path.realpath(ev.path) == own}):
+        log.warning("%s is the Python this exporter runs on: its probes fire in the exporter's own threads too; "
+                    "exclude them with comm = [\"python3*\"] (the exporter's threads are named %r) or a filter on "
+                    "common_pid", path, _own_comm())
+
+
+def _own_comm() -> str:
+    try:
+        with open("/proc/self/comm", encoding="utf-8", errors="replace") as f:
+            return f.read().strip()
+    except OSError:
+        return "?"
+
+
+def wall_offset_ns(samples: int = 3) -> int:
+    """CLOCK_REALTIME − CLOCK_MONOTONIC: turns the ``mono`` trace clock into wall time. Each sample reads
+    the real clock between two monotonic reads; the one with the smallest gap is kept (a preemption
+    between two reads would otherwise move every timestamp by its length until the next refresh)."""
+    best_gap, best = 1 << 62, 0
+    for _ in range(samples):
+        before = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+        real = time.clock_gettime_ns(time.CLOCK_REALTIME)
+        after = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+        if after - before < best_gap:
+            best_gap, best = after - before, real - (before + after) // 2
+    return best
 
 
 @dataclass
@@ -172,6 +201,7 @@ async def run(config: Config, problems: list[str]) -> bool:
     bad path or a taken port fails before anything is registered), then the probes."""
     tracefs, instance = open_tracefs(config)
     events = plan_events(config, problems)
+    _warn_if_own_interpreter(events)
     binaries = BinaryWatch(ev.path for ev in events)  # the files as they were when we resolved them
     sink = JsonlSink(config.jsonl.path, config.jsonl.max_queue_kb * 1024) if config.jsonl.enabled else None
     if sink is not None:

@@ -35,7 +35,8 @@ import stat
 import struct
 import termios
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
 
 from uprobe_exporter.errors import ConfigError, OutputClosed
 
@@ -79,6 +80,7 @@ class JsonlSink:
         self._fd = -1
         self._pipe_size = 0  # a pipe or FIFO: its capacity (writes are sized to its room); else 0
         self._inflight: tuple[bytes, int] | None = None  # the write the thread is doing
+        self._writer: Future[None] | None = None  # that write on the writer thread
         self._progress = 0  # bytes of it written (set by the writer thread only)
         self._wake = asyncio.Event()
         # Our own writer thread, not the loop's default executor: if the reader of our stdout stops
@@ -169,6 +171,11 @@ class JsonlSink:
         finally:  # also when cancelled (another task failed): a write in flight stops at its next look
             self._closed = True
             self._abandon = True
+            if self._writer is not None and not self._writer.done():
+                # let it look (POLL_MS), so that what it wrote meanwhile is counted written; a write()
+                # blocked longer (a terminal) is given up and its lines counted dropped
+                wait_futures([self._writer], timeout=2 * POLL_MS / 1000)
+                self.stuck = self.stuck or not self._writer.done()
             self._settle()
             self._drop_queue()
 
@@ -200,7 +207,8 @@ class JsonlSink:
     async def _write(self, data: bytes, records: int) -> None:
         self._inflight, self._progress = (data, records), 0
         try:
-            await asyncio.get_running_loop().run_in_executor(self._executor, self._write_all, self._fd, data)
+            self._writer = self._executor.submit(self._write_all, self._fd, data)
+            await asyncio.wrap_future(self._writer)
         except OSError as exc:
             self._settle()
             self._drop_queue()

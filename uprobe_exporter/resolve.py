@@ -167,6 +167,10 @@ def resolve_function_probe(probe: ProbeConfig, info: ElfInfo, problems: list[str
         sym, into, code = found
         start = offset - into
         ret_sites = tuple((start + r, r) for r in find_ret_sites(code, sym.name))
+        if any(site == offset + entry_delta for site, _ in ret_sites):
+            # two probes at one address: the kernel gives no order between them (the return could come first)
+            raise ResolveError(f"{sym.name} returns at its entry probe's instruction: an entry and a return probe "
+                               "cannot share one address; use return_via = \"uretprobe\" (not on Go)")
         for name, fetcharg in probe.return_args:
             if "$retval" in fetcharg:
                 problems.append(f"{where}.return_args.{name}: '{fetcharg}': $retval is a uretprobe's; at a RET "

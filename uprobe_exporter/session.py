@@ -309,7 +309,10 @@ class ProbeSession:
         """Our events, hottest first (``uprobe_profile`` hits): the busiest breakpoints go first."""
         events = [ev.event for ev in reversed(unique_events(self.registered))]  # USDT: a command per site
         try:
-            hits = {e.event: n for e, n in self.tracefs.read_uprobe_hits() if e.group == self.group}
+            hits: dict[str, int] = {}
+            for e, n in self.tracefs.read_uprobe_hits():  # an event with several sites: their hits summed
+                if e.group == self.group:
+                    hits[e.event] = hits.get(e.event, 0) + n
         except TracefsError as exc:
             log.debug("removal order without hit counts: %s", exc)
             return events
