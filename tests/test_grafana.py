@@ -128,12 +128,17 @@ def test_dashboard_identity_and_variables() -> None:
     assert dashboard["uid"] == "uprobe-exporter"
     assert dashboard["schemaVersion"] >= 39
     assert not {"__inputs", "__requires", "id"} & set(dashboard)  # importable as is, with any data source
-    assert list(variables(dashboard)) == ["datasource", "instance", "probe"]
-    datasource, instance, probe = variables(dashboard).values()
+    assert list(variables(dashboard)) == ["datasource", "instance", "probe", "namespace", "pod"]
+    datasource, instance, probe, namespace, pod = variables(dashboard).values()
     assert (datasource["type"], datasource["query"]) == ("datasource", "prometheus")
     assert variable_query(instance) == "label_values(uprobe_exporter_build_info, instance)"
     assert variable_query(probe) == 'label_values(uprobe_events_total{instance=~"$instance"}, probe)'
-    for variable in (instance, probe):
+    # the pod identity of discover probes' calls, where their histograms carry it
+    assert variable_query(namespace) == ('label_values(uprobe_call_duration_seconds_count{instance=~"$instance", '
+                                         'probe=~"$probe"}, k8s_namespace_name)')
+    assert variable_query(pod) == ('label_values(uprobe_call_duration_seconds_count{instance=~"$instance", '
+                                   'probe=~"$probe", k8s_namespace_name=~"$namespace"}, k8s_pod_name)')
+    for variable in (instance, probe, namespace, pod):
         assert variable["type"] == "query"
         assert variable["datasource"] == DATASOURCE
         assert variable["multi"] is True
@@ -185,7 +190,9 @@ def test_queries_follow_the_variables() -> None:
         for window in re.findall(r"\[([^\]]*)\]", expr):
             assert window in {"$__rate_interval", "$__range"}, (panel["title"], expr)
         assert set(VARIABLE.findall(expr)) <= {("", "instance"), ("", "probe"), ("", "__rate_interval"),
-                                               ("", "__range")}, expr
+                                               ("", "__range"), ("", "namespace"), ("", "pod")}, expr
+        if "$namespace" in expr or "$pod" in expr:  # only with the labels they name
+            assert 'k8s_namespace_name=~"$namespace"' in expr and 'k8s_pod_name=~"$pod"' in expr, expr
     assert not set(WANTED) - used, f"no panel shows {set(WANTED) - used}"
 
 
@@ -230,7 +237,8 @@ def test_every_dashboard_query_returns_data(build: Callable[..., Path], group: s
             prometheus.wait_for(f"timestamp(uprobe_exporter_build_info{{{mine}}})",
                                 lambda r: bool(r) and scalar(r) > settled + 1)
             end = time.time()
-            values = {"instance": promql_regex(instance), "probe": ".*", "__rate_interval": RATE_INTERVAL,
+            values = {"instance": promql_regex(instance), "probe": ".*", "namespace": ".*", "pod": ".*",
+                      "__rate_interval": RATE_INTERVAL,
                       "__range": f"{math.ceil(end - start) + 5}s"}
 
             results: dict[tuple[str, str], list[dict[str, Any]]] = {}

@@ -32,7 +32,7 @@ import pytest
 from tests.helpers import ROOT
 from uprobe_exporter import __version__
 from uprobe_exporter.cli import PROG, _parser
-from uprobe_exporter.config import DEFAULT_PORT, ExporterConfig, example_text, parse_config
+from uprobe_exporter.config import DEFAULT_PORT, DiscoverConfig, ExporterConfig, example_text, parse_config
 
 MISSING: list[str] = []
 try:
@@ -71,6 +71,10 @@ CUSTOM_PROBES: list[dict[str, Any]] = [
     {"name": "malloc_calls", "binary": "libc.so.6", "function": "malloc", "args": {"size": "%di:u64"},
      "return": True, "return_args": {"ptr": "$retval:x64"}, "return_filter": "ptr == 0", "latency": True,
      "labels": ["comm"]},
+    {"name": "shop_nginx", "discover": {"exe": "nginx", "namespace": "shop", "pod": "web-*", "container": "nginx"},
+     "function": "ngx_http_process_request", "return": True, "latency": True,
+     "labels": ["k8s_namespace_name", "k8s_pod_name", "k8s_container_name"]},
+    {"name": "ssl_write", "binary": "libssl.so.3", "discover": {"exe": "*"}, "function": "SSL_write"},
 ]
 FULL_VALUES: dict[str, Any] = {
     "securityContext": {"mode": "capabilities"},
@@ -99,6 +103,7 @@ TLS_VALUES: dict[str, Any] = {
 NODE_VALUES: dict[str, Any] = {
     "hostRoot": {"enabled": False},
     "tracefs": {"path": "/sys/kernel/debug/tracing"},
+    "podLogs": {"enabled": True, "path": "/var/log/k8s/pods"},
     "service": {"enabled": False},
     "serviceAccount": {"create": False},
     "podMonitor": {"enabled": True},
@@ -380,8 +385,15 @@ def test_daemonset_has_what_tracefs_and_uprobes_need(helm: Helm) -> None:
     assert config["configMap"]["name"] == rendered.get("ConfigMap")["metadata"]["name"] == FULLNAME
     assert config_mount["readOnly"] is True
     assert f"{config_mount['mountPath']}/config.toml" == CONFIG_PATH
-    # Every hostPath is one of the two above: nothing else of the node is reachable.
-    assert [v["name"] for v in pod["volumes"] if "hostPath" in v] == ["tracefs", "host-root"]
+    # The kubelet's log layout, read-only, inside host_root where the exporter reads pods_dir.
+    for name, path in (("pod-logs", "/var/log/pods"), ("container-logs", "/var/log/containers")):
+        volume, mount = volume_mount(rendered, name)
+        assert volume["hostPath"] == {"path": path, "type": "Directory"}
+        assert mount["mountPath"] == f"/host{path}" and mount["readOnly"] is True
+    assert parse_config(rendered.config()).exporter.pods_dir == "/var/log/pods"
+    # Every hostPath is one of those above: nothing else of the node is reachable.
+    assert [v["name"] for v in pod["volumes"] if "hostPath" in v] == ["tracefs", "host-root", "pod-logs",
+                                                                       "container-logs"]
 
     assert container["command"] + container["args"] == [PROG, "run", "--config", CONFIG_PATH]
     args = _parser().parse_args(container["args"])
@@ -502,6 +514,12 @@ def test_node_paths_follow_the_values(helm: Helm) -> None:
     assert "host-root" not in {v["name"] for v in rendered.pod_spec()["volumes"]}
     config = parse_config(rendered.config())
     assert (config.exporter.tracefs, config.exporter.host_root) == ("/sys/kernel/debug/tracing", "/")
+    assert config.exporter.pods_dir == "/var/log/k8s/pods"  # no host root: mounted where it is read
+    for name, path in (("pod-logs", "/var/log/k8s/pods"), ("container-logs", "/var/log/k8s/containers")):
+        volume, mount = volume_mount(rendered, name)
+        assert volume["hostPath"]["path"] == mount["mountPath"] == path and mount["readOnly"] is True
+    no_logs = helm.render(merged(NODE_VALUES, {"podLogs": {"enabled": False}}))
+    assert {"pod-logs", "container-logs"}.isdisjoint(v["name"] for v in no_logs.pod_spec()["volumes"])
     assert rendered.pod_spec()["serviceAccountName"] == "default"
 
 
@@ -539,7 +557,10 @@ def test_custom_probes_render_to_the_same_toml_values(helm: Helm) -> None:
     assert config["exporter"]["buffer_size_kb"] == 8192 and isinstance(config["exporter"]["buffer_size_kb"], int)
     assert config["exporter"]["log_level"] == "debug"
     assert config["metrics"] == {"listen": ":9600", "label_values_max": 50}
-    assert [p.name for p in parse_config(config).probes] == ["nginx_request", "worker_step", "malloc_calls"]
+    probes = parse_config(config).probes
+    assert [p.name for p in probes] == ["nginx_request", "worker_step", "malloc_calls", "shop_nginx", "ssl_write"]
+    assert probes[3].discover == DiscoverConfig("nginx", "shop", "web-*", "nginx") and not probes[3].binary
+    assert probes[4].discover == DiscoverConfig("*") and probes[4].binary == "libssl.so.3"
 
 
 def test_toml_strings_numbers_and_tables_survive_any_content(helm: Helm) -> None:
@@ -637,6 +658,10 @@ BAD_VALUES: dict[str, dict[str, Any]] = {
     "function and offset": {"config": {"probes": [{**BAD_PROBE, "offset": 16}]}},
     "neither function nor offset": {"config": {"probes": [{"name": "ok", "binary": "/bin/true"}]}},
     "no binary": {"config": {"probes": [{"name": "ok", "function": "main"}]}},
+    "discover without exe": {"config": {"probes": [{"name": "ok", "function": "main", "discover": {"pod": "x"}}]}},
+    "unknown discover key": {"config": {"probes": [{**BAD_PROBE, "discover": {"exe": "x", "image": "y"}}]}},
+    "pods_dir set in config": {"config": {"exporter": {"pods_dir": "/var/log/pods"}}},
+    "pod log path with a trailing slash": {"podLogs": {"enabled": True, "path": "/var/log/pods/"}},
     "args not strings": {"config": {"probes": [{**BAD_PROBE, "args": {"n": 3}}]}},
     "arg name not an identifier": {"config": {"probes": [{**BAD_PROBE, "args": {"a-b": "%di"}}]}},
     "return not a boolean": {"config": {"probes": [{**BAD_PROBE, "return": "yes"}]}},

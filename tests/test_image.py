@@ -271,7 +271,11 @@ def run_pod(image: Image, podman: Podman, helm: Helm, group: str, tmp_path: Path
     def start(security: dict[str, Any], probes: list[dict[str, Any]], **context: Any) -> Pod:
         """The pod of the chart rendered with these values; ``context`` overrides fields of the
         rendered container securityContext (what the chart does not let one set)."""
-        values = {"securityContext": security,
+        # the kubelet's log layout (podLogs): this machine is no Kubernetes node, so a made-up one
+        logs = tmp_path / "node-logs"
+        for d in ("pods", "containers"):
+            (logs / d).mkdir(parents=True, exist_ok=True)
+        values = {"securityContext": security, "podLogs": {"enabled": True, "path": str(logs / "pods")},
                   "config": {"exporter": {"group": group, "instance": group, "buffer_size_kb": 1024},
                              "probes": probes}}
         rendered = helm.render(values)

@@ -12,10 +12,10 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "uprobe_exporter"
 PURE = ("config", "fetchargs", "formatfile", "traceline", "records", "kerneltext", "ldcache", "pairing",
         "histogram", "render", "pipeline", "probes", "rawpage", "rawemit", "codegen", "stapsdt",
-        "filters", "instructions", "costclass")
+        "filters", "instructions", "costclass", "cgroup", "podlogs", "procmaps")
 NATIVE = ("_native",)  # C extensions: pure computation, no I/O (uprobe_exporter/_*.c)
 SHELL = ("tracefs", "daemon", "reader", "rawreader", "jsonl", "session", "cli", "elf", "binaries", "resolve", "metrics",
-         "nativestatus", "ownership", "costprobe")
+         "nativestatus", "ownership", "costprobe", "identity", "discover")
 FORBIDDEN = {"asyncio", "aiofiles", "subprocess", "socket", "selectors"}  # (logging loads threading)
 FILE_APIS = {"os", "io", "shutil", "pathlib", "tempfile", "fcntl", "mmap"}
 # config.py also holds load_config_partial(), which reads the file and the packaged example (STYLE.md §12).

@@ -22,6 +22,7 @@ from tests.test_unit_traceline import formats
 from uprobe_exporter.config import Config
 from uprobe_exporter.pairing import Pairing
 from uprobe_exporter.pipeline import Pipeline
+from uprobe_exporter.podlogs import PodIdentity
 from uprobe_exporter.rawemit import EmitPlan, LineList, new_lines
 from uprobe_exporter.rawpage import RAW_ERROR_REASONS, Located, RawDecoder
 from uprobe_exporter.rawreader import CpuMerge, NativeCpuMerge
@@ -29,7 +30,15 @@ from uprobe_exporter.records import LostEvents, TraceRecord
 from uprobe_exporter.render import Renderer
 
 # the histogram labels of the "work" probe: none, comm only, an entry argument, a return argument
-LABELS = {"none": [], "comm": ["comm"], "entry_arg": ["comm", "s"], "return_arg": ["ret", "comm"]}
+LABELS = {"none": [], "comm": ["comm"], "entry_arg": ["comm", "s"], "return_arg": ["ret", "comm"],
+          "pod": ["k8s_pod_name", "comm", "k8s_namespace_name"]}
+
+
+def identity_of(pid: int) -> PodIdentity | None:
+    """Pods of made-up processes: every other one in a pod (a container name, or none), the rest in none."""
+    if pid % 2:
+        return None
+    return PodIdentity(f"ns{pid % 3}", f"pod-{pid % 5}", "c" if pid % 4 else "", f"{pid:064x}")
 
 
 def labelled(labels: list[str], buckets: tuple[float, ...] | None = None) -> Config:
@@ -43,12 +52,13 @@ def both(labels: list[str], render: bool, native: bool,
     """Two identical pipelines: one for records, one for emitters (native ones or Python ones)."""
     made = []
     for use_native in (False, native):  # the record path: all Python
-        base = pipeline(Renderer(10**18) if render else None)
+        base = pipeline(Renderer(10**18, identity_of=identity_of) if render else None)
         cfg = labelled(labels, buckets)
         infos = {name: dataclasses.replace(info, labels=tuple(labels)) if info.probe == "work" else info
                  for name, info in base.infos.items()}  # the labels each event's route is made for
         made.append(Pipeline(None, infos, cfg.probes, base.renderer, Pairing(max_pending=64, native=use_native), 3,
-                             lambda tid: tid // 2, dict.fromkeys(RAW_ERROR_REASONS, 0), native=use_native))
+                             lambda tid: tid // 2, dict.fromkeys(RAW_ERROR_REASONS, 0), native=use_native,
+                             identity_of=identity_of))
     return made[0], made[1]
 
 
@@ -58,9 +68,9 @@ def state(p: Pipeline) -> Any:
 
 
 def run_both(labels: list[str], render: bool, batches: list[list[tuple[bytes, int]]], native: bool,
-             buckets: tuple[float, ...] | None = None) -> None:
+             buckets: tuple[float, ...] | None = None) -> tuple[bytes, Pipeline]:
     """Each batch: (page, cpu)s, merged by timestamp as the reader does, through both paths (the emitters:
-    native where built and covering the event, or all Python)."""
+    native where built and covering the event, or all Python); returns the JSON and the record path."""
     by_record, by_emitter = both(labels, render, native, buckets)
     records = RawDecoder(layout(), RawDecoder.for_formats(layout(), formats()).handlers, by_record.decode_errors)
     emitters = by_emitter.emitters(formats())
@@ -87,6 +97,7 @@ def run_both(labels: list[str], render: bool, batches: list[list[tuple[bytes, in
     assert state(by_emitter) == state(by_record)
     if render:
         assert out_emitted.count(b"\n") == sum(state(by_record)[0].events.values())
+    return out_records, by_record
 
 
 def captured() -> list[list[tuple[bytes, int]]]:
@@ -111,7 +122,11 @@ def test_the_native_emitter_is_built() -> None:
 @pytest.mark.parametrize("render", [True, False], ids=["json", "no_json"])
 @pytest.mark.parametrize("labels", list(LABELS.values()), ids=list(LABELS))
 def test_captured_pages_give_the_same_output_both_ways(labels: list[str], render: bool, native: bool) -> None:
-    run_both(labels, render, captured(), native)
+    out, by_record = run_both(labels, render, captured(), native)
+    if labels == LABELS["pod"]:  # the pods were there to see: in the JSON and in the histogram labels
+        assert not render or (b'"namespace":"ns' in out and b'"container_id":"' in out)
+        series = by_record.histograms["work"].series
+        assert {k[0] for k in series} > {""} and {k[2] for k in series} > {""}
 
 
 @settings(max_examples=200, deadline=None)

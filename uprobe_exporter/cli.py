@@ -21,10 +21,11 @@ from pathlib import Path
 
 from uprobe_exporter import __version__
 from uprobe_exporter.binaries import resolve_binary
-from uprobe_exporter.config import example_text, load_config_partial
+from uprobe_exporter.config import Config, example_text, load_config_partial
 from uprobe_exporter.costclass import CostClass, describe_site
 from uprobe_exporter.costprobe import cost_classes
-from uprobe_exporter.daemon import open_tracefs, run
+from uprobe_exporter.daemon import discover_events_max, open_tracefs, run
+from uprobe_exporter.discover import survey
 from uprobe_exporter.elf import (
     close_functions,
     load_elf,
@@ -34,8 +35,10 @@ from uprobe_exporter.elf import (
     render_usdt_listing,
 )
 from uprobe_exporter.errors import ConfigError, NoMatchError, OwnershipError, UprobeExporterError
+from uprobe_exporter.identity import pod_identities
 from uprobe_exporter.nativestatus import native_status
 from uprobe_exporter.ownership import claim_leftovers
+from uprobe_exporter.probes import ProbeEvent
 from uprobe_exporter.resolve import load_plan
 from uprobe_exporter.session import EVENT_STOP_COST_S, STOP_FIXED_S, STOP_MARGIN, remove_events, remove_group
 
@@ -105,15 +108,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_check(args: argparse.Namespace) -> int:
     config, events = load_plan(args.config)
     classes = _cost_classes(config.exporter.tracefs)
-    filtered = set()
-    for ev in events:
-        print(ev.command)
-        print(f"# cost {ev.full_name} at {ev.offset:#x}: "
-              f"{describe_site(read_instruction_at(Path(ev.path), ev.offset), classes)}")
-        if ev.filter and ev.event not in filtered:  # once per event (a USDT event has a command per site)
-            filtered.add(ev.event)
-            print(f"# filter {ev.full_name}: {ev.filter}")
-    n = len({ev.event for ev in events})  # a USDT event has a command per site
+    _print_events(events, classes)
+    if any(p.discover is not None for p in config.probes):
+        _print_survey(config, classes)
+    # a USDT event has a command per site; discover probes may add up to discover_files_max files each
+    n = len({ev.event for ev in events}) + discover_events_max(config)
     need = n * EVENT_STOP_COST_S * STOP_MARGIN + STOP_FIXED_S
     budget = config.exporter.stop_budget_seconds
     print(f"# stop: {n} events take about {need:.0f} s to disable and remove "
@@ -122,6 +121,30 @@ def _cmd_check(args: argparse.Namespace) -> int:
           + ("" if need <= budget else f": too little, give the stop at least {need + 1:.0f} s")
           + "; TimeoutStopSec / terminationGracePeriodSeconds must exceed the budget")
     return 0
+
+
+def _print_survey(config: Config, classes: dict[str, CostClass] | None) -> None:
+    """What each discover probe would follow today: its files, the processes running them, their events."""
+    entries = survey(config, pod_identities(config.exporter.host_root, config.exporter.pods_dir))
+    for probe in (p for p in config.probes if p.discover is not None):
+        mine = [e for e in entries if e.probe.name == probe.name]
+        print(f"# discover probes[{probe.index}] {probe.name}: {len(mine)} files, "
+              f"{sum(len(e.pids) for e in mine)} processes now")
+        for e in mine:
+            print(f"#   {e.file.path} (device {e.file.dev:#x}, inode {e.file.inode}): processes "
+                  f"{' '.join(map(str, e.pids))}" + (f"; cannot be probed: {e.problem}" if e.problem else ""))
+            _print_events(list(e.events), classes)
+
+
+def _print_events(events: list[ProbeEvent], classes: dict[str, CostClass] | None) -> None:
+    filtered = set()
+    for ev in events:
+        print(ev.command)
+        print(f"# cost {ev.full_name} at {ev.offset:#x}: "
+              f"{describe_site(read_instruction_at(Path(ev.path), ev.offset), classes)}")
+        if ev.filter and ev.event not in filtered:  # once per event (a USDT event has a command per site)
+            filtered.add(ev.event)
+            print(f"# filter {ev.full_name}: {ev.filter}")
 
 
 def _cost_classes(tracefs: str) -> dict[str, CostClass] | None:

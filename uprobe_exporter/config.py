@@ -20,6 +20,7 @@ from typing import Any
 from uprobe_exporter.errors import ConfigError
 from uprobe_exporter.fetchargs import GOSTRING_LEN_PREFIX, check_fetcharg
 from uprobe_exporter.filters import check_comm, check_filter, event_fields
+from uprobe_exporter.podlogs import POD_LABELS
 from uprobe_exporter.stapsdt import check_usdt_arg
 
 DEFAULT_PORT = 9527
@@ -30,7 +31,7 @@ ARG_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 FUNCTION_RE = re.compile(r"(?P<symbol>[^\s+]+)(?:\+(?P<off>0x[0-9a-fA-F]+|\d+))?\Z")
 MAX_EVENT_NAME = 63  # trace_probe.h: MAX_EVENT_NAME_LEN 64 includes the NUL
 MAX_ARG_NAME = 31  # MAX_ARG_NAME_LEN 32
-RECORD_LABELS = ("comm",)
+RECORD_LABELS = ("comm", *POD_LABELS)
 RESERVED_LABELS = ("probe", "le", "instance", "job")  # set by the histogram itself or by Prometheus
 LOG_LEVELS = ("debug", "info", "warning", "error")
 RETURN_VIA = ("auto", "uretprobe", "ret_instructions")  # a kernel uretprobe, or a `p:` probe on each RET
@@ -51,6 +52,13 @@ class ExporterConfig:
     max_pending_calls: int = 65536
     log_level: str = "info"
     reader: str = "raw"
+    # discovery (probes with ``discover``): the kubelet's pod log directory inside host_root (its sibling
+    # ``containers`` holds the container links), how often /proc is scanned, how many distinct files one
+    # probe may follow, how long the events of a file no process runs stay enabled
+    pods_dir: str = "/var/log/pods"
+    discover_interval: float = 1.0
+    discover_files_max: int = 16
+    discover_grace_seconds: float = 5.0
     stop_budget_seconds: float = 30.0
 
 
@@ -73,6 +81,21 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class DiscoverConfig:
+    """Which processes a probe follows: globs on the executable (its file name, or with a '/' the path as
+    the process sees it) and, optionally, on its pod's namespace, name and container name."""
+
+    exe: str
+    namespace: str = ""
+    pod: str = ""
+    container: str = ""
+
+
+DISCOVER_KEYS = ("exe", "namespace", "pod", "container")
+FILE_TAG = "_F"  # discovered files' events: <probe>_F<n>_entry (upper case: no probe name can make it)
+
+
+@dataclass(frozen=True, slots=True)
 class ProbeConfig:
     name: str
     binary: str
@@ -90,6 +113,7 @@ class ProbeConfig:
     labels: tuple[str, ...] = ()
     usdt: str = ""  # provider:name of a USDT probe (.note.stapsdt), instead of function/offset
     return_usdt: str = ""  # the USDT that ends the call (then return_probe is True)
+    discover: DiscoverConfig | None = None  # follow running processes instead of one binary
     comm: tuple[str, ...] = ()  # thread names: a kernel filter on the entry and the return, ANDed with filter
     return_via: str = "auto"  # RETURN_VIA: how returns are seen (auto: Go → ret_instructions, else uretprobe)
 
@@ -182,9 +206,23 @@ def _parse_exporter(data: Mapping[str, Any], problems: _Problems) -> ExporterCon
         max_pending_calls=_get(t, "max_pending_calls", int, d.max_pending_calls, "exporter", problems),
         log_level=_get(t, "log_level", str, d.log_level, "exporter", problems),
         reader=_get(t, "reader", str, d.reader, "exporter", problems),
+        pods_dir=_get(t, "pods_dir", str, d.pods_dir, "exporter", problems),
+        discover_interval=float(_get(t, "discover_interval", (int, float), d.discover_interval, "exporter",
+                                     problems)),
+        discover_files_max=_get(t, "discover_files_max", int, d.discover_files_max, "exporter", problems),
+        discover_grace_seconds=float(_get(t, "discover_grace_seconds", (int, float), d.discover_grace_seconds,
+                                          "exporter", problems)),
         stop_budget_seconds=float(_get(t, "stop_budget_seconds", (int, float), d.stop_budget_seconds, "exporter",
                                        problems)),
     )
+    if not 0.05 <= cfg.discover_interval <= 3600:
+        problems.add("exporter.discover_interval", "must be between 0.05 and 3600 seconds")
+    if not 1 <= cfg.discover_files_max <= 9999:
+        problems.add("exporter.discover_files_max", "must be between 1 and 9999")
+    if not 0 <= cfg.discover_grace_seconds <= 86400:
+        problems.add("exporter.discover_grace_seconds", "must be between 0 and 86400 seconds")
+    if not cfg.pods_dir.startswith("/"):
+        problems.add("exporter.pods_dir", f"'{cfg.pods_dir}' must be an absolute path (inside host_root)")
     if not GROUP_RE.match(cfg.group) or len(cfg.group) > MAX_EVENT_NAME:
         problems.add("exporter.group", f"'{cfg.group}' must be a C identifier of at most 63 characters")
     elif cfg.group in RESERVED_GROUPS:
@@ -303,7 +341,7 @@ def _parse_probe(index: int, t: Any, problems: _Problems) -> ProbeConfig | None:
         return None
     where = probe_location(index, t.get("name"))
     known = ("name", "binary", "function", "offset", "args", "return", "return_args", "filter",
-             "return_filter", "comm", "latency", "buckets", "labels", "return_via", *USDT_KEYS)
+             "return_filter", "comm", "latency", "buckets", "labels", "return_via", "discover", *USDT_KEYS)
     _unknown_keys(t, known, where, problems)
     name = _get(t, "name", str, "", where, problems)
     if not NAME_RE.match(name):
@@ -311,8 +349,13 @@ def _parse_probe(index: int, t: Any, problems: _Problems) -> ProbeConfig | None:
     elif len(name) + len("_return") > MAX_EVENT_NAME:
         problems.add(f"{where}.name", "too long: the event name <name>_return must fit in 63 characters")
     binary = _get(t, "binary", str, "", where, problems)
-    if not binary:
-        problems.add(f"{where}.binary", "required: a path such as /usr/bin/bash or a library such as libc.so.6")
+    discover = _parse_discover(t, where, problems)
+    if not binary and discover is None:
+        problems.add(f"{where}.binary", "required: a path such as /usr/bin/bash or a library such as libc.so.6 "
+                     "(or discover = { exe = \"nginx\" } to follow running processes)")
+    if discover is not None and NAME_RE.match(name) and len(name) + len(f"{FILE_TAG}9999_return") > MAX_EVENT_NAME:
+        problems.add(f"{where}.name", f"too long for discover: the event name <name>{FILE_TAG}<n>_return must fit "
+                     "in 63 characters")
     function = _get(t, "function", str, "", where, problems)
     offset = _get(t, "offset", int, None, where, problems)
     symbol, function_offset = "", 0
@@ -379,8 +422,26 @@ def _parse_probe(index: int, t: Any, problems: _Problems) -> ProbeConfig | None:
         args=args, return_probe=return_probe, return_args=return_args, filter=filters["filter"],
         return_filter=filters["return_filter"], latency=latency,
         buckets=tuple(float(b) for b in buckets), labels=tuple(str(x) for x in labels), comm=comm,
-        usdt=usdt, return_usdt=return_usdt, return_via=return_via,
+        usdt=usdt, return_usdt=return_usdt, return_via=return_via, discover=discover,
     )
+
+
+def _parse_discover(t: Mapping[str, Any], where: str, problems: _Problems) -> DiscoverConfig | None:
+    """``discover = { exe = "nginx", namespace = "shop", pod = "web-*", container = "nginx" }``."""
+    if "discover" not in t:
+        return None
+    value = t["discover"]
+    loc = f"{where}.discover"
+    if not isinstance(value, Mapping):
+        problems.add(loc, "must be a table such as { exe = \"nginx\" }")
+        return None
+    _unknown_keys(value, DISCOVER_KEYS, loc, problems)
+    globs = {k: _get(value, k, str, "", loc, problems) for k in DISCOVER_KEYS}
+    if not globs["exe"]:
+        problems.add(f"{loc}.exe", "required: a glob on the executable's file name (\"nginx\"), or with a '/' on "
+                     "its path as the process sees it (\"/usr/sbin/*\")")
+        return None
+    return DiscoverConfig(**globs)
 
 
 USDT_KEYS = ("usdt", "return_usdt")

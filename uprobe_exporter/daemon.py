@@ -20,7 +20,9 @@ from dataclasses import dataclass
 
 from uprobe_exporter.binaries import BinaryChange, BinaryWatch
 from uprobe_exporter.config import Config
+from uprobe_exporter.discover import Discoverer
 from uprobe_exporter.errors import TracefsError
+from uprobe_exporter.identity import PodIdentities, pod_identities
 from uprobe_exporter.jsonl import JsonlSink
 from uprobe_exporter.metrics import start_metrics_server
 from uprobe_exporter.nativestatus import native_status
@@ -84,8 +86,16 @@ class Runtime:
     sink: JsonlSink | None
     tgids: TgidCache
     binaries: BinaryWatch
+    identities: PodIdentities | None = None
+    discoverer: Discoverer | None = None
     kernel_lost: int = 0
     output_stuck: bool = False
+
+
+def discover_events_max(config: Config) -> int:
+    """The events discover probes may register at run time, at most: two per file (entry and return)."""
+    return sum(config.exporter.discover_files_max * (2 if p.return_probe else 1)
+               for p in config.probes if p.discover is not None)
 
 
 def open_tracefs(config: Config) -> tuple[Tracefs, Instance]:
@@ -130,6 +140,8 @@ async def _housekeeping(rt: Runtime, session: ProbeSession) -> None:
             go_keys.prune(pending)
             pairing.drop_empty()
             rt.tgids.clear()
+            if rt.identities is not None:
+                rt.identities.forget_exited()
             if rt.pipeline.renderer is not None:
                 rt.pipeline.renderer.forget_pids()
 
@@ -195,15 +207,21 @@ async def run(config: Config, problems: list[str]) -> bool:
     if sink is not None:
         await sink.open()
     metrics = start_metrics_server(config.metrics) if config.metrics.enabled else None
-    renderer = Renderer(wall_offset_ns()) if sink is not None else None
+    identities = pod_identities(config.exporter.host_root, config.exporter.pods_dir)
+    renderer = Renderer(wall_offset_ns(), identity_of=identities) if sink is not None else None
     tgids = TgidCache(tracefs.root / "saved_tgids")
     rt: Runtime | None = None
     try:
         with Signals(sink) as signals, ProbeSession(tracefs, instance, config.exporter.group, events,
                                                     config.exporter.buffer_size_kb,
-                                                    config.exporter.stop_budget_seconds) as session:
-            pipeline, reader = _reader(config, session, instance, renderer, tgids, sink)
-            rt = Runtime(pipeline, reader, sink, tgids, binaries)
+                                                    config.exporter.stop_budget_seconds,
+                                                    discover_events_max(config)) as session:
+            pipeline, reader = _reader(config, session, instance, renderer, tgids, sink, identities)
+            rt = Runtime(pipeline, reader, sink, tgids, binaries, identities)
+            if any(p.discover is not None for p in config.probes):
+                handlers = reader.decoder.handlers if isinstance(reader, RawPipeReader) else None
+                rt.discoverer = Discoverer(config, session, pipeline, handlers, events, identities)
+                rt.discoverer.scan()  # what runs now is probed before the first read
             # What exists now (modules, compiled parsers, the registry) lives as long as the process:
             # out of the collector's sight, a full collection no longer walks it (a scrape of 100
             # probes had a 50 % slower outlier every few scrapes without this).
@@ -213,6 +231,8 @@ async def run(config: Config, problems: list[str]) -> bool:
                     metrics.sources.binaries = binaries
                     metrics.sources.update(tracefs, instance, events, pipeline, sink, reader)
                     metrics.sources.vanished = session.vanished
+                    if rt.discoverer is not None:
+                        metrics.sources.extra.append(rt.discoverer)
                 await _serve(rt, session, instance, signals.stop)
             finally:
                 if metrics is not None:  # no scrape may hold a file of the instance while it is removed
@@ -230,7 +250,7 @@ async def run(config: Config, problems: list[str]) -> bool:
 
 def _reader(
     config: Config, session: ProbeSession, instance: Instance, renderer: Renderer | None, tgids: TgidCache,
-    sink: JsonlSink | None,
+    sink: JsonlSink | None, identities: PodIdentities | None = None,
 ) -> tuple[Pipeline, TracePipeReader | RawPipeReader]:
     """The pipeline and the reader the configuration asks for: text ``trace_pipe`` or raw pages."""
     formats = session.formats.values()
@@ -238,7 +258,7 @@ def _reader(
     pipeline = Pipeline(
         None if raw else TextParser.for_formats(formats), event_infos(session.events, config.probes),
         config.probes, renderer, Pairing(config.exporter.max_pending_calls), config.metrics.label_values_max,
-        tgids, dict.fromkeys(RAW_ERROR_REASONS, 0) if raw else None)
+        tgids, dict.fromkeys(RAW_ERROR_REASONS, 0) if raw else None, identity_of=identities)
 
     def submit(batch: tuple[bytes, int] | None) -> None:
         if batch is not None and sink is not None:
@@ -264,10 +284,13 @@ async def _serve(rt: Runtime, session: ProbeSession, instance: Instance, stop: a
         sink_task = tg.create_task(rt.sink.run()) if rt.sink is not None else None
         reader_task = tg.create_task(rt.reader.run())
         house_task = tg.create_task(_housekeeping(rt, session))
+        discover_task = tg.create_task(rt.discoverer.run()) if rt.discoverer is not None else None
         log.info("%d events registered in %s; reading", len(session.registered), instance.root)
         await stop.wait()
         reader_task.cancel()
         house_task.cancel()
+        if discover_task is not None:
+            discover_task.cancel()
         session.stop_recording()
         rt.reader.drain()
         if rt.sink is not None and sink_task is not None:

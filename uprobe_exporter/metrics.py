@@ -53,6 +53,7 @@ class Sources:
     binaries: BinaryWatch | None = None
     vanished: set[str] = field(default_factory=set)  # our events someone else removed (ProbeSession.vanished)
     scrape_errors: Counter[str] = field(default_factory=Counter)
+    extra: list[Collector] = field(default_factory=list)  # more families (the discoverer's)
     scrapes: ScrapeStatistics | None = None  # set by start_metrics_server
     lock: threading.Lock = field(default_factory=threading.Lock)  # scrapes may run concurrently
 
@@ -107,6 +108,8 @@ class UprobeCollector(Collector):
                                        "Our events that someone else removed while we ran (logged).")
         vanished.add_metric([], len(s.vanished))
         yield vanished
+        for collector in list(s.extra):
+            yield from collector.collect()
         if s.pipeline is None or s.tracefs is None or s.instance is None:
             yield from self._scrape_errors()
             return

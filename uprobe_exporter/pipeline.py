@@ -18,6 +18,7 @@ from uprobe_exporter.config import ProbeConfig
 from uprobe_exporter.formatfile import EventFormat
 from uprobe_exporter.histogram import COMM_LABEL, NO_LABELS, LabelFolder, ProbeHistograms, labels_kind
 from uprobe_exporter.pairing import GoroutineKeys, Pairing
+from uprobe_exporter.podlogs import POD_LABELS, PodIdentity
 from uprobe_exporter.probes import ProbeEvent
 from uprobe_exporter.rawemit import Route, Sinks, compile_emitter, native_emitter, new_lines
 from uprobe_exporter.rawpage import Handler, Located, UnpackPlan
@@ -67,6 +68,7 @@ class Pipeline:
         tgid_of: Callable[[int], int] = lambda tid: 0,
         decode_errors: dict[str, int] | None = None,
         native: bool = True,
+        identity_of: Callable[[int], PodIdentity | None] | None = None,
     ) -> None:
         self.native = native  # native emitters and loop where built (rawemit.native_emitter, _native.run)
         self.parser = parser
@@ -74,6 +76,7 @@ class Pipeline:
         self.renderer = renderer
         self.pairing = pairing
         self.tgid_of = tgid_of
+        self.identity_of = identity_of  # a process id → its pod, for the k8s_* histogram labels
         probes = tuple(probes)
         self.paired = {p.name for p in probes if p.return_probe}
         # a return whose entry a kernel filter removed is not emitted (the pairing counts it)
@@ -84,15 +87,9 @@ class Pipeline:
             p.name: ProbeHistograms(p.buckets, p.labels, LabelFolder(label_values_max))
             for p in probes if p.latency
         }
-        # labels of the return's own arguments; one named in both args and return_args is the entry's
-        return_args = {p.name: {n for n, _ in p.return_args} - {n for n, _ in p.args} for p in probes}
-        match = {p.name: {n for n, _ in p.return_args} & {n for n, _ in p.args} for p in probes if p.usdt}
-        self.routes = {name: Route(info, info.probe in self.paired, self.histograms.get(info.probe),
-                                   frozenset(x for x in info.labels if x in return_args.get(info.probe, ())),
-                                   labels_kind(info.labels, info.probe in self.histograms),
-                                   info.probe in entry_filtered,
-                                   frozenset(x for x in info.labels if x in match.get(info.probe, ())))
-                       for name, info in infos.items()}
+        self.entry_filtered = entry_filtered
+        self.probes = {p.name: p for p in probes}
+        self.routes = {name: self._route(info) for name, info in infos.items()}
         self.negative_durations: dict[str, int] = dict.fromkeys(sorted(self.paired), 0)
         self.go_keys = GoroutineKeys(tgid_of)  # Go: pairing keys per (process, g)
         self.event_counts: dict[str, int] = dict.fromkeys(infos, 0)  # not a Counter: += is 3x cheaper
@@ -101,6 +98,40 @@ class Pipeline:
         self.lost_markers = 0
         self.lost_inband = 0
         self.lines = new_lines(native)  # what the raw reader's emitters rendered, taken per batch
+
+    def pod_label(self, tid: int, label: str) -> str:
+        """The value of a ``k8s_*`` label for a thread: its process's pod (namespace, pod, container), or ""."""
+        if self.identity_of is None:
+            return ""
+        pid = self.tgid_of(tid)
+        ident = self.identity_of(pid) if pid else None
+        return getattr(ident, POD_LABELS[label]) if ident is not None else ""
+
+    def _route(self, info: EventInfo) -> Route:
+        p = self.probes[info.probe]
+        # labels of the return's own arguments; one named in both args and return_args is the entry's
+        return_args = {n for n, _ in p.return_args} - {n for n, _ in p.args}
+        match = {n for n, _ in p.return_args} & {n for n, _ in p.args} if p.usdt else set()
+        return Route(info, info.probe in self.paired, self.histograms.get(info.probe),
+                     frozenset(x for x in info.labels if x in return_args),
+                     labels_kind(info.labels, info.probe in self.histograms), info.probe in self.entry_filtered,
+                     frozenset(x for x in info.labels if x in match))
+
+    def add_events(self, events: Iterable[ProbeEvent], formats: Iterable[EventFormat]) -> dict[int, Handler]:
+        """Events registered at run time (a discovered file): their routes and counts, and (raw reader)
+        the emitters to add to the decoder's handlers before they are enabled. Other threads (a scrape)
+        read ``infos``: it is replaced, never changed in place."""
+        infos = event_infos(events, self.probes.values())
+        self.infos = {**self.infos, **infos}
+        for name, info in infos.items():
+            self.routes[name] = self._route(info)
+            self.event_counts.setdefault(name, 0)
+        formats = list(formats)
+        if self.parser is not None:
+            for f in formats:
+                self.parser.add(f)
+            return {}
+        return self.emitters(formats)
 
     def process(self, lines: list[str], final: bool = False) -> tuple[bytes, int] | None:
         """Parse, count, pair; returns the JSON lines of the batch and how many (None: no JSON output)."""
@@ -129,7 +160,7 @@ class Pipeline:
         the native one where it is built and covers the event (unless ``native`` is off), else the Python
         one."""
         sinks = Sinks(self.event_counts, self.pairing, self.renderer, self.tgid_of, self.lines, self.negative_durations,
-                      self.go_keys)
+                      self.go_keys, self.pod_label)
         out = {}
         for f in formats:
             plan, route = UnpackPlan.of(f), self.routes[f.name]
@@ -171,7 +202,8 @@ class Pipeline:
                 self.event_counts[name] += 1
                 # label values are taken at the entry (comm, the entry's args) and travel with the frame
                 extra = () if kind is NO_LABELS else (
-                    (rec[5],) if kind is COMM_LABEL else _label_values(rec, info.labels, None))
+                    (rec[5],) if kind is COMM_LABEL else _label_values(rec, info.labels, None, frozenset(),
+                                                                       self.pod_label))
                 self.pairing.enter(info.probe, self.go_keys.key(rec[1], rec[11]) if rec[11] else rec[1], rec[9], rec[4],
                                    extra)
             else:
@@ -187,7 +219,8 @@ class Pipeline:
                         self.negative_durations[info.probe] += 1
                         duration = None
                     elif hist is not None:
-                        values = (_label_values(rec, info.labels, frame[2], labels_at_return) if labels_at_return
+                        values = (_label_values(rec, info.labels, frame[2], labels_at_return, self.pod_label)
+                                  if labels_at_return
                                   else frame[2])
                         hist.observe(values, duration)
         else:
@@ -215,9 +248,10 @@ def _wanted(rec: TraceRecord, labels: tuple[str, ...], match: frozenset[str]) ->
 
 def _label_values(
     rec: TraceRecord, labels: tuple[str, ...], entry: tuple[str, ...] | None, at_return: frozenset[str] = frozenset(),
+    pod_label: Callable[[int, str], str] = lambda tid, label: "",
 ) -> tuple[str, ...]:
-    """Label values from the record (comm, its args); at a return, the entry's values except for the
-    labels taken at the return (``at_return``)."""
+    """Label values from the record (comm, its pod, its args); at a return, the entry's values except for
+    the labels taken at the return (``at_return``)."""
     values = []
     for i, name in enumerate(labels):
         if name in rec.args and (entry is None or name in at_return):
@@ -225,5 +259,5 @@ def _label_values(
         elif entry is not None:
             values.append(entry[i])
         else:
-            values.append(rec.comm if name == "comm" else "")
+            values.append(rec.comm if name == "comm" else pod_label(rec.tid, name) if name in POD_LABELS else "")
     return tuple(values)

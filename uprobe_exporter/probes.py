@@ -78,31 +78,33 @@ def _fetchargs(args: tuple[tuple[str, str], ...]) -> str:
     return "".join(out)
 
 
-def build_events(probe: ResolvedProbe, group: str, where: str = "") -> list[ProbeEvent]:
-    """The events of one probe, in the order they must be registered; ``where`` is its config location."""
+def build_events(probe: ResolvedProbe, group: str, where: str = "", base: str = "") -> list[ProbeEvent]:
+    """The events of one probe, in the order they must be registered; ``where`` is its config location,
+    ``base`` the event names' stem when it is not the probe's name (a discovered file: ``<probe>_F<n>``)."""
     if any(c.isspace() for c in probe.path) or "#" in probe.path:
         raise ResolveError(f"the kernel cannot take a path with whitespace or '#': {probe.path!r}",
                            binary=probe.path)
     cfg = probe.config
+    base = base or cfg.name
     if cfg.usdt:
-        return _usdt_events(probe, group, where)
+        return _usdt_events(probe, group, where, base)
     target = f"{probe.path}:{probe.offset:#x}"
     by_comm = comm_filter(cfg.comm)  # on both events: a return is recorded only where its entry could be
-    entry = f"{cfg.name}{ENTRY_SUFFIX}"
+    entry = f"{base}{ENTRY_SUFFIX}"
     go = f" {GO_FETCHARGS}" if probe.goroutines else ""
     delta = f" __ip_delta=\\{probe.entry_delta}:u32" if probe.entry_delta else ""
     events = [ProbeEvent(cfg.name, group, entry, False, probe.path, probe.offset,
                          f"p:{group}/{entry} {target} {HIDDEN_FETCHARGS}{go}{delta}{_fetchargs(cfg.args)}",
                          combine_filters(by_comm, cfg.filter), where)]
     if cfg.return_probe and probe.ret_sites:
-        ret = f"{cfg.name}{RETURN_SUFFIX}"
+        ret = f"{base}{RETURN_SUFFIX}"
         events.extend(ProbeEvent(
             cfg.name, group, ret, True, probe.path, offset,
             f"p:{group}/{ret} {probe.path}:{offset:#x} {RET_HIDDEN_FETCHARGS}{go} __ip_delta=\\{into}:u32"
             f"{_fetchargs(cfg.return_args)}", combine_filters(by_comm, cfg.return_filter), where, at_ret=True)
             for offset, into in probe.ret_sites)
     elif cfg.return_probe:
-        ret = f"{cfg.name}{RETURN_SUFFIX}"
+        ret = f"{base}{RETURN_SUFFIX}"
         events.append(ProbeEvent(
             cfg.name, group, ret, True, probe.path, probe.offset,
             f"r:{group}/{ret} {target} {HIDDEN_FETCHARGS}{_fetchargs(cfg.return_args)}",
@@ -111,7 +113,7 @@ def build_events(probe: ResolvedProbe, group: str, where: str = "") -> list[Prob
     return events
 
 
-def _usdt_events(probe: ResolvedProbe, group: str, where: str) -> list[ProbeEvent]:
+def _usdt_events(probe: ResolvedProbe, group: str, where: str, base: str) -> list[ProbeEvent]:
     """One ``p:`` command per site; the kernel adds the sites of one event name to that event (they
     must have the same argument names and types: stapsdt.site_fetchargs makes them agree)."""
     cfg = probe.config
@@ -119,7 +121,7 @@ def _usdt_events(probe: ResolvedProbe, group: str, where: str) -> list[ProbeEven
     events = []
     for suffix, sites, flt, is_return in ((ENTRY_SUFFIX, probe.sites, cfg.filter, False),
                                           (RETURN_SUFFIX, probe.return_sites, cfg.return_filter, True)):
-        event = f"{cfg.name}{suffix}"
+        event = f"{base}{suffix}"
         for offset, ref_ctr, fetchargs in sites:
             ref = f"({ref_ctr:#x})" if ref_ctr is not None else ""
             args = f" {fetchargs}" if fetchargs else ""

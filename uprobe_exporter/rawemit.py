@@ -22,6 +22,7 @@ from uprobe_exporter.codegen import compile_function
 from uprobe_exporter.formatfile import FieldKind
 from uprobe_exporter.histogram import ANY_LABELS, COMM_LABEL, NO_LABELS, ProbeHistograms
 from uprobe_exporter.pairing import GoroutineKeys, Pairing
+from uprobe_exporter.podlogs import POD_LABELS
 from uprobe_exporter.rawpage import COMMS, Handler, UnpackPlan, new_comm
 from uprobe_exporter.render import DURATION_END, LINE_END, LINE_HEAD, EventInfo, Renderer
 from uprobe_exporter.traceline import HIDDEN_COMM, HIDDEN_SP
@@ -78,6 +79,7 @@ class Sinks:
     lines: LineList | Any  # the JSON lines of the batch (or a _native.Lines), taken by the pipeline
     negative: dict[str, int]  # per probe: returns that paired with an entry younger than them
     go_keys: GoroutineKeys | None = None  # Go: pairing keys per (process, g)
+    pod_label: Callable[[int, str], str] = lambda tid, label: ""  # a thread's k8s_* label value
 
 
 def args_template(plan: UnpackPlan, values: list[str]) -> tuple[bytes, str]:
@@ -105,7 +107,8 @@ def _label_tuple(
         elif entry is not None:
             items.append(f"{entry}[{i}]")
         else:
-            items.append(plan.comm if label == "comm" else "''")
+            items.append(plan.comm if label == "comm" else
+                         f"_pod_label({plan.tid}, {label!r})" if label in POD_LABELS else "''")
     return f"({', '.join(items)},)"
 
 
@@ -188,7 +191,7 @@ def compile_emitter(plan: UnpackPlan, route: Route, sinks: Sinks) -> tuple[Handl
         "_clock": renderer.clock if renderer is not None else None,
         "_by_thread": renderer.by_thread if renderer is not None else None, "_tgid_of": sinks.tgid_of,
         "_append": sinks.lines.append, "_dumps": orjson.dumps, "_negative": sinks.negative,
-        "_gokey": sinks.go_keys.key if sinks.go_keys is not None else None,
+        "_gokey": sinks.go_keys.key if sinks.go_keys is not None else None, "_pod_label": sinks.pod_label,
     }
     return compile_function(source, "emit", f"emitter {fmt.name}", namespace), source
 

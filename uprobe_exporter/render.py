@@ -8,11 +8,13 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
+from uprobe_exporter.podlogs import PodIdentity
 from uprobe_exporter.records import TraceRecord
 
 WALL_OFFSET, SEC_NS, SEC_TEXT, PID_GENERATION = range(4)  # Renderer.clock
@@ -37,9 +39,14 @@ class Renderer:
     and cached; each record then costs one small ``orjson.dumps`` (its arguments) and one bytes
     format, about half of serializing the whole object."""
 
-    __slots__ = ("by_thread", "clock", "max_cached", "middles")
+    __slots__ = ("by_thread", "clock", "identity_of", "max_cached", "middles")
 
-    def __init__(self, wall_offset_ns: int, max_cached: int = 1 << 16) -> None:
+    def __init__(
+        self, wall_offset_ns: int, max_cached: int = 1 << 16,
+        identity_of: Callable[[int], PodIdentity | None] | None = None,
+    ) -> None:
+        # a process id → its pod (namespace, pod, container, container_id: in the middle when known)
+        self.identity_of = identity_of
         # [wall_offset_ns, sec_ns: the start of the second whose text is cached, sec_text: that text,
         # the generation of the process ids (forget_pids)]: one list, read per record by index by the
         # emitters (Python and native) and kept here
@@ -81,7 +88,13 @@ class Renderer:
             if len(self.middles) >= self.max_cached:
                 self.middles.clear()
             out: dict[str, Any] = {"probe": info.probe, "type": info.type, "event": info.full_name,
-                                   "pid": pid or None, "tid": tid, "comm": comm, "cpu": cpu}
+                                   "pid": pid or None, "tid": tid, "comm": comm}
+            ident = self.identity_of(pid) if pid and self.identity_of is not None else None
+            if ident is not None:
+                for field in ("namespace", "pod", "container", "container_id"):
+                    if value := getattr(ident, field):
+                        out[field] = value
+            out["cpu"] = cpu
             if info.type == "return" and not info.usdt:
                 out["func"] = hex(ip)
                 out["ret_ip"] = hex(ret_ip)
@@ -101,6 +114,7 @@ class Renderer:
     def forget_pids(self) -> None:
         """Thread ids get reused: forget which process each thread belonged to."""
         self.by_thread.clear()
+        self.middles.clear()  # they hold the pid's pod too
         self.clock[PID_GENERATION] += 1  # the native emitters' own caches follow
 
     def render(self, rec: TraceRecord, info: EventInfo, duration_ns: int | None, pid: int) -> bytes:

@@ -21,6 +21,8 @@ def resolve_probes(config: Config) -> tuple[list[ResolvedProbe], list[str]]:
     resolved: list[ResolvedProbe] = []
     usdt_cache: dict[Path, StapsdtInfo] = {}
     for probe in config.probes:
+        if probe.discover is not None:  # resolved per file as processes are found (discover.py)
+            continue
         where = probe.location
         key = "function" if probe.offset is None else "offset"
         try:
@@ -41,6 +43,20 @@ def resolve_probes(config: Config) -> tuple[list[ResolvedProbe], list[str]]:
         except ResolveError as exc:
             problems.append(f"{where}.{key}: {exc}")
     return resolved, problems
+
+
+def resolve_file(probe: ProbeConfig, path: Path, root: str) -> ResolvedProbe:
+    """A ``discover`` probe in one file found running (a path the kernel can open); raises ResolveError."""
+    problems: list[str] = []
+    if probe.usdt:
+        usdt = resolve_usdt(probe, path, {}, problems)
+        if usdt is None:
+            raise ResolveError("; ".join(problems) or f"no USDT {probe.usdt} in {path}", binary=str(path))
+        return usdt
+    resolved = resolve_function_probe(probe, load_elf(path, root), problems)
+    if resolved is None:
+        raise ResolveError("; ".join(problems), binary=str(path))
+    return resolved
 
 
 def resolve_usdt(

@@ -25,7 +25,7 @@ from pathlib import Path
 from types import TracebackType
 
 import uprobe_exporter
-from uprobe_exporter.errors import KernelRefusedError, ProbeRefusedError, TracefsError
+from uprobe_exporter.errors import KernelRefusedError, OwnershipError, ProbeRefusedError, TracefsError
 from uprobe_exporter.formatfile import EventFormat, parse_format
 from uprobe_exporter.ownership import Ownership, claim
 from uprobe_exporter.probes import ProbeEvent, removal_command, unique_events
@@ -129,9 +129,11 @@ class ProbeSession:
 
     def __init__(
         self, tracefs: Tracefs, instance: Instance, group: str, events: list[ProbeEvent], buffer_size_kb: int,
-        stop_budget_seconds: float = 30.0,
+        stop_budget_seconds: float = 30.0, discover_events_max: int = 0,
     ) -> None:
         self.tracefs = tracefs
+        # events discover probes may register at run time, at most: counted in the stop's estimate
+        self.discover_events_max = discover_events_max
         self.instance = instance
         self.group = group
         self.events = events
@@ -165,6 +167,52 @@ class ProbeSession:
             raise
         return self
 
+    def add(self, events: list[ProbeEvent]) -> dict[str, EventFormat]:
+        """Register more events at run time (a discovered file), with their filters, not yet enabled;
+        returns their formats. Events registered here are removed at ``close`` with the others. On a
+        failure, what of them was registered is removed at once (never enabled: removing it does not
+        touch the instance's buffer) and the error raised. The first events of a group that had none
+        (only discover probes) make the group: it is made and locked under the claim lock, as at start,
+        and refused (OwnershipError) if someone else made a group of that name meanwhile."""
+        group_dir = self.tracefs.group_dir(self.group)
+        if self.owned.holds(group_dir):
+            return self._add(events)
+        with self.tracefs.claim_lock():
+            if group_dir.exists():
+                raise OwnershipError(f"exporter.group '{self.group}' was made by someone else while we ran: "
+                                     "not adding events to it", path=str(group_dir))
+            formats = self._add(events)
+            self.owned.take_group(self.tracefs)
+        return formats
+
+    def _add(self, events: list[ProbeEvent]) -> dict[str, EventFormat]:
+        done: list[ProbeEvent] = []
+        formats: dict[str, EventFormat] = {}
+        try:
+            for ev in events:
+                try:
+                    self.tracefs.write_uprobe_events(ev.command)
+                except KernelRefusedError as exc:
+                    refused = _explain_ref_ctr(self.tracefs, ev, exc)
+                    raise ProbeRefusedError(ev.location or ev.full_name, refused) from exc
+                done.append(ev)
+            for ev in unique_events(events):
+                fmt = parse_format(self.instance.read_format(self.group, ev.event))
+                formats[ev.event] = replace(fmt, ends_call=True) if ev.usdt and ev.is_return else fmt
+                if ev.filter:
+                    self.instance.set_filter(self.group, ev.event, ev.filter)
+        except TracefsError:
+            remove_events(self.tracefs, self.group, [ev.event for ev in reversed(unique_events(done))], None)
+            raise
+        self.registered.extend(done)
+        self.formats.update(formats)
+        return formats
+
+    def set_enabled(self, events: list[ProbeEvent], enabled: bool) -> None:
+        """Enable or disable events at run time (disabling costs an RCU grace period per event)."""
+        for ev in unique_events(events):
+            self.instance.set_enabled(self.group, ev.event, enabled)
+
     def _remove_leftovers(self) -> list[str]:
         """What ``claim`` found and locked: the group's events, our (recognised) instance."""
         removed: list[str] = []
@@ -189,7 +237,7 @@ class ProbeSession:
         """Seconds the stop needs; warns when it exceeds the budget. The per-event cost is measured
         here (one event on a file nobody runs, enabled, disabled and removed twice) only when the
         configured events might not fit even at a pessimistic cost."""
-        n = len(unique_events(self.events))  # a USDT event's sites go with it
+        n = len(unique_events(self.events)) + self.discover_events_max  # a USDT event's sites go with it
         if n * PESSIMISTIC_STOP_COST_S + STOP_FIXED_S <= self.stop_budget_seconds:
             return n * EVENT_STOP_COST_S * STOP_MARGIN + STOP_FIXED_S
         cost, how = self._measure_event_cost(), "measured now"

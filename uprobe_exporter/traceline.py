@@ -188,6 +188,10 @@ class TextParser:
     def for_formats(cls, formats: Iterable[EventFormat]) -> TextParser:
         return cls({f.name: PayloadParser.compile(f) for f in formats})
 
+    def add(self, fmt: EventFormat) -> None:
+        """An event registered at run time."""
+        self.parsers[fmt.name] = PayloadParser.compile(fmt)
+
     def parse_line(self, line: str) -> TraceRecord | LostEvents:
         """Parse one complete line (latin-1 decoded, without its newline)."""
         # "<prefix> 1061.676986: work_entry: (0x...": the first ": " after the comm ends the timestamp

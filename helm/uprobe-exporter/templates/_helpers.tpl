@@ -210,15 +210,27 @@ metricRelabelings:
 {{- end }}
 
 {{/*
-The stop: the number of kernel events of config.probes (1 per probe, 2 with return = true), the
+Where the pod log directory is mounted: podLogs.path inside hostRoot.mountPath when hostRoot is enabled
+(exporter.pods_dir is read inside host_root), else at podLogs.path.
+*/}}
+{{- define "uprobe-exporter.podLogsMount" -}}
+{{- if .Values.hostRoot.enabled }}{{ trimSuffix "/" .Values.hostRoot.mountPath }}{{ end }}{{ .Values.podLogs.path }}
+{{- end }}
+
+{{/*
+The stop: the number of kernel events of config.probes (1 per probe, 2 with return = true; a discover
+probe's for each of up to exporter.discover_files_max files, 16 unless set), the
 grace period the kubelet gives a stopping pod (terminationGracePeriodSeconds, or 10 + ceil(events /
 10): 100 ms per event, the kernel needing ≈60 ms, plus 10 s for the rest) and the exporter's
 stop_budget_seconds (3 s less, unless set; the grace period then covers it).
 */}}
 {{- define "uprobe-exporter.eventCount" -}}
 {{- $n := 0 }}
+{{- $files := (.Values.config.exporter | default dict).discover_files_max | default 16 | int }}
 {{- range .Values.config.probes }}
-{{- $n = add $n (ternary 2 1 (eq (toString (get . "return")) "true")) }}
+{{- $per := ternary 2 1 (eq (toString (get . "return")) "true") }}
+{{- if hasKey . "discover" }}{{ $per = mul $per $files }}{{ end }}
+{{- $n = add $n $per }}
 {{- end }}
 {{- $n }}
 {{- end }}
