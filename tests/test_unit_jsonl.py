@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 from uprobe_exporter.jsonl import JsonlSink
 
@@ -41,6 +43,17 @@ def test_batches_are_written_in_order_in_bounded_writes(tmp_path: Path) -> None:
 def lines(n: int, start: int = 0) -> bytes:
     return b"".join(b'{"n":%d,"pad":"%s"}\n' % (i, b"x" * 100) for i in range(start, start + n))
 
+
+
+def run_into_pipe(main: Callable[[], Coroutine[Any, Any, None]], read_end: int, write_end: int) -> bytes:
+    """Run ``main`` (a sink writing into the pipe), then return what the pipe holds; both ends closed."""
+    try:
+        asyncio.run(main())
+        os.set_blocking(read_end, False)
+        return os.read(read_end, 4 << 20)
+    finally:
+        os.close(read_end)
+        os.close(write_end)
 
 def test_a_failing_output_drops_and_counts_and_keeps_running() -> None:
     """/dev/full: every write fails with ENOSPC; every record is counted dropped, the sink keeps running
@@ -84,13 +97,7 @@ def test_a_pipe_nobody_reads_takes_whole_lines_only_and_abandon_counts_exactly()
         total += 1
         await sink.close()
 
-    try:
-        asyncio.run(main())
-        os.set_blocking(read_end, False)
-        data = os.read(read_end, 4 << 20)
-    finally:
-        os.close(read_end)
-        os.close(write_end)
+    data = run_into_pipe(main, read_end, write_end)
     assert not sink.stuck
     assert data.endswith(b"\n") and data.count(b"\n") == sink.records_written > 0
     assert data == lines(sink.records_written)
@@ -114,12 +121,6 @@ def test_cancelled_writer_counts_every_record() -> None:
         await asyncio.sleep(0.2)  # the writer thread has stopped
         await sink.close()
 
-    try:
-        asyncio.run(main())
-        os.set_blocking(read_end, False)
-        data = os.read(read_end, 4 << 20)
-    finally:
-        os.close(read_end)
-        os.close(write_end)
+    data = run_into_pipe(main, read_end, write_end)
     assert data == lines(sink.records_written) and 0 < sink.records_written < 40000
     assert sink.records_written + sink.records_dropped == 40000
