@@ -33,12 +33,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from uprobe_exporter.config import ProbeConfig  # noqa: E402
-from uprobe_exporter.elf import load_elf  # noqa: E402
-from uprobe_exporter.probes import build_events  # noqa: E402
-from uprobe_exporter.resolve import resolve_function_probe  # noqa: E402
-from uprobe_exporter.session import ProbeSession  # noqa: E402
-from uprobe_exporter.tracefs import Tracefs, find_tracefs  # noqa: E402
+from uprobe_exporter.kernel.session import ProbeSession  # noqa: E402
+from uprobe_exporter.kernel.tracefs import Tracefs, find_tracefs  # noqa: E402
+from uprobe_exporter.plan.config import ProbeConfig  # noqa: E402
+from uprobe_exporter.plan.elf import load_elf  # noqa: E402
+from uprobe_exporter.plan.probes import build_events  # noqa: E402
+from uprobe_exporter.plan.resolve import resolve_function_probe  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 BUFFER_KB = 4096

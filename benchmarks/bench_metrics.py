@@ -40,12 +40,12 @@ from bench_live import cpu_seconds, wait_quiet  # noqa: E402
 from bench_offline import FIXTURES, formats  # noqa: E402
 
 from tests.prom import free_port  # noqa: E402
-from uprobe_exporter.config import ProbeConfig  # noqa: E402
-from uprobe_exporter.pairing import Pairing  # noqa: E402
-from uprobe_exporter.pipeline import Pipeline  # noqa: E402
-from uprobe_exporter.rawpage import RAW_ERROR_REASONS, Located, PageLayout, RawDecoder  # noqa: E402
-from uprobe_exporter.records import LostEvents  # noqa: E402
-from uprobe_exporter.render import EventInfo, Renderer  # noqa: E402
+from uprobe_exporter.decode.rawpage import RAW_ERROR_REASONS, Located, PageLayout, RawDecoder  # noqa: E402
+from uprobe_exporter.decode.records import LostEvents  # noqa: E402
+from uprobe_exporter.pipeline.core import Pipeline  # noqa: E402
+from uprobe_exporter.pipeline.pairing import Pairing  # noqa: E402
+from uprobe_exporter.pipeline.render import EventInfo, Renderer  # noqa: E402
+from uprobe_exporter.plan.config import ProbeConfig  # noqa: E402
 
 
 def _pipeline(latency: bool) -> tuple[Pipeline, RawDecoder, list[bytes]]:

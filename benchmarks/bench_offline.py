@@ -22,16 +22,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from uprobe_exporter.config import ProbeConfig  # noqa: E402
-from uprobe_exporter.formatfile import EventFormat, parse_format  # noqa: E402
-from uprobe_exporter.pairing import Pairing  # noqa: E402
-from uprobe_exporter.pipeline import Pipeline  # noqa: E402
-from uprobe_exporter.rawpage import RAW_ERROR_REASONS, Located, PageLayout, RawDecoder  # noqa: E402
-from uprobe_exporter.rawreader import cpu_merge  # noqa: E402
-from uprobe_exporter.reader import LineSplitter  # noqa: E402
-from uprobe_exporter.records import LostEvents, TraceRecord  # noqa: E402
-from uprobe_exporter.render import EventInfo, Renderer  # noqa: E402
-from uprobe_exporter.traceline import TextParser  # noqa: E402
+from uprobe_exporter.decode.rawpage import RAW_ERROR_REASONS, Located, PageLayout, RawDecoder  # noqa: E402
+from uprobe_exporter.decode.records import LostEvents, TraceRecord  # noqa: E402
+from uprobe_exporter.decode.traceline import TextParser  # noqa: E402
+from uprobe_exporter.kernel.formatfile import EventFormat, parse_format  # noqa: E402
+from uprobe_exporter.pipeline.core import Pipeline  # noqa: E402
+from uprobe_exporter.pipeline.pairing import Pairing  # noqa: E402
+from uprobe_exporter.pipeline.render import EventInfo, Renderer  # noqa: E402
+from uprobe_exporter.plan.config import ProbeConfig  # noqa: E402
+from uprobe_exporter.run.rawreader import cpu_merge  # noqa: E402
+from uprobe_exporter.run.reader import LineSplitter  # noqa: E402
 
 FIXTURES = ROOT / "tests" / "fixtures" / "kernel"
 PAGES_PER_BATCH = 32  # what RawPipeReader reads per CPU per turn

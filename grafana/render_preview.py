@@ -37,8 +37,8 @@ from matplotlib.ticker import FuncFormatter, MultipleLocator  # noqa: E402
 
 from tests.helpers import TARGETS, ExporterProcess, build_config, compile_c, toml_dumps  # noqa: E402
 from tests.prom import PrometheusServer, free_port  # noqa: E402
-from uprobe_exporter.session import remove_group  # noqa: E402
-from uprobe_exporter.tracefs import Tracefs, find_tracefs  # noqa: E402
+from uprobe_exporter.kernel.session import remove_group  # noqa: E402
+from uprobe_exporter.kernel.tracefs import Tracefs, find_tracefs  # noqa: E402
 
 DASHBOARD = ROOT / "grafana" / "uprobe-exporter.json"
 BUCKETS = [0.001, 0.005, 0.01, 0.05, 0.1, 0.5]

@@ -13,8 +13,8 @@ import pytest
 from tests.helpers import TARGETS, compile_c, compile_go
 from tests.prom import PrometheusServer
 from uprobe_exporter.errors import TracefsError
-from uprobe_exporter.session import remove_group
-from uprobe_exporter.tracefs import Tracefs, find_tracefs
+from uprobe_exporter.kernel.session import remove_group
+from uprobe_exporter.kernel.tracefs import Tracefs, find_tracefs
 
 TEST_PREFIX = "uetest"
 _counter = itertools.count()
@@ -97,3 +97,14 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrometheusS
     server = PrometheusServer(tmp_path_factory.mktemp("prometheus"))
     yield server
     server.close()
+
+
+KERNEL_TESTS = Path(__file__).resolve().parent / "kernel"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """``kernel``: every test under tests/kernel, and any other that registers probes (uses ``tracefs``)."""
+    for item in items:
+        here = Path(str(item.fspath)).resolve()
+        if KERNEL_TESTS in here.parents or "tracefs" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.kernel)

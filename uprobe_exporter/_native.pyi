@@ -1,4 +1,4 @@
-"""Native parts of the raw reader (uprobe_exporter/_walk.c and the sources it names); see
+"""Native parts of the raw reader (uprobe_exporter/native/walk.c and the sources it names); see
 rawpage.RawDecoder.locate, rawreader.NativeCpuMerge and rawemit.native_emitter."""
 
 from collections.abc import Iterable, Sequence

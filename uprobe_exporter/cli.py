@@ -20,13 +20,16 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from uprobe_exporter import __version__
-from uprobe_exporter.binaries import resolve_binary
-from uprobe_exporter.config import Config, example_text, load_config_partial
-from uprobe_exporter.costclass import CostClass, describe_site
-from uprobe_exporter.costprobe import cost_classes
-from uprobe_exporter.daemon import discover_events_max, open_tracefs, run
-from uprobe_exporter.discover import survey
-from uprobe_exporter.elf import (
+from uprobe_exporter.errors import ConfigError, NoMatchError, OwnershipError, UprobeExporterError
+from uprobe_exporter.kernel.costprobe import cost_classes
+from uprobe_exporter.kernel.ownership import claim_leftovers
+from uprobe_exporter.kernel.session import EVENT_STOP_COST_S, STOP_FIXED_S, STOP_MARGIN, remove_events, remove_group
+from uprobe_exporter.nativestatus import native_status
+from uprobe_exporter.plan.binaries import resolve_binary
+from uprobe_exporter.plan.config import Config
+from uprobe_exporter.plan.configfile import example_text, load_config_partial
+from uprobe_exporter.plan.costclass import CostClass, describe_site
+from uprobe_exporter.plan.elf import (
     close_functions,
     load_elf,
     match_functions,
@@ -34,13 +37,11 @@ from uprobe_exporter.elf import (
     read_stapsdt,
     render_usdt_listing,
 )
-from uprobe_exporter.errors import ConfigError, NoMatchError, OwnershipError, UprobeExporterError
-from uprobe_exporter.identity import pod_identities
-from uprobe_exporter.nativestatus import native_status
-from uprobe_exporter.ownership import claim_leftovers
-from uprobe_exporter.probes import ProbeEvent
-from uprobe_exporter.resolve import load_plan
-from uprobe_exporter.session import EVENT_STOP_COST_S, STOP_FIXED_S, STOP_MARGIN, remove_events, remove_group
+from uprobe_exporter.plan.probes import ProbeEvent
+from uprobe_exporter.plan.resolve import load_plan
+from uprobe_exporter.processes.identity import pod_identities
+from uprobe_exporter.run.daemon import discover_events_max, open_tracefs, run
+from uprobe_exporter.run.discover import survey
 
 PROG = "uprobe-exporter"
 

@@ -102,7 +102,7 @@ def native_status() -> NativeStatus:
         return NativeStatus(False, f"built in {others[0].parent}, but shadowed by the source tree {here} (first on "
                                    "sys.path, as with python -m from a clone's root): run uprobe-exporter, or "
                                    "python -m from another directory")
-    if (here / "_native.c").is_file():
+    if (here / "native" / "emit.c").is_file():
         return NativeStatus(False, f"not built in this source tree {here}: install it (helm/install.sh), or "
                                    "python3 -c 'from setuptools import setup; setup()' build_ext --inplace; "
                                    + _missing_build_tools())
@@ -110,7 +110,8 @@ def native_status() -> NativeStatus:
 
 
 def _python_sources(directory: Path) -> dict[str, str]:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(directory.glob("*.py"))}
+    return {str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(directory.rglob("*.py"))}
 
 
 def adopt_installed_build() -> ModuleType | None:

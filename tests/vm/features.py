@@ -11,10 +11,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-from uprobe_exporter.elf import load_elf
 from uprobe_exporter.errors import KernelRefusedError, TracefsError
-from uprobe_exporter.session import remove_events
-from uprobe_exporter.tracefs import Instance, Tracefs, find_tracefs, read_text
+from uprobe_exporter.kernel.session import remove_events
+from uprobe_exporter.kernel.tracefs import Instance, Tracefs, find_tracefs, read_text
+from uprobe_exporter.plan.elf import load_elf
 
 GROUP = "uevm_features"
 SOURCE = 'int work(int a, const char *s) { return a + s[0]; }\nint main(void) { return work(1, "x") == 0; }\n'

@@ -1,0 +1,270 @@
+"""Pure parser of ``trace_pipe`` text lines into ``TraceRecord``/``LostEvents``.
+
+Strategy: text arrives as bytes and is decoded as latin-1, so one character is one byte and the
+16-byte comm column (``%16s``, kernel/trace/trace_output.c: trace_print_context()) is exactly 16
+characters whatever it holds. The context prefix is one regex; the payload is matched by a regex
+compiled once per event from its ``format`` file, so a string argument may contain spaces, quotes,
+``=`` or even a newline (lines are rejoined) and still be cut where the next known argument starts.
+Strings are converted back to UTF-8 text at the end; bytes that are not UTF-8 are kept as ``\\xNN``.
+
+    t-2267    (   2267) [001] DBZff   234.121495: rec_entry: (0x55b77de3f19d) __comm="t" __sp=0x7ffec9c5de48 n=3
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from uprobe_exporter.decode.codegen import compile_function
+from uprobe_exporter.decode.records import LostEvents, TraceRecord
+from uprobe_exporter.errors import TraceParseError
+from uprobe_exporter.kernel.formatfile import EventFormat, Field, FieldKind
+
+# The context prefix (kernel/trace/trace_output.c: trace_print_context()): comm, tid, tgid (record-tgid),
+# cpu, the irq-info flags, seconds and microseconds; groups 1-6 of every line regex.
+PREFIX = r"(.{16})-(\d+) +(?:\( *(\d+|-+)\) +)?\[(\d+)\] (?:\S{4,5} )? *(\d+)\.(\d{6}): "
+LINE_RE = re.compile(PREFIX + r"(\w+): (.*)\Z", re.S)  # any event: 7 event, 8 payload
+LOST_RE = re.compile(r"CPU:(\d+) \[LOST (?:(\d+) )?EVENTS\]\Z")
+HIDDEN_COMM = "__comm"  # added by the exporter: comm=$comm, the thread's name when it hit the probe
+HIDDEN_SP = "__sp"  # added by the exporter: %sp, to pair an entry with its return exactly
+# added for returns seen at RET instructions and for Go programs (probes.py RET_HIDDEN_FETCHARGS, GO_FETCHARGS)
+HIDDEN_SP_RET, HIDDEN_RET_ADDR, HIDDEN_IP_DELTA = "__sp_ret", "__ret_addr", "__ip_delta"
+HIDDEN_G, HIDDEN_G_HI = "__g", "__g_hi"
+GOSTRING_LEN_PREFIX = "__len_"  # fetchargs.py: the length of the Go string argument NAME is __len_NAME
+HIDDEN_DERIVED = frozenset({HIDDEN_SP, HIDDEN_SP_RET, HIDDEN_RET_ADDR, HIDDEN_IP_DELTA, HIDDEN_G,
+                            HIDDEN_G_HI})
+RETURN_ADDRESS_SIZE = 8  # x86-64: `ret` pops the return address (pairing.py pairs on that)
+GO_STACK_TOP = 1 << 62  # Go: a frame's sp for pairing is GO_STACK_TOP − (g.stack.hi − sp): deeper is lower
+PARSE_ERROR_REASONS = ("line_format", "unknown_event", "payload", "value")  # TraceParseError.reason values
+MAX_JOINED_LINES = 8  # a string argument holding newlines spans lines; rejoin at most this many
+COMM_LEN = 15  # TASK_COMM_LEN - 1
+
+
+def hidden_values(exprs: dict[str, str], ip: str, ret_ip: str) -> tuple[str, str, str, str]:
+    """The expressions of a record's ``ip``, ``ret_ip``, pairing ``sp`` and pairing ``key`` from those of
+    its hidden fields (``exprs``, by field name) and of the kernel's ``ip``/``ret_ip``.
+
+    ``sp`` is always as a uretprobe would see it at a return: at a RET instruction (``__sp_ret``) %sp
+    still points at the return address, so it is 8 lower. In a Go program (``__g``, ``__g_hi``) calls
+    pair by goroutine (``key``: its g) and by the frame's distance from the top of the goroutine's stack,
+    which a stack copy keeps: ``sp`` is GO_STACK_TOP − (hi − %sp), so that deeper frames stay lower.
+    ``key`` is the g ("0" without one: pair by thread), which pairing.GoroutineKeys turns into a key per
+    process and goroutine."""
+    if HIDDEN_IP_DELTA in exprs:
+        ip = f"({ip} - {exprs[HIDDEN_IP_DELTA]})"
+    ret_ip = exprs.get(HIDDEN_RET_ADDR, ret_ip)
+    sp, at_ret = exprs.get(HIDDEN_SP), ""
+    if sp is None and HIDDEN_SP_RET in exprs:
+        sp, at_ret = exprs[HIDDEN_SP_RET], f" + {RETURN_ADDRESS_SIZE}"
+    key = "0"
+    if sp is None:
+        sp = "0"
+    elif HIDDEN_G_HI in exprs and HIDDEN_G in exprs:
+        hi = exprs[HIDDEN_G_HI]  # 0: %r14 was not a g (its read faulted): pair by order then
+        sp = f"(({GO_STACK_TOP} - {hi} + {sp}{at_ret}) if {hi} else 0)"
+        key = exprs[HIDDEN_G]
+    elif at_ret:
+        sp = f"({sp}{at_ret})"
+    return ip, ret_ip, sp, key
+
+
+def go_string(words: list[int], length: int) -> str | None:
+    """A Go string read as x64 words (fetchargs.py: gostring) and its length: its bytes sliced to the
+    length (at most the words read), UTF-8 decoded with other bytes kept as ``\\xNN``; None if the
+    length is negative (not a string)."""
+    if length < 0:
+        return None
+    return struct.pack(f"<{len(words)}Q", *words)[:length].decode("utf-8", "backslashreplace")
+
+
+def wrap_gostrings(args: list[tuple[str, str]], lengths: dict[str, str]) -> list[tuple[str, str]]:
+    """The argument expressions with each Go string's words turned into its text (``_gostr``)."""
+    return [(name, f"_gostr({expr}, {lengths[name]})" if name in lengths else expr) for name, expr in args]
+
+
+def decode_text(raw: str) -> str:
+    """latin-1 text (one char per byte) back to str; non-UTF-8 bytes kept as ``\\xNN`` escapes."""
+    if raw.isascii():
+        return raw
+    return raw.encode("latin-1").decode("utf-8", "backslashreplace")
+
+
+def _to_int(v: str) -> int:
+    return int(v, 16) if v.startswith(("0x", "-0x")) else int(v)
+
+
+def _to_array(v: str) -> list[int]:
+    return [_to_int(x) for x in v.split(",")] if v else []
+
+
+def _text_expr(group: str) -> str:
+    """A string group (None when the kernel printed ``(fault)``), UTF-8 decoded only if needed."""
+    return f"({group} if {group} is None or {group}.isascii() else _decode({group}))"
+
+
+def _field(f: Field, j: int) -> tuple[str, str, int]:
+    """(regex, Python expression over payload groups ``g``, groups used) for one argument."""
+    if f.kind is FieldKind.STRING:  # "%s" unescaped, or (fault) (trace_probe.c: PRINT_TYPE_FUNC_NAME(string))
+        body = f".{{0,{COMM_LEN}}}" if f.name == HIDDEN_COMM else ".*"
+        return rf'(?:"({body})"|\(fault\))', _text_expr(f"g[{j}]"), 1
+    if f.kind is FieldKind.ARRAY:  # {v,v,...}
+        return r"\{([^}]*)\}", f"_to_array(g[{j}])", 1
+    if f.kind is FieldKind.CHAR:  # '%c', raw and unescaped (trace_probe.c: PRINT_TYPE_FUNC_NAME(char))
+        return r"'(.)'", _text_expr(f"g[{j}]"), 1
+    if f.name == HIDDEN_SP:  # x64: 0x%Lx
+        return r"0x([0-9a-f]+)", f"int(g[{j}], 16)", 1
+    # %d %u print decimal, x types 0x%x: two groups, so each converts with one int() of the right base
+    return r"(?:0x([0-9a-f]+)|(-?\d+))", f"(int(g[{j + 1}]) if g[{j}] is None else int(g[{j}], 16))", 2
+
+
+@dataclass(frozen=True, slots=True)
+class PayloadParser:
+    """Matches the text after ``<event>: `` for one event and builds its record.
+
+    Both are compiled once per event from its format file: the regex, and a small generated function
+    (the technique of ``collections.namedtuple``) that converts each group with one inline expression,
+    because a Python call per field is most of the cost of a line."""
+
+    fmt: EventFormat
+    regex: re.Pattern[str]
+    build: Callable[[re.Match[str]], TraceRecord]
+    source: str
+
+    @classmethod
+    def compile(cls, fmt: EventFormat) -> PayloadParser:
+        """The regex matches a whole line of this event: groups 0-5 (of ``m.groups()``) are the prefix."""
+        # trace_uprobe.c: print_uprobe_event() prints "(0x<ret_ip> <- 0x<func>)" for returns.
+        if fmt.is_retprobe:
+            parts, j, ip, ret_ip = [r"\(0x([0-9a-f]+) <- 0x([0-9a-f]+)\)"], 8, "int(g[7], 16)", "int(g[6], 16)"
+        else:
+            parts, j, ip, ret_ip = [r"\(0x([0-9a-f]+)\)"], 7, "int(g[6], 16)", "0"
+        comm, named, hidden, lengths = "_decode(g[0].lstrip())", [], {}, {}
+        for f in fmt.args:
+            pattern, expr, used = _field(f, j)
+            parts.append(f" {re.escape(f.name)}={pattern}")
+            if f.name == HIDDEN_COMM:
+                comm = f"(g[{j}] if g[{j}] is not None and g[{j}].isascii() else _comm(g[{j}], g[0]))"
+            elif f.name in HIDDEN_DERIVED:
+                hidden[f.name] = expr
+            elif f.name.startswith(GOSTRING_LEN_PREFIX):
+                lengths[f.name.removeprefix(GOSTRING_LEN_PREFIX)] = expr
+            else:
+                named.append((f.name, expr))
+            j += used
+        args = [f"{name!r}: {expr}" for name, expr in wrap_gostrings(named, lengths)]
+        ip, ret_ip, sp, key = hidden_values(hidden, ip, ret_ip)
+        # tuple.__new__ directly: the NamedTuple's own __new__ is a Python function, a call per record
+        source = (
+            "def build(m):\n"
+            "    g = m.groups()\n"
+            "    tgid = g[2]\n"
+            f"    return _new(TraceRecord, ({fmt.name!r}, int(g[1]), int(tgid) if tgid and tgid[0] != '-' else 0,"
+            f" int(g[3]), int(g[4] + g[5]) * 1000, {comm}, {ip}, {ret_ip}, {fmt.is_return}, {sp},"
+            f" {{{', '.join(args)}}}, {key}))\n"
+        )
+        namespace: dict[str, Any] = {"TraceRecord": TraceRecord, "_new": tuple.__new__, "_decode": decode_text,
+                                     "_to_array": _to_array, "_comm": _comm_or_column, "_gostr": go_string}
+        build = compile_function(source, "build", f"payload parser {fmt.name}", namespace)
+        regex = re.compile(PREFIX + re.escape(fmt.name) + ": " + "".join(parts) + r"\Z", re.S)
+        return cls(fmt, regex, build, source)
+
+
+def _comm_or_column(comm: str | None, column: str) -> str:
+    """The ``$comm`` argument, or the comm column when the fetch faulted."""
+    return decode_text(comm if comm is not None else column.lstrip())
+
+
+@dataclass(slots=True)
+class TextParser:
+    """Parses batches of trace_pipe lines for the events of one group; keeps a rejoin carry."""
+
+    parsers: dict[str, PayloadParser]
+    pending: list[str] = field(default_factory=list)
+
+    @classmethod
+    def for_formats(cls, formats: Iterable[EventFormat]) -> TextParser:
+        return cls({f.name: PayloadParser.compile(f) for f in formats})
+
+    def add(self, fmt: EventFormat) -> None:
+        """An event registered at run time."""
+        self.parsers[fmt.name] = PayloadParser.compile(fmt)
+
+    def parse_line(self, line: str) -> TraceRecord | LostEvents:
+        """Parse one complete line (latin-1 decoded, without its newline)."""
+        # "<prefix> 1061.676986: work_entry: (0x...": the first ": " after the comm ends the timestamp
+        # (nothing before it can hold a colon), the next one ends the event name.
+        end_ts = line.find(": ", 17)
+        p = self.parsers.get(line[end_ts + 2:line.find(": ", end_ts + 2)])
+        if p is not None:
+            m = p.regex.match(line)
+            if m is not None:
+                try:
+                    return p.build(m)
+                except ValueError as exc:  # a corrupted number the regex let through (e.g. "{1,,2}")
+                    raise TraceParseError("value", line) from exc
+        return self._diagnose(line)
+
+    def _diagnose(self, line: str) -> LostEvents:
+        """A line that is not one of our events: a lost-events marker, or a counted parse error."""
+        lost = LOST_RE.match(line)
+        if lost is not None:
+            return LostEvents(int(lost[1]), int(lost[2]) if lost[2] else None)
+        m = LINE_RE.match(line)
+        if m is None:
+            raise TraceParseError("line_format", line)
+        if m[7] not in self.parsers:
+            raise TraceParseError("unknown_event", line)
+        raise TraceParseError("payload", line)
+
+    def parse_lines(
+        self, lines: list[str], final: bool = False,
+    ) -> tuple[list[TraceRecord | LostEvents], list[TraceParseError]]:
+        """Parse complete lines; a payload that fails may continue on the next lines (newline in a
+        string), so it is retried joined with them. Unfinished joins wait for the next batch unless
+        ``final``."""
+        out: list[TraceRecord | LostEvents] = []
+        errors: list[TraceParseError] = []
+        if self.pending:
+            lines = self.pending + lines
+            self.pending = []
+        i, n = 0, len(lines)
+        while i < n:
+            line = lines[i]
+            try:
+                out.append(self.parse_line(line))
+                i += 1
+                continue
+            except TraceParseError as exc:
+                first_error = exc
+            if first_error.reason == "payload":
+                j = i + 1
+                joined = line
+                while j < n and j - i < MAX_JOINED_LINES and not _starts_record(lines[j]):
+                    joined += "\n" + lines[j]
+                    j += 1
+                    try:
+                        out.append(self.parse_line(joined))
+                        break
+                    except TraceParseError:
+                        continue
+                else:
+                    if j == n and not final and j - i < MAX_JOINED_LINES:
+                        self.pending = lines[i:]
+                        return out, errors
+                    errors.append(first_error)
+                    errors.extend(TraceParseError("line_format", x) for x in lines[i + 1:j])
+                    i = j
+                    continue
+                i = j
+                continue
+            errors.append(first_error)
+            i += 1
+        return out, errors
+
+
+def _starts_record(line: str) -> bool:
+    return LINE_RE.match(line) is not None or LOST_RE.match(line) is not None
+
