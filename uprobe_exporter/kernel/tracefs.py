@@ -58,11 +58,10 @@ def _mount_tracefs(target: str) -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.mount(b"nodev", target.encode(), b"tracefs", 0, None) != 0:
         err = ctypes.get_errno()
-        raise TracefsError(
-            f"cannot mount tracefs on {target}: {os.strerror(err)}; "
-            f"mount it yourself (mount -t tracefs nodev {target}) or set exporter.tracefs",
-            path=target,
-        )
+        failed = OSError(err, os.strerror(err))  # mount(2) through ctypes: no OSError of its own
+        raise mapped_oserror(failed, TracefsError, f"cannot mount tracefs on {target}",
+                             path=target, fix=f"mount it yourself (mount -t tracefs nodev {target}) or set "
+                             "exporter.tracefs")
 
 
 def _not_accessible(path: str) -> str:

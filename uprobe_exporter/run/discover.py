@@ -33,7 +33,7 @@ from pathlib import Path
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from uprobe_exporter.decode.rawpage import Handler
-from uprobe_exporter.errors import OwnershipError, ResolveError, TracefsError
+from uprobe_exporter.errors import FormatError, OwnershipError, ResolveError, TracefsError
 from uprobe_exporter.kernel.session import ProbeSession
 from uprobe_exporter.pipeline.core import Pipeline
 from uprobe_exporter.plan.config import FILE_TAG, Config, DiscoverConfig, ProbeConfig
@@ -343,7 +343,13 @@ class Discoverer:
             log.warning("probe %s: cannot probe %s (process %d): %s", probe.name, real.path, pid, exc)
             return None
         self.numbers[probe.name] += 1
-        handlers = self.pipeline.add_events(events, formats.values())
+        try:
+            handlers = self.pipeline.add_events(events, formats.values())
+        except FormatError as exc:  # never enabled: no record of them; removed with the others at the stop
+            self.changes[probe.name, "failed"] += 1
+            self.failed.add(key)
+            log.warning("probe %s: cannot follow %s (process %d): %s", probe.name, real.path, pid, exc)
+            return None
         if self.handlers is not None:
             self.handlers.update(handlers)  # before enabling: no record of an event without its emitter
         self.events.extend(events)
