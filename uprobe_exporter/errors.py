@@ -18,11 +18,12 @@
 or ``mapped_oserror`` (in an ``except`` clause that must do more), whose message keeps what the user
 needs: what we tried, the path, the errno's text, and the fix where we know it
 (``cannot read /etc/ue.toml: Permission denied``). An ``OSError`` that is control flow, not a failure,
-is caught where it happens and named by a predicate below (``is_gone``: the file or process went away;
-``is_busy``: retry; ``BlockingIOError``: nothing to read yet); one that is counted and retried (the JSON
-output's disk full) says so where it is caught. ``ELFError`` is converted in ``plan/elf.py`` alone.
-The CLI (``cli.py``) turns any of these into one line on stderr and an exit code; nothing else catches
-them all.
+is caught where it happens, named by a predicate below (``is_gone``: the file, process or event went
+away; ``is_busy``: retry) or by its class (``BlockingIOError``: nothing to read yet, ``FileNotFoundError``),
+or with a comment saying why (``# a lookup: ...`` in /proc, a search path); a fault at run time that is
+counted and retried (the JSON output's disk full) says so where it is caught. ``ELFError`` is converted
+in ``plan/elf.py`` alone. The CLI (``cli.py``) turns any of these into one line on stderr and an exit
+code; nothing else catches them all.
 
 A message echoes what it was given (a path, a key, a value from the configuration): every control or
 other unprintable character in it is escaped like ``repr`` does (``\\n``, ``\\x1b``, ``\\u2028``), here,
@@ -180,7 +181,8 @@ class MetricsError(UprobeExporterError):
 
 
 class TraceParseError(UprobeExporterError):
-    """A trace line or page that does not parse; ``reason`` is a short label used as a metric label."""
+    """A trace line (or ``uprobe_profile`` line) that does not parse: raised inside its parser, caught and
+    counted by the caller (never fatal); ``reason`` is a short label used as a metric label."""
 
     def __init__(self, reason: str, raw: str = "") -> None:
         self.reason = reason

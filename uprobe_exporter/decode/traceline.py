@@ -132,7 +132,7 @@ def _field(f: Field, j: int) -> tuple[str, str, int]:
         return r"0x([0-9a-f]{1,16})", f"int(g[{j}], 16)", 1
     # %d %u print decimal, x types 0x%x: two groups, so each converts with one int() of the right base;
     # no more digits than the field's size can print (a longer number is a corrupted line, counted)
-    digits, to_int = _DECIMAL_DIGITS.get(f.size, 20), "_to_int64" if f.size >= 8 else "int"
+    digits, to_int = _DECIMAL_DIGITS.get(f.size, 20), "int" if f.size in _DECIMAL_DIGITS else "_to_int64"
     return (rf"(?:0x([0-9a-f]{{1,{2 * min(f.size, 8)}}})|(-?\d{{1,{digits}}}))",
             f"({to_int}(g[{j + 1}]) if g[{j}] is None else int(g[{j}], 16))", 2)
 
