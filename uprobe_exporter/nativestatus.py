@@ -63,7 +63,7 @@ def _other_builds(here: Path) -> list[Path]:
         try:
             if directory.resolve() == here:
                 continue
-        except OSError:
+        except OSError:  # a lookup: a sys.path entry that cannot be resolved holds no build
             continue
         if (so := _built_in(directory)) is not None and so not in found:
             found.append(so)
@@ -135,6 +135,6 @@ def adopt_installed_build() -> ModuleType | None:
             sys.modules[MODULE] = module
             sys.modules[PACKAGE]._native = module  # type: ignore[attr-defined]
             return module
-    except (OSError, ImportError):
+    except (OSError, ImportError):  # a build that does not load: the reference is used
         return None  # native_status() then says why
     return None

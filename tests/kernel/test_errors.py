@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import json
 import random
+import subprocess
+import sys
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.helpers import build_config, run_cli, toml_dumps
-from uprobe_exporter.kernel.tracefs import Tracefs
+from tests.helpers import ROOT, ExporterProcess, build_config, read_jsonl, run_cli, toml_dumps, wait_for_lines
+from uprobe_exporter.decode.rawpage import UnpackPlan
+from uprobe_exporter.errors import FormatError
+from uprobe_exporter.kernel.formatfile import parse_format
+from uprobe_exporter.kernel.session import remove_group
+from uprobe_exporter.kernel.tracefs import Tracefs, read_text
 from uprobe_exporter.plan.elf import load_elf
 
 
@@ -46,6 +54,7 @@ def error_lines(stderr: str) -> list[str]:
     ({"function": "work", "return": True, "return_filter": "ret == 0"}, "probes[0].return_filter",
      "the return event has no field 'ret'"),
     ({"function": "work", "args": {"s": "+0(%si):strng"}}, "probes[0].args.s", "did you mean 'string'?"),
+    ({"function": "work", "args": {"s": "+0(%si):string[2]"}}, "probes[0].args.s", "arrays of strings cannot be"),
     ({"function": "work", "comm": ["a-very-long-thread-name"]}, "probes[0].comm[0]", "write 'a-very-long-thr'"),
 ])
 def test_bad_probe_is_a_located_one_line_error(
@@ -231,3 +240,71 @@ def test_values_with_control_characters_are_quoted_into_one_line(build: Callable
     ]
     assert lines[-1].startswith("  probes[2] \"r\".function: symbol 'work\\x1b[31m' in ")
     assert lines[-1].endswith(" not found; did you mean 'work'?")
+
+
+# The kernel's own format of an event, with argument `a` made 3 bytes wide: a field the raw reader cannot
+# unpack (no fetcharg type gives one on this kernel; the text reader parses its "%d" all the same).
+UNDECODABLE = """
+import sys
+from dataclasses import replace
+from uprobe_exporter import cli
+from uprobe_exporter.kernel import session
+real = session.parse_format
+def parse_format(text):
+    fmt = real(text)
+    return replace(fmt, fields=tuple(replace(f, size=3, type="u24") if f.name == "a" else f for f in fmt.fields))
+session.parse_format = parse_format
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("reader", ["raw", "text"])
+def test_a_format_the_raw_reader_cannot_decode_is_refused_at_start_and_text_reads_it(
+    build: Callable[..., Path], tracefs: Tracefs, group: str, tmp_path: Path, reader: str,
+) -> None:
+    """Raw: one line naming the event and the field and suggesting the text reader, exit 2, nothing left
+    registered. Text: what that line promises: the same probes run, every call recorded with its value."""
+    binary = build("calls")
+    probe = {"name": "w", "binary": str(binary), "function": "work", "args": {"a": "%di:s32"}}
+    path = config_file(tmp_path, group, [probe], exporter={"reader": reader})
+    argv = [sys.executable, "-c", UNDECODABLE, "run", "--config", str(path)]
+    if reader == "raw":
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=ROOT, check=False)
+        assert done.returncode == 2, done.stderr
+        assert [line for line in done.stderr.splitlines() if line.startswith("uprobe-exporter: error:")] == [
+            "uprobe-exporter: error: event w_entry: the raw reader cannot decode field 'a' (u24, 3 bytes); "
+            'set [exporter] reader = "text" in the configuration (the text reader decodes it)']
+        assert "Traceback" not in done.stderr
+    else:
+        with ExporterProcess(path, argv=argv) as exporter:
+            exporter.wait_ready()
+            ran = subprocess.run([binary, "2", "5", "1"], capture_output=True, check=True)
+            calls = [json.loads(line) for line in ran.stdout.decode().splitlines()]
+            calls = [c for c in calls if c["fn"] == "work"]
+            wait_for_lines(tmp_path / "out.jsonl", len(calls))
+            rc, _ = exporter.stop()
+        assert rc == 0, exporter.stderr
+        records = read_jsonl(tmp_path / "out.jsonl")
+        assert Counter((r["tid"], r["args"]["a"]) for r in records) == Counter((c["tid"], c["a"]) for c in calls)
+    assert [e for e in tracefs.read_uprobe_events() if e.group == group] == []
+    assert not tracefs.instance(group).exists()
+
+
+def test_the_kernels_format_of_an_array_of_strings_is_refused_by_the_raw_decoder(
+    build: Callable[..., Path], tracefs: Tracefs, group: str,
+) -> None:
+    """The configuration refuses `string[N]` (above); registered anyway, its real format
+    (``__data_loc char[][2]``, 8 bytes) is refused by the raw decoder, which read the first string only."""
+    binary = build("calls")
+    offset = load_elf(binary).resolve("work")
+    tracefs.write_uprobe_events(f"p:{group}/strings {binary}:{offset:#x} s=+0(%si):string[2]")
+    try:
+        fmt = parse_format(read_text(tracefs.root / "events" / group / "strings" / "format"))
+        assert [(f.type, f.size) for f in fmt.args] == [("char[][2]", 8)]
+        with pytest.raises(FormatError) as info:
+            UnpackPlan.of(fmt)
+        assert (info.value.event, info.value.field, info.value.exit_code) == ("strings", "s", 2)
+        assert str(info.value) == ("event strings: the raw reader cannot decode field 's' (char[][2], 8 bytes: an "
+                                   "array of strings); read each string with its own argument")
+    finally:
+        remove_group(tracefs, group)

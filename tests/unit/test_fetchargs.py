@@ -50,6 +50,8 @@ REFUSED = [  # (fetcharg, is_return, a word of the explanation)
     ("%di:u8[4]", False, "must be read from memory"),
     ("+0(%si):u8[0]", False, "array length"),
     ("+0(%si):u8[65]", False, "array length"),
+    ("+0(%si):string[2]", False, "arrays of strings"),  # the kernel takes it: "__data_loc char[][2]"
+    ("+0(%si):ustring[3]", False, "arrays of strings"),
 ]
 
 

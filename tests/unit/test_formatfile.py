@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from uprobe_exporter.errors import TraceParseError
+from uprobe_exporter.errors import FormatError
 from uprobe_exporter.kernel.formatfile import FieldKind, parse_format
 
 KERNEL = Path(__file__).parent.parent / "fixtures" / "kernel"
@@ -84,16 +84,19 @@ def test_string_fields_are_data_loc() -> None:
 
 
 @pytest.mark.parametrize("drop", ["name: ", "ID: ", "print fmt: "])
-def test_missing_header_line_is_a_parse_error(drop: str) -> None:
+def test_missing_header_line_is_a_start_up_error(drop: str) -> None:
     text = "\n".join(line for line in read("work_entry.format").splitlines() if not line.startswith(drop))
-    with pytest.raises(TraceParseError) as info:
+    with pytest.raises(FormatError) as info:
         parse_format(text)
-    assert info.value.reason == "format_file"
+    assert info.value.event == ("?" if drop == "name: " else "work_entry")
+    assert f"has no {drop.rstrip(': ')} line" in str(info.value)
+    assert info.value.exit_code == 2
 
 
 def test_array_size_not_a_multiple_of_its_element_is_a_parse_error() -> None:
     text = read("types_entry.format").replace("u8 arr[];\toffset:32;\tsize:4;", "u16 arr[];\toffset:32;\tsize:3;")
     assert text != read("types_entry.format")
-    with pytest.raises(TraceParseError) as info:
+    with pytest.raises(FormatError) as info:
         parse_format(text)
-    assert info.value.reason == "format_array"
+    assert (info.value.event, info.value.field) == ("types_entry", "arr")
+    assert str(info.value).startswith("event types_entry: cannot decode field 'arr' (u16 arr[], 3 bytes")

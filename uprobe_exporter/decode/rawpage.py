@@ -33,7 +33,7 @@ from uprobe_exporter.decode.traceline import (
     hidden_values,
     wrap_gostrings,
 )
-from uprobe_exporter.errors import TraceParseError
+from uprobe_exporter.errors import RAW_READER_FIX, FormatError
 from uprobe_exporter.kernel.formatfile import EventFormat, Field, FieldKind
 
 try:  # the native page walk (uprobe_exporter/native/walk.c), built at install when a C compiler is there
@@ -72,9 +72,10 @@ class PageLayout:
         try:
             ts, commit, data = fields["timestamp"], fields["commit"], fields["data"]
         except KeyError as exc:
-            raise TraceParseError("header_page", text[:200]) from exc
+            raise undecodable("header_page", exc.args[0], "missing from events/header_page") from exc
         if ts[1] != 8 or commit[1] not in (4, 8) or sys.byteorder != "little":
-            raise TraceParseError("header_page", f"unsupported layout ({sys.byteorder}-endian): {text[:200]}")
+            raise undecodable("header_page", "commit", f"{commit[1]} bytes, timestamp {ts[1]} bytes, on a "
+                              f"{sys.byteorder}-endian host")
         return cls(ts, commit, data[0], data[0] + data[1])
 
     def half_full(self, page: bytes) -> bool:
@@ -87,14 +88,24 @@ class PageLayout:
         return commit * 2 >= self.page_size - self.data_offset
 
 
-def _struct_code(f: Field) -> str:
+def undecodable(event: str, field: str, what: str, fix: str = RAW_READER_FIX) -> FormatError:
+    """The start-up error for a field of ``event``'s format (or of ``header_page``) that the raw reader
+    cannot decode: one line naming the event, the field, why, and the fix."""
+    return FormatError(f"event {event}: the raw reader cannot decode field '{field}' ({what}); {fix}",
+                       event=event, field=field)
+
+
+def _struct_code(f: Field, event: str) -> str:
     if f.kind is FieldKind.STRING:
+        if f.size != 4:  # "__data_loc char[][2]": an array of strings, a __data_loc word per element
+            raise undecodable(event, f.name, f"{f.type}, {f.size} bytes: an array of strings",
+                              "read each string with its own argument")
         return "I"
     if f.kind is FieldKind.ARRAY:
         code = _INT_CODES[f.elem_size]
         return f"{f.count}{code if f.signed else code.upper()}"
     if f.size not in _INT_CODES:
-        raise TraceParseError("format_field", f"{f.name}: size {f.size}")
+        raise undecodable(event, f.name, f"{f.type}, {f.size} bytes")
     code = _INT_CODES[f.size]
     return code if f.signed and f.kind is FieldKind.INT else code.upper()
 
@@ -140,20 +151,20 @@ class UnpackPlan:
     def of(cls, fmt: EventFormat) -> UnpackPlan:
         pid = next((f for f in fmt.common if f.name == "common_pid"), None)
         if pid is None:
-            raise TraceParseError("format_field", f"{fmt.name}: no common_pid")
+            raise undecodable(fmt.name, "common_pid", "missing")
         fields = sorted((pid, *fmt.fields), key=lambda f: f.offset)
         layout: list[str] = ["="]
         names: list[str] = []
         at = 0
         for f in fields:
             if f.offset < at:
-                raise TraceParseError("format_field", f"{fmt.name}: {f.name} overlaps")
+                raise undecodable(fmt.name, f.name, f"at offset {f.offset}, overlapping the field before it")
             layout.append(f"{f.offset - at}x" if f.offset > at else "")
-            layout.append(_struct_code(f))
+            layout.append(_struct_code(f, fmt.name))
             at = f.offset + f.size
             if f.kind is FieldKind.ARRAY:
                 if not f.count:
-                    raise TraceParseError("format_field", f"{fmt.name}: empty array {f.name}")
+                    raise undecodable(fmt.name, f.name, f"{f.type}[], an empty array")
                 names.append(", ".join(f"v{len(names)}_{i}" for i in range(f.count)))
             else:
                 names.append(f"v{len(names)}")

@@ -92,8 +92,22 @@ def decode_text(raw: str) -> str:
     return raw.encode("latin-1").decode("utf-8", "backslashreplace")
 
 
+INT_MIN, INT_END = -(1 << 63), 1 << 64  # what a 64-bit field holds (and orjson renders)
+
+
 def _to_int(v: str) -> int:
-    return int(v, 16) if v.startswith(("0x", "-0x")) else int(v)
+    x = int(v, 16) if v.startswith(("0x", "-0x")) else int(v)
+    if not INT_MIN <= x < INT_END:  # not from the kernel: a corrupted line (parse_line counts it)
+        raise ValueError(v)
+    return x
+
+
+def _to_int64(v: str) -> int:
+    """A decimal 64-bit value: 20 digits can still be more than the field holds."""
+    x = int(v)
+    if not INT_MIN <= x < INT_END:
+        raise ValueError(v)
+    return x
 
 
 def _to_array(v: str) -> list[int]:
@@ -115,9 +129,15 @@ def _field(f: Field, j: int) -> tuple[str, str, int]:
     if f.kind is FieldKind.CHAR:  # '%c', raw and unescaped (trace_probe.c: PRINT_TYPE_FUNC_NAME(char))
         return r"'(.)'", _text_expr(f"g[{j}]"), 1
     if f.name == HIDDEN_SP:  # x64: 0x%Lx
-        return r"0x([0-9a-f]+)", f"int(g[{j}], 16)", 1
-    # %d %u print decimal, x types 0x%x: two groups, so each converts with one int() of the right base
-    return r"(?:0x([0-9a-f]+)|(-?\d+))", f"(int(g[{j + 1}]) if g[{j}] is None else int(g[{j}], 16))", 2
+        return r"0x([0-9a-f]{1,16})", f"int(g[{j}], 16)", 1
+    # %d %u print decimal, x types 0x%x: two groups, so each converts with one int() of the right base;
+    # no more digits than the field's size can print (a longer number is a corrupted line, counted)
+    digits, to_int = _DECIMAL_DIGITS.get(f.size, 20), "int" if f.size in _DECIMAL_DIGITS else "_to_int64"
+    return (rf"(?:0x([0-9a-f]{{1,{2 * min(f.size, 8)}}})|(-?\d{{1,{digits}}}))",
+            f"({to_int}(g[{j + 1}]) if g[{j}] is None else int(g[{j}], 16))", 2)
+
+
+_DECIMAL_DIGITS = {1: 3, 2: 5, 4: 10}  # the most a field of that size prints with %d or %u (u32: 4294967295)
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,9 +158,11 @@ class PayloadParser:
         """The regex matches a whole line of this event: groups 0-5 (of ``m.groups()``) are the prefix."""
         # trace_uprobe.c: print_uprobe_event() prints "(0x<ret_ip> <- 0x<func>)" for returns.
         if fmt.is_retprobe:
-            parts, j, ip, ret_ip = [r"\(0x([0-9a-f]+) <- 0x([0-9a-f]+)\)"], 8, "int(g[7], 16)", "int(g[6], 16)"
+            parts, j = [r"\(0x([0-9a-f]{1,16}) <- 0x([0-9a-f]{1,16})\)"], 8
+            ip, ret_ip = "int(g[7], 16)", "int(g[6], 16)"
         else:
-            parts, j, ip, ret_ip = [r"\(0x([0-9a-f]+)\)"], 7, "int(g[6], 16)", "0"
+            parts, j = [r"\(0x([0-9a-f]{1,16})\)"], 7
+            ip, ret_ip = "int(g[6], 16)", "0"
         comm, named, hidden, lengths = "_decode(g[0].lstrip())", [], {}, {}
         for f in fmt.args:
             pattern, expr, used = _field(f, j)
@@ -166,7 +188,8 @@ class PayloadParser:
             f" {{{', '.join(args)}}}, {key}))\n"
         )
         namespace: dict[str, Any] = {"TraceRecord": TraceRecord, "_new": tuple.__new__, "_decode": decode_text,
-                                     "_to_array": _to_array, "_comm": _comm_or_column, "_gostr": go_string}
+                                     "_to_array": _to_array, "_to_int64": _to_int64, "_comm": _comm_or_column,
+                                     "_gostr": go_string}
         build = compile_function(source, "build", f"payload parser {fmt.name}", namespace)
         regex = re.compile(PREFIX + re.escape(fmt.name) + ": " + "".join(parts) + r"\Z", re.S)
         return cls(fmt, regex, build, source)
@@ -203,8 +226,8 @@ class TextParser:
             if m is not None:
                 try:
                     return p.build(m)
-                except ValueError as exc:  # a corrupted number the regex let through (e.g. "{1,,2}")
-                    raise TraceParseError("value", line) from exc
+                except (ValueError, struct.error) as exc:  # a corrupted number the regex let through
+                    raise TraceParseError("value", line) from exc  # ("{1,,2}", a Go string's word < 0)
         return self._diagnose(line)
 
     def _diagnose(self, line: str) -> LostEvents:

@@ -64,7 +64,7 @@ def read_cached_costs(directory: Path | None = None) -> dict[str, float] | None:
     try:
         data = json.loads(path.read_text())
         costs = data.get(os.uname().release)
-    except (OSError, ValueError, AttributeError):
+    except (OSError, ValueError, AttributeError):  # no usable cache: measured again
         return None
     return {str(k): float(v) for k, v in costs.items()} if isinstance(costs, dict) else None
 
@@ -114,6 +114,6 @@ def cost_classes(tracefs_setting: str = "auto") -> tuple[dict[str, CostClass] | 
             tracefs = Tracefs(find_tracefs(tracefs_setting))
             tracefs.check_writable()
             costs = measure_costs(tracefs)
-        except (UprobeExporterError, OSError) as exc:
+        except (UprobeExporterError, OSError) as exc:  # a note for `check`: the costs are optional
             return None, str(exc)
     return classify(costs), ""

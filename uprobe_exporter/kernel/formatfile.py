@@ -17,7 +17,7 @@ import enum
 import re
 from dataclasses import dataclass, replace
 
-from uprobe_exporter.errors import TraceParseError
+from uprobe_exporter.errors import FormatError
 
 FIELD_RE = re.compile(
     r"\tfield:(?P<decl>[^;]+);\toffset:(?P<offset>\d+);\tsize:(?P<size>\d+);\tsigned:(?P<signed>-?\d+);"
@@ -79,7 +79,7 @@ class EventFormat:
         return tuple(f for f in self.fields if f.name not in PROBE_FIELDS)
 
 
-def _parse_field(m: re.Match[str]) -> Field:
+def _parse_field(m: re.Match[str], event: str) -> Field:
     decl = m["decl"].strip()
     offset, size, signed = int(m["offset"]), int(m["size"]), m["signed"] == "1"
     if decl.startswith("__data_loc "):
@@ -90,7 +90,9 @@ def _parse_field(m: re.Match[str]) -> Field:
         name = name[: name.index("[")]
         elem = ELEM_SIZES.get(type_.split()[-1], 0)
         if not elem or size % elem:
-            raise TraceParseError("format_array", decl)
+            raise FormatError(f"event {event}: cannot decode field '{name}' ({decl}, {size} bytes: not "
+                              "a whole number of elements of a known type); give that argument a type without [N]",
+                              event=event, field=name)
         return Field(name, type_, FieldKind.ARRAY, offset, size, type_.startswith("s"), elem)
     return Field(name, type_, FieldKind.INT, offset, size, signed)
 
@@ -101,11 +103,13 @@ def parse_format(text: str) -> EventFormat:
     ident = re.search(r"^ID: (\d+)$", text, re.M)
     fmt = re.search(r"^print fmt: (.*)$", text, re.M)
     if not (name and ident and fmt):
-        raise TraceParseError("format_file", text[:200])
+        event = name[1] if name else "?"
+        missing = ", ".join(k for k, v in (("name", name), ("ID", ident), ("print fmt", fmt)) if not v)
+        raise FormatError(f"event {event}: its format file has no {missing} line: {text[:200]!r}", event=event)
     head, _, rest = text.partition("\n\n")
-    common = tuple(_parse_field(m) for m in FIELD_RE.finditer(head))
+    common = tuple(_parse_field(m, name[1]) for m in FIELD_RE.finditer(head))
     chars = set(re.findall(r"(\w+)='%c'", fmt[1]))
     fields = tuple(
         replace(f, kind=FieldKind.CHAR) if f.kind is FieldKind.INT and f.size == 1 and f.name in chars else f
-        for f in (_parse_field(m) for m in FIELD_RE.finditer(rest)))
+        for f in (_parse_field(m, name[1]) for m in FIELD_RE.finditer(rest)))
     return EventFormat(name[1], int(ident[1]), common, fields, fmt[1])

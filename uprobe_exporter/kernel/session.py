@@ -25,7 +25,15 @@ from pathlib import Path
 from types import TracebackType
 
 import uprobe_exporter
-from uprobe_exporter.errors import KernelRefusedError, OwnershipError, ProbeRefusedError, TracefsError
+from uprobe_exporter.errors import (
+    KernelRefusedError,
+    OwnershipError,
+    ProbeRefusedError,
+    TracefsError,
+    TraceParseError,
+    is_busy,
+    is_gone,
+)
 from uprobe_exporter.kernel.formatfile import EventFormat, parse_format
 from uprobe_exporter.kernel.ownership import Ownership, claim
 from uprobe_exporter.kernel.tracefs import Instance, Tracefs
@@ -85,9 +93,9 @@ def remove_event(tracefs: Tracefs, command: str, group: str = "", event: str = "
             tracefs.write_uprobe_events(command)
             return True
         except KernelRefusedError as exc:
-            if exc.errno == errno.ENOENT:
+            if is_gone(exc.errno):
                 return False
-            if exc.errno != errno.EBUSY or attempt == attempts - 1:
+            if not is_busy(exc.errno) or attempt == attempts - 1:
                 raise
             if group and attempt == 0:
                 tracefs.disable_everywhere(group, event)
@@ -313,7 +321,7 @@ class ProbeSession:
             for e, n in self.tracefs.read_uprobe_hits():  # an event with several sites: their hits summed
                 if e.group == self.group:
                     hits[e.event] = hits.get(e.event, 0) + n
-        except TracefsError as exc:
+        except (TracefsError, TraceParseError) as exc:  # only an order: never in the way of the removal
             log.debug("removal order without hit counts: %s", exc)
             return events
         return sorted(events, key=lambda e: -hits.get(e, 0))

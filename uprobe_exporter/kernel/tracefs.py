@@ -1,4 +1,5 @@
-"""The only module that reads and writes tracefs; every ``OSError`` becomes a ``TracefsError`` here.
+"""The module that reads and writes tracefs' control files; an ``OSError`` here becomes a ``TracefsError``
+(errors.os_errors) unless it is control flow (a file gone, EBUSY retried), named where it is caught.
 
 Rules from the kernel (kernel/trace/trace_uprobe.c, trace_dynevent.c): ``uprobe_events`` is opened
 with O_APPEND and never O_TRUNC (truncation deletes every uprobe on the host); one command per
@@ -16,7 +17,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from uprobe_exporter.errors import KernelRefusedError, TracefsError
+from uprobe_exporter.errors import KernelRefusedError, TracefsError, is_busy, mapped_oserror, os_errors
 from uprobe_exporter.kernel.kerneltext import (
     ProfileEntry,
     UprobeEvent,
@@ -32,40 +33,35 @@ from uprobe_exporter.plan.fetchargs import too_new_for_kernel
 DEFAULT_MOUNT = "/sys/kernel/tracing"
 
 
-def _oserror(exc: OSError, what: str, path: Path | str) -> TracefsError:
-    return TracefsError(f"{what} {path}: {exc.strerror or exc}", path=str(path))
+# tracefs is root's, mode 0700 (fs/tracefs/inode.c: TRACEFS_DEFAULT_MODE)
+NEEDS_ROOT = {errno.EACCES: "uprobe-exporter needs root to use tracefs"}
 
 
 def read_text(path: Path) -> str:
-    try:
+    with os_errors(TracefsError, f"cannot read {path}", path=path, fix=NEEDS_ROOT):
         return path.read_bytes().decode("latin-1")
-    except OSError as exc:
-        raise _oserror(exc, "cannot read", path) from exc
 
 
 def write_text(path: Path, text: str) -> None:
     """Write a small control file (``enable``, ``trace_clock``, ``filter``...): never uprobe_events."""
     if path.name == "uprobe_events":
         raise TracefsError("uprobe_events must be written with Tracefs.write_uprobe_events", path=str(path))
-    try:
+    with os_errors(TracefsError, f"cannot write {text.strip()!r} to {path}", path=path, fix=NEEDS_ROOT):
         fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
         try:
             os.write(fd, text.encode())
         finally:
             os.close(fd)
-    except OSError as exc:
-        raise _oserror(exc, f"cannot write {text.strip()!r} to", path) from exc
 
 
 def _mount_tracefs(target: str) -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.mount(b"nodev", target.encode(), b"tracefs", 0, None) != 0:
         err = ctypes.get_errno()
-        raise TracefsError(
-            f"cannot mount tracefs on {target}: {os.strerror(err)}; "
-            f"mount it yourself (mount -t tracefs nodev {target}) or set exporter.tracefs",
-            path=target,
-        )
+        failed = OSError(err, os.strerror(err))  # mount(2) through ctypes: no OSError of its own
+        raise mapped_oserror(failed, TracefsError, f"cannot mount tracefs on {target}",
+                             path=target, fix=f"mount it yourself (mount -t tracefs nodev {target}) or set "
+                             "exporter.tracefs")
 
 
 def _not_accessible(path: str) -> str:
@@ -127,7 +123,7 @@ class DirLock:
         except FileNotFoundError:
             return False
         except OSError as exc:
-            raise _oserror(exc, "cannot open", self.path) from exc
+            raise mapped_oserror(exc, TracefsError, f"cannot open {self.path}", path=self.path) from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -135,7 +131,7 @@ class DirLock:
             return False
         except OSError as exc:
             os.close(fd)
-            raise _oserror(exc, "cannot lock", self.path) from exc
+            raise mapped_oserror(exc, TracefsError, f"cannot lock {self.path}", path=self.path) from exc
         self.fd = fd
         return True
 
@@ -149,7 +145,7 @@ class DirLock:
         except FileNotFoundError:
             return False
         except OSError as exc:
-            raise _oserror(exc, "cannot stat", self.path) from exc
+            raise mapped_oserror(exc, TracefsError, f"cannot stat {self.path}", path=self.path) from exc
 
     def release(self) -> None:
         if self.fd is not None:
@@ -166,7 +162,7 @@ def lock_holder(path: Path) -> int | None:
     except FileNotFoundError:
         return None
     except OSError as exc:
-        raise _oserror(exc, "cannot stat", path) from exc
+        raise mapped_oserror(exc, TracefsError, f"cannot stat {path}", path=path) from exc
     dev = (os.major(st.st_dev), os.minor(st.st_dev))
     for lock in parse_proc_locks(read_text(Path("/proc/locks"))):
         if lock.kind == "FLOCK" and lock.dev == dev and lock.inode == st.st_ino:
@@ -190,10 +186,8 @@ class Tracefs:
     def write_uprobe_events(self, command: str) -> None:
         """Append one command; on refusal raise with the kernel's own ``error_log`` entry."""
         path = self.root / "uprobe_events"
-        try:
+        with os_errors(TracefsError, f"cannot open {path}", path=path, fix=NEEDS_ROOT):
             fd = os.open(path, os.O_WRONLY | os.O_APPEND)  # never O_TRUNC: that deletes every uprobe
-        except OSError as exc:
-            raise _oserror(exc, "cannot open", path) from exc
         try:
             os.write(fd, command.encode() + b"\n")
         except OSError as exc:
@@ -209,7 +203,7 @@ class Tracefs:
     def _error_log(self) -> str:
         try:
             return (self.root / "error_log").read_text(errors="replace")
-        except OSError:
+        except OSError:  # only an explanation of the refusal being raised: without it, the refusal alone
             return ""
 
     def read_uprobe_events(self) -> list[UprobeEvent]:
@@ -245,7 +239,8 @@ class Tracefs:
         except FileNotFoundError:
             return []
         except OSError as exc:
-            raise _oserror(exc, "cannot list", self.group_dir(group)) from exc
+            raise mapped_oserror(exc, TracefsError, f"cannot list {self.group_dir(group)}",
+                                 path=self.group_dir(group)) from exc
 
     @contextlib.contextmanager
     def claim_lock(self, timeout: float = 30.0) -> Iterator[None]:
@@ -294,10 +289,8 @@ class Instance:
         return self.root.is_dir()
 
     def create(self) -> None:
-        try:
+        with os_errors(TracefsError, f"cannot create tracefs instance {self.root}", path=self.root, fix=NEEDS_ROOT):
             self.root.mkdir()
-        except OSError as exc:
-            raise _oserror(exc, "cannot create tracefs instance", self.root) from exc
 
     def remove(self, attempts: int = 20) -> None:
         """rmdir the instance; EBUSY while a file of it is still open (a scrape finishing): retry."""
@@ -308,8 +301,9 @@ class Instance:
             except FileNotFoundError:
                 return
             except OSError as exc:
-                if exc.errno != errno.EBUSY or attempt == attempts - 1:
-                    raise _oserror(exc, "cannot remove tracefs instance", self.root) from exc
+                if not is_busy(exc.errno) or attempt == attempts - 1:
+                    raise mapped_oserror(exc, TracefsError, f"cannot remove tracefs instance {self.root}",
+                                         path=self.root) from exc
                 time.sleep(0.05)
 
     def configure(self, buffer_size_kb: int, trace_clock: str = "mono") -> None:
@@ -355,14 +349,13 @@ class Instance:
     def _filter_error(path: Path) -> str:
         try:
             return path.read_text(errors="replace").strip()
-        except OSError:
+        except OSError:  # only an explanation of the refusal being raised: without it, the refusal alone
             return ""
 
     def cpus(self) -> list[int]:
-        try:
-            names = os.listdir(self.root / "per_cpu")
-        except OSError as exc:
-            raise _oserror(exc, "cannot list", self.root / "per_cpu") from exc
+        per_cpu = self.root / "per_cpu"
+        with os_errors(TracefsError, f"cannot list {per_cpu}", path=per_cpu):
+            names = os.listdir(per_cpu)
         return sorted(int(n[3:]) for n in names if n.startswith("cpu") and n[3:].isdigit())
 
     def read_stats(self, cpu: int) -> dict[str, int]:

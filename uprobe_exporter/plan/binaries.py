@@ -9,13 +9,14 @@ Symlinks are followed to the real file, and inside the root: an absolute link ta
 from __future__ import annotations
 
 import difflib
+import errno
 import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from uprobe_exporter.errors import ResolveError
+from uprobe_exporter.errors import ResolveError, is_gone, mapped_oserror, os_errors
 from uprobe_exporter.plan.ldcache import parse_ld_so_cache
 
 MAX_SYMLINKS = 40  # like the kernel's MAXSYMLINKS
@@ -44,10 +45,8 @@ def realpath_in_root(root: str, path: str) -> str:
             hops += 1
             if hops > MAX_SYMLINKS:
                 raise ResolveError(f"too many levels of symbolic links in {path}", binary=path)
-            try:
+            with os_errors(ResolveError, f"cannot read the link {candidate}", path=path):
                 target = os.readlink(candidate)
-            except OSError as exc:
-                raise ResolveError(f"cannot read the link {candidate}: {exc.strerror}", binary=path) from exc
             if target.startswith("/"):
                 resolved = []
             parts = [p for p in target.split("/") if p] + parts
@@ -67,7 +66,7 @@ def _ld_library_dirs(root: str) -> list[str]:
     def read(conf: str) -> None:
         try:
             text = Path(_join_root(root, conf)).read_text()
-        except OSError:
+        except OSError:  # a lookup: a configuration file ld.so would skip, we skip too
             return
         for line in text.splitlines():
             line = line.split("#", 1)[0].strip()
@@ -93,7 +92,7 @@ def find_program(name: str, root: str) -> str | None:
             with open(candidate, "rb") as f:
                 if os.access(candidate, os.X_OK) and f.read(4) == b"\x7fELF":
                     return f"{d.rstrip('/')}/{name}"
-        except OSError:
+        except OSError:  # a lookup: not there or not readable, as a shell would try the next directory
             continue
     return None
 
@@ -102,7 +101,7 @@ def resolve_library(name: str, root: str) -> str:
     """``libc.so.6`` → ``/lib/x86_64-linux-gnu/libc.so.6`` (inside ``root``), as ld.so would find it."""
     try:
         cache = parse_ld_so_cache(Path(_join_root(root, "/etc/ld.so.cache")).read_bytes())
-    except (OSError, ValueError):
+    except (OSError, ValueError):  # a lookup: no usable cache, the directories are searched instead
         cache = {}
     if name in cache:
         return cache[name]
@@ -134,14 +133,14 @@ def resolve_binary(binary: str, host_root: str = "/") -> Path:
     real = _join_root(root, realpath_in_root(root, inner))
     try:
         os.stat(real)
-    except PermissionError:
+    except OSError as exc:
+        if is_gone(exc.errno):
+            raise ResolveError(f"'{binary}' does not exist (looked for {real})", binary=binary) from None
         # /proc/<pid>/root: the kernel's ptrace access check refuses a process with capabilities
         # the caller lacks, unless the caller has CAP_SYS_PTRACE.
-        hint = "; another process's root needs CAP_SYS_PTRACE" if m else ""
-        raise ResolveError(f"'{binary}' cannot be reached ({real}: permission denied){hint}",
-                           binary=binary) from None
-    except OSError:
-        raise ResolveError(f"'{binary}' does not exist (looked for {real})", binary=binary) from None
+        fix = dict.fromkeys((errno.EACCES, errno.EPERM), "another process's root needs CAP_SYS_PTRACE") if m else ""
+        raise mapped_oserror(exc, ResolveError, f"'{binary}' cannot be reached ({real})", path=binary,
+                             fix=fix) from exc
     if not os.path.isfile(real):
         raise ResolveError(f"'{binary}' is not a regular file ({real})", binary=binary)
     return Path(real)
@@ -163,7 +162,7 @@ def read_identity(path: str) -> FileIdentity | None:
     for a ``/proc/<pid>/root`` path)."""
     try:
         st = os.stat(path)
-    except OSError:
+    except OSError:  # none to tell: the file or its process is gone (the callers compare identities)
         return None
     return FileIdentity(st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
 

@@ -6,7 +6,7 @@ import tomllib
 from importlib import resources
 from pathlib import Path
 
-from uprobe_exporter.errors import ConfigError
+from uprobe_exporter.errors import ConfigError, os_errors
 from uprobe_exporter.plan.config import Config, parse_config_partial
 
 
@@ -31,10 +31,8 @@ def load_config_partial(path: str | None) -> tuple[Config, list[str]]:
     if path is None:
         text, source = example_text(), "<built-in example>"
     else:
-        try:
+        with os_errors(ConfigError, f"{path}: cannot read configuration", path=path):
             raw = Path(path).read_bytes()
-        except OSError as exc:
-            raise ConfigError([f"{path}: cannot read configuration: {exc.strerror}"]) from exc
         text, source = _decode(raw, path), path
     try:
         data = tomllib.loads(text)

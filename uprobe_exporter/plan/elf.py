@@ -29,7 +29,7 @@ from elftools.elf.elffile import ELFFile
 from elftools.elf.gnuversions import GNUVerDefSection, GNUVerSymSection
 from elftools.elf.sections import NoteSection, SymbolTableSection
 
-from uprobe_exporter.errors import ResolveError
+from uprobe_exporter.errors import ResolveError, mapped_oserror, os_errors
 from uprobe_exporter.plan.instructions import MAX_INSTRUCTION, FunctionCode, Instruction, decode_function
 from uprobe_exporter.plan.stapsdt import LoadSegment, UsdtNote, match_notes, parse_stapsdt_section, resolve_site
 
@@ -164,23 +164,17 @@ def read_function_code(info: ElfInfo, sym: Symbol) -> FunctionCode:
     if offset is None:
         raise ResolveError(f"{sym.name} is not in an executable segment of {info.path}", binary=str(info.path),
                            symbol=sym.name)
-    try:
-        with open(info.path, "rb") as f:
-            f.seek(offset)
-            data = f.read(sym.size)
-    except OSError as exc:
-        raise ResolveError(f"cannot read {info.path}: {exc.strerror}", binary=str(info.path)) from exc
+    with os_errors(ResolveError, f"cannot read {info.path}", path=info.path), open(info.path, "rb") as f:
+        f.seek(offset)
+        data = f.read(sym.size)
     return decode_function(data, sym.value)
 
 
 def read_instruction_at(path: Path, offset: int) -> Instruction | None:
     """The instruction that starts at file ``offset`` (None if the bytes there do not decode)."""
-    try:
-        with open(path, "rb") as f:
-            f.seek(offset)
-            data = f.read(MAX_INSTRUCTION)
-    except OSError as exc:
-        raise ResolveError(f"cannot read {path}: {exc.strerror}", binary=str(path)) from exc
+    with os_errors(ResolveError, f"cannot read {path}", path=path), open(path, "rb") as f:
+        f.seek(offset)
+        data = f.read(MAX_INSTRUCTION)
     code = decode_function(data, 0)
     return code.instructions[0] if code.instructions else None
 
@@ -266,11 +260,8 @@ def _build_id(elf: Any) -> str | None:
 def load_elf(path: Path, debug_root: str = "/") -> ElfInfo:
     """Read segments and symbols of an ELF file (and of its build-id debug file when stripped), and
     whether Go built it. A file that is not ELF, or is corrupt, raises one ResolveError naming it."""
-    try:
-        with open(path, "rb") as f:
-            info, build_id = _parse_elf(path, f)
-    except OSError as exc:
-        raise ResolveError(f"cannot read {path}: {exc.strerror}", binary=str(path)) from exc
+    with os_errors(ResolveError, f"cannot read {path}", path=path), open(path, "rb") as f:
+        info, build_id = _parse_elf(path, f)
     if build_id:
         _load_debug_symbols(path, build_id, debug_root, info.symbols)
     return info
@@ -293,8 +284,8 @@ def _parse_elf(path: Path, f: BinaryIO) -> tuple[ElfInfo, str | None]:
                            "shared library", binary=str(path)) from exc
     except OSError as exc:
         if exc.errno != errno.EINVAL:
-            raise  # an I/O error: load_elf says so
-        # a seek to a negative offset: a corrupt header, not an I/O problem
+            raise  # an I/O error: load_elf maps it
+        # a seek to a negative offset (EINVAL): a corrupt header, not an I/O problem
         raise ResolveError(f"{path} is not a valid ELF file (an offset points outside the file); give an "
                            "executable or shared library", binary=str(path)) from exc
     if not segments:
@@ -318,9 +309,12 @@ def _load_debug_symbols(path: Path, build_id: str, root: str, symbols: dict[str,
     try:
         with open(debug, "rb") as f:
             _symbols_of(ELFFile(f), extra, (".symtab",))
-    except (*CORRUPT_ELF_ERRORS, OSError) as exc:
-        raise ResolveError(f"the debug file of {path}, {debug}, cannot be read or is corrupt; reinstall or "
-                           "remove it", binary=str(path)) from exc
+    except CORRUPT_ELF_ERRORS as exc:
+        raise ResolveError(f"the debug file of {path}, {debug}, is corrupt; reinstall or remove it",
+                           binary=str(path)) from exc
+    except OSError as exc:
+        raise mapped_oserror(exc, ResolveError, f"cannot read the debug file of {path}, {debug}", path=path,
+                             fix="reinstall or remove it") from exc
     for name, syms in extra.items():
         symbols.setdefault(name, syms)
 
@@ -364,7 +358,7 @@ def read_stapsdt(path: Path) -> StapsdtInfo:
     except ELFError as exc:
         raise ResolveError(f"{path} is not a valid ELF file: {exc}", binary=str(path)) from exc
     except OSError as exc:
-        raise ResolveError(f"cannot read {path}: {exc.strerror}", binary=str(path)) from exc
+        raise mapped_oserror(exc, ResolveError, f"cannot read {path}", path=path) from exc
     return StapsdtInfo(path, notes, stapsdt_base, segments)
 
 

@@ -106,6 +106,8 @@ def check_fetcharg(fetcharg: str, *, is_return: bool) -> str | None:
     memory = body.startswith(("+", "-", "@", "\\")) or body in ("$comm", "$COMM")
     if base in ("string", "ustring") and not memory:
         return f"'{fetcharg}': a string must be read from memory, e.g. '+0({body}):{base}'"
+    if base in ("string", "ustring") and m is not None and m["n"] is not None:  # "__data_loc char[][N]"
+        return f"'{fetcharg}': arrays of strings cannot be decoded; read each string with its own argument"
     if base in ("symbol", "symstr"):
         return f"'{fetcharg}': {base} resolves kernel symbols only; use x64 for a user address"
     if body in ("$comm", "$COMM") and base not in ("", "string"):

@@ -30,14 +30,14 @@ def read_pod_logs(pods_dir: Path, containers_dir: Path) -> PodLogIndex:
                 if entry.is_dir(follow_symlinks=False):
                     try:
                         subdirs = [e.name for e in os.scandir(entry.path) if e.is_dir(follow_symlinks=False)]
-                    except OSError:
+                    except OSError:  # a lookup: the pod's directory went away meanwhile
                         continue
                     pods.append((entry.name, subdirs))
-    except OSError as exc:
+    except OSError as exc:  # a lookup: no kubelet here (missing directories: nothing known)
         log.debug("cannot list %s: %s", pods_dir, exc.strerror)
     try:
         links = os.listdir(containers_dir)
-    except OSError as exc:
+    except OSError as exc:  # a lookup, as above
         log.debug("cannot list %s: %s", containers_dir, exc.strerror)
         links = []
     return index_pod_logs(pods, links)
@@ -47,7 +47,7 @@ def read_cgroup(pid: int, proc: str = "/proc") -> str | None:
     try:
         with open(f"{proc}/{pid}/cgroup", encoding="utf-8", errors="replace") as f:
             return f.read()
-    except OSError:
+    except OSError:  # a lookup in /proc: the process exited
         return None
 
 

@@ -59,7 +59,7 @@ def _own_comm() -> str:
     try:
         with open("/proc/self/comm", encoding="utf-8", errors="replace") as f:
             return f.read().strip()
-    except OSError:
+    except OSError:  # only a name for a message
         return "?"
 
 

@@ -33,7 +33,7 @@ from pathlib import Path
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from uprobe_exporter.decode.rawpage import Handler
-from uprobe_exporter.errors import OwnershipError, ResolveError, TracefsError
+from uprobe_exporter.errors import FormatError, OwnershipError, ResolveError, TracefsError
 from uprobe_exporter.kernel.session import ProbeSession
 from uprobe_exporter.pipeline.core import Pipeline
 from uprobe_exporter.plan.config import FILE_TAG, Config, DiscoverConfig, ProbeConfig
@@ -75,7 +75,7 @@ def read_text(path: str) -> str | None:
     try:
         with open(path, encoding="utf-8", errors="surrogateescape") as f:
             return f.read()
-    except OSError:
+    except OSError:  # a lookup in /proc: the process exited, or the file is not readable: nothing to tell
         return None
 
 
@@ -110,7 +110,7 @@ class RealFiles:
     def __call__(self, pid: int, path: str, is_exe: bool) -> RealFile | None:
         try:
             st = os.stat(f"{self.proc}/{pid}/exe" if is_exe else f"{self.proc}/{pid}/root{path}")
-        except OSError:
+        except OSError:  # a lookup: the process exited meanwhile
             return None
         key = (path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
         real = self.cache.get(key)
@@ -132,7 +132,7 @@ def find_real_file(
     if st is None:
         try:
             st = os.stat(f"{proc}/{pid}/exe" if is_exe else root + path)
-        except OSError:
+        except OSError:  # a lookup: the process exited meanwhile
             return None
     mountinfo = read_text(f"{proc}/{pid}/mountinfo")
     if mountinfo is not None:
@@ -142,7 +142,7 @@ def find_real_file(
             host_path = os.path.join(host_root, candidate.lstrip("/"))
             try:
                 cst = os.stat(host_path)
-            except OSError:
+            except OSError:  # a lookup: not this candidate
                 continue
             if (stat.S_ISREG(cst.st_mode) and (cst.st_size, cst.st_mtime_ns) == (st.st_size, st.st_mtime_ns)
                     and not any(c.isspace() or c == "#" for c in host_path)):
@@ -153,7 +153,7 @@ def find_real_file(
     for kernel_path in (os.path.join(host_root, path.lstrip("/")), root + path):
         try:
             same = os.stat(kernel_path)
-        except OSError:
+        except OSError:  # a lookup: not this candidate
             continue
         if (same.st_dev, same.st_ino) == (st.st_dev, st.st_ino) and not any(
                 c.isspace() or c == "#" for c in kernel_path):
@@ -264,7 +264,7 @@ class Discoverer:
         now = self.clock()
         try:
             processes = dict(iter_processes(self.proc))
-        except OSError as exc:
+        except OSError as exc:  # a fault at run time: logged, this scan skipped, the next one tries again
             log.error("cannot list %s: %s", self.proc, exc.strerror)
             return
         for pid in [p for p in self.exes if p not in processes]:
@@ -343,7 +343,13 @@ class Discoverer:
             log.warning("probe %s: cannot probe %s (process %d): %s", probe.name, real.path, pid, exc)
             return None
         self.numbers[probe.name] += 1
-        handlers = self.pipeline.add_events(events, formats.values())
+        try:
+            handlers = self.pipeline.add_events(events, formats.values())
+        except FormatError as exc:  # never enabled: no record of them; removed with the others at the stop
+            self.changes[probe.name, "failed"] += 1
+            self.failed.add(key)
+            log.warning("probe %s: cannot follow %s (process %d): %s", probe.name, real.path, pid, exc)
+            return None
         if self.handlers is not None:
             self.handlers.update(handlers)  # before enabling: no record of an event without its emitter
         self.events.extend(events)

@@ -38,7 +38,7 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 
-from uprobe_exporter.errors import ConfigError, OutputClosed
+from uprobe_exporter.errors import ConfigError, OutputClosed, os_errors
 
 log = logging.getLogger(__name__)
 WRITE_BYTES = 16 << 20  # what one write takes from the queue at most (but at least one batch)
@@ -116,11 +116,9 @@ class JsonlSink:
             self._pipe_size = fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ)
 
     async def open(self) -> None:
-        try:
+        with os_errors(ConfigError, f"output.jsonl.path: cannot open {self.path}", path=self.path):
             fd = await asyncio.get_running_loop().run_in_executor(self._executor, self._open_fd)
             self._use(fd)
-        except OSError as exc:
-            raise ConfigError([f"output.jsonl.path: cannot open {self.path}: {exc.strerror}"]) from exc
 
     async def _reopen_file(self) -> None:
         """logrotate moved the file away: continue in a new one; if that fails, count it, keep writing
@@ -128,7 +126,7 @@ class JsonlSink:
         loop = asyncio.get_running_loop()
         try:
             fd = await loop.run_in_executor(self._executor, self._open_fd)
-        except OSError as exc:
+        except OSError as exc:  # a fault at run time: counted, logged and retried (errors.py), never fatal
             self.reopen_errors += 1
             self._reopen_at = loop.time() + self.retry_seconds
             log.log(logging.DEBUG if self._reopen_failing else logging.ERROR,
@@ -209,7 +207,7 @@ class JsonlSink:
         try:
             self._writer = self._executor.submit(self._write_all, self._fd, data)
             await asyncio.wrap_future(self._writer)
-        except OSError as exc:
+        except OSError as exc:  # a closed pipe ends the output; any other fault is counted and retried
             self._settle()
             self._drop_queue()
             self.write_errors += 1
@@ -251,7 +249,7 @@ class JsonlSink:
             if stat.S_ISREG(st.st_mode):
                 os.ftruncate(self._fd, st.st_size - partial)
                 return
-        except OSError as exc:
+        except OSError as exc:  # best effort on a fault already counted: logged, never fatal
             log.error("cannot cut the partial last line (%d bytes) off JSON output %s: %s", partial, self.path,
                       exc.strerror)
             return

@@ -24,7 +24,7 @@ from prometheus_client.registry import Collector
 
 from uprobe_exporter import __version__
 from uprobe_exporter.decode.traceline import PARSE_ERROR_REASONS
-from uprobe_exporter.errors import ConfigError, MetricsError, UprobeExporterError
+from uprobe_exporter.errors import ConfigError, MetricsError, UprobeExporterError, mapped_oserror, os_errors
 from uprobe_exporter.kernel.tracefs import Instance, Tracefs
 from uprobe_exporter.pipeline.core import Pipeline
 from uprobe_exporter.pipeline.histogram import ProbeHistograms
@@ -282,11 +282,9 @@ class MetricsServer:
 
 
 def _check_readable(path: str, key: str) -> None:
-    try:
-        with open(path, "rb") as f:
-            f.read(1)
-    except OSError as exc:
-        raise ConfigError([f"metrics.{key}: cannot read '{path}': {exc.strerror}; give a readable PEM file"]) from exc
+    with os_errors(ConfigError, f"metrics.{key}: cannot read '{path}'", path=path, fix="give a readable PEM file"), \
+            open(path, "rb") as f:
+        f.read(1)
 
 
 def start_metrics_server(config: MetricsConfig) -> MetricsServer:
@@ -308,9 +306,9 @@ def start_metrics_server(config: MetricsConfig) -> MetricsServer:
     except ssl.SSLError as exc:
         raise ConfigError([f"metrics: TLS setup failed ({exc.reason or exc}); check tls_cert_file, tls_key_file "
                            "and tls_client_ca_file"]) from exc
-    except OSError as exc:
-        raise MetricsError(f"metrics.listen: cannot listen on {listen}: {exc.strerror}; "
-                           "choose another address or port") from exc
+    except OSError as exc:  # after ssl.SSLError, an OSError too
+        raise mapped_oserror(exc, MetricsError, f"metrics.listen: cannot listen on {listen}",
+                             fix="choose another address or port") from exc
     thread = threading.Thread(target=server.serve_forever, name="metrics", daemon=True)
     thread.start()
     return MetricsServer(server, thread, sources, exposition)

@@ -30,7 +30,7 @@ from typing import Any, cast
 
 from uprobe_exporter.decode.rawpage import RAW_ERROR_REASONS, Located, RawDecoder
 from uprobe_exporter.decode.records import LostEvents
-from uprobe_exporter.errors import TracefsError
+from uprobe_exporter.errors import TracefsError, mapped_oserror
 from uprobe_exporter.run.reader import read_forever, readable
 
 try:  # rawreader.CpuMerge in C (uprobe_exporter/native/merge.c), built at install when a C compiler is there
@@ -145,7 +145,7 @@ class RawPipeReader:
                 self.fds[cpu] = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
             except OSError as exc:
                 self.close()
-                raise TracefsError(f"cannot open {path}: {exc.strerror}", path=str(path)) from exc
+                raise mapped_oserror(exc, TracefsError, f"cannot open {path}", path=path) from exc
 
     def close(self) -> None:
         for fd in self.fds.values():
@@ -172,7 +172,7 @@ class RawPipeReader:
                 break
             except OSError as exc:
                 path = self.paths[cpu]
-                raise TracefsError(f"cannot read {path}: {exc.strerror}", path=str(path)) from exc
+                raise mapped_oserror(exc, TracefsError, f"cannot read {path}", path=path) from exc
             if not page:
                 emptied = True
                 break

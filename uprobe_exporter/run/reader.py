@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 
 from uprobe_exporter.decode.traceline import PARSE_ERROR_REASONS
-from uprobe_exporter.errors import TracefsError
+from uprobe_exporter.errors import TracefsError, mapped_oserror
 
 
 async def readable(fds: Iterable[int], timeout: float | None = None) -> None:
@@ -98,7 +98,7 @@ class TracePipeReader:
         try:
             self.fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError as exc:
-            raise TracefsError(f"cannot open {path}: {exc.strerror}", path=str(path)) from exc
+            raise mapped_oserror(exc, TracefsError, f"cannot open {path}", path=path) from exc
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -116,7 +116,7 @@ class TracePipeReader:
             except BlockingIOError:
                 break
             except OSError as exc:
-                raise TracefsError(f"cannot read {self.path}: {exc.strerror}", path=str(self.path)) from exc
+                raise mapped_oserror(exc, TracefsError, f"cannot read {self.path}", path=self.path) from exc
             n += 1
             if not data:
                 break
