@@ -1,5 +1,5 @@
-"""rawreader.CpuMerge: per-CPU runs of located records come out in one timestamp order; young records
-wait, bounded; its native twin does exactly the same."""
+"""merge.CpuMerge and the raw reader around it: per-CPU runs of located records come out in one
+timestamp order; young records wait, bounded; its native twin does exactly the same."""
 
 from __future__ import annotations
 
@@ -15,8 +15,11 @@ from hypothesis import strategies as st
 
 from tests.unit.test_rawpage import PAGE, Spec, encode_event, encode_record, layout
 from tests.unit.test_traceline import formats
+from tests.unit.twins import backend
+from uprobe_exporter.backend import NativeCpuMerge
+from uprobe_exporter.decode.merge import CpuMerge
 from uprobe_exporter.decode.rawpage import Located, RawDecoder
-from uprobe_exporter.run.rawreader import CpuMerge, NativeCpuMerge, RawPipeReader, cpu_merge
+from uprobe_exporter.run.rawreader import RawPipeReader
 
 
 def handler(page: bytes, offset: int, ts: int, cpu: int) -> None:
@@ -80,10 +83,6 @@ def merge_pages(draw: st.DrawFn) -> bytes:
     return page + b"\0" * (PAGE - len(page))
 
 
-def held_count(merge: CpuMerge | NativeCpuMerge) -> int:
-    return merge.held if isinstance(merge, NativeCpuMerge) else len(merge.held)
-
-
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.lists(st.lists(merge_pages(), max_size=3), min_size=1, max_size=3), min_size=1, max_size=4),
        st.lists(st.integers(0, 80), min_size=4, max_size=4), st.integers(0, 20), st.integers(0, 6))
@@ -95,8 +94,8 @@ def test_the_native_merge_is_the_python_merge(batches: list[list[list[bytes]]], 
     handlers = RawDecoder.for_formats(layout(), formats()).handlers
     results = []
     for native in (False, True):
-        decoder = RawDecoder(layout(), handlers, native=native)
-        merge = cpu_merge(decoder, hold_ns, max_held)
+        decoder = RawDecoder(layout(), handlers, walk=backend(native).walk)
+        merge = backend(native).new_merge(hold_ns, max_held)
         assert isinstance(merge, NativeCpuMerge) == native
         out = []
         for batch, now in zip(batches, sorted(nows), strict=False):
@@ -106,8 +105,8 @@ def test_the_native_merge_is_the_python_merge(batches: list[list[list[bytes]]], 
                 for page in cpu_pages:
                     decoder.locate(page, cpu, run, [])
                 runs.append(run)
-            out.append((list(merge.push(runs, now)), held_count(merge)))
-        out.append((list(merge.push([], 0, final=True)), held_count(merge)))
+            out.append((list(merge.push(runs, now)), merge.waiting))
+        out.append((list(merge.push([], 0, final=True)), merge.waiting))
         results.append(out)
     assert results[0] == results[1]
 
@@ -133,11 +132,10 @@ def test_a_cpu_read_only_in_part_holds_back_the_others(tmp_path: Path, native: b
     for cpu, pages in cpu_pages.items():
         (tmp_path / "per_cpu" / f"cpu{cpu}").mkdir(parents=True)
         (tmp_path / "per_cpu" / f"cpu{cpu}" / "trace_pipe_raw").write_bytes(b"".join(pages))
-    decoder = RawDecoder.for_formats(layout(), formats())
-    decoder.native = native
+    decoder = RawDecoder.for_formats(layout(), formats(), backend(native).walk)
     released: list[int] = []
-    reader = RawPipeReader(tmp_path, [0, 1], decoder, lambda located, lost: released.extend(r[0] for r in located),
-                           pages_per_turn=32)
+    reader = RawPipeReader(tmp_path, [0, 1], decoder, backend(native).new_merge(),
+                           lambda located, lost: released.extend(r[0] for r in located), pages_per_turn=32)
     assert isinstance(reader.merge, NativeCpuMerge) == native
     try:
         assert reader.read_available(32) == 32 + 4 and reader.behind
@@ -235,10 +233,9 @@ def test_the_reader_releases_what_the_kernel_serves_in_time_order(
         (tmp_path / "per_cpu" / f"cpu{cpu}").mkdir(parents=True, exist_ok=True)
         (tmp_path / "per_cpu" / f"cpu{cpu}" / "trace_pipe_raw").touch()
     sim = RingSim(events, rng)
-    decoder = RawDecoder.for_formats(layout(), formats())
-    decoder.native = native
+    decoder = RawDecoder.for_formats(layout(), formats(), backend(native).walk)
     released: list[int] = []
-    reader = RawPipeReader(tmp_path, list(events), decoder,
+    reader = RawPipeReader(tmp_path, list(events), decoder, backend(native).new_merge(),
                            lambda located, lost: released.extend(r[0] for r in located),
                            pages_per_turn=limit, read=sim.read, clock=lambda: sim.t)
     assert isinstance(reader.merge, NativeCpuMerge) == native

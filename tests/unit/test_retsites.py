@@ -3,9 +3,10 @@ the hidden fields become a record's ip, ret_ip, pairing sp and pairing key (trac
 
 from __future__ import annotations
 
-from uprobe_exporter.decode.traceline import GO_STACK_TOP, hidden_values
+from uprobe_exporter.decode.hidden import hidden_values
 from uprobe_exporter.pipeline.pairing import PID_MAX_LIMIT, GoroutineKeys, PythonPairing
 from uprobe_exporter.plan.config import ProbeConfig
+from uprobe_exporter.plan.kernelabi import GO_STACK_TOP
 from uprobe_exporter.plan.probes import ResolvedProbe, build_events
 
 
