@@ -1,5 +1,5 @@
 """RET-instruction returns and Go events, without the kernel: the commands build_events writes, and how
-the hidden fields become a record's ip, ret_ip, pairing sp and pairing key (traceline.hidden_values)."""
+the hidden fields become a record's ip, ret_ip, pairing sp and pairing key (hidden.hidden_values)."""
 
 from __future__ import annotations
 

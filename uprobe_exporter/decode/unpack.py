@@ -80,7 +80,7 @@ class UnpackPlan:
     comm: str  # an expression: "comm" once ``comm_code`` ran, or a literal
     comm_code: str  # statements (indented 4) that set ``comm`` from the page
     args: tuple[tuple[Field, str], ...]  # the configured arguments: (field, value expression)
-    key: str = "0"  # a Go program's g (traceline.hidden_values); "0": calls pair by thread
+    key: str = "0"  # a Go program's g (hidden.hidden_values); "0": calls pair by thread
     derived: bool = False  # ip, ret_ip or sp come from the hidden fields of RET sites or Go (Python emitters only)
 
     @classmethod

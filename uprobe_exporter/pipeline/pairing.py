@@ -8,7 +8,7 @@ unwound past them (longjmp, C++ exception) and they are evicted as ``unwound``. 
 ``sp`` at or above a pending one proves the same. Without a stack pointer (0), pairing falls back to
 innermost-call (LIFO) order. The readers give every return's ``sp`` as a uretprobe sees it (a return
 seen at a RET instruction is 8 lower) and, for Go programs, key calls by goroutine instead of thread,
-with a stack offset that survives stack copies (traceline.hidden_values). Threads that exit inside a
+with a stack offset that survives stack copies (hidden.hidden_values). Threads that exit inside a
 call are evicted by ``evict_thread``; past ``max_pending`` the least recently active thread loses its
 oldest entry (``capacity``).
 

@@ -5,16 +5,20 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 from uprobe_exporter.decode.rawpage import Handler
 from uprobe_exporter.decode.traceline import TextParser
 from uprobe_exporter.kernel.formatfile import EventFormat
 from uprobe_exporter.pipeline.calls import Pipeline, event_infos
-from uprobe_exporter.pipeline.pairing import Pairing, PairingCore
+from uprobe_exporter.pipeline.pairing import Pairing
 from uprobe_exporter.pipeline.render import EventInfo, Renderer
 from uprobe_exporter.plan.config import ProbeConfig
 from uprobe_exporter.plan.probes import ProbeEvent
 from uprobe_exporter.processes.podlogs import PodIdentity
+
+if TYPE_CHECKING:
+    from uprobe_exporter.backend import Backend
 
 log = logging.getLogger(__name__)
 
@@ -39,14 +43,14 @@ class TextPipeline(Pipeline):
     @classmethod
     def of(
         cls, probes: Iterable[ProbeConfig], events: Iterable[ProbeEvent], formats: Iterable[EventFormat],
-        renderer: Renderer | None, pairing: Callable[[int, int], PairingCore], max_pending: int,
-        label_values_max: int, tgid_of: Callable[[int], int],
-        identity_of: Callable[[int], PodIdentity | None] | None = None,
+        backend: Backend, renderer: Renderer | None, max_pending: int, label_values_max: int,
+        tgid_of: Callable[[int], int], identity_of: Callable[[int], PodIdentity | None] | None = None,
     ) -> TextPipeline:
-        """The pipeline of the registered ``events``, with the backend's ``pairing`` twin."""
+        """The pipeline of the registered ``events`` (``formats``: theirs), on ``backend``'s pairing (the
+        text path's only twin)."""
         probes = tuple(probes)
         return cls(TextParser.for_formats(formats), event_infos(events, probes), probes, renderer,
-                   Pairing(max_pending, twin=pairing), label_values_max, tgid_of, identity_of)
+                   Pairing(max_pending, twin=backend.pairing), label_values_max, tgid_of, identity_of)
 
     def _add_formats(self, formats: list[EventFormat]) -> dict[int, Handler]:
         for f in formats:

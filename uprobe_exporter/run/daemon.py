@@ -273,8 +273,8 @@ def _reader(
         decoder = RawDecoder(PageLayout.parse(instance.read_header_page()), emitters, raw.decode_errors, backend.walk)
         return raw, RawPipeReader(instance.root, instance.cpus(), decoder, backend.new_merge(),
                                   lambda located, lost: submit(raw.process_located(located, lost)))
-    text = TextPipeline.of(config.probes, session.events, formats, renderer, backend.pairing, max_pending,
-                           label_values_max, tgids, identities)
+    text = TextPipeline.of(config.probes, session.events, formats, backend, renderer, max_pending, label_values_max,
+                           tgids, identities)
     log.info("text reader; native parts: %s", STATUS.describe())
     return text, TracePipeReader(instance.trace_pipe, lambda lines, final: submit(text.process(lines, final)))
 
