@@ -40,15 +40,16 @@ from bench_live import cpu_seconds, wait_quiet  # noqa: E402
 from bench_offline import FIXTURES, formats  # noqa: E402
 
 from tests.prom import free_port  # noqa: E402
-from uprobe_exporter.decode.rawpage import RAW_ERROR_REASONS, Located, PageLayout, RawDecoder  # noqa: E402
+from uprobe_exporter.backend import CHOSEN  # noqa: E402
+from uprobe_exporter.decode.rawpage import Located, PageLayout, RawDecoder  # noqa: E402
 from uprobe_exporter.decode.records import LostEvents  # noqa: E402
-from uprobe_exporter.pipeline.core import Pipeline  # noqa: E402
 from uprobe_exporter.pipeline.pairing import Pairing  # noqa: E402
+from uprobe_exporter.pipeline.raw import RawPipeline  # noqa: E402
 from uprobe_exporter.pipeline.render import EventInfo, Renderer  # noqa: E402
 from uprobe_exporter.plan.config import ProbeConfig  # noqa: E402
 
 
-def _pipeline(latency: bool) -> tuple[Pipeline, RawDecoder, list[bytes]]:
+def _pipeline(latency: bool) -> tuple[RawPipeline, RawDecoder, list[bytes]]:
     """A raw-reader pipeline (the default reader) and the captured pages of tests/fixtures/kernel."""
     fmts = formats()
     paired = ("work", "recurse")  # the captured probes that have return events ("types" has none)
@@ -63,9 +64,8 @@ def _pipeline(latency: bool) -> tuple[Pipeline, RawDecoder, list[bytes]]:
     for path in sorted(FIXTURES.glob("calls.raw.cpu*")):
         data = path.read_bytes()
         pages += [data[i:i + layout.page_size] for i in range(0, len(data), layout.page_size)]
-    pipeline = Pipeline(None, infos, probes, Renderer(0), Pairing(), tgid_of=lambda tid: 1,
-                        decode_errors=dict.fromkeys(RAW_ERROR_REASONS, 0))
-    return pipeline, RawDecoder(layout, pipeline.emitters(fmts), pipeline.decode_errors), pages
+    pipeline = RawPipeline(infos, probes, Renderer(0), Pairing(twin=CHOSEN.pairing), CHOSEN, tgid_of=lambda tid: 1)
+    return pipeline, RawDecoder(layout, pipeline.emitters(fmts), pipeline.decode_errors, CHOSEN.walk), pages
 
 
 def run_pipeline(latency: bool, repeat: int) -> tuple[float, int]:

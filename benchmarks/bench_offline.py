@@ -22,15 +22,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from uprobe_exporter.decode.rawpage import RAW_ERROR_REASONS, Located, PageLayout, RawDecoder  # noqa: E402
+from uprobe_exporter.backend import CHOSEN, PYTHON, Backend  # noqa: E402
+from uprobe_exporter.decode.rawpage import Located, PageLayout, RawDecoder  # noqa: E402
 from uprobe_exporter.decode.records import LostEvents, TraceRecord  # noqa: E402
 from uprobe_exporter.decode.traceline import TextParser  # noqa: E402
 from uprobe_exporter.kernel.formatfile import EventFormat, parse_format  # noqa: E402
-from uprobe_exporter.pipeline.core import Pipeline  # noqa: E402
+from uprobe_exporter.pipeline.calls import Pipeline  # noqa: E402
 from uprobe_exporter.pipeline.pairing import Pairing  # noqa: E402
+from uprobe_exporter.pipeline.raw import RawPipeline  # noqa: E402
 from uprobe_exporter.pipeline.render import EventInfo, Renderer  # noqa: E402
+from uprobe_exporter.pipeline.text import TextPipeline  # noqa: E402
 from uprobe_exporter.plan.config import ProbeConfig  # noqa: E402
-from uprobe_exporter.run.rawreader import cpu_merge  # noqa: E402
 from uprobe_exporter.run.reader import LineSplitter  # noqa: E402
 
 FIXTURES = ROOT / "tests" / "fixtures" / "kernel"
@@ -54,16 +56,19 @@ def probes_of() -> list[ProbeConfig]:
             for n in ("work", "recurse", "types")]  # the captured "types" probe has no return events
 
 
-NATIVE = [True]  # --python-only: the pure-Python twins of the native parts (what runs without a C compiler)
+BACKEND = [CHOSEN]  # --python-only: the pure-Python twins of the native parts (what runs without a C compiler)
 
 
-def pipeline(fmts: list[EventFormat], parser: TextParser | None, raw: bool = False, render: bool = True) -> Pipeline:
+def pipeline(fmts: list[EventFormat], parser: TextParser | None, render: bool = True) -> Pipeline:
+    """A text pipeline with ``parser``, else a raw one."""
     probes = probes_of()
     infos = {f.name: EventInfo(f.name.rsplit("_", 1)[0], "return" if f.is_return else "entry", f"g/{f.name}")
              for f in fmts}
-    return Pipeline(parser, infos, probes, Renderer(0) if render else None, Pairing(native=NATIVE[0]),
-                    tgid_of=lambda tid: 1, native=NATIVE[0],
-                    decode_errors=dict.fromkeys(RAW_ERROR_REASONS, 0) if raw else None)
+    backend: Backend = BACKEND[0]
+    renderer, pairing = Renderer(0) if render else None, Pairing(twin=backend.pairing)
+    if parser is not None:
+        return TextPipeline(parser, infos, probes, renderer, pairing, tgid_of=lambda tid: 1)
+    return RawPipeline(infos, probes, renderer, pairing, backend, tgid_of=lambda tid: 1)
 
 
 Workload = list[tuple[str, Callable[[], int]]]  # (what is measured, a run that returns the records)
@@ -83,6 +88,7 @@ def text_workload(repeat: int) -> Workload:
 
     def full() -> int:
         p, splitter, n = pipeline(fmts, TextParser.for_formats(fmts)), LineSplitter(), 0
+        assert isinstance(p, TextPipeline)
         for chunk in chunks:
             batch = p.process(splitter.feed(chunk))
             n += batch[1] if batch else 0
@@ -110,7 +116,7 @@ def raw_workload(repeat: int) -> Workload:
                 for cpu, cpu_pages in captured.items()} for b in range(0, repeat, PAGES_PER_BATCH)]
 
     def locate() -> int:
-        decoder, n = RawDecoder(layout, RawDecoder.for_formats(layout, fmts).handlers, native=NATIVE[0]), 0
+        decoder, n = RawDecoder.for_formats(layout, fmts, BACKEND[0].walk), 0
         for batch in batches:
             located: list[Located] = []
             lost: list[LostEvents] = []
@@ -121,7 +127,7 @@ def raw_workload(repeat: int) -> Workload:
         return n
 
     def decode() -> int:
-        decoder, n = RawDecoder(layout, RawDecoder.for_formats(layout, fmts).handlers, native=NATIVE[0]), 0
+        decoder, n = RawDecoder.for_formats(layout, fmts, BACKEND[0].walk), 0
         for batch in batches:  # each batch dropped after counting, as the reader hands it on
             items: list[TraceRecord | LostEvents] = []
             for cpu, cpu_pages in batch.items():
@@ -133,9 +139,10 @@ def raw_workload(repeat: int) -> Workload:
     def emitted(render: bool) -> int:
         """As RawPipeReader and the daemon: per-CPU runs merged in time order (CpuMerge, or its native
         twin), each record emitted by its event's emitter."""
-        p = pipeline(fmts, None, raw=True, render=render)
-        decoder = RawDecoder(layout, p.emitters(fmts), p.decode_errors, native=NATIVE[0])
-        merge = cpu_merge(decoder, hold_ns=0)
+        p = pipeline(fmts, None, render=render)
+        assert isinstance(p, RawPipeline)
+        decoder = RawDecoder(layout, p.emitters(fmts), p.decode_errors, BACKEND[0].walk)
+        merge = BACKEND[0].new_merge(hold_ns=0)
         for batch in batches:
             lost: list[LostEvents] = []
             runs = []
@@ -170,8 +177,9 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=5, help="this machine is noisy: best and median of N runs")
     ap.add_argument("--python-only", action="store_true", help="without the native parts (_native.c)")
     args = ap.parse_args()
-    NATIVE[0] = not args.python_only
-    print(f"{sys.executable}: {args.runs} runs each (best, median); native parts {'on' if NATIVE[0] else 'off'}")
+    if args.python_only:
+        BACKEND[0] = PYTHON
+    print(f"{sys.executable}: {args.runs} runs each (best, median); backend {BACKEND[0].name}")
     for reader, workload in (("raw", raw_workload), ("text", text_workload)):
         for label, fn in workload(args.repeat):
             n, best, median = measure(fn, args.runs)

@@ -20,11 +20,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from uprobe_exporter import __version__
+from uprobe_exporter.backend import STATUS as BACKEND_STATUS
 from uprobe_exporter.errors import ConfigError, NoMatchError, OwnershipError, UprobeExporterError
 from uprobe_exporter.kernel.costprobe import cost_classes
 from uprobe_exporter.kernel.ownership import claim_leftovers
 from uprobe_exporter.kernel.session import EVENT_STOP_COST_S, STOP_FIXED_S, STOP_MARGIN, remove_events, remove_group
-from uprobe_exporter.nativestatus import native_status
 from uprobe_exporter.plan.binaries import resolve_binary
 from uprobe_exporter.plan.config import Config
 from uprobe_exporter.plan.configfile import example_text, load_config_partial
@@ -52,7 +52,7 @@ def version_text() -> str:
     return (f"{PROG} {__version__}\n"
             f"Python {platform.python_version()} ({sys.executable})\n"
             f"kernel {uname.release} ({uname.machine})\n"
-            f"native path: {native_status().describe()}")
+            f"native path: {BACKEND_STATUS.describe()}")
 
 
 class _Version(argparse.Action):

@@ -1,7 +1,8 @@
-"""Whether the native hot path (the ``uprobe_exporter._native`` extension) is in use, and if not, why.
+"""The status part of backend.py: whether the native hot path (the ``uprobe_exporter._native``
+extension) is in use, and if not, why.
 
-The causes told apart: switched off on purpose (``UPROBE_EXPORTER_PURE=1``, which ``__init__`` turns
-into a failing import for every module at once); built but shadowed by a source tree without a build
+The causes told apart: switched off on purpose (``UPROBE_EXPORTER_PURE=1``: backend.py then takes
+the Python references everywhere and does not import the extension); built but shadowed by a source tree without a build
 that comes first on ``sys.path`` (``python -m uprobe_exporter`` from a clone's root imports ``./uprobe_exporter``);
 not built at install (no C compiler, or no ``Python.h``: what is missing now is said); built but failing
 to import (the error). ``adopt_installed_build`` makes the shadowed case work where it is safe.

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from tests.helpers import ROOT, ExporterProcess, build_config, read_jsonl, run_cli, toml_dumps, wait_for_lines
-from uprobe_exporter.decode.rawpage import UnpackPlan
+from uprobe_exporter.decode.unpack import UnpackPlan
 from uprobe_exporter.errors import FormatError
 from uprobe_exporter.kernel.formatfile import parse_format
 from uprobe_exporter.kernel.session import remove_group

@@ -22,12 +22,15 @@ import pytest
 from tests.helpers import ROOT, ExporterProcess, build_config, read_jsonl, run_cli, toml_dumps, wait_for_lines
 from tests.kernel.test_metrics import scrape
 from tests.prom import free_port
-from uprobe_exporter.decode.rawpage import RAW_ERROR_REASONS, PageLayout, RawDecoder
+from tests.unit.twins import backend
+from uprobe_exporter.backend import PYTHON as PYTHON_BACKEND
+from uprobe_exporter.decode.rawpage import PageLayout, RawDecoder
 from uprobe_exporter.decode.records import LostEvents, TraceRecord
 from uprobe_exporter.kernel.session import ProbeSession
 from uprobe_exporter.kernel.tracefs import Tracefs
-from uprobe_exporter.pipeline.core import Pipeline, event_infos
+from uprobe_exporter.pipeline.calls import event_infos
 from uprobe_exporter.pipeline.pairing import Pairing
+from uprobe_exporter.pipeline.raw import RawPipeline
 from uprobe_exporter.pipeline.render import Renderer
 from uprobe_exporter.plan.configfile import load_config_partial
 from uprobe_exporter.plan.elf import read_stapsdt
@@ -471,17 +474,17 @@ def test_usdt_pages_give_the_same_output_by_records_and_by_emitters(
         layout = PageLayout.parse(instance.read_header_page())
     assert any(f.ends_call for f in formats)
     made = []
-    for use_native in (False, native):
+    for twins in (PYTHON_BACKEND, backend(native)):
         infos = event_infos(events, config.probes)
-        made.append(Pipeline(None, infos, config.probes, Renderer(10**18), Pairing(native=use_native), 100,
-                             lambda tid: tid, dict.fromkeys(RAW_ERROR_REASONS, 0), native=use_native))
+        made.append(RawPipeline(infos, config.probes, Renderer(10**18), Pairing(twin=twins.pairing), twins, 100,
+                                lambda tid: tid))
     by_record, by_emitter = made
     records: list[TraceRecord | LostEvents] = []
     decoder = RawDecoder.for_formats(layout, formats)
     emitters = by_emitter.emitters(formats)
     located: list[Any] = []
     lost: list[LostEvents] = []
-    locator = RawDecoder(layout, emitters, by_emitter.decode_errors)
+    locator = RawDecoder(layout, emitters, by_emitter.decode_errors, by_emitter.backend.walk)
     for page, cpu in pages:
         decoder.decode(page, cpu, records)
         locator.locate(page, cpu, located, lost)

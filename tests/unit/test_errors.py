@@ -12,9 +12,12 @@ from pathlib import Path
 import pytest
 
 from tests.unit.test_pipeline import lines, pipeline
+from tests.unit.test_rawemit import raw_pipeline
 from tests.unit.test_traceline import KERNEL
-from uprobe_exporter.decode.rawpage import PageLayout, UnpackPlan
+from uprobe_exporter.backend import CHOSEN
+from uprobe_exporter.decode.rawpage import PageLayout
 from uprobe_exporter.decode.traceline import TextParser
+from uprobe_exporter.decode.unpack import UnpackPlan
 from uprobe_exporter.errors import (
     RAW_READER_FIX,
     ConfigError,
@@ -120,7 +123,7 @@ def test_a_field_the_raw_reader_cannot_decode_is_a_one_line_start_up_error(
     changes: dict[str, object], what: str, fix: str,
 ) -> None:
     fmt = _with_arg(work_entry(), "a", **changes)
-    for start in (UnpackPlan.of, lambda f: pipeline(Renderer(0)).emitters([f])):  # what daemon._reader calls
+    for start in (UnpackPlan.of, lambda f: raw_pipeline(Renderer(0), CHOSEN).emitters([f])):  # daemon._reader's
         with pytest.raises(FormatError) as info:
             start(fmt)
         assert (info.value.event, info.value.field, info.value.exit_code) == ("work_entry", "a", 2)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from uprobe_exporter.decode.traceline import go_string
+from uprobe_exporter.decode.hidden import go_string
 from uprobe_exporter.plan.fetchargs import (
     check_fetcharg,
     expand_gostring,

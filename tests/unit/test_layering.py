@@ -14,7 +14,7 @@ import uprobe_exporter
 
 PACKAGE = Path(uprobe_exporter.__file__).resolve().parent
 STAGES: tuple[str, ...] = uprobe_exporter.STAGES
-BASE = {"errors", "nativestatus", "_native"}  # root modules every stage may use
+BASE = {"errors", "backend"}  # root modules every stage may use (backend: for its type, passed down)
 FORBIDDEN = {"asyncio", "aiofiles", "subprocess", "socket", "selectors"}  # (logging loads threading)
 FILE_APIS = {"os", "io", "shutil", "pathlib", "tempfile", "fcntl", "mmap"}
 
@@ -67,6 +67,12 @@ def ours(module: str) -> set[str]:
 def test_every_package_is_a_stage() -> None:
     packages = {p.parent.name for p in PACKAGE.glob("*/__init__.py")}
     assert packages == set(STAGES)
+
+
+def test_only_the_backend_imports_the_extension() -> None:
+    """The backend is chosen in one place (STYLE.md §15): no other module imports ``_native``."""
+    importers = {m for m in MODULES if any(n.split(".")[:2] == ["uprobe_exporter", "_native"] for n in imports_of(m))}
+    assert importers == {"backend"}
 
 
 def test_there_are_pure_modules_in_the_stages_that_decode_and_render() -> None:

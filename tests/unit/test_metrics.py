@@ -11,9 +11,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from uprobe_exporter.decode.traceline import TextParser
 from uprobe_exporter.kernel.tracefs import Tracefs
-from uprobe_exporter.pipeline.core import Pipeline, event_infos
+from uprobe_exporter.pipeline.calls import event_infos
 from uprobe_exporter.pipeline.pairing import Pairing
 from uprobe_exporter.pipeline.render import Renderer
+from uprobe_exporter.pipeline.text import TextPipeline
 from uprobe_exporter.plan.config import ProbeConfig
 from uprobe_exporter.plan.probes import ProbeEvent
 from uprobe_exporter.run.metrics import Sources, UprobeCollector
@@ -39,7 +40,7 @@ def collect(tracefs: Tracefs) -> tuple[str, dict[tuple[str, tuple[tuple[str, str
     probes = [ProbeConfig(name="work", binary="/tmp/calls", function="work", return_probe=True, latency=True)]
     events = [ProbeEvent("work", GROUP, "work_entry", False, "/tmp/calls", 0x11f9, "", ""),
               ProbeEvent("work", GROUP, "work_return", True, "/tmp/calls", 0x11f9, "", "")]
-    pipeline = Pipeline(TextParser({}), event_infos(events, probes), probes, Renderer(0), Pairing())
+    pipeline = TextPipeline(TextParser({}), event_infos(events, probes), probes, Renderer(0), Pairing())
     pipeline.event_counts["work_entry"] += 3
     pipeline.histograms["work"].observe((), 2_000_000)
     sources = Sources()

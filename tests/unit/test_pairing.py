@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.unit.twins import backend
 from uprobe_exporter.decode.records import TraceRecord
 from uprobe_exporter.decode.traceline import TextParser
 from uprobe_exporter.kernel.formatfile import parse_format
@@ -129,7 +130,7 @@ def test_leave_matching_closes_only_the_same_function() -> None:
     """A USDT return (CPython: function__return of a frame whose entry was not fired) closes the innermost
     entry only when the labels agree; otherwise it is a return without entry and the entry stays."""
     for native in (True, False):
-        p = Pairing(native=native)
+        p = Pairing(twin=backend(native).pairing)
         p.enter("py", 1, 0, 10, ("outer", "a.py"))
         p.enter("py", 1, 0, 20, ("leaf", "a.py"))
         assert p.leave_matching("py", 1, ("middle", None)) is None  # middle's entry was never seen
@@ -269,7 +270,7 @@ def test_the_native_pairing_is_the_python_pairing(
     """Every call, on the native pairing and on the Python reference: the same answers, stacks (in the
     same activity order) and statistics, filtered returns included (and the native one is built: CI
     compiles it)."""
-    native, python = Pairing(max_pending, max_depth), Pairing(max_pending, max_depth, native=False)
+    native, python = Pairing(max_pending, max_depth, backend(True).pairing), Pairing(max_pending, max_depth)
     assert type(native.core) is not type(python.core)
     for p in (native, python):  # "g" has an entry filter: its unpaired returns count as filtered
         p.set_entry_filtered(["g"])
@@ -294,7 +295,7 @@ def test_the_native_pairing_is_the_python_pairing(
 
 @pytest.mark.parametrize("native", [True, False], ids=["native", "python"])
 def test_unpaired_returns_of_a_probe_with_an_entry_filter_count_as_filtered(native: bool) -> None:
-    p = Pairing(native=native)
+    p = Pairing(twin=backend(native).pairing)
     p.set_entry_filtered(["f"])
     p.enter("f", 1, SP, 10)
     assert p.leave("f", 1, SP + RET) is not None

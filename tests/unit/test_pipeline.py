@@ -9,10 +9,11 @@ from typing import Any
 
 from uprobe_exporter.decode.traceline import TextParser
 from uprobe_exporter.kernel.formatfile import parse_format
-from uprobe_exporter.pipeline.core import Pipeline, event_infos
+from uprobe_exporter.pipeline.calls import event_infos
 from uprobe_exporter.pipeline.histogram import OTHER
 from uprobe_exporter.pipeline.pairing import Pairing
 from uprobe_exporter.pipeline.render import Renderer
+from uprobe_exporter.pipeline.text import TextPipeline
 from uprobe_exporter.plan.config import Config, parse_config
 from uprobe_exporter.plan.probes import ResolvedProbe, build_events
 
@@ -32,12 +33,12 @@ def config() -> Config:
     ]})
 
 
-def pipeline(renderer: Renderer | None, label_values_max: int = 100) -> Pipeline:
+def pipeline(renderer: Renderer | None, label_values_max: int = 100) -> TextPipeline:
     cfg = config()
     # the file offset only appears in the uprobe_events command, which the pipeline does not use
     events = [e for p in cfg.probes for e in build_events(ResolvedProbe(p, BINARY, 0), GROUP)]
     parser = TextParser.for_formats(parse_format(f.read_text(encoding="utf-8")) for f in KERNEL.glob("*.format"))
-    return Pipeline(parser, event_infos(events, cfg.probes), cfg.probes, renderer, Pairing(), label_values_max)
+    return TextPipeline(parser, event_infos(events, cfg.probes), cfg.probes, renderer, Pairing(), label_values_max)
 
 
 def lines() -> list[str]:
@@ -48,7 +49,7 @@ def report() -> list[dict[str, Any]]:
     return [json.loads(x) for x in (KERNEL / "calls.report.jsonl").read_text(encoding="utf-8").splitlines()]
 
 
-def run_in_batches(p: Pipeline, size: int) -> list[dict[str, Any]]:
+def run_in_batches(p: TextPipeline, size: int) -> list[dict[str, Any]]:
     text = lines()
     out = b""
     for i in range(0, len(text), size):

@@ -19,15 +19,16 @@ from hypothesis import strategies as st
 from tests.unit.test_pipeline import KERNEL, config, pipeline
 from tests.unit.test_rawpage import PAGE, Page, layout, pages
 from tests.unit.test_traceline import formats
-from uprobe_exporter.decode.rawpage import RAW_ERROR_REASONS, Located, RawDecoder
+from tests.unit.twins import backend, native
+from uprobe_exporter.backend import PYTHON, Backend
+from uprobe_exporter.decode.rawpage import Located, RawDecoder
 from uprobe_exporter.decode.records import LostEvents, TraceRecord
-from uprobe_exporter.pipeline.core import Pipeline
+from uprobe_exporter.pipeline.lines import LineList
 from uprobe_exporter.pipeline.pairing import Pairing
-from uprobe_exporter.pipeline.rawemit import EmitPlan, LineList, new_lines
+from uprobe_exporter.pipeline.raw import RawPipeline
 from uprobe_exporter.pipeline.render import Renderer
 from uprobe_exporter.plan.config import Config
 from uprobe_exporter.processes.podlogs import PodIdentity
-from uprobe_exporter.run.rawreader import CpuMerge, NativeCpuMerge
 
 # the histogram labels of the "work" probe: none, comm only, an entry argument, a return argument
 LABELS = {"none": [], "comm": ["comm"], "entry_arg": ["comm", "s"], "return_arg": ["ret", "comm"],
@@ -47,37 +48,41 @@ def labelled(labels: list[str], buckets: tuple[float, ...] | None = None) -> Con
     return dataclasses.replace(cfg, probes=(work, *cfg.probes[1:]))
 
 
+def raw_pipeline(renderer: Renderer | None, twins: Backend) -> RawPipeline:
+    """The raw pipeline of test_pipeline's configuration, on ``twins``."""
+    base = pipeline(renderer)
+    return RawPipeline(base.infos, base.probes.values(), renderer, Pairing(twin=twins.pairing), twins)
+
+
 def both(labels: list[str], render: bool, native: bool,
-         buckets: tuple[float, ...] | None = None) -> tuple[Pipeline, Pipeline]:
+         buckets: tuple[float, ...] | None = None) -> tuple[RawPipeline, RawPipeline]:
     """Two identical pipelines: one for records, one for emitters (native ones or Python ones)."""
     made = []
-    for use_native in (False, native):  # the record path: all Python
+    for twins in (PYTHON, backend(native)):  # the record path: all Python
         base = pipeline(Renderer(10**18, identity_of=identity_of) if render else None)
         cfg = labelled(labels, buckets)
         infos = {name: dataclasses.replace(info, labels=tuple(labels)) if info.probe == "work" else info
                  for name, info in base.infos.items()}  # the labels each event's route is made for
-        made.append(Pipeline(None, infos, cfg.probes, base.renderer, Pairing(max_pending=64, native=use_native), 3,
-                             lambda tid: tid // 2, dict.fromkeys(RAW_ERROR_REASONS, 0), native=use_native,
-                             identity_of=identity_of))
+        made.append(RawPipeline(infos, cfg.probes, base.renderer, Pairing(max_pending=64, twin=twins.pairing), twins,
+                                3, lambda tid: tid // 2, identity_of=identity_of))
     return made[0], made[1]
 
 
-def state(p: Pipeline) -> Any:
+def state(p: RawPipeline) -> Any:
     hists = {name: {k: (list(h.counts), h.sum_ns) for k, h in ph.series.items()} for name, ph in p.histograms.items()}
     return p.statistics(), p.pairing.statistics(), hists, dict(p.decode_errors)
 
 
 def run_both(labels: list[str], render: bool, batches: list[list[tuple[bytes, int]]], native: bool,
-             buckets: tuple[float, ...] | None = None) -> tuple[bytes, Pipeline]:
+             buckets: tuple[float, ...] | None = None) -> tuple[bytes, RawPipeline]:
     """Each batch: (page, cpu)s, merged by timestamp as the reader does, through both paths (the emitters:
     native where built and covering the event, or all Python); returns the JSON and the record path."""
     by_record, by_emitter = both(labels, render, native, buckets)
     records = RawDecoder(layout(), RawDecoder.for_formats(layout(), formats()).handlers, by_record.decode_errors)
     emitters = by_emitter.emitters(formats())
-    assert EmitPlan is not None
-    assert any(isinstance(e, EmitPlan) for e in emitters.values()) == native
-    located_decoder = RawDecoder(layout(), emitters, by_emitter.decode_errors)
-    merge = NativeCpuMerge() if native else CpuMerge()  # the native one releases what _native.run emits in C
+    assert (by_emitter.backend.native_emitters(emitters) > 0) == native
+    located_decoder = RawDecoder(layout(), emitters, by_emitter.decode_errors, by_emitter.backend.walk)
+    merge = by_emitter.backend.new_merge()  # the native one releases what _native.run emits in C
     out_records, out_emitted = b"", b""
     for batch in batches:
         recs: list[TraceRecord | LostEvents] = []
@@ -115,7 +120,7 @@ NATIVE = pytest.mark.parametrize("native", [True, False], ids=["native", "python
 
 def test_the_native_emitter_is_built() -> None:
     """CI installs with a C compiler: the native emitters are what runs, and what these tests compare."""
-    assert EmitPlan is not None
+    assert native().emit_plan is not None
 
 
 @NATIVE
@@ -145,8 +150,7 @@ def test_synthetic_and_corrupted_pages_give_the_same_output_both_ways(
 
 def test_a_record_shorter_than_its_format_is_counted() -> None:
     fmt = next(f for f in formats() if f.name == "recurse_entry")
-    p = pipeline(Renderer(0))
-    p.decode_errors = dict.fromkeys(RAW_ERROR_REASONS, 0)
+    p = raw_pipeline(Renderer(0), PYTHON)
     emitters = p.emitters(formats())
     located: list[Located] = [(1, emitters[fmt.id], struct.pack("=HBBi", fmt.id, 0, 0, 7), 0, 0)]
     assert p.process_located(located, [LostEvents(0, 5)]) == (b"", 0)
@@ -180,11 +184,12 @@ def test_what_the_native_merge_released_runs_in_either_loop(native_run: bool) ->
     loop, which iterates it as Located tuples."""
     outputs = []
     for use_native in (True, False):
-        p = pipeline(Renderer(10**18))
-        p.decode_errors = dict.fromkeys(RAW_ERROR_REASONS, 0)
-        p.native = native_run and use_native
-        decoder = RawDecoder(layout(), p.emitters(formats()), p.decode_errors)
-        merge = NativeCpuMerge() if use_native else CpuMerge()
+        twins = backend(use_native)
+        if not native_run:  # the native walk and merge, the Python loop
+            twins = dataclasses.replace(twins, run=PYTHON.run)
+        p = raw_pipeline(Renderer(10**18), twins)
+        decoder = RawDecoder(layout(), p.emitters(formats()), p.decode_errors, twins.walk)
+        merge = twins.new_merge()
         out: list[Any] = []
         for batch in captured():
             run = merge.new_run()
@@ -200,7 +205,7 @@ def test_what_the_native_merge_released_runs_in_either_loop(native_run: bool) ->
 def test_lines_are_taken_per_batch_in_order(native: bool) -> None:
     """``_native.Lines`` and its twin ``LineList``: lines in the order appended, taken joined with their
     count, empty after; a batch larger than the buffer kept (16 MiB) comes out whole too."""
-    lines = new_lines(native)
+    lines = backend(native).lines()
     assert isinstance(lines, LineList) != native
     assert lines.take() == (b"", 0)
     for i in range(1000):
@@ -218,21 +223,21 @@ def test_lines_are_taken_per_batch_in_order(native: bool) -> None:
 def test_an_offset_past_the_page_is_a_short_record_natively_too() -> None:
     """Offsets near the largest int do not wrap around in the native bounds check: struct.error, as the
     Python emitter raises."""
-    p = pipeline(Renderer(0))
-    p.decode_errors = dict.fromkeys(RAW_ERROR_REASONS, 0)
-    assert EmitPlan is not None
-    emitter = next(e for e in p.emitters(formats()).values() if isinstance(e, EmitPlan))
+    p = raw_pipeline(Renderer(0), native())
+    plan = p.backend.emit_plan
+    assert plan is not None
+    emitter = next(e for e in p.emitters(formats()).values() if isinstance(e, plan))
     for offset in (sys.maxsize - 4, PAGE, -1):
         with pytest.raises(struct.error):
             emitter(b"\0" * PAGE, offset, 1, 0)
 
 
-def decoded_and_located(p: Pipeline) -> tuple[list[TraceRecord], list[Located]]:
+def decoded_and_located(p: RawPipeline) -> tuple[list[TraceRecord], list[Located]]:
     """The captured records, both as TraceRecords and located for ``p``'s emitters, in the same order."""
     records: list[TraceRecord | LostEvents] = []
     located: list[Located] = []
     decoder = RawDecoder.for_formats(layout(), formats())
-    locator = RawDecoder(layout(), p.emitters(formats()), p.decode_errors)
+    locator = RawDecoder(layout(), p.emitters(formats()), p.decode_errors, p.backend.walk)
     for batch in captured():
         for page, cpu in batch:
             decoder.decode(page, cpu, records)
@@ -268,15 +273,15 @@ def test_a_negative_duration_is_counted_never_observed_both_ways(labels: list[st
     assert observed == paired - sum(negative.values())
 
 
-def filtered_pipelines(native: bool, render: bool) -> tuple[Pipeline, Pipeline]:
+def filtered_pipelines(native: bool, render: bool) -> tuple[RawPipeline, RawPipeline]:
     """Both paths for a configuration in which "recurse" has an entry filter (and "work" has none)."""
     made = []
-    for use_native in (False, native):
+    for twins in (PYTHON, backend(native)):
         base = pipeline(Renderer(10**18) if render else None)
         cfg = config()
         probes = tuple(dataclasses.replace(p, filter="n > 2") if p.name == "recurse" else p for p in cfg.probes)
-        made.append(Pipeline(None, base.infos, probes, base.renderer, Pairing(max_pending=64, native=use_native), 3,
-                             lambda tid: tid // 2, dict.fromkeys(RAW_ERROR_REASONS, 0), native=use_native))
+        made.append(RawPipeline(base.infos, probes, base.renderer, Pairing(max_pending=64, twin=twins.pairing), twins,
+                                3, lambda tid: tid // 2))
     return made[0], made[1]
 
 

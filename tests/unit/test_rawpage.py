@@ -15,7 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.unit.test_traceline import KERNEL, formats, text_of
-from uprobe_exporter.decode.rawpage import RAW_ERROR_REASONS, Located, PageLayout, RawDecoder, _native_locate
+from tests.unit.twins import backend
+from uprobe_exporter.decode.rawpage import RAW_ERROR_REASONS, Located, PageLayout, RawDecoder
 from uprobe_exporter.decode.records import LostEvents, TraceRecord
 from uprobe_exporter.kernel.formatfile import EventFormat, FieldKind
 
@@ -282,11 +283,10 @@ def test_the_native_walk_is_the_python_walk(page: Page, data: st.DataObject) -> 
     for _ in range(data.draw(st.integers(0, 20))):
         raw[data.draw(st.integers(0, PAGE - 1))] = data.draw(st.integers(0, 255))
     cut = bytes(raw[:data.draw(st.sampled_from([PAGE, data.draw(st.integers(0, PAGE))]))])
-    assert _native_locate is not None
     walks = []
     handlers = decoder().handlers
     for native in (True, False):
-        d = RawDecoder(layout(), handlers, native=native)
+        d = RawDecoder(layout(), handlers, walk=backend(native).walk)
         located: list[Located] = []
         lost: list[LostEvents] = []
         walks.append((d.locate(cut, 2, located, lost), located, lost, d.errors))
@@ -304,8 +304,7 @@ def test_a_timestamp_past_64_bits_ends_the_walk_as_a_bad_event_header() -> None:
     page = struct.pack("=QQ", (1 << 64) - (1 << 40), len(data)) + data
     walks = []
     for native in (True, False):
-        d = decoder()
-        d.native = native
+        d = RawDecoder.for_formats(layout(), formats(), backend(native).walk)
         located: list[Located] = []
         walks.append((d.locate(page, 0, located, []), [r[0] for r in located], d.errors))
     assert walks[0] == walks[1]

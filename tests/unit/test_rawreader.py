@@ -1,5 +1,5 @@
-"""rawreader.CpuMerge: per-CPU runs of located records come out in one timestamp order; young records
-wait, bounded; its native twin does exactly the same."""
+"""rawreader.RawPipeReader: a turn reads every CPU's pages into the backend's merge and releases them in
+one timestamp order, even when a CPU is read only in part; with either backend."""
 
 from __future__ import annotations
 
@@ -15,101 +15,10 @@ from hypothesis import strategies as st
 
 from tests.unit.test_rawpage import PAGE, Spec, encode_event, encode_record, layout
 from tests.unit.test_traceline import formats
-from uprobe_exporter.decode.rawpage import Located, RawDecoder
-from uprobe_exporter.run.rawreader import CpuMerge, NativeCpuMerge, RawPipeReader, cpu_merge
-
-
-def handler(page: bytes, offset: int, ts: int, cpu: int) -> None:
-    raise AssertionError("the merge never runs handlers")
-
-
-def rec(cpu: int, ts: int) -> Located:
-    return (ts, handler, b"", 0, cpu)
-
-
-def cpu_ts(r: Located) -> tuple[int, int]:
-    return r[4], r[0]
-
-
-def test_a_thread_that_migrated_pairs_in_order() -> None:
-    """The return was read from CPU 1 before its entry from CPU 0 got read: both come out in order."""
-    merge = CpuMerge(hold_ns=1000)
-    assert merge.push([[], [rec(1, 5000)]], now_ns=5500) == []  # younger than the hold: waits
-    out = merge.push([[rec(0, 4000)], []], now_ns=9000)
-    assert [cpu_ts(r) for r in out] == [(0, 4000), (1, 5000)]
-    assert merge.held == []
-
-
-def test_held_records_are_bounded_and_released_at_the_end() -> None:
-    merge = CpuMerge(hold_ns=10**9, max_held=3)
-    out = merge.push([[rec(0, t) for t in range(10)]], now_ns=100)
-    assert [r[0] for r in out] == list(range(7)) and len(merge.held) == 3
-    assert [r[0] for r in merge.push([], now_ns=100, final=True)] == [7, 8, 9]
-    assert merge.push([], now_ns=100) == []
-
-
-@given(st.lists(st.lists(st.integers(0, 10**6), max_size=30), min_size=1, max_size=4),
-       st.lists(st.integers(0, 10**6), min_size=1, max_size=5))
-def test_any_batches_come_out_complete(cpus: list[list[int]], nows: list[int]) -> None:
-    merge = CpuMerge(hold_ns=1000)
-    runs = [[rec(cpu, t) for t in sorted(stamps)] for cpu, stamps in enumerate(cpus)]
-    out: list[Located] = []
-    for i, now in enumerate(sorted(nows)):  # each run split over the batches
-        batch = [run[i * len(run) // len(nows):(i + 1) * len(run) // len(nows)] for run in runs]
-        out += merge.push(batch, now)
-    out += merge.push([], nows[-1], final=True)
-    assert sorted(out, key=lambda r: (r[0], r[4])) == sorted((r for run in runs for r in run),
-                                                                key=lambda r: (r[0], r[4]))
-
-
-# --- the native merge (_native.Merge) against CpuMerge, on pages the walks located -----------------------
-
-@st.composite
-def merge_pages(draw: st.DrawFn) -> bytes:
-    """A page of records close in time (ties and interleaving across CPUs), some with an absolute time
-    stamp that goes back (a run out of order, as only a corrupt page has)."""
-    fmt = next(f for f in formats() if f.name == "recurse_entry")
-    data = b""
-    for _ in range(draw(st.integers(0, 12))):
-        if draw(st.integers(0, 7)) == 0:
-            data += struct.pack("=II", (draw(st.integers(0, 40)) << 5) | 31, 0)
-        spec = Spec(fmt, draw(st.integers(1, 4)), draw(st.integers(0, 3)),
-                    {"__probe_ip": 1, "__comm": b"t", "__sp": 2, "n": 3})
-        data += encode_event(encode_record(spec), spec.delta, False)
-    page = struct.pack("=QQ", draw(st.integers(0, 30)), len(data)) + data
-    return page + b"\0" * (PAGE - len(page))
-
-
-def held_count(merge: CpuMerge | NativeCpuMerge) -> int:
-    return merge.held if isinstance(merge, NativeCpuMerge) else len(merge.held)
-
-
-@settings(max_examples=300, deadline=None)
-@given(st.lists(st.lists(st.lists(merge_pages(), max_size=3), min_size=1, max_size=3), min_size=1, max_size=4),
-       st.lists(st.integers(0, 80), min_size=4, max_size=4), st.integers(0, 20), st.integers(0, 6))
-def test_the_native_merge_is_the_python_merge(batches: list[list[list[bytes]]], nows: list[int], hold_ns: int,
-                                               max_held: int) -> None:
-    """Batches of per-CPU pages, walked into each merge: the same records released in the same order (ties
-    between CPUs and with held records, runs out of order), the same held back, and all of them at the
-    end."""
-    handlers = RawDecoder.for_formats(layout(), formats()).handlers
-    results = []
-    for native in (False, True):
-        decoder = RawDecoder(layout(), handlers, native=native)
-        merge = cpu_merge(decoder, hold_ns, max_held)
-        assert isinstance(merge, NativeCpuMerge) == native
-        out = []
-        for batch, now in zip(batches, sorted(nows), strict=False):
-            runs = []
-            for cpu, cpu_pages in enumerate(batch):
-                run = merge.new_run()
-                for page in cpu_pages:
-                    decoder.locate(page, cpu, run, [])
-                runs.append(run)
-            out.append((list(merge.push(runs, now)), held_count(merge)))
-        out.append((list(merge.push([], 0, final=True)), held_count(merge)))
-        results.append(out)
-    assert results[0] == results[1]
+from tests.unit.twins import backend
+from uprobe_exporter.backend import NativeCpuMerge
+from uprobe_exporter.decode.rawpage import RawDecoder
+from uprobe_exporter.run.rawreader import RawPipeReader
 
 
 def full_page(first_ts: int, step: int, records: int = 80) -> bytes:
@@ -133,11 +42,10 @@ def test_a_cpu_read_only_in_part_holds_back_the_others(tmp_path: Path, native: b
     for cpu, pages in cpu_pages.items():
         (tmp_path / "per_cpu" / f"cpu{cpu}").mkdir(parents=True)
         (tmp_path / "per_cpu" / f"cpu{cpu}" / "trace_pipe_raw").write_bytes(b"".join(pages))
-    decoder = RawDecoder.for_formats(layout(), formats())
-    decoder.native = native
+    decoder = RawDecoder.for_formats(layout(), formats(), backend(native).walk)
     released: list[int] = []
-    reader = RawPipeReader(tmp_path, [0, 1], decoder, lambda located, lost: released.extend(r[0] for r in located),
-                           pages_per_turn=32)
+    reader = RawPipeReader(tmp_path, [0, 1], decoder, backend(native).new_merge(),
+                           lambda located, lost: released.extend(r[0] for r in located), pages_per_turn=32)
     assert isinstance(reader.merge, NativeCpuMerge) == native
     try:
         assert reader.read_available(32) == 32 + 4 and reader.behind
@@ -235,10 +143,9 @@ def test_the_reader_releases_what_the_kernel_serves_in_time_order(
         (tmp_path / "per_cpu" / f"cpu{cpu}").mkdir(parents=True, exist_ok=True)
         (tmp_path / "per_cpu" / f"cpu{cpu}" / "trace_pipe_raw").touch()
     sim = RingSim(events, rng)
-    decoder = RawDecoder.for_formats(layout(), formats())
-    decoder.native = native
+    decoder = RawDecoder.for_formats(layout(), formats(), backend(native).walk)
     released: list[int] = []
-    reader = RawPipeReader(tmp_path, list(events), decoder,
+    reader = RawPipeReader(tmp_path, list(events), decoder, backend(native).new_merge(),
                            lambda located, lost: released.extend(r[0] for r in located),
                            pages_per_turn=limit, read=sim.read, clock=lambda: sim.t)
     assert isinstance(reader.merge, NativeCpuMerge) == native

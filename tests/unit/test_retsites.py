@@ -1,11 +1,12 @@
 """RET-instruction returns and Go events, without the kernel: the commands build_events writes, and how
-the hidden fields become a record's ip, ret_ip, pairing sp and pairing key (traceline.hidden_values)."""
+the hidden fields become a record's ip, ret_ip, pairing sp and pairing key (hidden.hidden_values)."""
 
 from __future__ import annotations
 
-from uprobe_exporter.decode.traceline import GO_STACK_TOP, hidden_values
+from uprobe_exporter.decode.hidden import hidden_values
 from uprobe_exporter.pipeline.pairing import PID_MAX_LIMIT, GoroutineKeys, PythonPairing
 from uprobe_exporter.plan.config import ProbeConfig
+from uprobe_exporter.plan.kernelabi import GO_STACK_TOP
 from uprobe_exporter.plan.probes import ResolvedProbe, build_events
 
 

@@ -1,4 +1,4 @@
-"""Pure decoder of ``trace_pipe_raw`` sub-buffers ("pages") into ``TraceRecord``/``LostEvents``.
+"""Pure decoder of ``trace_pipe_raw`` sub-buffers ("pages") into located records and ``LostEvents``.
 
 A page (kernel/trace/ring_buffer.c: struct buffer_data_page, described by ``events/header_page``) is a
 u64 ``timestamp``, a ``commit`` word whose low 27 bits are the bytes of data that follow and whose bits
@@ -8,10 +8,9 @@ Each event starts with a 32-bit header (``events/header_event``): ``type_len`` (
 (counting itself) then the record; 29: padding (delta 0: the rest of the page is empty; otherwise a
 discarded event); 30: time extend; 31: absolute time stamp.
 
-Records are unpacked by a ``struct`` layout and a small function generated once per event from its
-``format`` file (as ``traceline.PayloadParser`` does for text): one ``unpack_from`` per record, strings
-sliced byte-exact by their ``__data_loc`` word (``(len << 16) | offset`` from the record start, ``len``
-counting the NUL, 0 when the fetch faulted).
+The walk (``walk``, the reference; its native twin ``_native.locate``, chosen in backend.py) puts each
+record beside its event's handler, which unpacks it (``unpack.RecordBuilder``: a ``TraceRecord``) or
+emits it (the raw pipeline's emitters) once the CPUs' records are merged in time order.
 """
 
 from __future__ import annotations
@@ -21,27 +20,11 @@ import struct
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
-from uprobe_exporter.decode.codegen import compile_function
-from uprobe_exporter.decode.records import LostEvents, TraceRecord
-from uprobe_exporter.decode.traceline import (
-    GOSTRING_LEN_PREFIX,
-    HIDDEN_COMM,
-    HIDDEN_DERIVED,
-    go_string,
-    hidden_values,
-    wrap_gostrings,
-)
-from uprobe_exporter.errors import RAW_READER_FIX, FormatError
-from uprobe_exporter.kernel.formatfile import EventFormat, Field, FieldKind
-
-try:  # the native page walk (uprobe_exporter/native/walk.c), built at install when a C compiler is there
-    from uprobe_exporter import _native
-
-    _native_locate: Callable[..., int] | None = _native.locate
-except ImportError:  # then the walk in RawDecoder._events does it
-    _native_locate = None
+from uprobe_exporter.decode.records import LostEvents
+from uprobe_exporter.decode.unpack import RecordBuilder, undecodable
+from uprobe_exporter.kernel.formatfile import EventFormat
 
 COMMIT_MASK = (1 << 27) - 1
 MISSED_EVENTS = 1 << 31  # RB_MISSED_EVENTS
@@ -53,7 +36,6 @@ RAW_ERROR_REASONS = ("page_header", "event_header", "unknown_event", "record")  
 _U32 = struct.Struct("=I").unpack_from
 _U16 = struct.Struct("=H").unpack_from
 _HEADER = struct.Struct("=IH").unpack_from  # header word + the u16 after it (common_type, if type_len > 0)
-_INT_CODES = {1: "b", 2: "h", 4: "i", 8: "q"}
 _FIELD_RE = re.compile(r"\tfield: ?(?P<decl>[^;]+);\toffset:(?P<offset>\d+);\tsize:(?P<size>\d+);")
 
 
@@ -88,165 +70,19 @@ class PageLayout:
         return commit * 2 >= self.page_size - self.data_offset
 
 
-def undecodable(event: str, field: str, what: str, fix: str = RAW_READER_FIX) -> FormatError:
-    """The start-up error for a field of ``event``'s format (or of ``header_page``) that the raw reader
-    cannot decode: one line naming the event, the field, why, and the fix."""
-    return FormatError(f"event {event}: the raw reader cannot decode field '{field}' ({what}); {fix}",
-                       event=event, field=field)
-
-
-def _struct_code(f: Field, event: str) -> str:
-    if f.kind is FieldKind.STRING:
-        if f.size != 4:  # "__data_loc char[][2]": an array of strings, a __data_loc word per element
-            raise undecodable(event, f.name, f"{f.type}, {f.size} bytes: an array of strings",
-                              "read each string with its own argument")
-        return "I"
-    if f.kind is FieldKind.ARRAY:
-        code = _INT_CODES[f.elem_size]
-        return f"{f.count}{code if f.signed else code.upper()}"
-    if f.size not in _INT_CODES:
-        raise undecodable(event, f.name, f"{f.type}, {f.size} bytes")
-    code = _INT_CODES[f.size]
-    return code if f.signed and f.kind is FieldKind.INT else code.upper()
-
-
-def _string_expr(loc: str) -> str:
-    """A ``__data_loc`` string (None when the fetch faulted: len 0), bytes up to its NUL, UTF-8 decoded
-    with non-UTF-8 bytes kept as ``\\xNN`` escapes, exactly as the text reader decodes them."""
-    return (f"(p[o + ({loc} & 65535):o + ({loc} & 65535) + ({loc} >> 16) - 1]"
-            f".decode('utf-8', 'backslashreplace') if {loc} >> 16 else None)")
-
-
-def _value_expr(f: Field, v: str) -> str:
-    """The Python expression of an argument's value, from its unpacked variable(s) ``v``."""
-    if f.kind is FieldKind.STRING:
-        return _string_expr(v)
-    if f.kind is FieldKind.CHAR:
-        return f"_char({v})"
-    if f.kind is FieldKind.ARRAY:
-        return f"[{v}]"
-    return v
-
-
-@dataclass(frozen=True, slots=True)
-class UnpackPlan:
-    """How the generated code of one event gets its fields: one ``struct`` layout unpacked into
-    variables (``unpack`` = ``v0, v1, ...``), the thread name into ``comm``, and per argument the
-    expression of its value. Shared by ``RecordBuilder`` and the raw pipeline's emitters."""
-
-    fmt: EventFormat
-    struct_layout: str
-    unpack: str  # the variables, in layout order
-    tid: str  # the variable of common_pid
-    ip: str  # __probe_ip (entry) or __probe_func (return)
-    ret_ip: str  # "0" for an entry
-    sp: str  # "0" without the exporter's __sp fetcharg
-    comm: str  # an expression: "comm" once ``comm_code`` ran, or a literal
-    comm_code: str  # statements (indented 4) that set ``comm`` from the page
-    args: tuple[tuple[Field, str], ...]  # the configured arguments: (field, value expression)
-    key: str = "0"  # a Go program's g (traceline.hidden_values); "0": calls pair by thread
-    derived: bool = False  # ip, ret_ip or sp come from the hidden fields of RET sites or Go (Python emitters only)
-
-    @classmethod
-    def of(cls, fmt: EventFormat) -> UnpackPlan:
-        pid = next((f for f in fmt.common if f.name == "common_pid"), None)
-        if pid is None:
-            raise undecodable(fmt.name, "common_pid", "missing")
-        fields = sorted((pid, *fmt.fields), key=lambda f: f.offset)
-        layout: list[str] = ["="]
-        names: list[str] = []
-        at = 0
-        for f in fields:
-            if f.offset < at:
-                raise undecodable(fmt.name, f.name, f"at offset {f.offset}, overlapping the field before it")
-            layout.append(f"{f.offset - at}x" if f.offset > at else "")
-            layout.append(_struct_code(f, fmt.name))
-            at = f.offset + f.size
-            if f.kind is FieldKind.ARRAY:
-                if not f.count:
-                    raise undecodable(fmt.name, f.name, f"{f.type}[], an empty array")
-                names.append(", ".join(f"v{len(names)}_{i}" for i in range(f.count)))
-            else:
-                names.append(f"v{len(names)}")
-        by_name = {f.name: names[i] for i, f in enumerate(fields)}
-        comm, comm_code = "'<...>'", ""
-        hidden: dict[str, str] = {}
-        lengths: dict[str, str] = {}
-        args = []
-        for f in fmt.args:
-            v = by_name[f.name]
-            if f.name == HIDDEN_COMM:  # names repeat: decoded once, looked up by their bytes
-                comm, comm_code = "comm", (
-                    f"    if {v} >> 16:\n"
-                    f"        s = o + ({v} & 65535)\n"
-                    f"        raw = p[s:s + ({v} >> 16) - 1]\n"
-                    f"        comm = _comms.get(raw)\n"
-                    f"        if comm is None:\n"
-                    f"            comm = _comm(raw)\n"
-                    f"    else:\n"  # the fetch faulted
-                    f"        comm = '<...>'\n")
-            elif f.name in HIDDEN_DERIVED:
-                hidden[f.name] = v
-            elif f.name.startswith(GOSTRING_LEN_PREFIX):
-                lengths[f.name.removeprefix(GOSTRING_LEN_PREFIX)] = v
-            else:
-                args.append((f, _value_expr(f, v)))
-        if lengths:
-            exprs = dict(wrap_gostrings([(f.name, e) for f, e in args], lengths))
-            args = [(f, exprs[f.name]) for f, _ in args]
-        tid = by_name["common_pid"]
-        ip, ret_ip, sp, key = hidden_values(hidden, by_name["__probe_func" if fmt.is_retprobe else "__probe_ip"],
-                                            by_name.get("__probe_ret_ip", "0"))
-        return cls(fmt, "".join(layout), ", ".join(names), tid, ip, ret_ip, sp, comm, comm_code, tuple(args), key,
-                   bool(set(hidden) - {"__sp"}) or bool(lengths))
-
-    def namespace(self) -> dict[str, Any]:
-        """What the generated code refers to: ``_unpack``, ``_char``, ``_comms``, ``_comm``."""
-        return {"_unpack": struct.Struct(self.struct_layout).unpack_from, "_char": _char, "_comms": COMMS,
-                "_comm": new_comm, "_gostr": go_string}
-
-
-@dataclass(frozen=True, slots=True)
-class RecordBuilder:
-    """Builds the record of one event from the page bytes at its offset; generated from the format."""
-
-    fmt: EventFormat
-    build: Callable[[bytes, int, int, int], TraceRecord]
-    source: str
-
-    @classmethod
-    def compile(cls, fmt: EventFormat) -> RecordBuilder:
-        plan = UnpackPlan.of(fmt)
-        args = ", ".join(f"{f.name!r}: {expr}" for f, expr in plan.args)
-        source = (
-            "def build(p, o, ts, cpu):\n"
-            f"    {plan.unpack}, = _unpack(p, o)\n"
-            f"{plan.comm_code}"
-            f"    return _new(TraceRecord, ({fmt.name!r}, {plan.tid}, 0, cpu, ts, {plan.comm}, {plan.ip},"
-            f" {plan.ret_ip}, {fmt.is_return}, {plan.sp}, {{{args}}}, {plan.key}))\n"
-        )
-        namespace = {"TraceRecord": TraceRecord, "_new": tuple.__new__, **plan.namespace()}
-        return cls(fmt, compile_function(source, "build", f"record builder {fmt.name}", namespace), source)
-
-
-COMMS: dict[bytes, str] = {}  # thread names by their bytes (TASK_COMM_LEN: at most 15 bytes each)
-
-
-def new_comm(raw: bytes) -> str:
-    """A thread name the cache does not hold yet, decoded (non-UTF-8 bytes kept as ``\\xNN``) and cached."""
-    if len(COMMS) >= 4096:
-        COMMS.clear()
-    comm = COMMS[raw] = raw.decode("utf-8", "backslashreplace")
-    return comm
-
-
-def _char(b: int) -> str:
-    """A ``char`` argument: the text reader sees the byte printed with ``'%c'``."""
-    return chr(b) if b < 0x80 else bytes((b,)).decode("utf-8", "backslashreplace")
-
-
 Handler = Callable[[bytes, int, int, int], Any]  # (page, offset of the record, ts_ns, cpu) → anything
 Located = tuple[int, Handler, bytes, int, int]  # (ts_ns, the event's handler, page, record offset, cpu)
+
+
+WalkLayout = tuple[int, int, int, int, int]  # timestamp offset, commit offset and size, data offset, page size
+
+
+class Walk(Protocol):
+    """The page walk: ``walk`` below, or its native twin ``_native.locate`` (the same arguments and
+    results; the native one also appends to a ``_native.Merge``)."""
+
+    def __call__(self, page: bytes, cpu: int, out: list[Located], lost: list[LostEvents], handlers: dict[int, Handler],
+                 layout: WalkLayout, errors: dict[str, int], lost_type: type[LostEvents], /) -> int: ...
 
 
 @dataclass(slots=True)
@@ -255,21 +91,24 @@ class RawDecoder:
 
     ``handlers`` maps each event id to what handles its records: ``RecordBuilder.build`` (``decode``
     gives ``TraceRecord``s) or the raw pipeline's emitters, which ``locate`` puts beside each record for
-    the caller to run once the CPUs' records are merged in time order."""
+    the caller to run once the CPUs' records are merged in time order. ``walk`` is the page walk of the
+    backend (backend.py): this module's ``walk`` or its native twin."""
 
     layout: PageLayout
     handlers: dict[int, Handler]
     errors: dict[str, int] = field(default_factory=lambda: dict.fromkeys(RAW_ERROR_REASONS, 0))
-    native: bool = True  # walk with _native.locate where built (the walk below is its reference)
-    native_layout: tuple[int, ...] = field(init=False, default=())  # the page layout as _native.locate takes it
+    walk: Walk = field(default_factory=lambda: walk)
+    walk_layout: WalkLayout = field(init=False, default=(0, 0, 0, 0, 0))  # the page layout as ``walk`` takes it
 
     def __post_init__(self) -> None:
         layout = self.layout
-        self.native_layout = (layout.timestamp[0], *layout.commit, layout.data_offset, layout.page_size)
+        self.walk_layout = (layout.timestamp[0], *layout.commit, layout.data_offset, layout.page_size)
 
     @classmethod
-    def for_formats(cls, layout: PageLayout, formats: Iterable[EventFormat]) -> RawDecoder:
-        return cls(layout, {f.id: RecordBuilder.compile(f).build for f in formats})
+    def for_formats(cls, layout: PageLayout, formats: Iterable[EventFormat], walk: Walk | None = None) -> RawDecoder:
+        """The record path's decoder: ``decode`` gives the ``TraceRecord`` of every record."""
+        handlers: dict[int, Handler] = {f.id: RecordBuilder.compile(f).build for f in formats}
+        return cls(layout, handlers) if walk is None else cls(layout, handlers, walk=walk)
 
     def decode(self, page: bytes, cpu: int, out: list[Any], lost: list[LostEvents] | None = None) -> int:
         """Append what the handlers make of the page's records to ``out`` (``TraceRecord``s from
@@ -281,81 +120,85 @@ class RawDecoder:
             try:
                 out.append(handler(p, o, ts, c))
             except struct.error:  # the record is shorter than its format says
-                anomalies += self._error("record")
+                anomalies += _count(self.errors, "record")
         return anomalies
 
-    def locate(self, page: bytes, cpu: int, out: list[Located] | Any, lost: list[Any]) -> int:
-        """Append ``(ts_ns, handler, page, offset, cpu)`` per record of the page to ``out`` (a list, or
-        for the native walk a ``_native.Merge`` too), and a LostEvents to ``lost`` when the kernel missed
-        events before the page; returns the anomalies. A timestamp past 64 bits, which only a corrupt
-        page has, ends the walk as a bad event header."""
-        layout = self.layout
-        if _native_locate is not None and self.native:
-            return _native_locate(page, cpu, out, lost, self.handlers, self.native_layout, self.errors, LostEvents)
-        c_off, c_size = layout.commit
-        start = layout.data_offset
-        if len(page) < start:
-            return self._error("page_header") if page else 0
-        ts = struct.unpack_from("=Q", page, layout.timestamp[0])[0]
-        commit = struct.unpack_from("=Q" if c_size == 8 else "=I", page, c_off)[0]
-        end = start + (commit & COMMIT_MASK)
-        if end > len(page) or end > layout.page_size:
-            return self._error("page_header")
-        if commit & MISSED_EVENTS:
-            count = None
-            if commit & MISSED_STORED and end + c_size <= len(page):
-                count = struct.unpack_from("=Q" if c_size == 8 else "=I", page, end)[0]
-            lost.append(LostEvents(cpu, count))
-        return self._events(page, start, end, ts, cpu, out)
+    def locate(self, page: bytes, cpu: int, out: list[Located], lost: list[LostEvents]) -> int:
+        """Append ``(ts_ns, handler, page, offset, cpu)`` per record of the page to ``out`` (a run of the
+        backend's merge), and a LostEvents to ``lost`` when the kernel missed events before the page;
+        returns the anomalies."""
+        return self.walk(page, cpu, out, lost, self.handlers, self.walk_layout, self.errors, LostEvents)
 
-    def _events(self, page: bytes, pos: int, end: int, ts: int, cpu: int, out: list[Located]) -> int:
-        handlers = self.handlers
-        append = out.append
-        header = _HEADER
-        anomalies = 0
-        last = end - 8  # up to here a header and the u32 after it are inside the data
-        while pos < end:
-            if pos > last:
-                w = _U32(page, pos)[0] if pos + 4 <= end else TYPE_TIME_STAMP
-                if w & 31 == TYPE_PADDING and not w >> 5:
-                    break  # the rest of the page is empty
-                if w & 31 == 0 or w & 31 > TYPE_DATA_MAX or pos + 4 + (w & 31) * 4 > end:
-                    return anomalies + self._error("event_header")
-            w, event_id = header(page, pos)  # the header word, and the common_type of a small record
-            type_len = w & 31
-            if type_len <= TYPE_DATA_MAX:
-                ts += w >> 5
-                if ts >> 64:
-                    return anomalies + self._error("event_header")
-                if type_len:
-                    data = pos + 4
-                    pos = data + type_len * 4
-                else:
-                    data = pos + 8
-                    pos += 4 + _U32(page, pos + 4)[0]
-                    if pos < data + 4 or pos > end:
-                        return anomalies + self._error("event_header")
-                    event_id = _U16(page, data)[0]
-                handler = handlers.get(event_id)
-                if handler is None:
-                    anomalies += self._error("unknown_event")
-                    continue
-                append((ts, handler, page, data, cpu))
-            elif type_len == TYPE_TIME_EXTEND:
-                ts += (_U32(page, pos + 4)[0] << TS_SHIFT) + (w >> 5)
-                if ts >> 64:
-                    return anomalies + self._error("event_header")
-                pos += 8
-            elif type_len == TYPE_PADDING:
-                if not w >> 5:
-                    break  # the rest of the page is empty
-                pos += 4 + _U32(page, pos + 4)[0]  # a discarded event
-            else:  # TYPE_TIME_STAMP
-                stamp = (_U32(page, pos + 4)[0] << TS_SHIFT) | (w >> 5)
-                ts = stamp | (ts & TS_MSB) if not stamp & TS_MSB else stamp
-                pos += 8
-        return anomalies
 
-    def _error(self, reason: str) -> int:
-        self.errors[reason] += 1
-        return 1
+def walk(page: bytes, cpu: int, out: list[Located], lost: list[LostEvents], handlers: dict[int, Handler],
+         layout: WalkLayout, errors: dict[str, int], lost_type: type[LostEvents]) -> int:
+    """The reference page walk (``Walk``). A timestamp past 64 bits, which only a corrupt page has, ends
+    the walk as a bad event header."""
+    ts_off, c_off, c_size, start, page_size = layout
+    if len(page) < start:
+        return _count(errors, "page_header") if page else 0
+    ts = struct.unpack_from("=Q", page, ts_off)[0]
+    commit = struct.unpack_from("=Q" if c_size == 8 else "=I", page, c_off)[0]
+    end = start + (commit & COMMIT_MASK)
+    if end > len(page) or end > page_size:
+        return _count(errors, "page_header")
+    if commit & MISSED_EVENTS:
+        count = None
+        if commit & MISSED_STORED and end + c_size <= len(page):
+            count = struct.unpack_from("=Q" if c_size == 8 else "=I", page, end)[0]
+        lost.append(lost_type(cpu, count))
+    return _events(page, start, end, ts, cpu, out, handlers, errors)
+
+
+def _events(page: bytes, pos: int, end: int, ts: int, cpu: int, out: list[Located], handlers: dict[int, Handler],
+            errors: dict[str, int]) -> int:
+    append = out.append
+    header = _HEADER
+    anomalies = 0
+    last = end - 8  # up to here a header and the u32 after it are inside the data
+    while pos < end:
+        if pos > last:
+            w = _U32(page, pos)[0] if pos + 4 <= end else TYPE_TIME_STAMP
+            if w & 31 == TYPE_PADDING and not w >> 5:
+                break  # the rest of the page is empty
+            if w & 31 == 0 or w & 31 > TYPE_DATA_MAX or pos + 4 + (w & 31) * 4 > end:
+                return anomalies + _count(errors, "event_header")
+        w, event_id = header(page, pos)  # the header word, and the common_type of a small record
+        type_len = w & 31
+        if type_len <= TYPE_DATA_MAX:
+            ts += w >> 5
+            if ts >> 64:
+                return anomalies + _count(errors, "event_header")
+            if type_len:
+                data = pos + 4
+                pos = data + type_len * 4
+            else:
+                data = pos + 8
+                pos += 4 + _U32(page, pos + 4)[0]
+                if pos < data + 4 or pos > end:
+                    return anomalies + _count(errors, "event_header")
+                event_id = _U16(page, data)[0]
+            handler = handlers.get(event_id)
+            if handler is None:
+                anomalies += _count(errors, "unknown_event")
+                continue
+            append((ts, handler, page, data, cpu))
+        elif type_len == TYPE_TIME_EXTEND:
+            ts += (_U32(page, pos + 4)[0] << TS_SHIFT) + (w >> 5)
+            if ts >> 64:
+                return anomalies + _count(errors, "event_header")
+            pos += 8
+        elif type_len == TYPE_PADDING:
+            if not w >> 5:
+                break  # the rest of the page is empty
+            pos += 4 + _U32(page, pos + 4)[0]  # a discarded event
+        else:  # TYPE_TIME_STAMP
+            stamp = (_U32(page, pos + 4)[0] << TS_SHIFT) | (w >> 5)
+            ts = stamp | (ts & TS_MSB) if not stamp & TS_MSB else stamp
+            pos += 8
+    return anomalies
+
+
+def _count(errors: dict[str, int], reason: str) -> int:
+    errors[reason] += 1
+    return 1

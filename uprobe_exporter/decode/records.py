@@ -17,7 +17,7 @@ class TraceRecord(NamedTuple):
     did not know it), ``ts_ns`` the trace clock (``mono``) in nanoseconds. For an entry event ``ip`` is
     ``__probe_ip``; for a return event ``ip`` is ``__probe_func`` and ``ret_ip`` is ``__probe_ret_ip``.
     ``sp`` is the stack pointer the exporter fetches itself (``__sp``), used to pair calls exactly, as a
-    uretprobe sees it at a return (see ``traceline.hidden_values``).
+    uretprobe sees it at a return (see ``hidden.hidden_values``).
     """
 
     event: str

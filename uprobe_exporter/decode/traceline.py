@@ -19,70 +19,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from uprobe_exporter.decode.codegen import compile_function
+from uprobe_exporter.decode.hidden import go_string, hidden_values, wrap_gostrings
 from uprobe_exporter.decode.records import LostEvents, TraceRecord
 from uprobe_exporter.errors import TraceParseError
 from uprobe_exporter.kernel.formatfile import EventFormat, Field, FieldKind
+from uprobe_exporter.plan.kernelabi import COMM_LEN, GOSTRING_LEN_PREFIX, HIDDEN_COMM, HIDDEN_DERIVED, HIDDEN_SP
 
 # The context prefix (kernel/trace/trace_output.c: trace_print_context()): comm, tid, tgid (record-tgid),
 # cpu, the irq-info flags, seconds and microseconds; groups 1-6 of every line regex.
 PREFIX = r"(.{16})-(\d+) +(?:\( *(\d+|-+)\) +)?\[(\d+)\] (?:\S{4,5} )? *(\d+)\.(\d{6}): "
 LINE_RE = re.compile(PREFIX + r"(\w+): (.*)\Z", re.S)  # any event: 7 event, 8 payload
 LOST_RE = re.compile(r"CPU:(\d+) \[LOST (?:(\d+) )?EVENTS\]\Z")
-HIDDEN_COMM = "__comm"  # added by the exporter: comm=$comm, the thread's name when it hit the probe
-HIDDEN_SP = "__sp"  # added by the exporter: %sp, to pair an entry with its return exactly
-# added for returns seen at RET instructions and for Go programs (probes.py RET_HIDDEN_FETCHARGS, GO_FETCHARGS)
-HIDDEN_SP_RET, HIDDEN_RET_ADDR, HIDDEN_IP_DELTA = "__sp_ret", "__ret_addr", "__ip_delta"
-HIDDEN_G, HIDDEN_G_HI = "__g", "__g_hi"
-GOSTRING_LEN_PREFIX = "__len_"  # fetchargs.py: the length of the Go string argument NAME is __len_NAME
-HIDDEN_DERIVED = frozenset({HIDDEN_SP, HIDDEN_SP_RET, HIDDEN_RET_ADDR, HIDDEN_IP_DELTA, HIDDEN_G,
-                            HIDDEN_G_HI})
-RETURN_ADDRESS_SIZE = 8  # x86-64: `ret` pops the return address (pairing.py pairs on that)
-GO_STACK_TOP = 1 << 62  # Go: a frame's sp for pairing is GO_STACK_TOP − (g.stack.hi − sp): deeper is lower
 PARSE_ERROR_REASONS = ("line_format", "unknown_event", "payload", "value")  # TraceParseError.reason values
 MAX_JOINED_LINES = 8  # a string argument holding newlines spans lines; rejoin at most this many
-COMM_LEN = 15  # TASK_COMM_LEN - 1
-
-
-def hidden_values(exprs: dict[str, str], ip: str, ret_ip: str) -> tuple[str, str, str, str]:
-    """The expressions of a record's ``ip``, ``ret_ip``, pairing ``sp`` and pairing ``key`` from those of
-    its hidden fields (``exprs``, by field name) and of the kernel's ``ip``/``ret_ip``.
-
-    ``sp`` is always as a uretprobe would see it at a return: at a RET instruction (``__sp_ret``) %sp
-    still points at the return address, so it is 8 lower. In a Go program (``__g``, ``__g_hi``) calls
-    pair by goroutine (``key``: its g) and by the frame's distance from the top of the goroutine's stack,
-    which a stack copy keeps: ``sp`` is GO_STACK_TOP − (hi − %sp), so that deeper frames stay lower.
-    ``key`` is the g ("0" without one: pair by thread), which pairing.GoroutineKeys turns into a key per
-    process and goroutine."""
-    if HIDDEN_IP_DELTA in exprs:
-        ip = f"({ip} - {exprs[HIDDEN_IP_DELTA]})"
-    ret_ip = exprs.get(HIDDEN_RET_ADDR, ret_ip)
-    sp, at_ret = exprs.get(HIDDEN_SP), ""
-    if sp is None and HIDDEN_SP_RET in exprs:
-        sp, at_ret = exprs[HIDDEN_SP_RET], f" + {RETURN_ADDRESS_SIZE}"
-    key = "0"
-    if sp is None:
-        sp = "0"
-    elif HIDDEN_G_HI in exprs and HIDDEN_G in exprs:
-        hi = exprs[HIDDEN_G_HI]  # 0: %r14 was not a g (its read faulted): pair by order then
-        sp = f"(({GO_STACK_TOP} - {hi} + {sp}{at_ret}) if {hi} else 0)"
-        key = exprs[HIDDEN_G]
-    elif at_ret:
-        sp = f"({sp}{at_ret})"
-    return ip, ret_ip, sp, key
-
-
-def go_string(words: list[int], length: int) -> str | None:
-    """A Go string read as x64 words (fetchargs.py: gostring) and its length: its bytes sliced to the
-    length (at most the words read), UTF-8 decoded with other bytes kept as ``\\xNN``; None if the
-    length is negative (not a string)."""
-    if length < 0:
-        return None
-    return struct.pack(f"<{len(words)}Q", *words)[:length].decode("utf-8", "backslashreplace")
-
-
-def wrap_gostrings(args: list[tuple[str, str]], lengths: dict[str, str]) -> list[tuple[str, str]]:
-    """The argument expressions with each Go string's words turned into its text (``_gostr``)."""
-    return [(name, f"_gostr({expr}, {lengths[name]})" if name in lengths else expr) for name, expr in args]
 
 
 def decode_text(raw: str) -> str:

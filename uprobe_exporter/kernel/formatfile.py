@@ -18,12 +18,12 @@ import re
 from dataclasses import dataclass, replace
 
 from uprobe_exporter.errors import FormatError
+from uprobe_exporter.plan.kernelabi import PROBE_FIELDS, PROBE_RET_IP
 
 FIELD_RE = re.compile(
     r"\tfield:(?P<decl>[^;]+);\toffset:(?P<offset>\d+);\tsize:(?P<size>\d+);\tsigned:(?P<signed>-?\d+);"
 )
 ELEM_SIZES = {"u8": 1, "s8": 1, "char": 1, "u16": 2, "s16": 2, "u32": 4, "s32": 4, "u64": 8, "s64": 8}
-PROBE_FIELDS = frozenset({"__probe_ip", "__probe_func", "__probe_ret_ip"})
 
 
 class FieldKind(enum.Enum):
@@ -71,7 +71,7 @@ class EventFormat:
     @property
     def is_retprobe(self) -> bool:
         """A kernel return probe (`r:`): __probe_func and __probe_ret_ip instead of __probe_ip."""
-        return any(f.name == "__probe_ret_ip" for f in self.fields)
+        return any(f.name == PROBE_RET_IP for f in self.fields)
 
     @property
     def args(self) -> tuple[Field, ...]:

@@ -8,7 +8,7 @@ unwound past them (longjmp, C++ exception) and they are evicted as ``unwound``. 
 ``sp`` at or above a pending one proves the same. Without a stack pointer (0), pairing falls back to
 innermost-call (LIFO) order. The readers give every return's ``sp`` as a uretprobe sees it (a return
 seen at a RET instruction is 8 lower) and, for Go programs, key calls by goroutine instead of thread,
-with a stack offset that survives stack copies (traceline.hidden_values). Threads that exit inside a
+with a stack offset that survives stack copies (hidden.hidden_values). Threads that exit inside a
 call are evicted by ``evict_thread``; past ``max_pending`` the least recently active thread loses its
 oldest entry (``capacity``).
 
@@ -27,16 +27,10 @@ from __future__ import annotations
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
-try:  # the native pairing (uprobe_exporter/native/pairing.c), built at install when a C compiler is there
-    from uprobe_exporter._native import Pairing as _Native
+from uprobe_exporter.plan.kernelabi import RETURN_ADDRESS_SIZE
 
-    _NativePairing: type[_Native] | None = _Native
-except ImportError:  # then PythonPairing does it
-    _NativePairing = None
-
-RETURN_ADDRESS_SIZE = 8  # x86-64: `ret` pops the return address
 PID_MAX_LIMIT = 1 << 22  # include/linux/threads.h: thread ids never exceed it
 GO_KEY_BASE = 1 << 40  # GoroutineKeys count up from here: a key above PID_MAX_LIMIT is a goroutine's
 _new_frame = tuple.__new__  # skips the NamedTuple's Python-level __new__
@@ -232,14 +226,31 @@ class PythonPairing:
 Counts = tuple[dict[str, int], dict[str, int], dict[str, int], dict[tuple[str, str], int], dict[str, int]]
 
 
-class Pairing:
-    """The pairing a pipeline uses: the native one (``_native.Pairing``) where it is built, else
-    ``PythonPairing``. Its methods are the implementation's own, bound once: a call costs no extra layer."""
+class PairingCore(Protocol):
+    """What both twins implement: ``PythonPairing`` (the reference) and ``_native.Pairing`` (pairing.c);
+    backend.py chooses one."""
 
-    def __init__(self, max_pending: int = 65536, max_depth: int = 4096, native: bool = True) -> None:
-        core: PythonPairing | Any = PythonPairing(max_pending, max_depth)
-        if native and _NativePairing is not None:
-            core = _NativePairing(Frame, max_pending, max_depth)
+    @property
+    def stacks(self) -> dict[tuple[str, int], list[Frame]]: ...
+    @property
+    def pending(self) -> int: ...
+    def enter(self, probe: str, tid: int, sp: int, ts_ns: int, extra: Any = None) -> None: ...
+    def leave(self, probe: str, tid: int, sp: int) -> Frame | None: ...
+    def leave_matching(self, probe: str, tid: int, want: tuple[Any, ...]) -> Frame | None: ...
+    def drop_empty(self) -> None: ...
+    def threads(self) -> set[int]: ...
+    def evict_thread(self, tid: int) -> int: ...
+    def set_entry_filtered(self, probes: Iterable[str]) -> None: ...
+    def counts(self) -> Counts: ...
+
+
+class Pairing:
+    """The pairing a pipeline uses, over the backend's twin (``twin``: ``PythonPairing`` or the native
+    one, backend.py). Its methods are the twin's own, bound once: a call costs no extra layer."""
+
+    def __init__(self, max_pending: int = 65536, max_depth: int = 4096,
+                 twin: Callable[[int, int], PairingCore] = PythonPairing) -> None:
+        core = twin(max_pending, max_depth)
         self.core = core
         self.enter: Callable[..., None] = core.enter  # (probe, tid, sp, ts_ns, extra=None)
         self.leave: Callable[[str, int, int], Frame | None] = core.leave
@@ -257,7 +268,6 @@ class Pairing:
     @property
     def pending(self) -> int:
         return int(self.core.pending)
-
     def statistics(self) -> PairingStats:
         """A snapshot; safe to call from another thread."""
         pending, paired, without, evicted, filtered = self.core.counts()

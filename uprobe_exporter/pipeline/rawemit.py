@@ -19,22 +19,15 @@ from typing import Any, NamedTuple
 import orjson
 
 from uprobe_exporter.decode.codegen import compile_function
-from uprobe_exporter.decode.rawpage import COMMS, Handler, UnpackPlan, new_comm
-from uprobe_exporter.decode.traceline import HIDDEN_COMM, HIDDEN_SP
+from uprobe_exporter.decode.rawpage import Handler
+from uprobe_exporter.decode.unpack import COMMS, UnpackPlan, new_comm
 from uprobe_exporter.kernel.formatfile import FieldKind
 from uprobe_exporter.pipeline.histogram import ANY_LABELS, COMM_LABEL, NO_LABELS, ProbeHistograms
+from uprobe_exporter.pipeline.lines import Lines
 from uprobe_exporter.pipeline.pairing import GoroutineKeys, Pairing
 from uprobe_exporter.pipeline.render import DURATION_END, LINE_END, LINE_HEAD, EventInfo, Renderer
 from uprobe_exporter.plan.config import POD_LABELS
-
-try:  # the native emitter (uprobe_exporter/native/emit.c), built at install when a C compiler is there
-    from uprobe_exporter._native import EmitPlan as _EmitPlan
-    from uprobe_exporter._native import Lines as _Lines
-
-    EmitPlan: type[_EmitPlan] | None = _EmitPlan
-    NativeLines: type[_Lines] | None = _Lines
-except ImportError:  # then every event has its Python emitter
-    EmitPlan = NativeLines = None
+from uprobe_exporter.plan.kernelabi import COMMON_PID, HIDDEN_COMM, HIDDEN_SP, PROBE_FUNC, PROBE_IP, PROBE_RET_IP
 
 ARG_SIGNED, ARG_UNSIGNED, ARG_STRING, ARG_CHAR, ARG_ARRAY_SIGNED, ARG_ARRAY_UNSIGNED = range(6)  # _native.c
 PAIR_NONE, PAIR_ENTER, PAIR_ENTER_COMM, PAIR_LEAVE, PAIR_LEAVE_KNOWN = range(5)  # _native.c
@@ -53,21 +46,6 @@ class Route(NamedTuple):
     match: frozenset[str] = frozenset()
 
 
-class LineList(list[bytes]):
-    """The JSON lines of a batch, as the emitters append them; ``take`` joins and empties. Its native
-    twin ``_native.Lines`` keeps them in one buffer, which native emitters render straight into."""
-
-    def take(self) -> tuple[bytes, int]:
-        batch = (b"".join(self), len(self))
-        self.clear()
-        return batch
-
-
-def new_lines(native: bool = True) -> LineList | Any:
-    """``_native.Lines`` where built (unless ``native`` is off), else a ``LineList``."""
-    return NativeLines() if native and NativeLines is not None else LineList()
-
-
 @dataclass(frozen=True, slots=True)
 class Sinks:
     """What every emitter of a pipeline writes to."""
@@ -76,7 +54,7 @@ class Sinks:
     pairing: Pairing
     renderer: Renderer | None  # None: no JSON output
     tgid_of: Callable[[int], int]
-    lines: LineList | Any  # the JSON lines of the batch (or a _native.Lines), taken by the pipeline
+    lines: Lines  # the JSON lines of the batch (the backend's), taken by the pipeline
     negative: dict[str, int]  # per probe: returns that paired with an entry younger than them
     go_keys: GoroutineKeys | None = None  # Go: pairing keys per (process, g)
     pod_label: Callable[[int, str], str] = lambda tid, label: ""  # a thread's k8s_* label value
@@ -196,12 +174,14 @@ def compile_emitter(plan: UnpackPlan, route: Route, sinks: Sinks) -> tuple[Handl
     return compile_function(source, "emit", f"emitter {fmt.name}", namespace), source
 
 
-def native_emitter(plan: UnpackPlan, route: Route, sinks: Sinks, emitter: Handler) -> Handler | None:
-    """The native emitter of the event, which does exactly what ``emitter`` (its Python emitter) does and
-    hands it what it does not cover; None when the extension is not built or the event has what only
-    the Python emitter handles: histogram labels taken from arguments; returns seen at RET instructions
-    and Go programs' events (their ip, sp and pairing key are computed from hidden fields)."""
-    if EmitPlan is None or plan.derived:
+def native_emitter(emit_plan: Callable[..., Handler], plan: UnpackPlan, route: Route, sinks: Sinks,
+                   emitter: Handler) -> Handler | None:
+    """The native emitter of the event (``emit_plan``: the backend's ``_native.EmitPlan``), which does
+    exactly what ``emitter`` (its Python emitter) does and hands it what it does not cover; None when the
+    event has what only the Python emitter handles: histogram labels taken from arguments; returns seen
+    at RET instructions and Go programs' events (their ip, sp and pairing key are computed from hidden
+    fields)."""
+    if plan.derived:
         return None
     fmt = plan.fmt
     fields = {f.name: f for f in (*fmt.common, *fmt.fields)}
@@ -236,16 +216,16 @@ def native_emitter(plan: UnpackPlan, route: Route, sinks: Sinks, emitter: Handle
         pairing = PAIR_ENTER_COMM
     else:
         return None
-    ip = offset("__probe_func" if fmt.is_retprobe else "__probe_ip", 8)
-    tid = offset("common_pid", 4)
+    ip = offset(PROBE_FUNC if fmt.is_retprobe else PROBE_IP, 8)
+    tid = offset(COMMON_PID, 4)
     if ip < 0 or tid < 0:
         return None
     comm = fields.get(HIDDEN_COMM)
-    layout = (tid, ip, offset("__probe_ret_ip", 8), offset(HIDDEN_SP, 8),
+    layout = (tid, ip, offset(PROBE_RET_IP, 8), offset(HIDDEN_SP, 8),
               comm.offset if comm is not None and comm.kind is FieldKind.STRING else -1,
               struct.calcsize(plan.struct_layout))
     r = sinks.renderer
-    return EmitPlan(emitter, fmt.name, route.info.probe, layout, tuple(args), pairing, (
+    return emit_plan(emitter, fmt.name, route.info.probe, layout, tuple(args), pairing, (
         sinks.pairing.enter, sinks.pairing.leave, hist, sinks.counts, r, route.info, route.info.full_name,
         sinks.tgid_of, r.by_thread if r is not None else {}, r.clock if r is not None else [0, 0, b"", 0],
         sinks.lines, COMMS, new_comm, orjson.dumps, sinks.negative))

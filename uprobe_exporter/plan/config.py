@@ -15,8 +15,9 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from uprobe_exporter.errors import ConfigError
-from uprobe_exporter.plan.fetchargs import GOSTRING_LEN_PREFIX, check_fetcharg
+from uprobe_exporter.plan.fetchargs import check_fetcharg
 from uprobe_exporter.plan.filters import check_comm, check_filter, event_fields
+from uprobe_exporter.plan.kernelabi import GOSTRING_LEN_PREFIX
 from uprobe_exporter.plan.stapsdt import check_usdt_arg
 
 DEFAULT_PORT = 9527

@@ -9,6 +9,8 @@ from __future__ import annotations
 import difflib
 import re
 
+from uprobe_exporter.plan.kernelabi import GOSTRING_LEN_PREFIX
+
 # x86-64 register names accepted by regs_query_register_offset() (arch/x86/kernel/ptrace.c).
 REGISTERS = frozenset({
     "ax", "bx", "cx", "dx", "si", "di", "bp", "sp", "ip", "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15",
@@ -24,7 +26,6 @@ MAX_ARRAY_LEN = 64  # trace_probe.h
 GOSTRING_RE = re.compile(r"(?P<body>.+):gostring(?:\[(?P<n>\d+)\])?\Z")
 GO_INT_REGISTERS = ("ax", "bx", "cx", "di", "si", "r8", "r9", "r10", "r11")  # ABIInternal, amd64
 GOSTRING_BYTES, GOSTRING_MAX_BYTES = 64, 8 * MAX_ARRAY_LEN
-GOSTRING_LEN_PREFIX = "__len_"  # the hidden field with the length of the string argument NAME: __len_NAME
 TYPE_NAMES = (*(f"{k}{b}" for k in "usx" for b in (8, 16, 32, 64)), "char", "string", "ustring")
 C_TYPES = {"int": "s32", "long": "s64", "unsigned": "u32", "short": "s16", "bool": "u8", "size_t": "u64",
            "ssize_t": "s64", "ptr": "x64", "pointer": "x64", "str": "string", "char*": "string"}

@@ -14,16 +14,23 @@ import difflib
 import re
 from collections.abc import Sequence
 
-COMMON_FIELDS = ("common_pid", "common_type", "common_flags", "common_preempt_count")
-EXPORTER_FIELDS = ("__comm", "__sp")  # probes.HIDDEN_FETCHARGS
+from uprobe_exporter.plan.kernelabi import (
+    COMMON_FIELDS,
+    EXPORTER_FIELDS,
+    HIDDEN_COMM,
+    PROBE_FUNC,
+    PROBE_IP,
+    PROBE_RET_IP,
+    TASK_COMM_LEN,
+)
+
 GENERIC_FIELDS = ("comm", "COMM", "cpu", "CPU", "common_cpu", "stacktrace", "STACKTRACE")
-ENTRY_FIELDS = ("__probe_ip",)
-RETURN_FIELDS = ("__probe_func", "__probe_ret_ip")
+ENTRY_FIELDS = (PROBE_IP,)
+RETURN_FIELDS = (PROBE_FUNC, PROBE_RET_IP)
 COMPARE_OPS = ("==", "!=", "<=", ">=", "<", ">", "&", "~")
 THREAD_ID = ("common_pid (the thread id: a filter cannot name a process, whose threads have their own ids; "
              "comm = [...] matches thread names)")
 HINTS = {"pid": THREAD_ID, "tid": THREAD_ID, "tgid": THREAD_ID, "process": THREAD_ID}
-TASK_COMM_LEN = 16  # include/linux/sched.h: a thread's name is at most 15 bytes and a NUL
 _TOKEN = re.compile(r"""\s*(?:(?P<string>"[^"]*"|'[^']*')|(?P<op>==|!=|<=|>=|&&|\|\||[<>&~!()])
                          |(?P<word>[^\s()&|!<>=~"']+))""", re.X)
 _GLOB = re.compile(r"[*?\[]")
@@ -78,7 +85,7 @@ def check_comm(name: object) -> str | None:
 
 def comm_filter(names: Sequence[str]) -> str:
     """The filter that keeps the records of threads named one of ``names`` (a glob with ``*?[``)."""
-    preds = [f'__comm {"~" if _GLOB.search(n) else "=="} "{n}"' for n in names]
+    preds = [f'{HIDDEN_COMM} {"~" if _GLOB.search(n) else "=="} "{n}"' for n in names]
     return " || ".join(preds)
 
 

@@ -15,20 +15,29 @@ from uprobe_exporter.errors import ResolveError
 from uprobe_exporter.plan.config import ProbeConfig
 from uprobe_exporter.plan.fetchargs import expand_gostring
 from uprobe_exporter.plan.filters import combine_filters, comm_filter
+from uprobe_exporter.plan.kernelabi import (
+    HIDDEN_COMM,
+    HIDDEN_G,
+    HIDDEN_G_HI,
+    HIDDEN_IP_DELTA,
+    HIDDEN_RET_ADDR,
+    HIDDEN_SP,
+    HIDDEN_SP_RET,
+)
 
-HIDDEN_FETCHARGS = "__comm=$comm __sp=%sp:x64"
+HIDDEN_FETCHARGS = f"{HIDDEN_COMM}=$comm {HIDDEN_SP}=%sp:x64"  # names: kernelabi.py
 # A return seen at a RET instruction (``return_via = "ret_instructions"``, a `p:` probe per RET): %sp still
 # points at the return address there, as at the entry (a uretprobe sees it 8 higher): ``__sp_ret`` says
 # which kind of return the pairing sees; ``__ret_addr`` is the address the RET returns to; ``__ip_delta``
 # (an immediate per site) is how far the site is from the function's start, so ``func`` is the function's.
-RET_HIDDEN_FETCHARGS = "__comm=$comm __sp_ret=%sp:x64 __ret_addr=+0(%sp):x64"
+RET_HIDDEN_FETCHARGS = f"{HIDDEN_COMM}=$comm {HIDDEN_SP_RET}=%sp:x64 {HIDDEN_RET_ADDR}=+0(%sp):x64"
 # Go (ABIInternal, amd64): %r14 is the current g, and runtime.g begins with stack{lo, hi}: calls pair by
 # goroutine (g) and by hi − sp, which stays the same when the goroutine's stack is copied (grown).
-GO_FETCHARGS = "__g=%r14:x64 __g_hi=+8(%r14):x64"
+GO_FETCHARGS = f"{HIDDEN_G}=%r14:x64 {HIDDEN_G_HI}=+8(%r14):x64"
 # A USDT site is not a function's first instruction: %sp says nothing about which call a return ends
 # (CPython 3.11 runs nested Python calls in one C frame). The constant 0 makes pairing take the
 # innermost open entry of the thread (pairing.py: no stack pointer, LIFO order).
-USDT_HIDDEN_FETCHARGS = "__comm=$comm __sp=\\0:x64"
+USDT_HIDDEN_FETCHARGS = f"{HIDDEN_COMM}=$comm {HIDDEN_SP}=\\0:x64"
 ENTRY_SUFFIX = "_entry"
 RETURN_SUFFIX = "_return"
 
@@ -92,7 +101,7 @@ def build_events(probe: ResolvedProbe, group: str, where: str = "", base: str = 
     by_comm = comm_filter(cfg.comm)  # on both events: a return is recorded only where its entry could be
     entry = f"{base}{ENTRY_SUFFIX}"
     go = f" {GO_FETCHARGS}" if probe.goroutines else ""
-    delta = f" __ip_delta=\\{probe.entry_delta}:u32" if probe.entry_delta else ""
+    delta = f" {HIDDEN_IP_DELTA}=\\{probe.entry_delta}:u32" if probe.entry_delta else ""
     events = [ProbeEvent(cfg.name, group, entry, False, probe.path, probe.offset,
                          f"p:{group}/{entry} {target} {HIDDEN_FETCHARGS}{go}{delta}{_fetchargs(cfg.args)}",
                          combine_filters(by_comm, cfg.filter), where)]
@@ -100,7 +109,7 @@ def build_events(probe: ResolvedProbe, group: str, where: str = "", base: str = 
         ret = f"{base}{RETURN_SUFFIX}"
         events.extend(ProbeEvent(
             cfg.name, group, ret, True, probe.path, offset,
-            f"p:{group}/{ret} {probe.path}:{offset:#x} {RET_HIDDEN_FETCHARGS}{go} __ip_delta=\\{into}:u32"
+            f"p:{group}/{ret} {probe.path}:{offset:#x} {RET_HIDDEN_FETCHARGS}{go} {HIDDEN_IP_DELTA}=\\{into}:u32"
             f"{_fetchargs(cfg.return_args)}", combine_filters(by_comm, cfg.return_filter), where, at_ret=True)
             for offset, into in probe.ret_sites)
     elif cfg.return_probe:

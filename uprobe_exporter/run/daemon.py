@@ -18,16 +18,16 @@ import sys
 import time
 from dataclasses import dataclass
 
-from uprobe_exporter.decode.rawpage import RAW_ERROR_REASONS, PageLayout, RawDecoder
-from uprobe_exporter.decode.traceline import TextParser
+from uprobe_exporter.backend import CHOSEN, STATUS, Backend
+from uprobe_exporter.decode.rawpage import PageLayout, RawDecoder
 from uprobe_exporter.errors import TracefsError
 from uprobe_exporter.kernel.session import ProbeSession
 from uprobe_exporter.kernel.tracefs import Instance, Tracefs, find_tracefs
-from uprobe_exporter.nativestatus import native_status
-from uprobe_exporter.pipeline.core import Pipeline, event_infos
-from uprobe_exporter.pipeline.pairing import PID_MAX_LIMIT, GoroutineKeys, Pairing
-from uprobe_exporter.pipeline.rawemit import EmitPlan
+from uprobe_exporter.pipeline.calls import Pipeline
+from uprobe_exporter.pipeline.pairing import PID_MAX_LIMIT, GoroutineKeys
+from uprobe_exporter.pipeline.raw import RawPipeline
 from uprobe_exporter.pipeline.render import Renderer
+from uprobe_exporter.pipeline.text import TextPipeline
 from uprobe_exporter.plan.binaries import BinaryChange, BinaryWatch
 from uprobe_exporter.plan.config import Config
 from uprobe_exporter.plan.probes import ProbeEvent
@@ -250,32 +250,33 @@ async def run(config: Config, problems: list[str]) -> bool:
 
 def _reader(
     config: Config, session: ProbeSession, instance: Instance, renderer: Renderer | None, tgids: TgidCache,
-    sink: JsonlSink | None, identities: PodIdentities | None = None,
+    sink: JsonlSink | None, identities: PodIdentities | None = None, backend: Backend = CHOSEN,
 ) -> tuple[Pipeline, TracePipeReader | RawPipeReader]:
-    """The pipeline and the reader the configuration asks for: text ``trace_pipe`` or raw pages."""
+    """The pipeline and the reader the configuration asks for: text ``trace_pipe`` or raw pages, the
+    raw ones on ``backend``'s twins (the text path's only twin is the pairing)."""
     formats = session.formats.values()
-    raw = config.exporter.reader == "raw"
-    pipeline = Pipeline(
-        None if raw else TextParser.for_formats(formats), event_infos(session.events, config.probes),
-        config.probes, renderer, Pairing(config.exporter.max_pending_calls), config.metrics.label_values_max,
-        tgids, dict.fromkeys(RAW_ERROR_REASONS, 0) if raw else None, identity_of=identities)
+    max_pending, label_values_max = config.exporter.max_pending_calls, config.metrics.label_values_max
 
     def submit(batch: tuple[bytes, int] | None) -> None:
         if batch is not None and sink is not None:
             sink.submit(*batch)
 
-    if raw:
-        emitters = pipeline.emitters(formats)
-        native = sum(EmitPlan is not None and isinstance(e, EmitPlan) for e in emitters.values())
-        status = native_status()
-        others = "" if native == len(emitters) or not status.active else \
+    if config.exporter.reader == "raw":
+        raw = RawPipeline.of(config.probes, session.events, backend, renderer, max_pending, label_values_max, tgids,
+                             identities)
+        emitters = raw.emitters(formats)
+        native = backend.native_emitters(emitters)
+        others = "" if native == len(emitters) or backend.emit_plan is None else \
             "; the others need the Python emitter (histogram labels from arguments)"
         log.info("raw reader: native path for %d of %d events; native parts: %s%s", native, len(emitters),
-                 status.describe(), others)
-        decoder = RawDecoder(PageLayout.parse(instance.read_header_page()), emitters, pipeline.decode_errors)
-        return pipeline, RawPipeReader(instance.root, instance.cpus(), decoder,
-                                       lambda located, lost: submit(pipeline.process_located(located, lost)))
-    return pipeline, TracePipeReader(instance.trace_pipe, lambda lines, final: submit(pipeline.process(lines, final)))
+                 STATUS.describe(), others)
+        decoder = RawDecoder(PageLayout.parse(instance.read_header_page()), emitters, raw.decode_errors, backend.walk)
+        return raw, RawPipeReader(instance.root, instance.cpus(), decoder, backend.new_merge(),
+                                  lambda located, lost: submit(raw.process_located(located, lost)))
+    text = TextPipeline.of(config.probes, session.events, formats, backend, renderer, max_pending, label_values_max,
+                           tgids, identities)
+    log.info("text reader; native parts: %s", STATUS.describe())
+    return text, TracePipeReader(instance.trace_pipe, lambda lines, final: submit(text.process(lines, final)))
 
 
 async def _serve(rt: Runtime, session: ProbeSession, instance: Instance, stop: asyncio.Event) -> None:

@@ -35,7 +35,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from uprobe_exporter.decode.rawpage import Handler
 from uprobe_exporter.errors import FormatError, OwnershipError, ResolveError, TracefsError
 from uprobe_exporter.kernel.session import ProbeSession
-from uprobe_exporter.pipeline.core import Pipeline
+from uprobe_exporter.pipeline.calls import Pipeline
 from uprobe_exporter.plan.config import FILE_TAG, Config, DiscoverConfig, ProbeConfig
 from uprobe_exporter.plan.probes import ProbeEvent, build_events
 from uprobe_exporter.plan.resolve import resolve_file

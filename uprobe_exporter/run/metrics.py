@@ -26,7 +26,7 @@ from uprobe_exporter import __version__
 from uprobe_exporter.decode.traceline import PARSE_ERROR_REASONS
 from uprobe_exporter.errors import ConfigError, MetricsError, UprobeExporterError, mapped_oserror, os_errors
 from uprobe_exporter.kernel.tracefs import Instance, Tracefs
-from uprobe_exporter.pipeline.core import Pipeline
+from uprobe_exporter.pipeline.calls import Pipeline
 from uprobe_exporter.pipeline.histogram import ProbeHistograms
 from uprobe_exporter.pipeline.pairing import EVICTION_REASONS, Pairing
 from uprobe_exporter.plan.binaries import BinaryWatch

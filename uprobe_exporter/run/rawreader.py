@@ -6,7 +6,7 @@ poll() on any of them, then sleep ``batch_delay`` so that a burst is read as who
 waking per event (as ``reader.TracePipeReader`` does for text).
 
 A thread can migrate between its entry and its return, so the CPUs' records are merged by timestamp
-before pairing (``CpuMerge``): a batch is read after noting the time ``now``. A CPU read until its
+before pairing (decode/merge.py): a batch is read after noting the time ``now``. A CPU read until its
 file said ``EAGAIN`` holds nothing committed before ``now`` any more, but for a record still being
 written (``hold_ns`` covers those). A CPU whose reading stopped earlier (its page limit, or its writer
 caught twice) may still hold unread records, all of them no older than the last record read of it:
@@ -22,89 +22,15 @@ from __future__ import annotations
 
 import os
 import time
-from bisect import bisect_right
 from collections.abc import Awaitable, Callable, Sequence
-from operator import itemgetter
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
+from uprobe_exporter.decode.merge import Merge
 from uprobe_exporter.decode.rawpage import RAW_ERROR_REASONS, Located, RawDecoder
 from uprobe_exporter.decode.records import LostEvents
 from uprobe_exporter.errors import TracefsError, mapped_oserror
-from uprobe_exporter.run.reader import read_forever, readable
-
-try:  # rawreader.CpuMerge in C (uprobe_exporter/native/merge.c), built at install when a C compiler is there
-    from uprobe_exporter import _native
-
-    _NativeMerge: Any = _native.Merge
-except ImportError:
-    _NativeMerge = None
-
-_ts_of = itemgetter(0)  # Located: (ts_ns, handler, page, offset, cpu)
-
-
-class CpuMerge:
-    """Pure: merges per-CPU runs of located records (each in timestamp order) into one order, holding
-    back the records younger than ``hold_ns`` (at most ``max_held`` of them) for the next batch."""
-
-    def __init__(self, hold_ns: int = 2_000_000, max_held: int = 1 << 16) -> None:
-        self.hold_ns = hold_ns
-        self.max_held = max_held
-        self.held: list[Located] = []
-
-    def new_run(self) -> list[Located]:
-        """Where the decoder puts one CPU's records of this batch (a run passed to ``push``)."""
-        return []
-
-    def last_ts(self, run: list[Located]) -> int | None:
-        """The timestamp of the last record in ``run``, or None."""
-        return run[-1][0] if run else None
-
-    def push(self, runs: list[list[Located]], now_ns: int, final: bool = False) -> Sequence[Located]:
-        # sorted() is stable and merges already-ordered runs in linear time (timsort), in C
-        merged = sorted([r for run in (*runs, self.held) for r in run], key=_ts_of)
-        if final:
-            self.held = []
-            return merged
-        cut = bisect_right(merged, now_ns - self.hold_ns, key=_ts_of)
-        cut = max(cut, len(merged) - self.max_held)
-        self.held = merged[cut:]
-        return merged[:cut] if cut < len(merged) else merged
-
-
-class NativeCpuMerge:
-    """``CpuMerge`` in C (``_native.Merge``, its exact twin): the decoder's native walk puts the records
-    straight into it, and ``push`` releases them as a ``_native.Released`` that ``_native.run`` emits
-    without a Python object per record."""
-
-    def __init__(self, hold_ns: int = 2_000_000, max_held: int = 1 << 16) -> None:
-        self.core = _NativeMerge(hold_ns, max_held)
-        self._run_start = 0
-
-    @property
-    def hold_ns(self) -> int:
-        return int(self.core.hold_ns)
-
-    @property
-    def held(self) -> int:
-        return int(self.core.held)
-
-    def new_run(self) -> Any:
-        self._run_start = self.core.located
-        return self.core
-
-    def last_ts(self, run: Any) -> int | None:
-        return self.core.last_ts if self.core.located > self._run_start else None
-
-    def push(self, runs: list[Any], now_ns: int, final: bool = False) -> Sequence[Located]:
-        return cast(Sequence[Located], self.core.push(now_ns, final))  # a _native.Released
-
-
-def cpu_merge(decoder: RawDecoder, hold_ns: int = 2_000_000, max_held: int = 1 << 16) -> CpuMerge | NativeCpuMerge:
-    """The native merge where the extension is built and the decoder walks natively; else the Python one."""
-    if _NativeMerge is not None and decoder.native:
-        return NativeCpuMerge(hold_ns, max_held)
-    return CpuMerge(hold_ns, max_held)
+from uprobe_exporter.run.polling import read_forever, readable
 
 
 class RawPipeReader:
@@ -118,10 +44,10 @@ class RawPipeReader:
         root: Path,
         cpus: list[int],
         decoder: RawDecoder,
+        merge: Merge,
         on_records: Callable[[Sequence[Located], list[LostEvents]], None],
         batch_delay: float = 0.01,
         pages_per_turn: int = 32,
-        merge: CpuMerge | NativeCpuMerge | None = None,
         read: Callable[[int, int], bytes] = os.read,
         clock: Callable[[], int] = lambda: time.clock_gettime_ns(time.CLOCK_MONOTONIC),
     ) -> None:
@@ -131,7 +57,7 @@ class RawPipeReader:
         self.on_records = on_records
         self.batch_delay = batch_delay
         self.pages_per_turn = pages_per_turn
-        self.merge = merge or cpu_merge(decoder)
+        self.merge = merge  # the backend's: its runs are what the decoder's walk fills
         self.page_size = decoder.layout.page_size
         self.bytes_read = 0
         self.pages_read = 0
@@ -216,7 +142,7 @@ class RawPipeReader:
         """Read forever; cancel to stop (then call ``drain`` for what is left). Records held back for
         ordering are released once the hold time has passed, even if no more data comes."""
         def wait() -> Awaitable[None]:
-            hold = self.merge.hold_ns / 1e9 + self.batch_delay if self.merge.held else None
+            hold = self.merge.hold_ns / 1e9 + self.batch_delay if self.merge.waiting else None
             return readable(list(self.fds.values()), hold)
 
         # Reading on as soon as a turn ends would catch the writers on every turn: many pages read

@@ -1,37 +1,30 @@
-"""Pure wiring of parsed records: counting, pairing, latency histograms and JSON rendering.
+"""Pure: the per-record reference logic shared by both pipelines: counting, pairing, latency histograms
+and JSON rendering of ``TraceRecord``s in timestamp order, and the statistics.
 
-The text reader hands over batches of complete lines (``process``), the raw reader batches of
-located records (``process_located``), which the events' emitters run; both return the JSON lines of
-the batch as one ``bytes`` (or None when JSON output is off). Nothing here does I/O: looking up a
-process id the kernel did not know is a callable given by the daemon.
+Two pipelines build on it, one per reader: ``text.TextPipeline`` (batches of ``trace_pipe`` lines,
+parsed into records) and ``raw.RawPipeline`` (batches of records located in ``trace_pipe_raw`` pages,
+which the events' emitters count, pair and render without a record object, as ``Pipeline._record``
+does). Both return the JSON lines of a batch as one ``bytes`` (or None when JSON output is off).
+Nothing here does I/O: looking up a process id the kernel did not know is a callable given by the daemon.
 """
 
 from __future__ import annotations
 
 import logging
-import struct
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from uprobe_exporter.decode.rawpage import Handler, Located, UnpackPlan
+from uprobe_exporter.decode.rawpage import Handler
 from uprobe_exporter.decode.records import LostEvents, TraceRecord
-from uprobe_exporter.decode.traceline import TextParser
 from uprobe_exporter.kernel.formatfile import EventFormat
 from uprobe_exporter.pipeline.histogram import COMM_LABEL, NO_LABELS, LabelFolder, ProbeHistograms, labels_kind
 from uprobe_exporter.pipeline.pairing import GoroutineKeys, Pairing
-from uprobe_exporter.pipeline.rawemit import Route, Sinks, compile_emitter, native_emitter, new_lines
+from uprobe_exporter.pipeline.rawemit import Route
 from uprobe_exporter.pipeline.render import EventInfo, Renderer
 from uprobe_exporter.plan.config import POD_LABELS, ProbeConfig
 from uprobe_exporter.plan.probes import ProbeEvent
 from uprobe_exporter.processes.podlogs import PodIdentity
-
-try:  # the native loop over located records (uprobe_exporter/native/walk.c)
-    from uprobe_exporter import _native
-
-    _native_run: Callable[[Sequence[Located], dict[str, int], type[Exception]], None] | None = _native.run
-except ImportError:
-    _native_run = None
 
 log = logging.getLogger(__name__)
 
@@ -55,23 +48,19 @@ def event_infos(events: Iterable[ProbeEvent], probes: Iterable[ProbeConfig]) -> 
 
 
 class Pipeline:
-    """Turns batches of trace lines into JSON lines and metric updates, in timestamp order."""
+    """What both pipelines share: the routes of the events, the pairing, the histograms, the counts, and
+    the record path (``process_items``: the reference the raw pipeline's emitters are compared with)."""
 
     def __init__(
         self,
-        parser: TextParser | None,
         infos: dict[str, EventInfo],
         probes: Iterable[ProbeConfig],
         renderer: Renderer | None,
         pairing: Pairing,
         label_values_max: int = 100,
         tgid_of: Callable[[int], int] = lambda tid: 0,
-        decode_errors: dict[str, int] | None = None,
-        native: bool = True,
         identity_of: Callable[[int], PodIdentity | None] | None = None,
     ) -> None:
-        self.native = native  # native emitters and loop where built (rawemit.native_emitter, _native.run)
-        self.parser = parser
         self.infos = infos
         self.renderer = renderer
         self.pairing = pairing
@@ -93,11 +82,10 @@ class Pipeline:
         self.negative_durations: dict[str, int] = dict.fromkeys(sorted(self.paired), 0)
         self.go_keys = GoroutineKeys(tgid_of)  # Go: pairing keys per (process, g)
         self.event_counts: dict[str, int] = dict.fromkeys(infos, 0)  # not a Counter: += is 3x cheaper
-        self.parse_errors: Counter[str] = Counter()
-        self.decode_errors = decode_errors if decode_errors is not None else {}  # kept by the raw decoder
+        self.parse_errors: Counter[str] = Counter()  # the text parser's, by reason
+        self.decode_errors: dict[str, int] = {}  # the raw decoder's, by reason (kept by the decoder)
         self.lost_markers = 0
         self.lost_inband = 0
-        self.lines = new_lines(native)  # what the raw reader's emitters rendered, taken per batch
 
     def pod_label(self, tid: int, label: str) -> str:
         """The value of a ``k8s_*`` label for a thread: its process's pod (namespace, pod, container), or ""."""
@@ -118,29 +106,19 @@ class Pipeline:
                      frozenset(x for x in info.labels if x in match))
 
     def add_events(self, events: Iterable[ProbeEvent], formats: Iterable[EventFormat]) -> dict[int, Handler]:
-        """Events registered at run time (a discovered file): their routes and counts, and (raw reader)
-        the emitters to add to the decoder's handlers before they are enabled. Other threads (a scrape)
-        read ``infos``: it is replaced, never changed in place."""
+        """Events registered at run time (a discovered file): their routes and counts, and what reads
+        their records (``_add_formats``: the raw pipeline's emitters, to add to the decoder's handlers
+        before they are enabled). Other threads (a scrape) read ``infos``: it is replaced, never changed
+        in place."""
         infos = event_infos(events, self.probes.values())
         self.infos = {**self.infos, **infos}
         for name, info in infos.items():
             self.routes[name] = self._route(info)
             self.event_counts.setdefault(name, 0)
-        formats = list(formats)
-        if self.parser is not None:
-            for f in formats:
-                self.parser.add(f)
-            return {}
-        return self.emitters(formats)
+        return self._add_formats(list(formats))
 
-    def process(self, lines: list[str], final: bool = False) -> tuple[bytes, int] | None:
-        """Parse, count, pair; returns the JSON lines of the batch and how many (None: no JSON output)."""
-        assert self.parser is not None, "a text pipeline"
-        items, errors = self.parser.parse_lines(lines, final)
-        for err in errors:
-            self.parse_errors[err.reason] += 1
-            log.debug("unparsed trace line (%s): %r", err.reason, err.raw)
-        return self.process_items(items)
+    def _add_formats(self, formats: list[EventFormat]) -> dict[int, Handler]:
+        return {}
 
     def process_items(self, items: list[TraceRecord | LostEvents]) -> tuple[bytes, int] | None:
         """Count, pair, render records in timestamp order (and count lost-event markers)."""
@@ -154,38 +132,6 @@ class Pipeline:
             if chunk is not None:
                 append(chunk)
         return (b"".join(out), len(out)) if self.renderer is not None else None
-
-    def emitters(self, formats: Iterable[EventFormat]) -> dict[int, Handler]:
-        """Per event id, the emitter that counts, pairs and renders its raw records (``process_located``):
-        the native one where it is built and covers the event (unless ``native`` is off), else the Python
-        one."""
-        sinks = Sinks(self.event_counts, self.pairing, self.renderer, self.tgid_of, self.lines, self.negative_durations,
-                      self.go_keys, self.pod_label)
-        out = {}
-        for f in formats:
-            plan, route = UnpackPlan.of(f), self.routes[f.name]
-            emitter = compile_emitter(plan, route, sinks)[0]
-            out[f.id] = (self.native and native_emitter(plan, route, sinks, emitter)) or emitter
-        return out
-
-    def process_located(self, located: Sequence[Located], lost: list[LostEvents]) -> tuple[bytes, int] | None:
-        """The raw reader's batch: records located in pages (in timestamp order), each run by its event's
-        emitter, and the CPUs' lost-event markers; returns the JSON lines like ``process_items``."""
-        for item in lost:
-            self._lost(item)
-        errors = self.decode_errors
-        if _native_run is not None and self.native:
-            _native_run(located, errors, struct.error)  # the loop below, in C
-        else:
-            for ts, emit, page, offset, cpu in located:
-                try:
-                    emit(page, offset, ts, cpu)
-                except struct.error:  # the record is shorter than its format says
-                    errors["record"] += 1
-        if self.renderer is None:
-            return None
-        batch: tuple[bytes, int] = self.lines.take()
-        return batch
 
     def _lost(self, item: LostEvents) -> None:
         self.lost_markers += 1
