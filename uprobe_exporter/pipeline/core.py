@@ -14,13 +14,15 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from uprobe_exporter.decode.rawpage import Handler, Located, UnpackPlan
+import orjson
+
+from uprobe_exporter.decode.rawpage import CommCache, Handler, Located, RecordBuilder, UnpackPlan
 from uprobe_exporter.decode.records import LostEvents, TraceRecord
 from uprobe_exporter.decode.traceline import TextParser
 from uprobe_exporter.kernel.formatfile import EventFormat
 from uprobe_exporter.pipeline.histogram import COMM_LABEL, NO_LABELS, LabelFolder, ProbeHistograms, labels_kind
 from uprobe_exporter.pipeline.pairing import GoroutineKeys, Pairing
-from uprobe_exporter.pipeline.rawemit import Route, Sinks, compile_emitter, native_emitter, new_lines
+from uprobe_exporter.pipeline.rawemit import Route, Sinks, context, native_emitter, new_lines
 from uprobe_exporter.pipeline.render import EventInfo, Renderer
 from uprobe_exporter.plan.config import POD_LABELS, ProbeConfig
 from uprobe_exporter.plan.probes import ProbeEvent
@@ -98,6 +100,15 @@ class Pipeline:
         self.lost_markers = 0
         self.lost_inband = 0
         self.lines = new_lines(native)  # what the raw reader's emitters rendered, taken per batch
+        self.comms = CommCache()  # the thread names of the raw records
+        r = renderer
+        # what the native emitters write to (None: every event's handler is the record path)
+        self.context = context(Sinks(
+            pairing=pairing.core, counts=self.event_counts, negative=self.negative_durations, lines=self.lines,
+            clock=r.clock if r else None, by_thread=r.by_thread if r else None,
+            thread_middle=r.thread_middle if r else None,
+            tgid_of=tgid_of, comms=self.comms, new_comm=self.comms.new, dumps=orjson.dumps, pod_label=self.pod_label,
+            go_key=self.go_keys.key)) if native else None
 
     def pod_label(self, tid: int, label: str) -> str:
         """The value of a ``k8s_*`` label for a thread: its process's pod (namespace, pod, container), or ""."""
@@ -156,17 +167,23 @@ class Pipeline:
         return (b"".join(out), len(out)) if self.renderer is not None else None
 
     def emitters(self, formats: Iterable[EventFormat]) -> dict[int, Handler]:
-        """Per event id, the emitter that counts, pairs and renders its raw records (``process_located``):
-        the native one where it is built and covers the event (unless ``native`` is off), else the Python
-        one."""
-        sinks = Sinks(self.event_counts, self.pairing, self.renderer, self.tgid_of, self.lines, self.negative_durations,
-                      self.go_keys, self.pod_label)
+        """Per event id, the handler that counts, pairs and renders its raw records (``process_located``):
+        the native emitter where it is built (unless ``native`` is off), else the record path itself."""
         out = {}
         for f in formats:
-            plan, route = UnpackPlan.of(f), self.routes[f.name]
-            emitter = compile_emitter(plan, route, sinks)[0]
-            out[f.id] = (self.native and native_emitter(plan, route, sinks, emitter)) or emitter
+            handler = self.record_handler(f)
+            out[f.id] = native_emitter(UnpackPlan.of(f), self.routes[f.name], self.context, handler) or handler
         return out
+
+    def record_handler(self, fmt: EventFormat) -> Handler:
+        """The record path as a raw handler: the record built from the page, ``_record``, its line kept."""
+        build, record, append = RecordBuilder.compile(fmt, self.comms).build, self._record, self.lines.append
+
+        def handle(page: bytes, offset: int, ts_ns: int, cpu: int) -> None:
+            line = record(build(page, offset, ts_ns, cpu))
+            if line is not None:
+                append(line)
+        return handle
 
     def process_located(self, located: Sequence[Located], lost: list[LostEvents]) -> tuple[bytes, int] | None:
         """The raw reader's batch: records located in pages (in timestamp order), each run by its event's
