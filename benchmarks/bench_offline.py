@@ -171,7 +171,9 @@ def main() -> None:
     ap.add_argument("--python-only", action="store_true", help="without the native parts (_native.c)")
     args = ap.parse_args()
     NATIVE[0] = not args.python_only
-    print(f"{sys.executable}: {args.runs} runs each (best, median); native parts {'on' if NATIVE[0] else 'off'}")
+    from uprobe_exporter.pipeline.rawemit import EmitPlan  # None without the extension (UPROBE_EXPORTER_PURE=1)
+    on = NATIVE[0] and EmitPlan is not None
+    print(f"{sys.executable}: {args.runs} runs each (best, median); native parts {'on' if on else 'off'}")
     for reader, workload in (("raw", raw_workload), ("text", text_workload)):
         for label, fn in workload(args.repeat):
             n, best, median = measure(fn, args.runs)

@@ -121,7 +121,8 @@ def calls(draw: st.DrawFn) -> list[tuple[str, int, dict[str, Any]]]:
     (event, tid, values)."""
     text = st.one_of(st.sampled_from(STRINGS), st.binary(max_size=40).map(lambda b: b.replace(b"\0", b"@")))
     comms = st.sampled_from([b"main", b"w-0 a\"b", b"\xc3\xa9t\xe9", None])
-    goroutines = [(0xC000_0010_00, 0xC000_8000), (0xC000_0020_00, 0xC001_0000), (0, 0), (0xC000_0030_00, 0)]
+    # the same g in both processes (Go heaps sit at the same addresses), no g, a g without stack bounds
+    goroutines = [(0xC000_0010_00, 0xC000_8000), (0xC000_0010_00, 0xC001_0000), (0, 0), (0xC000_0030_00, 0)]
     stacks: dict[tuple[str, int], list[tuple[int, dict[str, Any]]]] = {}
     out: list[tuple[str, int, dict[str, Any]]] = []
     for _ in range(draw(st.integers(1, 60))):

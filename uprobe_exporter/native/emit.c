@@ -424,7 +424,8 @@ int plan_flush_deferred(void) {
 }
 
 /* The record path, for what C does not hold (it raises struct.error for a short record). */
-static PyObject *fallback(EmitPlan *self, PyObject *page, Py_ssize_t o, uint64_t ts, long cpu) {
+static __attribute__((noinline, cold)) PyObject *fallback(EmitPlan *self, PyObject *page, Py_ssize_t o, uint64_t ts,
+                                                          long cpu) {
     PyObject *args[4] = {page, PyLong_FromSsize_t(o), PyLong_FromUnsignedLongLong(ts), PyLong_FromLong(cpu)};
     PyObject *r = args[1] && args[2] && args[3] ? PyObject_Vectorcall(self->fallback, args, 4, NULL) : NULL;
     Py_XDECREF(args[1]); Py_XDECREF(args[2]); Py_XDECREF(args[3]);
@@ -490,7 +491,7 @@ static PyObject *rec_tid(Rec *r) { /* borrowed */
 }
 
 /* The label values of `spec` (pipeline._label_values, _wanted): a new tuple. */
-static PyObject *label_values(Rec *r, const Label *spec, Py_ssize_t n, PyObject *entry) {
+static __attribute__((noinline)) PyObject *label_values(Rec *r, const Label *spec, Py_ssize_t n, PyObject *entry) {
     if (!n) return Py_NewRef(empty_tuple);
     PyObject *out = PyTuple_New(n);
     if (!out) return NULL;
@@ -571,10 +572,13 @@ PyObject *plan_emit(PyObject *plan, PyObject *page, Py_ssize_t o, uint64_t ts_u,
     }
 
     PyObject *frame_extra = NULL, *labels = NULL, *result = NULL, *middle = NULL, *line = NULL, *key = NULL;
-    PyObject *inline_values[MAX_INLINE_ARGS] = {NULL};
-    Rec r = {self, page, o, p, tid, NULL, NULL, NULL};
-    r.values = self->nargs <= MAX_INLINE_ARGS ? inline_values : PyMem_Calloc(self->nargs, sizeof(PyObject *));
-    if (!r.values) return PyErr_NoMemory();
+    PyObject *inline_values[MAX_INLINE_ARGS];
+    Rec r = {self, page, o, p, tid, NULL, NULL, inline_values};
+    if (self->nargs > MAX_INLINE_ARGS) {
+        if (!(r.values = PyMem_Calloc(self->nargs, sizeof(PyObject *)))) return PyErr_NoMemory();
+    } else if (self->nargs) {
+        memset(inline_values, 0, self->nargs * sizeof(PyObject *));
+    }
     long long duration = 0;
     int has_duration = 0;
     Out out;
@@ -631,7 +635,8 @@ PyObject *plan_emit(PyObject *plan, PyObject *page, Py_ssize_t o, uint64_t ts_u,
         }
         if (self->pairing_mode == PAIR_ENTER) {
             /* label values are taken at the entry (comm, the entry's args) and travel with the frame */
-            PyObject *extra = label_values(&r, self->entry_labels, self->nentry, NULL);
+            PyObject *extra = self->nentry ? label_values(&r, self->entry_labels, self->nentry, NULL)
+                                           : Py_NewRef(empty_tuple);
             if (!extra) goto done;
             int bad = pairing_enter(ctx->pairing, self->probe, pair_key, sp, ts, extra) < 0;
             Py_DECREF(extra);

@@ -169,10 +169,10 @@ class Pipeline:
     def emitters(self, formats: Iterable[EventFormat]) -> dict[int, Handler]:
         """Per event id, the handler that counts, pairs and renders its raw records (``process_located``):
         the native emitter where it is built (unless ``native`` is off), else the record path itself."""
-        out = {}
+        out, ctx = {}, self.context if self.native else None
         for f in formats:
             handler = self.record_handler(f)
-            out[f.id] = native_emitter(UnpackPlan.of(f), self.routes[f.name], self.context, handler) or handler
+            out[f.id] = native_emitter(UnpackPlan.of(f), self.routes[f.name], ctx, handler) or handler
         return out
 
     def record_handler(self, fmt: EventFormat) -> Handler:
