@@ -221,7 +221,7 @@ def test_lines_are_taken_per_batch_in_order(native: bool) -> None:
 
 def test_an_offset_past_the_page_is_a_short_record_natively_too() -> None:
     """Offsets near the largest int do not wrap around in the native bounds check: struct.error, as the
-    Python emitter raises."""
+    record path raises."""
     p = pipeline(Renderer(0))
     p.decode_errors = dict.fromkeys(RAW_ERROR_REASONS, 0)
     assert EmitPlan is not None

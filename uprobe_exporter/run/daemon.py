@@ -269,7 +269,7 @@ def _reader(
         native = sum(EmitPlan is not None and isinstance(e, EmitPlan) for e in emitters.values())
         status = native_status()
         others = "" if native == len(emitters) or not status.active else \
-            "; the others need the Python emitter (histogram labels from arguments)"
+            "; the others run the record path (an event with a field the native emitter does not read)"
         log.info("raw reader: native path for %d of %d events; native parts: %s%s", native, len(emitters),
                  status.describe(), others)
         decoder = RawDecoder(PageLayout.parse(instance.read_header_page()), emitters, pipeline.decode_errors)
