@@ -44,11 +44,14 @@ def event(name: str, ident: int, fields: list[tuple[str, str]], ends_call: bool 
             decl, size, signed = f"__data_loc char[] {fname}", 4, 1
         elif fname.endswith("[]"):
             decl, size, signed = f"{type_} {fname}", 8 * SIZES[type_], 0  # 8 elements
+        elif type_ == "char":
+            decl, size, signed = f"u8 {fname}", 1, 0
         else:
             decl, size, signed = f"{type_} {fname}", SIZES[type_], int(type_.startswith("s"))
         lines.append(f"\tfield:{decl};\toffset:{at};\tsize:{size};\tsigned:{signed};\n")
         at += size
-    text = f"name: {name}\nID: {ident}\nformat:\n{COMMON}\n{''.join(lines)}\nprint fmt: \"\"\n"
+    chars = " ".join(f"{fname}='%c'" for type_, fname in fields if type_ == "char")  # how a char is told apart
+    text = f"name: {name}\nID: {ident}\nformat:\n{COMMON}\n{''.join(lines)}\nprint fmt: \"{chars}\"\n"
     return dataclasses.replace(parse_format(text), ends_call=ends_call)
 
 
@@ -61,7 +64,7 @@ FORMATS = (
                              ("u64", "__ret_addr"), *HIDDEN_GO, ("s64", "r")], ends_call=True),
     # a C function whose returns are seen at RET instructions (no uretprobe)
     event("w_entry", 3003, [("unsigned long", "__probe_ip"), ("string", "__comm"), ("u64", "__sp"),
-                            ("string", "name"), ("s32", "n")]),
+                            ("string", "name"), ("s32", "n"), ("char", "c")]),
     event("w_return", 3004, [("unsigned long", "__probe_ip"), ("string", "__comm"), ("u64", "__sp_ret"),
                              ("u64", "__ret_addr"), ("u32", "__ip_delta"), ("s64", "ret"), ("string", "tag")],
           ends_call=True),
@@ -74,7 +77,7 @@ FORMATS = (
 BY_NAME = {f.name: f for f in FORMATS}
 # per probe: histogram labels from entry args, return args, comm, pods
 LABELS: dict[str, dict[str, tuple[str, ...]]] = {
-    "args": {"h": ("s", "comm", "k8s_pod_name", "arr"), "w": ("name", "tag", "n"), "u": ("fn", "line", "comm")},
+    "args": {"h": ("s", "comm", "k8s_pod_name", "arr"), "w": ("name", "tag", "n", "c"), "u": ("fn", "line", "comm")},
     "return": {"h": ("r", "n"), "w": ("ret", "comm"), "u": ("fn",)},
     "comm": {"h": ("comm",), "w": ("comm",), "u": ("comm",)},
     "none": {"h": (), "w": (), "u": ()},
@@ -88,9 +91,9 @@ def probes(labels: dict[str, tuple[str, ...]]) -> tuple[ProbeConfig, ...]:
         ProbeConfig(name="h", binary="/go", function="main.h", args=(("s", "x"), ("n", "x"), ("arr", "x")),
                     return_probe=True, return_args=(("r", "x"),), latency=True, labels=labels["h"], buckets=buckets,
                     return_via="ret_instructions"),
-        ProbeConfig(name="w", binary="/c", function="w", args=(("name", "x"), ("n", "x")), return_probe=True,
-                    return_args=(("ret", "x"), ("tag", "x")), latency=True, labels=labels["w"], buckets=buckets,
-                    return_via="ret_instructions"),
+        ProbeConfig(name="w", binary="/c", function="w", args=(("name", "x"), ("n", "x"), ("c", "x")),
+                    return_probe=True, return_args=(("ret", "x"), ("tag", "x")), latency=True, labels=labels["w"],
+                    buckets=buckets, return_via="ret_instructions"),
         ProbeConfig(name="u", binary="/py", usdt="python:function__entry", return_usdt="python:function__return",
                     args=(("fn", "x"), ("line", "x")), return_probe=True, return_args=(("fn", "x"), ("line", "x")),
                     latency=True, labels=labels["u"], buckets=buckets),
@@ -143,7 +146,8 @@ def calls(draw: st.DrawFn) -> list[tuple[str, int, dict[str, Any]]]:
                           "n": draw(st.integers(-5, 5)), "arr": draw(st.lists(st.integers(0, 255), min_size=8,
                                                                                max_size=8))}
             elif probe == "w":
-                values = {**common, "__sp": sp, "name": draw(st.one_of(st.none(), text)), "n": draw(st.integers(-5, 5))}
+                values = {**common, "__sp": sp, "name": draw(st.one_of(st.none(), text)), "n": draw(st.integers(-5, 5)),
+                          "c": draw(st.sampled_from([0x22, 0x0A, 0x41, 0x5C, 0x80, 0xFF]))}
             else:
                 values = {**common, "__sp": sp, "fn": draw(text), "line": draw(st.integers(0, 3))}
             stack.append((sp, values))
@@ -228,7 +232,7 @@ def test_a_fixed_run_of_every_kind_pairs_and_labels_natively(labels: str) -> Non
     records: list[tuple[str, int, dict[str, Any]]] = [
         ("h_entry", 10, {"__probe_ip": 0x4000, "__comm": b"main", "__sp": 0xC000_7F00, "__g": g, "__g_hi": hi,
                          "__ip_delta": 4, "s": words(s), "__len_s": len(s), "n": 3, "arr": list(range(8))}),
-        ("w_entry", 12, {"__probe_ip": 0x5000, "__comm": b"w-0", "__sp": 0x7F00, "name": s, "n": 1}),
+        ("w_entry", 12, {"__probe_ip": 0x5000, "__comm": b"w-0", "__sp": 0x7F00, "name": s, "n": 1, "c": 0xE9}),
         ("u_entry", 12, {"__probe_ip": 0x6000, "__comm": b"w-0", "__sp": 0x7E00, "fn": b"f\"x", "line": 1}),
         ("u_return", 12, {"__probe_ip": 0x6000, "__comm": b"w-0", "__sp": 0, "fn": b"other", "line": 1}),
         ("u_return", 12, {"__probe_ip": 0x6000, "__comm": b"w-0", "__sp": 0, "fn": b"f\"x", "line": 1}),
@@ -244,5 +248,5 @@ def test_a_fixed_run_of_every_kind_pairs_and_labels_natively(labels: str) -> Non
     assert b'"s":"say \\"hi\\"\\n\\\\xff"' in out and b'"func":"0x4000","ret_ip":"0x99"' in out
     if labels == "args":
         assert set(p.histograms["h"].series) == {('say "hi"\n\\xff', "main", "", "[0, 1, 2, 3, 4, 5, 6, 7]")}
-        assert set(p.histograms["w"].series) == {('say "hi"\n\\xff', "t\n", "1")}
+        assert set(p.histograms["w"].series) == {('say "hi"\n\\xff', "t\n", "1", "\\xe9")}
     assert hi < GO_STACK_TOP
