@@ -1,12 +1,33 @@
 """Native parts of the raw reader (uprobe_exporter/native/walk.c and the sources it names); see
 rawpage.RawDecoder.locate, rawreader.NativeCpuMerge and rawemit.native_emitter."""
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+class Clock:  # render.PyClock's twin
+    wall_offset_ns: int
+    sec_ns: int
+    sec_text: bytes
+    pid_generation: int
+    def __init__(self, wall_offset_ns: int = 0, *, sec_ns: int = ..., sec_text: bytes = ...,
+                 pid_generation: int = ...) -> None: ...
+    def second(self, wall_ns: int) -> bytes: ...
+
+class EmitContext:  # rawemit.Sinks' twin, slot for slot
+    def __init__(self, *, pairing: Pairing, counts: dict[str, int], negative: dict[str, int],
+                 lines: Lines | list[bytes],
+                 clock: Clock | None, by_thread: dict[tuple[Any, ...], bytes] | None,
+                 thread_middle: Callable[..., bytes] | None, tgid_of: Callable[[int], int], comms: dict[bytes, str],
+                 new_comm: Callable[[bytes], str], dumps: Callable[[Any], bytes],
+                 pod_label: Callable[[int, str], str], go_key: Callable[[int, int], int]) -> None: ...
+
 class EmitPlan:
-    def __init__(self, emitter: Any, name: str, probe: str, fields: tuple[int, ...],
-                 args: tuple[tuple[bytes, int, int, int, int], ...], pairing: int, sinks: tuple[Any, ...]) -> None: ...
+    def __init__(self, context: EmitContext, fallback: Callable[[bytes, int, int, int], Any], *, name: str,
+                 probe: str, info: Any, full_name: str, histograms: Any, observe: Callable[..., None] | None,
+                 fields: tuple[int, int, int, int, int, int], hidden: tuple[int, int, int, int, int],
+                 args: tuple[tuple[bytes, int, int, int, int, int], ...], pairing: int, known_only: bool,
+                 entry_labels: tuple[tuple[int, Any], ...], return_labels: tuple[tuple[int, Any], ...],
+                 want: tuple[tuple[int, Any], ...]) -> None: ...
     def __call__(self, page: bytes, offset: int, ts_ns: int, cpu: int) -> None: ...
 
 def locate(page: bytes, cpu: int, out: list[Any] | Merge, lost: list[Any], handlers: dict[int, Any],

@@ -9,7 +9,9 @@ cross-CPU merge                ``decode.merge.CpuMerge``          ``_native.Merg
 batch loop                     ``pipeline.raw.run_located``       ``_native.run`` (walk.c)
 pairing                        ``pipeline.pairing.PythonPairing`` ``_native.Pairing`` (pairing.c)
 lines of a batch               ``pipeline.lines.LineList``        ``_native.Lines`` (lines.c)
-emitter of an event            ``pipeline.rawemit`` (generated)   ``_native.EmitPlan`` (emit.c)
+emitter of an event            the record path (``RawPipeline.   ``_native.EmitPlan`` (emit.c), fed
+                               record_handler``)                  through ``_native.EmitContext``
+renderer's clock               ``pipeline.render.PyClock``        ``_native.Clock`` (emit.c)
 latency histograms             ``pipeline.histogram``             inside ``EmitPlan`` (histogram.c)
 =============================  =================================  ==============================
 
@@ -33,9 +35,10 @@ from uprobe_exporter.nativestatus import NativeStatus, native_status
 from uprobe_exporter.pipeline.lines import LineList, Lines
 from uprobe_exporter.pipeline.pairing import Frame, PairingCore, PythonPairing
 from uprobe_exporter.pipeline.raw import RunLocated, run_located
+from uprobe_exporter.pipeline.render import Clock, PyClock
 
 if TYPE_CHECKING:
-    from uprobe_exporter._native import EmitPlan
+    from uprobe_exporter._native import EmitContext, EmitPlan
     from uprobe_exporter._native import Merge as MergeCore
 
 
@@ -49,7 +52,9 @@ class Backend:
     run: RunLocated  # the batch loop over located records (RawPipeline.process_located)
     pairing: Callable[[int, int], PairingCore]  # (max_pending, max_depth) → the pairing (Pairing's core)
     lines: Callable[[], Lines]  # the JSON lines of a batch, which the emitters append to
-    emit_plan: type[EmitPlan] | None  # the native emitter of an event; None: every event has its Python one
+    clock: Callable[[int], Clock]  # wall_offset_ns → the renderer's clock (Renderer.use_clock)
+    emit_plan: type[EmitPlan] | None  # the native emitter of an event; None: every event runs the record path
+    emit_context: type[EmitContext] | None  # what the native emitters of a pipeline write to (rawemit.Sinks)
 
     def new_merge(self, hold_ns: int = HOLD_NS, max_held: int = MAX_HELD) -> Merge:
         return self.merge(hold_ns, max_held)
@@ -60,7 +65,7 @@ class Backend:
         return 0 if plan is None else sum(isinstance(h, plan) for h in handlers.values())
 
 
-PYTHON = Backend("python", walk, CpuMerge, run_located, PythonPairing, LineList, None)
+PYTHON = Backend("python", walk, CpuMerge, run_located, PythonPairing, LineList, PyClock, None, None)
 
 
 class NativeCpuMerge:
@@ -104,7 +109,8 @@ def _native() -> tuple[Backend | None, NativeStatus]:
     def pairing(max_pending: int, max_depth: int) -> PairingCore:
         return ext.Pairing(Frame, max_pending, max_depth)
 
-    return Backend("native", ext.locate, merge, ext.run, pairing, ext.Lines, ext.EmitPlan), status
+    return (Backend("native", ext.locate, merge, ext.run, pairing, ext.Lines, ext.Clock, ext.EmitPlan,
+                    ext.EmitContext), status)
 
 
 NATIVE, STATUS = _native()

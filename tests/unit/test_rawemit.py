@@ -1,13 +1,17 @@
-"""rawemit: the generated emitters give exactly what the record path gives (``RecordBuilder`` →
-``Pipeline.process_items`` → ``Renderer``): the same JSON bytes, counts, pairs, evictions, histograms and
-error counts, on the pages captured from this kernel and on synthetic and corrupted pages, for every
-kind of histogram labels and with JSON output off."""
+"""rawemit: the native emitters give exactly what the record path gives (``RecordBuilder`` →
+``Pipeline.process_items`` → ``Renderer``), which is also the raw handler of every event without the
+extension (the "python" cases run it through ``process_located``): the same JSON bytes, counts, pairs,
+evictions, histograms and error counts, on the pages captured from this kernel and on synthetic and
+corrupted pages, for every kind of histogram labels and with JSON output off. The native clock and
+context are checked against their Python twins. (Go, RET-site and USDT events: test_emit_kinds.)"""
 
 from __future__ import annotations
 
 import dataclasses
+import gc
 import struct
 import sys
+import weakref
 from operator import itemgetter
 from typing import Any
 
@@ -26,7 +30,8 @@ from uprobe_exporter.decode.records import LostEvents, TraceRecord
 from uprobe_exporter.pipeline.lines import LineList
 from uprobe_exporter.pipeline.pairing import Pairing
 from uprobe_exporter.pipeline.raw import RawPipeline
-from uprobe_exporter.pipeline.render import Renderer
+from uprobe_exporter.pipeline.rawemit import Sinks, context
+from uprobe_exporter.pipeline.render import PyClock, Renderer
 from uprobe_exporter.plan.config import Config
 from uprobe_exporter.processes.podlogs import PodIdentity
 
@@ -222,7 +227,7 @@ def test_lines_are_taken_per_batch_in_order(native: bool) -> None:
 
 def test_an_offset_past_the_page_is_a_short_record_natively_too() -> None:
     """Offsets near the largest int do not wrap around in the native bounds check: struct.error, as the
-    Python emitter raises."""
+    record path raises."""
     p = raw_pipeline(Renderer(0), native())
     plan = p.backend.emit_plan
     assert plan is not None
@@ -312,3 +317,76 @@ def test_returns_whose_entry_was_filtered_are_not_emitted_both_ways(native: bool
         lines = [orjson.loads(x) for x in a[0].splitlines()]
         assert len(lines) == sum(events.values())
         assert all("duration_ns" in x for x in lines if x["probe"] == "recurse" and x["type"] == "return")
+
+
+@pytest.mark.parametrize("offset", [0, 10**18, -(10**18)])
+def test_the_native_clock_is_its_python_twin(offset: int) -> None:
+    """``_native.Clock.second`` gives the bytes ``PyClock.second`` gives and caches the same second, for
+    walls around second boundaries, before 1970 and past 63 bits (not cached natively: no C integer)."""
+    clock = native().clock
+    assert clock is not PyClock
+    made, python = clock(offset), PyClock(offset)
+    assert made.wall_offset_ns == python.wall_offset_ns == offset
+    walls = [0, 1, 999_999_999, 1_000_000_000, 1_795_630_265_123_456_789, -1, -1_000_000_001, (1 << 63) - 1,
+             1 << 63, (1 << 64) + 12_345_678_901, 1_795_630_265_999_999_999, 1_795_630_266_000_000_000]
+    for wall in walls:
+        assert made.second(wall) == python.second(wall), wall
+        if wall < 1 << 63:
+            assert (made.sec_ns, made.sec_text) == (python.sec_ns, python.sec_text)
+    made.pid_generation += 1
+    assert made.pid_generation == 1
+    with pytest.raises(TypeError):
+        made.sec_text = "text"  # type: ignore[assignment]
+
+
+def sinks(p: RawPipeline, **changes: Any) -> Sinks:
+    r = p.renderer
+    assert r is not None
+    made = Sinks(pairing=p.pairing.core, counts=p.event_counts, negative=p.negative_durations, lines=p.lines,
+                 clock=r.clock, by_thread=r.by_thread, thread_middle=r.thread_middle, tgid_of=p.tgid_of,
+                 comms=p.comms, new_comm=p.comms.new, dumps=orjson.dumps, pod_label=p.pod_label, go_key=p.go_keys.key)
+    return dataclasses.replace(made, **changes)
+
+
+def test_the_emit_context_takes_named_slots_only() -> None:
+    """``_native.EmitContext`` has ``Sinks``' slots, by name; a Python pairing, a slot missing or given by
+    position, a Python clock: refused."""
+    twins = native()
+    assert twins.emit_context is not None
+    p = raw_pipeline(Renderer(0), twins)
+    good = sinks(p)
+    ctx: Any = context(twins.emit_context, good)
+    assert ctx.counts is p.event_counts and ctx.pairing is p.pairing.core
+    fields = {f.name: getattr(good, f.name) for f in dataclasses.fields(good)}
+    new: Any = twins.emit_context
+    with pytest.raises(TypeError):
+        new(*fields.values())
+    with pytest.raises(TypeError):
+        new(**{k: v for k, v in fields.items() if k != "go_key"})
+    with pytest.raises(TypeError):
+        new(**{**fields, "pairing": Pairing(twin=PYTHON.pairing).core})
+    with pytest.raises(TypeError):
+        new(**{**fields, "clock": PyClock(0)})
+
+
+def test_an_emitter_in_a_reference_cycle_is_collected() -> None:
+    """EmitPlan and EmitContext take part in garbage collection (traverse and clear): a cycle through a
+    callable in the context and the plan is freed."""
+    twins = native()
+    assert twins.emit_context is not None and twins.emit_plan is not None
+    p = raw_pipeline(Renderer(0), twins)
+
+    class Holder:
+        plans: Any = None
+
+        def pod_label(self, tid: int, label: str) -> str:
+            return ""
+
+    holder = Holder()
+    p.context = context(twins.emit_context, sinks(p, pod_label=holder.pod_label))
+    holder.plans = p.emitters(formats())
+    assert any(isinstance(e, twins.emit_plan) for e in holder.plans.values())
+    ref = weakref.ref(holder)
+    del holder, p
+    gc.collect()
+    assert ref() is None

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from uprobe_exporter.decode.records import LostEvents
-from uprobe_exporter.decode.unpack import RecordBuilder, undecodable
+from uprobe_exporter.decode.unpack import CommCache, RecordBuilder, undecodable
 from uprobe_exporter.kernel.formatfile import EventFormat
 
 COMMIT_MASK = (1 << 27) - 1
@@ -107,7 +107,8 @@ class RawDecoder:
     @classmethod
     def for_formats(cls, layout: PageLayout, formats: Iterable[EventFormat], walk: Walk | None = None) -> RawDecoder:
         """The record path's decoder: ``decode`` gives the ``TraceRecord`` of every record."""
-        handlers: dict[int, Handler] = {f.id: RecordBuilder.compile(f).build for f in formats}
+        comms = CommCache()
+        handlers: dict[int, Handler] = {f.id: RecordBuilder.compile(f, comms).build for f in formats}
         return cls(layout, handlers) if walk is None else cls(layout, handlers, walk=walk)
 
     def decode(self, page: bytes, cpu: int, out: list[Any], lost: list[LostEvents] | None = None) -> int:

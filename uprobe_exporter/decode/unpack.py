@@ -74,11 +74,25 @@ def _value_expr(f: Field, v: str) -> str:
     return v
 
 
+class CommCache(dict[bytes, str]):
+    """Thread names by their bytes (TASK_COMM_LEN: at most 15 bytes each), decoded once: owned by whoever
+    decodes a stream of records (a pipeline, a decoder), shared by its builders and native emitters."""
+
+    max_size = 4096
+
+    def new(self, raw: bytes) -> str:
+        """A thread name the cache does not hold yet, decoded (non-UTF-8 bytes kept as ``\\xNN``) and cached."""
+        if len(self) >= self.max_size:
+            self.clear()
+        comm = self[raw] = raw.decode("utf-8", "backslashreplace")
+        return comm
+
+
 @dataclass(frozen=True, slots=True)
 class UnpackPlan:
     """How the generated code of one event gets its fields: one ``struct`` layout unpacked into
     variables (``unpack`` = ``v0, v1, ...``), the thread name into ``comm``, and per argument the
-    expression of its value. Shared by ``RecordBuilder`` and the raw pipeline's emitters."""
+    expression of its value. ``RecordBuilder`` generates its code from it."""
 
     fmt: EventFormat
     struct_layout: str
@@ -91,7 +105,7 @@ class UnpackPlan:
     comm_code: str  # statements (indented 4) that set ``comm`` from the page
     args: tuple[tuple[Field, str], ...]  # the configured arguments: (field, value expression)
     key: str = "0"  # a Go program's g (hidden.hidden_values); "0": calls pair by thread
-    derived: bool = False  # ip, ret_ip or sp come from the hidden fields of RET sites or Go (Python emitters only)
+    derived: bool = False  # ip, ret_ip, sp or a Go string come from hidden fields (RET sites, Go programs)
 
     @classmethod
     def of(cls, fmt: EventFormat) -> UnpackPlan:
@@ -146,10 +160,10 @@ class UnpackPlan:
         return cls(fmt, "".join(layout), ", ".join(names), tid, ip, ret_ip, sp, comm, comm_code, tuple(args), key,
                    bool(set(hidden) - {HIDDEN_SP}) or bool(lengths))
 
-    def namespace(self) -> dict[str, Any]:
+    def namespace(self, comms: CommCache) -> dict[str, Any]:
         """What the generated code refers to: ``_unpack``, ``_char``, ``_comms``, ``_comm``."""
-        return {"_unpack": struct.Struct(self.struct_layout).unpack_from, "_char": _char, "_comms": COMMS,
-                "_comm": new_comm, "_gostr": go_string}
+        return {"_unpack": struct.Struct(self.struct_layout).unpack_from, "_char": _char, "_comms": comms,
+                "_comm": comms.new, "_gostr": go_string}
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,7 +175,8 @@ class RecordBuilder:
     source: str
 
     @classmethod
-    def compile(cls, fmt: EventFormat) -> RecordBuilder:
+    def compile(cls, fmt: EventFormat, comms: CommCache | None = None) -> RecordBuilder:
+        """The builder of ``fmt``'s records; thread names decoded through ``comms`` (a new cache if None)."""
         plan = UnpackPlan.of(fmt)
         args = ", ".join(f"{f.name!r}: {expr}" for f, expr in plan.args)
         source = (
@@ -171,19 +186,11 @@ class RecordBuilder:
             f"    return _new(TraceRecord, ({fmt.name!r}, {plan.tid}, 0, cpu, ts, {plan.comm}, {plan.ip},"
             f" {plan.ret_ip}, {fmt.is_return}, {plan.sp}, {{{args}}}, {plan.key}))\n"
         )
-        namespace = {"TraceRecord": TraceRecord, "_new": tuple.__new__, **plan.namespace()}
+        namespace = {"TraceRecord": TraceRecord, "_new": tuple.__new__,
+                     **plan.namespace(comms if comms is not None else CommCache())}
         return cls(fmt, compile_function(source, "build", f"record builder {fmt.name}", namespace), source)
 
 
-COMMS: dict[bytes, str] = {}  # thread names by their bytes (TASK_COMM_LEN: at most 15 bytes each)
-
-
-def new_comm(raw: bytes) -> str:
-    """A thread name the cache does not hold yet, decoded (non-UTF-8 bytes kept as ``\\xNN``) and cached."""
-    if len(COMMS) >= 4096:
-        COMMS.clear()
-    comm = COMMS[raw] = raw.decode("utf-8", "backslashreplace")
-    return comm
 
 
 def _char(b: int) -> str:

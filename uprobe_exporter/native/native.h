@@ -15,6 +15,8 @@ extern PyTypeObject PairingType;
 int pairing_enter(PyObject *pairing, PyObject *probe, long long tid, uint64_t sp, long long ts, PyObject *extra);
 PyObject *pairing_leave(PyObject *pairing, PyObject *probe, long long tid, uint64_t sp);
 int pairing_leave_c(PyObject *pairing, PyObject *probe, long long tid, uint64_t sp, CFrame *entry);
+/* leave_matching(probe, tid, want) with C values: 1 and the frame, 0 (counted), -1 with an exception */
+int pairing_leave_matching_c(PyObject *pairing, PyObject *probe, long long tid, PyObject *want, CFrame *entry);
 
 /* A located record (rawpage.Located as a C struct): strong references to its handler and page. */
 typedef struct { uint64_t ts; PyObject *handler, *page; Py_ssize_t offset; long cpu; } Entry;
@@ -35,11 +37,12 @@ int hist_init(HistCache *cache, PyObject *histograms);
 int hist_observe(HistCache *cache, PyObject *labels, long long duration); /* 1 done, 0 for Python, -1 error */
 void hist_clear(HistCache *cache);
 
-/* _native.c: the native emitter */
-extern PyTypeObject EmitPlanType;
+/* emit.c: the native emitter (EmitPlan), its context (EmitContext) and the renderer's clock (Clock) */
+extern PyTypeObject EmitPlanType, EmitContextType, ClockType;
 PyObject *plan_emit(PyObject *plan, PyObject *page, Py_ssize_t offset, uint64_t ts, long cpu, int defer);
 PyObject *plan_args(PyObject *plan, PyObject *const *args, int defer); /* (page, offset, ts_ns, cpu) */
 int plan_flush_deferred(void); /* add the counts plan_emit(..., defer=1) deferred, of every plan */
 int plan_module_init(void);
+int plan_module_add(PyObject *module); /* adds EmitPlan, EmitContext, Clock */
 int add_error(PyObject *errors, const char *reason, long long n); /* errors[reason] += n */
 #endif

@@ -285,35 +285,50 @@ int pairing_leave_c(PyObject *obj, PyObject *probe_name, long long tid, uint64_t
     return 1;
 }
 
-/* leave_matching(probe, tid, want): like leave(probe, tid, 0), but the innermost entry is closed only
- * when each non-None item of ``want`` equals the same item of its extra (its label values); otherwise the
- * return is counted as without entry and the entry stays open. */
-static PyObject *Pairing_leave_matching(Pairing *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 3 || !PyTuple_Check(args[2])) {
-        PyErr_SetString(PyExc_TypeError, "leave_matching(probe, tid, want: tuple)");
-        return NULL;
-    }
-    Py_ssize_t probe = probe_index(self, args[0]);
-    if (probe < 0) return NULL;
-    long long tid = PyLong_AsLongLong(args[1]);
-    if (tid == -1 && PyErr_Occurred()) return NULL;
+/* leave_matching with C values (for the native emitter): like pairing_leave_c(probe, tid, 0), but the
+ * innermost entry is closed only when each non-None item of ``want`` (a tuple) equals the same item of
+ * its extra (its label values); otherwise the return is counted as without entry and the entry stays
+ * open. 1 (and the frame), 0, or -1 with an exception. */
+int pairing_leave_matching_c(PyObject *obj, PyObject *probe_name, long long tid, PyObject *want, CFrame *entry) {
+    Pairing *self = (Pairing *)obj;
+    Py_ssize_t probe = probe_index(self, probe_name);
+    if (probe < 0) return -1;
     int found;
     Py_ssize_t i = slot_of(self, probe, tid, &found);
     Stack *s = found ? self->table[i] : NULL;
-    if (!s || !s->n) { unpaired(self, probe); Py_RETURN_NONE; }
-    PyObject *extra = s->frames[s->n - 1].extra, *want = args[2];
+    if (!s || !s->n) return unpaired(self, probe);
+    PyObject *extra = s->frames[s->n - 1].extra;
     for (Py_ssize_t j = 0; j < PyTuple_GET_SIZE(want); j++) {
         PyObject *w = PyTuple_GET_ITEM(want, j);
         if (w == Py_None) continue;
         if (!PyTuple_Check(extra) || j >= PyTuple_GET_SIZE(extra)) {
             PyErr_SetString(PyExc_ValueError, "leave_matching: the entry's extra has no such item");
-            return NULL;
+            return -1;
         }
         int eq = PyObject_RichCompareBool(PyTuple_GET_ITEM(extra, j), w, Py_EQ);
-        if (eq < 0) return NULL;
-        if (!eq) { unpaired(self, probe); Py_RETURN_NONE; }
+        if (eq < 0) return -1;
+        if (!eq) return unpaired(self, probe);
     }
-    return pairing_leave((PyObject *)self, args[0], tid, 0);
+    return pairing_leave_c(obj, probe_name, tid, 0, entry);
+}
+
+/* leave_matching(probe, tid, want): pairing_leave_matching_c from Python. */
+static PyObject *Pairing_leave_matching(Pairing *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3 || !PyTuple_Check(args[2])) {
+        PyErr_SetString(PyExc_TypeError, "leave_matching(probe, tid, want: tuple)");
+        return NULL;
+    }
+    long long tid = PyLong_AsLongLong(args[1]);
+    if (tid == -1 && PyErr_Occurred()) return NULL;
+    CFrame f;
+    int found = pairing_leave_matching_c((PyObject *)self, args[0], tid, args[2], &f);
+    if (found <= 0) {
+        if (found < 0) return NULL;
+        Py_RETURN_NONE;
+    }
+    PyObject *frame = make_frame(self, f);
+    if (!frame) Py_DECREF(f.extra);
+    return frame;
 }
 
 /* leave() with C values: the Frame, None, or NULL with an exception. */

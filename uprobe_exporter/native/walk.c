@@ -240,7 +240,7 @@ PyMODINIT_FUNC PyInit__native(void) {
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (!m) return NULL;
-    if (PyModule_AddObjectRef(m, "EmitPlan", (PyObject *)&EmitPlanType) < 0
+    if (plan_module_add(m) < 0
         || PyModule_AddObjectRef(m, "Pairing", (PyObject *)&PairingType) < 0
         || PyModule_AddObjectRef(m, "Merge", (PyObject *)&MergeType) < 0
         || PyModule_AddObjectRef(m, "Released", (PyObject *)&ReleasedType) < 0

@@ -1,6 +1,7 @@
 """Pure: the raw reader's pipeline: batches of records located in ``trace_pipe_raw`` pages (in timestamp
-order), each run by its event's emitter (rawemit.py), which counts, pairs and renders it straight from
-the page bytes as the shared record path (calls.py) does for a ``TraceRecord``."""
+order), each run by its event's handler: the record path (calls.py: the record built from the page,
+counted, paired, rendered), or its native twin, an emitter (native/emit.c, described by rawemit.py) that
+does the same straight from the page bytes."""
 
 from __future__ import annotations
 
@@ -8,19 +9,22 @@ import struct
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
+import orjson
+
 from uprobe_exporter.decode.rawpage import RAW_ERROR_REASONS, Handler, Located
 from uprobe_exporter.decode.records import LostEvents
-from uprobe_exporter.decode.unpack import UnpackPlan
+from uprobe_exporter.decode.unpack import CommCache, RecordBuilder, UnpackPlan
 from uprobe_exporter.kernel.formatfile import EventFormat
 from uprobe_exporter.pipeline.calls import Pipeline, event_infos
 from uprobe_exporter.pipeline.pairing import Pairing
-from uprobe_exporter.pipeline.rawemit import Sinks, compile_emitter, native_emitter
+from uprobe_exporter.pipeline.rawemit import Sinks, context, native_emitter
 from uprobe_exporter.pipeline.render import EventInfo, Renderer
 from uprobe_exporter.plan.config import ProbeConfig
 from uprobe_exporter.plan.probes import ProbeEvent
 from uprobe_exporter.processes.podlogs import PodIdentity
 
 if TYPE_CHECKING:
+    from uprobe_exporter._native import EmitContext
     from uprobe_exporter.backend import Backend
 
 
@@ -60,6 +64,17 @@ class RawPipeline(Pipeline):
         self.decode_errors = dict.fromkeys(RAW_ERROR_REASONS, 0)  # the decoder's (RawDecoder.errors)
         self.lines = backend.lines()  # what the emitters rendered, taken per batch
         self.run = backend.run
+        self.comms = CommCache()  # the thread names of the raw records
+        if renderer is not None:
+            renderer.use_clock(backend.clock)
+        self.context: EmitContext | None = None  # what the native emitters write to
+        if backend.emit_context is not None:
+            r = renderer
+            self.context = context(backend.emit_context, Sinks(
+                pairing=pairing.core, counts=self.event_counts, negative=self.negative_durations, lines=self.lines,
+                clock=r.clock if r else None, by_thread=r.by_thread if r else None,
+                thread_middle=r.thread_middle if r else None, tgid_of=tgid_of, comms=self.comms,
+                new_comm=self.comms.new, dumps=orjson.dumps, pod_label=self.pod_label, go_key=self.go_keys.key))
 
     @classmethod
     def of(
@@ -76,17 +91,26 @@ class RawPipeline(Pipeline):
         return self.emitters(formats)
 
     def emitters(self, formats: Iterable[EventFormat]) -> dict[int, Handler]:
-        """Per event id, the emitter that counts, pairs and renders its raw records (``process_located``):
-        the native one where the backend has it and it covers the event, else the Python one."""
-        sinks = Sinks(self.event_counts, self.pairing, self.renderer, self.tgid_of, self.lines, self.negative_durations,
-                      self.go_keys, self.pod_label)
-        emit_plan = self.backend.emit_plan
+        """Per event id, the handler that counts, pairs and renders its raw records (``process_located``):
+        the native emitter where the backend has one, else the record path itself."""
+        emit_plan, ctx = self.backend.emit_plan, self.context
         out = {}
         for f in formats:
-            plan, route = UnpackPlan.of(f), self.routes[f.name]
-            emitter = compile_emitter(plan, route, sinks)[0]
-            out[f.id] = (emit_plan is not None and native_emitter(emit_plan, plan, route, sinks, emitter)) or emitter
+            handler = self.record_handler(f)
+            native = (native_emitter(emit_plan, UnpackPlan.of(f), self.routes[f.name], ctx, handler)
+                      if emit_plan is not None and ctx is not None else None)
+            out[f.id] = native or handler
         return out
+
+    def record_handler(self, fmt: EventFormat) -> Handler:
+        """The record path as a raw handler: the record built from the page, ``_record``, its line kept."""
+        build, record, append = RecordBuilder.compile(fmt, self.comms).build, self._record, self.lines.append
+
+        def handle(page: bytes, offset: int, ts_ns: int, cpu: int) -> None:
+            line = record(build(page, offset, ts_ns, cpu))
+            if line is not None:
+                append(line)
+        return handle
 
     def process_located(self, located: Sequence[Located], lost: list[LostEvents]) -> tuple[bytes, int] | None:
         """The raw reader's batch: records located in pages (in timestamp order), each run by its event's

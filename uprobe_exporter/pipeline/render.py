@@ -10,14 +10,48 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
 from uprobe_exporter.decode.records import TraceRecord
 from uprobe_exporter.processes.podlogs import PodIdentity
 
-WALL_OFFSET, SEC_NS, SEC_TEXT, PID_GENERATION = range(4)  # Renderer.clock
+
+class Clock(Protocol):
+    """What the renderer's clock holds and does: ``PyClock`` below, or its twin ``_native.Clock``."""
+
+    wall_offset_ns: int
+    sec_ns: int
+    sec_text: bytes
+    pid_generation: int
+
+    def second(self, wall_ns: int) -> bytes: ...
+
+
+class PyClock:
+    """The renderer's clock: the wall-clock offset, the second whose text is cached, the generation of the
+    process ids (``Renderer.forget_pids``). ``_native.Clock`` is its twin, which native emitters read and
+    update in C."""
+
+    __slots__ = ("pid_generation", "sec_ns", "sec_text", "wall_offset_ns")
+
+    def __init__(self, wall_offset_ns: int = 0, *, sec_ns: int = -(10**18), sec_text: bytes = b"",
+                 pid_generation: int = 0) -> None:
+        self.wall_offset_ns = wall_offset_ns  # CLOCK_REALTIME − CLOCK_MONOTONIC, refreshed by the caller
+        self.sec_ns = sec_ns  # the start of the second whose text is cached
+        self.sec_text = sec_text
+        self.pid_generation = pid_generation
+
+    def second(self, wall_ns: int) -> bytes:
+        """The time text of ``wall_ns``; its second becomes the cached one."""
+        rel = wall_ns - self.sec_ns  # small ints: on the 19-digit wall_ns every division costs more
+        if not 0 <= rel < 1_000_000_000:
+            sec = wall_ns // 1_000_000_000
+            self.sec_ns = sec * 1_000_000_000
+            self.sec_text = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(sec)).encode()
+            rel = wall_ns - self.sec_ns
+        return b"%s%06dZ" % (self.sec_text, rel // 1000)
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,23 +81,29 @@ class Renderer:
     ) -> None:
         # a process id → its pod (namespace, pod, container, container_id: in the middle when known)
         self.identity_of = identity_of
-        # [wall_offset_ns, sec_ns: the start of the second whose text is cached, sec_text: that text,
-        # the generation of the process ids (forget_pids)]: one list, read per record by index by the
-        # emitters (Python and native) and kept here
-        self.clock: list[Any] = [wall_offset_ns, -(10**18), b"", 0]
+        # the wall-clock offset, the cached second, the generation of the process ids (forget_pids): read
+        # per record by the record path and the native emitters (a raw pipeline gives it the backend's
+        # clock: ``use_clock``)
+        self.clock: Clock = PyClock(wall_offset_ns)
         self.max_cached = max_cached
         self.middles: dict[tuple[Any, ...], bytes] = {}
         # the raw reader's emitters: the same middles keyed without the pid, which records do not carry
         # (looked up once per thread); cleared with the tgid cache (``forget_pids``)
         self.by_thread: dict[tuple[Any, ...], bytes] = {}
 
+    def use_clock(self, clock: Callable[[int], Clock]) -> None:
+        """Keep the time in a clock made by ``clock`` (the backend's: ``_native.Clock``, which native
+        emitters read and update in C, or ``PyClock``)."""
+        if type(self.clock) is not clock:
+            self.clock = clock(self.clock.wall_offset_ns)
+
     @property
     def wall_offset_ns(self) -> int:
-        return int(self.clock[WALL_OFFSET])
+        return self.clock.wall_offset_ns
 
     @wall_offset_ns.setter
     def wall_offset_ns(self, value: int) -> None:
-        self.clock[WALL_OFFSET] = value
+        self.clock.wall_offset_ns = value
 
     def iso_time(self, wall_ns: int) -> str:
         """``2026-11-25T18:11:05.123456Z``, the seconds part cached (records come in bursts)."""
@@ -71,14 +111,7 @@ class Renderer:
 
     def second(self, wall_ns: int) -> bytes:
         """The time text of ``wall_ns``; its second becomes the cached one (``clock``)."""
-        clock = self.clock
-        rel = wall_ns - clock[SEC_NS]  # small ints: on the 19-digit wall_ns every division costs more
-        if not 0 <= rel < 1_000_000_000:
-            sec = wall_ns // 1_000_000_000
-            clock[SEC_NS] = sec * 1_000_000_000
-            clock[SEC_TEXT] = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(sec)).encode()
-            rel = wall_ns - clock[SEC_NS]
-        return b"%s%06dZ" % (clock[SEC_TEXT], rel // 1000)
+        return self.clock.second(wall_ns)
 
     def middle(self, info: EventInfo, pid: int, tid: int, comm: str, cpu: int, ip: int, ret_ip: int) -> bytes:
         """The JSON of the fields between ``ts_ns`` and ``args``, without braces; cached."""
@@ -115,25 +148,28 @@ class Renderer:
         """Thread ids get reused: forget which process each thread belonged to."""
         self.by_thread.clear()
         self.middles.clear()  # they hold the pid's pod too
-        self.clock[PID_GENERATION] += 1  # the native emitters' own caches follow
+        self.clock.pid_generation += 1  # the native emitters' own caches follow
 
     def render(self, rec: TraceRecord, info: EventInfo, duration_ns: int | None, pid: int) -> bytes:
         """One JSON line, with its newline."""
         clock = self.clock
-        wall_ns = rec[4] + clock[WALL_OFFSET]  # ts_ns
-        rel = wall_ns - clock[SEC_NS]
-        if not 0 <= rel < 1_000_000_000:
-            self.second(wall_ns)
-            rel = wall_ns - clock[SEC_NS]
+        wall_ns = rec[4] + clock.wall_offset_ns  # ts_ns
+        rel = wall_ns - clock.sec_ns
         middle = self.middle(info, pid, rec[1], rec[5], rec[3], rec[6], rec[7])  # tid, comm, cpu, ip, ret_ip
+        if not 0 <= rel < 1_000_000_000:  # another second (or one past 63 bits, which the clock does not cache)
+            head = _HEAD_AT % (clock.second(wall_ns), wall_ns, middle)
+            if duration_ns is None:
+                return head + orjson.dumps(rec[10]) + LINE_END
+            return head + orjson.dumps(rec[10]) + DURATION_END % duration_ns
         if duration_ns is None:
-            return _LINE % (clock[SEC_TEXT], rel // 1000, wall_ns, middle, orjson.dumps(rec[10]))
-        return _LINE_DURATION % (clock[SEC_TEXT], rel // 1000, wall_ns, middle, orjson.dumps(rec[10]), duration_ns)
+            return _LINE % (clock.sec_text, rel // 1000, wall_ns, middle, orjson.dumps(rec[10]))
+        return _LINE_DURATION % (clock.sec_text, rel // 1000, wall_ns, middle, orjson.dumps(rec[10]), duration_ns)
 
 
 # A line is LINE_HEAD % (second text, µs, wall ns, middle), the args object, then LINE_END or DURATION_END
-# (% duration_ns); the raw pipeline's emitters put each event's args template between them.
+# (% duration_ns); native/emit.c writes the same bytes.
 LINE_HEAD = b'{"time":"%s%06dZ","ts_ns":%d,%s,"args":'
+_HEAD_AT = b'{"time":"%s","ts_ns":%d,%s,"args":'
 LINE_END = b"}\n"
 DURATION_END = b',"duration_ns":%d}\n'
 _LINE = LINE_HEAD + b"%s" + LINE_END

@@ -267,7 +267,7 @@ def _reader(
         emitters = raw.emitters(formats)
         native = backend.native_emitters(emitters)
         others = "" if native == len(emitters) or backend.emit_plan is None else \
-            "; the others need the Python emitter (histogram labels from arguments)"
+            "; the others run the record path (an event with a field the native emitter does not read)"
         log.info("raw reader: native path for %d of %d events; native parts: %s%s", native, len(emitters),
                  STATUS.describe(), others)
         decoder = RawDecoder(PageLayout.parse(instance.read_header_page()), emitters, raw.decode_errors, backend.walk)
