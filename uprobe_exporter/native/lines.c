@@ -1,6 +1,6 @@
-/* Lines: the JSON lines of one batch in one growing buffer, the native twin of rawemit.LineList (a
+/* Lines: the JSON lines of one batch in one growing buffer, the native twin of pipeline/lines.py LineList (a
  * list of bytes joined per batch). Native emitters render each line straight into it, the record path
- * append theirs, in record order; take() hands the batch over as one bytes object. The buffer is kept
+ * appends its own, in record order; take() hands the batch over as one bytes object. The buffer is kept
  * for the next batch, so after the first batches it does not grow again. */
 #include "native.h"
 
