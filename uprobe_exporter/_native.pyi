@@ -1,5 +1,5 @@
-"""Native parts of the raw reader (uprobe_exporter/native/walk.c and the sources it names); see
-rawpage.RawDecoder.locate, rawreader.NativeCpuMerge and rawemit.native_emitter."""
+"""Native twins of the raw reader's hot path (uprobe_exporter/native/module.c lists each source and the
+Python twin it mirrors); see rawpage.RawDecoder.locate, rawreader.NativeCpuMerge and rawemit.native_emitter."""
 
 from collections.abc import Iterable, Sequence
 from typing import Any

@@ -1,4 +1,4 @@
-/* Native emitter (the module is defined in _walk.c): one record of one event, straight from the page bytes, exactly as the emitter that
+/* Native emitter (the module is defined in module.c): one record of one event, straight from the page bytes, exactly as the emitter that
  * rawemit.py generates in Python for the same event (which stays the reference, the fallback for what
  * this does not cover, and what the tests compare this with byte for byte).
  *

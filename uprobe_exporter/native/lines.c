@@ -1,5 +1,5 @@
-/* Lines: the JSON lines of one batch in one growing buffer, the native twin of rawemit.LineList (a
- * list of bytes joined per batch). Native emitters render each line straight into it, Python emitters
+/* Stage pipeline: Lines, the JSON lines of one batch in one growing buffer, the native twin of
+ * pipeline/rawemit.py's LineList (a list of bytes joined per batch). Native emitters render each line straight into it, Python emitters
  * append theirs, in record order; take() hands the batch over as one bytes object. The buffer is kept
  * for the next batch, so after the first batches it does not grow again. */
 #include "native.h"

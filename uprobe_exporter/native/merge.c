@@ -1,5 +1,5 @@
-/* Merge: rawreader.CpuMerge in C, the exact twin of that Python reference (which stays the fallback and
- * what the tests compare this with). locate() appends the records it finds in a page here, as C structs
+/* Stage run: Merge is run/rawreader.py's CpuMerge in C, the exact twin of that Python reference (which
+ * stays the fallback and what the tests compare this with). locate() appends the records it finds in a page here, as C structs
  * instead of (ts_ns, handler, page, offset, cpu) tuples; push() merges the new records with the ones held
  * back by the previous push into one timestamp order (a stable sort of the new records in the order they
  * were located, then the held ones, as Python's sorted()), releases those older than now - hold_ns (all

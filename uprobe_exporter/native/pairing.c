@@ -1,6 +1,7 @@
-/* Native twin of pairing.Pairing (its docstring has the strategy): the same API, the same pairs, the
- * same evictions in the same order, the same statistics; pairing.py keeps the Python class as the
- * reference (the tests run both on the same operations) and as the fallback where this is not built.
+/* Stage pipeline: the native twin of pipeline/pairing.py's PythonPairing (its module docstring has the
+ * strategy): the same API, the same pairs, the same evictions in the same order, the same statistics;
+ * pairing.py keeps the Python class as the reference (the tests run both on the same operations) and as
+ * the fallback where this is not built.
  *
  * Stacks live in an open-addressing table keyed by (probe index, tid) and in a doubly linked list in
  * order of last activity (the OrderedDict of the Python class); frames are C structs, turned into
@@ -175,7 +176,7 @@ static int parse_key(Pairing *self, PyObject *probe, PyObject *tid_o, PyObject *
     return 0;
 }
 
-/* enter() with C values: what the native emitters call (_native.c), and the method below. */
+/* enter() with C values: what the native emitters call (emit.c), and the method below. */
 int pairing_enter(PyObject *obj, PyObject *probe_name, long long tid, uint64_t sp, long long ts, PyObject *extra) {
     Pairing *self = (Pairing *)obj;
     Py_ssize_t probe = probe_index(self, probe_name);

@@ -1,11 +1,7 @@
-/* The _native module: the page walk and the run loop of the raw reader's hot path, and the types of
- * the other sources. Each native part is the exact twin of a Python reference that stays the fallback
- * (where this is not built or does not cover a case) and that the tests compare it with:
- *   locate()  walks a trace_pipe_raw page, as rawpage.RawDecoder.locate does in Python;
- *   run()     runs located records through their emitters, as Pipeline.process_located's loop;
- *   EmitPlan  (_native.c) emits one record, as the emitter rawemit.py generates does;
- *   Pairing   (_pairing.c) as pairing.PythonPairing; Merge (_merge.c) as rawreader.CpuMerge;
- *   Lines     (_lines.c) as rawemit.LineList; _histogram.c as ProbeHistograms.observe. */
+/* Stage decode (and the run loop of pipeline): the native twin of decode/rawpage.py's page walk
+ * (RawDecoder.locate, which stays the reference and the fallback, and which the tests compare this with),
+ * and of the loop of pipeline/core.py's Pipeline.process_located (run()). The module itself is defined in
+ * module.c. */
 #include "native.h"
 
 /* ---- locate(): the page walk of rawpage.RawDecoder.locate/_events ------------------------------------ */
@@ -26,7 +22,7 @@ typedef struct { uint64_t ts; PyObject *handler; Py_ssize_t data; } Found;
  * layout = (timestamp_offset, commit_offset, commit_size, data_offset, page_size). Nothing is appended
  * or counted unless the whole page was walked. A timestamp past 64 bits (only a corrupt page has one)
  * ends the walk as a bad event header, as in Python. */
-static PyObject *locate(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+PyObject *walk_locate(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     (void)module;
     if (nargs != 8 || !PyBytes_CheckExact(args[0]) || !(PyList_CheckExact(args[2]) || Py_IS_TYPE(args[2], &MergeType))
         || !PyList_CheckExact(args[3])
@@ -162,7 +158,7 @@ fail:
  * Merge.push released) through its handler, as the loop of pipeline.Pipeline.process_located does in
  * Python (a record shorter than its format counts as errors["record"]). Native emitters add their
  * counts once, at the end. */
-static PyObject *run(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+PyObject *walk_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     (void)module;
     if (nargs != 3 || !(PyList_CheckExact(args[0]) || Py_IS_TYPE(args[0], &ReleasedType)) || !PyDict_Check(args[1])) {
         PyErr_SetString(PyExc_TypeError, "run(located: list | Released, errors: dict, struct_error)");
@@ -224,29 +220,4 @@ static PyObject *run(PyObject *module, PyObject *const *args, Py_ssize_t nargs) 
     PyErr_Restore(exc_type, exc_value, exc_tb);
     if (failed) return NULL;
     Py_RETURN_NONE;
-}
-
-static PyMethodDef methods[] = {
-    {"locate", (PyCFunction)(void (*)(void))locate, METH_FASTCALL, "Walk a trace_pipe_raw page (RawDecoder.locate)."},
-    {"run", (PyCFunction)(void (*)(void))run, METH_FASTCALL, "Run located records (Pipeline.process_located)."},
-    {NULL, NULL, 0, NULL},
-};
-
-static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_native", "Native parts of the raw reader.", -1, methods};
-
-PyMODINIT_FUNC PyInit__native(void) {
-    if (plan_module_init() < 0 || PyType_Ready(&PairingType) < 0 || PyType_Ready(&MergeType) < 0
-        || PyType_Ready(&ReleasedType) < 0 || PyType_Ready(&LinesType) < 0)
-        return NULL;
-    PyObject *m = PyModule_Create(&module);
-    if (!m) return NULL;
-    if (PyModule_AddObjectRef(m, "EmitPlan", (PyObject *)&EmitPlanType) < 0
-        || PyModule_AddObjectRef(m, "Pairing", (PyObject *)&PairingType) < 0
-        || PyModule_AddObjectRef(m, "Merge", (PyObject *)&MergeType) < 0
-        || PyModule_AddObjectRef(m, "Released", (PyObject *)&ReleasedType) < 0
-        || PyModule_AddObjectRef(m, "Lines", (PyObject *)&LinesType) < 0) {
-        Py_DECREF(m);
-        return NULL;
-    }
-    return m;
 }
