@@ -86,3 +86,85 @@ def test_each_c_source_names_its_python_twin_and_no_stale_file_names() -> None:
         text = path.read_text()
         assert not stale.search(text), f"{path.name} names a source by its old name: {stale.search(text)}"
         assert "PyInit__native" not in text or path.name == "module.c"
+
+
+# ---- Pairing: made whole in tp_new, final, collected through its entries ----------------------------------
+
+def test_pairing_misuse_raises_and_never_crashes() -> None:
+    run_isolated("""
+        from uprobe_exporter._native import Pairing
+        from uprobe_exporter.pipeline.pairing import Frame
+
+        def raises(kind, f):
+            try:
+                f()
+            except kind:
+                return
+            raise AssertionError(f"{f} did not raise {kind}")
+
+        raises(TypeError, lambda: Pairing.__new__(Pairing))  # no frame type: no half-built Pairing
+        raises(TypeError, lambda: Pairing.__new__(Pairing, 5))
+        raises(ValueError, lambda: Pairing(int))  # frames are tuples
+        raises(ValueError, lambda: Pairing(Frame, 10, 0))
+        raises(TypeError, lambda: type("Sub", (Pairing,), {}))  # final: not a base type
+        p = Pairing.__new__(Pairing, Frame)  # __new__ alone makes a whole Pairing
+        p.enter("p", 1, 0, 5, ("x",))
+        assert p.leave("p", 1, 0) == Frame(0, 5, ("x",))
+        p.enter("p", 1, 0, 6)
+        p.__init__(Frame, 1, 1)  # __init__ again changes nothing
+        p.__init__()
+        assert (p.max_pending, p.max_depth, p.pending) == (65536, 4096, 1)
+        assert p.leave("p", 1, 0) == Frame(0, 6, None)
+        raises(TypeError, lambda: p.enter(1, 1, 0, 5))  # the probe is a name
+        raises(TypeError, lambda: p.enter("p", 1, 0))
+        raises(OverflowError, lambda: p.enter("p", 1, -1, 5))  # sp is unsigned
+        raises(TypeError, lambda: p.leave_matching("p", 1, ["x"]))
+        p.enter("p", 2, 0, 5, "not a tuple")
+        raises(ValueError, lambda: p.leave_matching("p", 2, ("x",)))
+        assert p.stacks[("p", 2)] == [Frame(0, 5, "not a tuple")]
+        assert p.counts()[0] == {"p": 1}
+    """)
+
+
+def test_a_cycle_through_a_pairing_entry_is_collected() -> None:
+    import gc
+    import weakref
+
+    from uprobe_exporter.pipeline.pairing import Frame
+
+    class Holder:
+        pairing: object = None
+
+    h = Holder()
+    p = _native.Pairing(Frame)
+    h.pairing = p
+    p.enter("p", 1, 0, 5, (h,))  # p -> its entry -> h -> p
+    assert gc.is_tracked(p) and (h,) in gc.get_referents(p)
+    gone = weakref.ref(h)
+    del h, p
+    gc.collect()
+    assert gone() is None
+
+
+def test_a_finalizer_that_uses_the_pairing_during_collection_finds_it_whole() -> None:
+    run_isolated("""
+        import gc
+        from uprobe_exporter._native import Pairing
+        seen = []
+
+        class Holder:
+            def __del__(self):
+                p = self.pairing
+                p.enter("q", 9, 0, 1)  # runs while the cycle is collected
+                seen.append((p.pending, p.leave("q", 9, 0), p.counts()[1], sorted(p.threads())))
+
+        for _ in range(50):
+            p = Pairing(tuple)
+            h = Holder()
+            h.pairing = p
+            for tid in range(20):
+                p.enter("p", tid, 0, tid, (h,))
+            del h, p
+            gc.collect()
+        assert len(seen) == 50, seen
+    """)

@@ -463,51 +463,71 @@ static PyObject *Pairing_get_pending(Pairing *self, void *closure) { (void)closu
 static PyObject *Pairing_get_max_pending(Pairing *self, void *c) { (void)c; return PyLong_FromSsize_t(self->max_pending); }
 static PyObject *Pairing_get_max_depth(Pairing *self, void *c) { (void)c; return PyLong_FromSsize_t(self->max_depth); }
 
-static int Pairing_init(Pairing *self, PyObject *args, PyObject *kw) {
+/* Pairing(frame_type, max_pending=65536, max_depth=4096): everything the methods touch is made here, in
+ * tp_new, so no Pairing exists half-built (Pairing.__new__(Pairing) without a frame type raises). There is
+ * no __init__ of its own: object.__init__ ignores the arguments, so calling it again changes nothing. The
+ * type is final (not a BASETYPE): a subclass could not add state the C code would keep consistent. */
+static PyObject *Pairing_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
     static char *names[] = {"frame_type", "max_pending", "max_depth", NULL};
     PyObject *frame_type;
-    self->max_pending = 65536;
-    self->max_depth = 4096;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O!|nn", names, &PyType_Type, &frame_type, &self->max_pending,
-                                     &self->max_depth))
-        return -1;
-    if (!PyType_IsSubtype((PyTypeObject *)frame_type, &PyTuple_Type) || self->max_depth < 1) {
-        PyErr_SetString(PyExc_ValueError, "a tuple type for frames, max_depth >= 1");
-        return -1;
+    Py_ssize_t max_pending = 65536, max_depth = 4096;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O!|nn:Pairing", names, &PyType_Type, &frame_type, &max_pending,
+                                     &max_depth))
+        return NULL;
+    if (!PyType_IsSubtype((PyTypeObject *)frame_type, &PyTuple_Type) || max_depth < 1) {
+        PyErr_SetString(PyExc_ValueError, "Pairing: a tuple type for frames, max_depth >= 1");
+        return NULL;
     }
-    Py_XSETREF(self->frame_type, Py_NewRef(frame_type));
-    if (!self->probes && !(self->probes = PyDict_New())) return -1;
-    if (!self->names && !(self->names = PyList_New(0))) return -1;
-    if (!self->table) {
-        self->table_size = 64;
-        if (!(self->table = PyMem_Calloc(self->table_size, sizeof(Stack *)))) { PyErr_NoMemory(); return -1; }
+    Pairing *self = (Pairing *)type->tp_alloc(type, 0);
+    if (!self) return NULL;
+    self->max_pending = max_pending;
+    self->max_depth = max_depth;
+    self->frame_type = Py_NewRef(frame_type);
+    self->table_size = 64;
+    if (!(self->probes = PyDict_New()) || !(self->names = PyList_New(0))
+        || !(self->table = PyMem_Calloc(self->table_size, sizeof(Stack *)))) {
+        if (!PyErr_Occurred()) PyErr_NoMemory();
+        Py_DECREF(self);
+        return NULL;
     }
-    return 0;
+    return (PyObject *)self;
 }
 
 static int Pairing_traverse(Pairing *self, visitproc visit, void *arg) {
     for (Stack *s = self->head; s; s = s->next)
         for (Py_ssize_t i = 0; i < s->n; i++) Py_VISIT(s->frames[i].extra);
     Py_VISIT(self->frame_type);
+    Py_VISIT(self->probes);
+    Py_VISIT(self->names);
     return 0;
 }
 
-static int Pairing_clear(Pairing *self) {
-    for (Stack *s = self->head, *next; s; s = next) {
-        next = s->next;
-        free_stack(s);
-    }
+/* Forget every pending entry. The stacks are detached before any extra is released: releasing one may run
+ * Python code (a finalizer) that uses this Pairing, which then finds it empty and consistent. */
+static void forget_stacks(Pairing *self) {
+    Stack *s = self->head;
     self->head = self->tail = NULL;
     self->nstacks = self->pending = 0;
     if (self->table) memset(self->table, 0, self->table_size * sizeof(Stack *));
     self->used = self->tombs = 0;
-    Py_CLEAR(self->frame_type);
+    for (Stack *next; s; s = next) {
+        next = s->next;
+        free_stack(s);
+    }
+}
+
+/* tp_clear (a cycle through an entry's extra or the frame type): the Pairing stays usable, with no
+ * pending entries and plain tuples for frames. */
+static int Pairing_clear(Pairing *self) {
+    forget_stacks(self);
+    if (self->frame_type != (PyObject *)&PyTuple_Type) Py_XSETREF(self->frame_type, Py_NewRef((PyObject *)&PyTuple_Type));
     return 0;
 }
 
 static void Pairing_dealloc(Pairing *self) {
     PyObject_GC_UnTrack(self);
-    Pairing_clear(self);
+    forget_stacks(self);
+    Py_CLEAR(self->frame_type);
     PyMem_Free(self->table);
     PyMem_Free(self->counts);
     Py_CLEAR(self->probes);
@@ -540,9 +560,8 @@ PyTypeObject PairingType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "uprobe_exporter._native.Pairing",
     .tp_basicsize = sizeof(Pairing),
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_BASETYPE,
-    .tp_new = PyType_GenericNew,
-    .tp_init = (initproc)Pairing_init,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_new = Pairing_new,
     .tp_dealloc = (destructor)Pairing_dealloc,
     .tp_traverse = (traverseproc)Pairing_traverse,
     .tp_clear = (inquiry)Pairing_clear,
