@@ -7,11 +7,16 @@ from __future__ import annotations
 
 import importlib.util
 import re
+import struct
 import subprocess
 import sys
 import textwrap
 import tomllib
 from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from uprobe_exporter import _native
 
@@ -168,3 +173,93 @@ def test_a_finalizer_that_uses_the_pairing_during_collection_finds_it_whole() ->
             gc.collect()
         assert len(seen) == 50, seen
     """)
+
+
+# ---- locate(): every length and offset from outside is range-checked ----------------------------------------
+
+GOOD_LAYOUT = (0, 8, 8, 16, 4096)
+HUGE = sys.maxsize
+
+
+def test_locate_refuses_an_impossible_layout_before_reading_a_byte() -> None:
+    """Offsets and sizes past the header or the page, negative or near the integer limits: a ValueError
+    naming the layout, for any page (run in a subprocess: a read out of bounds would crash it)."""
+    run_isolated(f"""
+        import random
+        from uprobe_exporter._native import locate, Merge
+        from uprobe_exporter.decode.rawpage import RAW_ERROR_REASONS
+        from uprobe_exporter.decode.records import LostEvents
+        HUGE = {HUGE}
+        bad = [(-8, 8, 8, 16, 4096), (0, -8, 8, 16, 4096), (0, 8, 8, -16, 4096), (0, 8, 8, 16, 8),
+               (HUGE, 8, 8, 16, 4096), (0, HUGE, 8, 16, 4096), (0, HUGE - 2, 4, HUGE, HUGE),
+               (HUGE - 4, 0, 4, HUGE, HUGE),
+               (0, 8, 2, 16, 4096), (0, 8, 16, 32, 4096), (9, 0, 8, 16, 4096), (0, 9, 8, 16, 4096), (0, 0, 4, 4, 4096),
+               (0, 8, 8, 16, -1), (0, 8, 8, HUGE, HUGE - 1)]
+        rng = random.Random(12)
+        edges = [-HUGE - 1, -1, 0, 4, 7, 8, 12, 16, 4095, 4096, HUGE - 8, HUGE]
+        for _ in range(3000):
+            bad.append(tuple(rng.choice(edges) if rng.random() < 0.7 else rng.randrange(-64, 5000) for _ in range(5)))
+        # the last: a commit of 32 that made the old walk read 64 bytes before the page (ASan: heap-buffer-overflow)
+        pages = [b"", b"\\xff" * 7, b"\\xff" * 4096, bytes(range(256)) * 16, bytes(8) + bytes([32]) + bytes(71)]
+        raised = 0
+        for layout in bad:
+            ts, c_off, c_size, start, size = layout
+            possible = (0 <= start <= size and 0 <= ts <= start - 8 and c_size in (4, 8)
+                        and 0 <= c_off <= start - c_size)
+            for page in pages:
+                for out in ([], Merge()):
+                    errors = dict.fromkeys(RAW_ERROR_REASONS, 0)
+                    try:
+                        locate(page, 0, out, [], {{}}, layout, errors, LostEvents)
+                    except ValueError as exc:
+                        assert not possible and "impossible page layout" in str(exc), (layout, exc)
+                        raised += 1
+                    else:
+                        assert possible, layout
+        assert raised > 1000
+    """)
+
+
+def test_locate_checks_its_arguments() -> None:
+    lost: list[object] = []
+    with pytest.raises(TypeError):
+        _native.locate(bytearray(16), 0, [], lost, {}, GOOD_LAYOUT, {}, tuple)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        _native.locate(b"", 0, [], lost, {}, (0, 8, 8, 16), {}, tuple)  # type: ignore[arg-type]
+    with pytest.raises(OverflowError):
+        _native.locate(b"", 0, [], lost, {}, (0, 8, 8, 16, 1 << 70), {}, tuple)
+    with pytest.raises(TypeError):
+        _native.locate(b"", 0, (), lost, {}, GOOD_LAYOUT, {}, tuple)  # type: ignore[arg-type]
+    assert _native.locate(b"", 0, [], lost, {}, GOOD_LAYOUT, {}, tuple) == 0
+
+
+def _page(commit: int, data: bytes, ts: int = 1000, c_size: int = 8) -> bytes:
+    return struct.pack("=Q", ts) + (struct.pack("=Q", commit) if c_size == 8 else struct.pack("=I", commit)) + data
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.sampled_from([(0, 8, 8, 16, 4096), (0, 8, 4, 12, 4096), (8, 0, 4, 16, 256), (0, 8, 8, 24, 64)]),
+       st.integers(0, (1 << 32) - 1), st.binary(max_size=600), st.integers(0, 700))
+def test_locate_on_garbage_pages_counts_and_matches_python(layout: tuple[int, int, int, int, int], commit: int,
+                                                           body: bytes, cut: int) -> None:
+    """Truncated and garbage pages, commit sizes past the page or the page size, under several valid layouts:
+    the native walk counts what it cannot read, never reads past the page (ASan: see the module docstring),
+    and does what the Python walk does."""
+    from uprobe_exporter.decode.rawpage import PageLayout, RawDecoder
+
+    ts_off, c_off, c_size, start, size = layout
+    header = bytearray(start)
+    header[ts_off:ts_off + 8] = struct.pack("=Q", 12345)
+    header[c_off:c_off + c_size] = commit.to_bytes(8, "little")[:c_size]
+    page = (bytes(header) + body)[:cut]
+    handlers: dict[int, object] = {i: f"h{i}" for i in range(0, 65536, 7)}
+    walks = []
+    for native in (True, False):
+        d = RawDecoder(PageLayout((ts_off, 8), (c_off, c_size), start, size), handlers,  # type: ignore[arg-type]
+                       native=native)
+        located: list[object] = []
+        lost: list[object] = []
+        walks.append((d.locate(page, 3, located, lost), located, lost, dict(d.errors)))
+    assert walks[0] == walks[1]
+    for _ts, _handler, _page, offset, _cpu in walks[0][1]:  # type: ignore[misc]
+        assert start <= offset <= len(page)

@@ -34,6 +34,15 @@ PyObject *walk_locate(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     PyObject *errors = args[6], *lost_type = args[7];
     Py_ssize_t ts_off, c_off, c_size, start, page_size;
     if (!PyArg_ParseTuple(args[5], "nnnnn", &ts_off, &c_off, &c_size, &start, &page_size)) return NULL;
+    /* The layout (from events/header_page) is checked before any byte is read: both header fields inside
+     * the header, the header before the data, the data inside the page. Each comparison is written so
+     * that it cannot overflow, whatever the integers. */
+    if (start < 0 || page_size < start || ts_off < 0 || ts_off > start - 8 || c_off < 0 || (c_size != 4 && c_size != 8)
+        || c_off > start - c_size) {
+        PyErr_Format(PyExc_ValueError, "locate: impossible page layout (timestamp at %zd, commit at %zd size %zd, "
+                     "data at %zd, page size %zd)", ts_off, c_off, c_size, start, page_size);
+        return NULL;
+    }
     const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(page);
     Py_ssize_t n = PyBytes_GET_SIZE(page);
     const char *reason = NULL;
@@ -46,15 +55,15 @@ PyObject *walk_locate(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         reason = "page_header";
         goto count;
     }
-    if (ts_off < 0 || ts_off + 8 > n || c_off < 0 || c_off + c_size > n || (c_size != 4 && c_size != 8)) {
-        reason = "page_header";
-        goto count;
-    }
+    /* from here the header fields are inside the page: ts_off + 8 <= start <= n, c_off + c_size <= start */
     uint64_t ts, commit;
     memcpy(&ts, p + ts_off, 8);
     commit = c_size == 8 ? ({ uint64_t v; memcpy(&v, p + c_off, 8); v; }) : u32(p + c_off);
-    Py_ssize_t end = start + (Py_ssize_t)(commit & COMMIT_MASK);
+    Py_ssize_t end = start + (Py_ssize_t)(commit & COMMIT_MASK); /* no overflow: 27 bits past start <= n */
     if (end > n || end > page_size) { reason = "page_header"; goto count; }
+    /* from here every read is below end <= n: the loop reads a header word and the u32 after it only at
+     * pos <= end - 8, and past that only after checking pos + 4 + len <= end; a record's data may run past
+     * end (as in Python), which its handler checks against the page's length */
     if (commit & MISSED_EVENTS) {
         PyObject *count = Py_None;
         Py_INCREF(count);
