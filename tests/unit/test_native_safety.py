@@ -12,6 +12,7 @@ import subprocess
 import sys
 import textwrap
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -263,3 +264,86 @@ def test_locate_on_garbage_pages_counts_and_matches_python(layout: tuple[int, in
     assert walks[0] == walks[1]
     for _ts, _handler, _page, offset, _cpu in walks[0][1]:  # type: ignore[misc]
         assert start <= offset <= len(page)
+
+
+# ---- Merge and Released: GC types (their records' handlers can reach back to them) -------------------------
+
+def _one_record_page(event_id: int) -> bytes:
+    record = struct.pack("=IHHI", 2 | 5 << 5, event_id, 0, 0)  # type_len 2: 8 bytes of data, the id first
+    return struct.pack("=QQ", 1000, len(record)) + record
+
+
+def _collected(make: Callable[[], object]) -> bool:
+    """Whether what ``make`` returns (a weakref-able handler in a cycle) is freed by a collection."""
+    import gc
+    import weakref
+
+    gone = weakref.ref(make())
+    gc.collect()
+    return gone() is None
+
+
+class Handler:
+    """A record's handler that holds on to what holds it (as an emitter reaches the reader's merge)."""
+
+    def __init__(self) -> None:
+        self.back: object = None
+
+    def __call__(self, page: bytes, offset: int, ts_ns: int, cpu: int) -> None:
+        pass
+
+
+def test_a_cycle_through_a_merge_is_collected() -> None:
+    from uprobe_exporter.decode.rawpage import RAW_ERROR_REASONS
+    from uprobe_exporter.decode.records import LostEvents
+
+    def make() -> object:
+        h, merge = Handler(), _native.Merge(hold_ns=10**12)
+        h.back = merge
+        _native.locate(_one_record_page(7), 0, merge, [], {7: h}, GOOD_LAYOUT, dict.fromkeys(RAW_ERROR_REASONS, 0),
+                       LostEvents)
+        assert merge.located == 1
+        assert len(merge.push(0, False)) == 0 and merge.held == 1  # held: the merge holds the handler
+        import gc
+        assert gc.is_tracked(merge) and h in gc.get_referents(merge)
+        return h
+
+    assert _collected(make)
+
+
+def test_a_cycle_through_what_a_merge_released_is_collected() -> None:
+    from uprobe_exporter.decode.rawpage import RAW_ERROR_REASONS
+    from uprobe_exporter.decode.records import LostEvents
+
+    def make() -> object:
+        h, merge = Handler(), _native.Merge()
+        _native.locate(_one_record_page(7), 0, merge, [], {7: h}, GOOD_LAYOUT, dict.fromkeys(RAW_ERROR_REASONS, 0),
+                       LostEvents)
+        released = merge.push(0, True)
+        assert len(released) == 1 and released[0][1] is h
+        h.back = released
+        import gc
+        assert gc.is_tracked(released) and h in gc.get_referents(released)
+        _native.run(released, dict.fromkeys(RAW_ERROR_REASONS, 0), struct.error)  # runs it, keeps it
+        return h
+
+    assert _collected(make)
+
+
+def test_released_and_lines_cannot_be_made_half_built_or_subclassed() -> None:
+    run_isolated("""
+        from uprobe_exporter._native import Lines, Merge, Released
+        for make in (lambda: Released(), lambda: Released.__new__(Released),
+                     lambda: type("S", (Merge,), {}), lambda: type("S", (Lines,), {}),
+                     lambda: type("S", (Released,), {}), lambda: Lines(1)):
+            try:
+                make()
+            except TypeError:
+                continue
+            raise AssertionError(make)
+        m = Merge.__new__(Merge)  # whole: the defaults
+        assert (m.held, m.located, m.last_ts) == (0, 0, None) and len(m.push(0, True)) == 0
+        lines = Lines.__new__(Lines)
+        lines.append(b"x\\n")
+        assert lines.take() == (b"x\\n", 1)
+    """)
