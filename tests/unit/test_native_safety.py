@@ -222,16 +222,18 @@ def test_locate_refuses_an_impossible_layout_before_reading_a_byte() -> None:
 
 
 def test_locate_checks_its_arguments() -> None:
-    lost: list[object] = []
+    from uprobe_exporter.decode.records import LostEvents
+
+    lost: list[LostEvents] = []
     with pytest.raises(TypeError):
-        _native.locate(bytearray(16), 0, [], lost, {}, GOOD_LAYOUT, {}, tuple)  # type: ignore[arg-type]
+        _native.locate(bytearray(16), 0, [], lost, {}, GOOD_LAYOUT, {}, LostEvents)  # type: ignore[arg-type]
     with pytest.raises(TypeError):
-        _native.locate(b"", 0, [], lost, {}, (0, 8, 8, 16), {}, tuple)  # type: ignore[arg-type]
+        _native.locate(b"", 0, [], lost, {}, (0, 8, 8, 16), {}, LostEvents)  # type: ignore[arg-type]
     with pytest.raises(OverflowError):
-        _native.locate(b"", 0, [], lost, {}, (0, 8, 8, 16, 1 << 70), {}, tuple)
+        _native.locate(b"", 0, [], lost, {}, (0, 8, 8, 16, 1 << 70), {}, LostEvents)
     with pytest.raises(TypeError):
-        _native.locate(b"", 0, (), lost, {}, GOOD_LAYOUT, {}, tuple)  # type: ignore[arg-type]
-    assert _native.locate(b"", 0, [], lost, {}, GOOD_LAYOUT, {}, tuple) == 0
+        _native.locate(b"", 0, (), lost, {}, GOOD_LAYOUT, {}, LostEvents)  # type: ignore[arg-type]
+    assert _native.locate(b"", 0, [], lost, {}, GOOD_LAYOUT, {}, LostEvents) == 0
 
 
 def _page(commit: int, data: bytes, ts: int = 1000, c_size: int = 8) -> bytes:
@@ -262,8 +264,8 @@ def test_locate_on_garbage_pages_counts_and_matches_python(layout: tuple[int, in
         lost: list[object] = []
         walks.append((d.locate(page, 3, located, lost), located, lost, dict(d.errors)))
     assert walks[0] == walks[1]
-    for _ts, _handler, _page, offset, _cpu in walks[0][1]:  # type: ignore[misc]
-        assert start <= offset <= len(page)
+    offsets: list[int] = [located[3] for located in walks[0][1]]  # type: ignore[index]
+    assert all(start <= offset <= len(page) for offset in offsets)
 
 
 # ---- Merge and Released: GC types (their records' handlers can reach back to them) -------------------------
@@ -347,3 +349,46 @@ def test_released_and_lines_cannot_be_made_half_built_or_subclassed() -> None:
         lines.append(b"x\\n")
         assert lines.take() == (b"x\\n", 1)
     """)
+
+
+# ---- the stub says what the extension has ------------------------------------------------------------------
+
+def _stub() -> dict[str, set[str] | None]:
+    """The stub's public names: a class's public and dunder members (defs, properties), None for a function."""
+    import ast
+
+    tree = ast.parse((ROOT / "uprobe_exporter" / "_native.pyi").read_text())
+    out: dict[str, set[str] | None] = {}
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef) and not node.name.startswith("_"):
+            out[node.name] = None
+        elif isinstance(node, ast.ClassDef):
+            out[node.name] = {n.name for n in node.body if isinstance(n, ast.FunctionDef)}
+    return out
+
+
+def test_the_stub_matches_the_extension() -> None:
+    stub = _stub()
+    assert set(stub) == {n for n in dir(_native) if not n.startswith("_")}
+    for name, members in stub.items():
+        obj = getattr(_native, name)
+        if members is None:
+            assert callable(obj) and not isinstance(obj, type), name
+            continue
+        assert isinstance(obj, type), name
+        public = {m for m in vars(obj) if not m.startswith("_")}
+        special = {"__len__", "__getitem__", "__call__"} & set(vars(obj))
+        declared = {m for m in members if not m.startswith("_") or m in special}
+        assert declared == public | special, f"{name}: the stub declares {sorted(declared)}, the type has " \
+                                             f"{sorted(public | special)}"
+        constructible = "__new__" in vars(obj)  # a tp_new of its own (Released has none: only push() makes one)
+        assert ("__new__" in members or "__init__" in members) == constructible, name
+
+
+def test_the_stub_has_no_any_where_the_type_is_known() -> None:
+    """Any only in EmitPlan's constructor (its emitter and sinks: being replaced by a context object, the
+    emit stage's) and as the bound of a frame's items (a frame's extra is the caller's)."""
+    text = (ROOT / "uprobe_exporter" / "_native.pyi").read_text()
+    lines = [line for line in text.splitlines() if re.search(r"\bAny\b", line)]
+    allowed = ("from typing import", "_F = TypeVar", "emitter: Any", "sinks: tuple[Any")
+    assert all(any(a in line for a in allowed) for line in lines), lines

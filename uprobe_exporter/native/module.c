@@ -41,7 +41,8 @@ static int exec_module(PyObject *m) {
         || add_type(m, "Pairing", &PairingType) < 0
         || add_type(m, "Merge", &MergeType) < 0
         || add_type(m, "Released", &ReleasedType) < 0
-        || add_type(m, "Lines", &LinesType) < 0)
+        || add_type(m, "Lines", &LinesType) < 0
+        || add_type(m, "Histogram", &HistogramType) < 0)
         return -1;
     return 0;
 }

@@ -32,7 +32,7 @@ from typing import Any, NamedTuple
 try:  # the native pairing (uprobe_exporter/native/pairing.c), built at install when a C compiler is there
     from uprobe_exporter._native import Pairing as _Native
 
-    _NativePairing: type[_Native] | None = _Native
+    _NativePairing: type[_Native[Frame]] | None = _Native
 except ImportError:  # then PythonPairing does it
     _NativePairing = None
 
@@ -237,7 +237,7 @@ class Pairing:
     ``PythonPairing``. Its methods are the implementation's own, bound once: a call costs no extra layer."""
 
     def __init__(self, max_pending: int = 65536, max_depth: int = 4096, native: bool = True) -> None:
-        core: PythonPairing | Any = PythonPairing(max_pending, max_depth)
+        core: PythonPairing | _Native[Frame] = PythonPairing(max_pending, max_depth)
         if native and _NativePairing is not None:
             core = _NativePairing(Frame, max_pending, max_depth)
         self.core = core
