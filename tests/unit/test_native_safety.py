@@ -176,6 +176,51 @@ def test_a_finalizer_that_uses_the_pairing_during_collection_finds_it_whole() ->
     """)
 
 
+def test_finalizers_of_released_entries_that_use_the_pairing_find_it_whole() -> None:
+    """An entry's extra whose finalizer calls the Pairing letting go of it (unwound, past max_depth, past
+    max_pending, at a return, at a thread's exit): every extra is released once the operation is done, so
+    the finalizer never frees a stack the operation still uses (the old code read freed memory here: a
+    heap-use-after-free under ASan, a crash without)."""
+    run_isolated("""
+        import gc
+        from uprobe_exporter._native import Pairing
+
+        class Reenter:  # an entry's extra whose finalizer uses the pairing that is letting go of it
+            def __init__(self, p, tid):
+                self.p, self.tid = p, tid
+            def __del__(self):
+                p = self.p
+                p.evict_thread(self.tid)  # frees the thread's stacks
+                p.enter("x", self.tid, 0, 1)
+                p.drop_empty()
+                p.counts(), p.stacks, p.threads()
+
+        def extra(p, tid):
+            return (Reenter(p, tid),)
+
+        for round_ in range(20):
+            p = Pairing(tuple, 4, 2)
+            p.enter("p", 1, 100, 1, extra(p, 1))
+            p.enter("p", 1, 200, 2, extra(p, 1))      # unwinds the first: its finalizer evicts thread 1
+            p.enter("p", 2, 0, 1, extra(p, 2))
+            p.enter("p", 2, 0, 2, extra(p, 2))
+            p.enter("p", 2, 0, 3, extra(p, 2))        # past max_depth: the oldest goes
+            for tid in range(3, 9):
+                p.enter("q", tid, 0, tid, extra(p, tid))  # past max_pending: the least recent thread's oldest goes
+            p.enter("p", 9, 100, 1, extra(p, 9))
+            p.enter("p", 9, 50, 2, extra(p, 9))
+            p.leave("p", 9, 108)                       # unwinds the one at 50, closes the one at 100
+            p.enter("p", 10, 0, 1, extra(p, 10))
+            p.enter("q", 10, 0, 1, extra(p, 10))
+            p.evict_thread(10)                         # two stacks: the first's finalizer evicts the thread again
+            p.enter("m", 11, 0, 1, (Reenter(p, 11), "a"))
+            p.leave_matching("m", 11, (None, "a"))
+            p.counts()
+            del p
+            gc.collect()
+    """)
+
+
 # ---- locate(): every length and offset from outside is range-checked ----------------------------------------
 
 GOOD_LAYOUT = (0, 8, 8, 16, 4096)

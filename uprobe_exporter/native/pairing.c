@@ -112,6 +112,36 @@ static void append_stack(Pairing *self, Stack *s) {
     self->tail = s;
 }
 
+/* The extras an operation lets go of, released only once it is done: releasing one may run Python code
+ * (a finalizer) that calls this Pairing again, which must then find it consistent, and must not free a
+ * stack the operation still uses. Sixteen fit without an allocation (an operation rarely frees any). */
+typedef struct { PyObject **items; Py_ssize_t n, cap; PyObject *local[16]; } Graveyard;
+
+static void graveyard_init(Graveyard *g) {
+    g->items = g->local;
+    g->n = 0;
+    g->cap = 16;
+}
+
+static void bury(Graveyard *g, PyObject *o) {
+    if (g->n == g->cap) {
+        Py_ssize_t cap = g->cap * 2;
+        PyObject **grown = g->items == g->local ? PyMem_Malloc(cap * sizeof(PyObject *))
+                                                : PyMem_Realloc(g->items, cap * sizeof(PyObject *));
+        if (!grown) { Py_XDECREF(o); return; } /* out of memory: released now rather than leaked */
+        if (g->items == g->local) memcpy(grown, g->local, sizeof g->local);
+        g->items = grown;
+        g->cap = cap;
+    }
+    g->items[g->n++] = o;
+}
+
+static void release(Graveyard *g) {
+    for (Py_ssize_t i = 0; i < g->n; i++) Py_XDECREF(g->items[i]);
+    if (g->items != g->local) PyMem_Free(g->items);
+    graveyard_init(g);
+}
+
 static void free_stack(Stack *s) {
     for (Py_ssize_t i = 0; i < s->n; i++) Py_XDECREF(s->frames[i].extra);
     PyMem_Free(s->frames);
@@ -153,8 +183,8 @@ static Stack *new_stack(Pairing *self, Py_ssize_t probe, long long tid) {
     return s;
 }
 
-static void pop_front(Stack *s) {
-    Py_XDECREF(s->frames[0].extra);
+static void pop_front(Stack *s, Graveyard *g) {
+    bury(g, s->frames[0].extra);
     memmove(s->frames, s->frames + 1, (s->n - 1) * sizeof(CFrame));
     s->n--;
 }
@@ -184,6 +214,8 @@ int pairing_enter(PyObject *obj, PyObject *probe_name, long long tid, uint64_t s
     int found;
     Py_ssize_t i = slot_of(self, probe, tid, &found);
     Stack *s;
+    Graveyard dead;
+    graveyard_init(&dead);
     if (!found) {
         if (self->nstacks >= self->max_pending) drop_empty_stacks(self);
         if (!(s = new_stack(self, probe, tid))) return -1;
@@ -194,18 +226,18 @@ int pairing_enter(PyObject *obj, PyObject *probe_name, long long tid, uint64_t s
     }
     if (sp) {
         while (s->n && s->frames[s->n - 1].sp <= sp) {  /* that frame's stack space is being reused */
-            Py_XDECREF(s->frames[--s->n].extra);
+            bury(&dead, s->frames[--s->n].extra);
             evict(self, probe, UNWOUND);
         }
     }
     if (s->n >= self->max_depth) {
-        pop_front(s);
+        pop_front(s, &dead);
         evict(self, probe, CAPACITY);
     }
     if (s->n == s->cap) {
         Py_ssize_t cap = s->cap ? s->cap * 2 : 4;
         CFrame *grown = PyMem_Realloc(s->frames, cap * sizeof(CFrame));
-        if (!grown) { PyErr_NoMemory(); return -1; }
+        if (!grown) { PyErr_NoMemory(); release(&dead); return -1; }
         s->frames = grown;
         s->cap = cap;
     }
@@ -215,12 +247,13 @@ int pairing_enter(PyObject *obj, PyObject *probe_name, long long tid, uint64_t s
     if (self->pending > self->max_pending) {  /* the least recently active thread loses its oldest entry */
         for (Stack *o = self->head; o; o = o->next) {
             if (o->n) {
-                pop_front(o);
+                pop_front(o, &dead);
                 evict(self, o->probe, CAPACITY);
                 break;
             }
         }
     }
+    release(&dead);
     return 0;
 }
 
@@ -272,11 +305,23 @@ int pairing_leave_c(PyObject *obj, PyObject *probe_name, long long tid, uint64_t
     if (sp) {
         if (sp < 8) return unpaired(self, probe); /* below any frame */
         uint64_t target = sp - 8; /* RETURN_ADDRESS_SIZE */
+        Graveyard dead;
+        graveyard_init(&dead);
         while (s->n && s->frames[s->n - 1].sp < target) {
-            Py_XDECREF(s->frames[--s->n].extra);
+            bury(&dead, s->frames[--s->n].extra);
             evict(self, probe, UNWOUND);
         }
-        if (!s->n || s->frames[s->n - 1].sp != target) return unpaired(self, probe);
+        int closes = s->n && s->frames[s->n - 1].sp == target;
+        CFrame f = closes ? s->frames[--s->n] : (CFrame){0, 0, NULL};
+        if (closes) {
+            self->pending--;
+            self->counts[probe].paired++;
+            self->counts[probe].paired_seen = 1;
+        }
+        release(&dead); /* s may be gone from here */
+        if (!closes) return unpaired(self, probe);
+        *entry = f;
+        return 1;
     }
     CFrame f = s->frames[--s->n];
     self->pending--;
@@ -302,18 +347,24 @@ static PyObject *Pairing_leave_matching(Pairing *self, PyObject *const *args, Py
     Py_ssize_t i = slot_of(self, probe, tid, &found);
     Stack *s = found ? self->table[i] : NULL;
     if (!s || !s->n) { unpaired(self, probe); Py_RETURN_NONE; }
-    PyObject *extra = s->frames[s->n - 1].extra, *want = args[2];
+    PyObject *extra = Py_NewRef(s->frames[s->n - 1].extra), *want = args[2]; /* held: == may run Python code */
     for (Py_ssize_t j = 0; j < PyTuple_GET_SIZE(want); j++) {
         PyObject *w = PyTuple_GET_ITEM(want, j);
         if (w == Py_None) continue;
         if (!PyTuple_Check(extra) || j >= PyTuple_GET_SIZE(extra)) {
+            Py_DECREF(extra);
             PyErr_SetString(PyExc_ValueError, "leave_matching: the entry's extra has no such item");
             return NULL;
         }
         int eq = PyObject_RichCompareBool(PyTuple_GET_ITEM(extra, j), w, Py_EQ);
-        if (eq < 0) return NULL;
-        if (!eq) { unpaired(self, probe); Py_RETURN_NONE; }
+        if (eq <= 0) {
+            Py_DECREF(extra);
+            if (eq < 0) return NULL;
+            unpaired(self, probe);
+            Py_RETURN_NONE;
+        }
     }
+    Py_DECREF(extra);
     return pairing_leave((PyObject *)self, args[0], tid, 0);
 }
 
@@ -373,6 +424,7 @@ static PyObject *Pairing_evict_thread(Pairing *self, PyObject *tid_o) {
     long long tid = PyLong_AsLongLong(tid_o);
     if (tid == -1 && PyErr_Occurred()) return NULL;
     Py_ssize_t total = 0;
+    Stack *gone = NULL; /* the thread's stacks, detached first, freed (their extras released) last */
     for (Stack *s = self->head, *next; s; s = next) {
         next = s->next;
         if (s->tid != tid) continue;
@@ -380,9 +432,19 @@ static PyObject *Pairing_evict_thread(Pairing *self, PyObject *tid_o) {
         c->evicted[THREAD_EXIT] += s->n;
         c->evicted_seen[THREAD_EXIT] = 1;
         total += s->n;
-        remove_stack(self, s);
+        int found;
+        Py_ssize_t i = slot_of(self, s->probe, s->tid, &found);
+        if (found) { self->table[i] = TOMB; self->used--; self->tombs++; }
+        unlink_stack(self, s);
+        self->nstacks--;
+        s->next = gone;
+        gone = s;
     }
     self->pending -= total;
+    for (Stack *next; gone; gone = next) {
+        next = gone->next;
+        free_stack(gone);
+    }
     return PyLong_FromSsize_t(total);
 }
 
