@@ -12,7 +12,8 @@ lines of a batch               ``pipeline.lines.LineList``        ``_native.Line
 emitter of an event            the record path (``RawPipeline.   ``_native.EmitPlan`` (emit.c), fed
                                record_handler``)                  through ``_native.EmitContext``
 renderer's clock               ``pipeline.render.PyClock``        ``_native.Clock`` (emit.c)
-latency histograms             ``pipeline.histogram``             inside ``EmitPlan`` (histogram.c)
+latency histogram series       ``pipeline.histogram.Histogram``   ``_native.Histogram`` (histogram.c),
+                                                                  observed in C by ``EmitPlan``
 =============================  =================================  ==============================
 
 ``PYTHON`` has the references, ``NATIVE`` the twins (None when the extension is not built, does not
@@ -32,6 +33,7 @@ from typing import TYPE_CHECKING, Any, cast
 from uprobe_exporter.decode.merge import HOLD_NS, MAX_HELD, CpuMerge, Merge
 from uprobe_exporter.decode.rawpage import Located, Walk, walk
 from uprobe_exporter.nativestatus import NativeStatus, native_status
+from uprobe_exporter.pipeline.histogram import Histogram, SeriesFactory
 from uprobe_exporter.pipeline.lines import LineList, Lines
 from uprobe_exporter.pipeline.pairing import Frame, PairingCore, PythonPairing
 from uprobe_exporter.pipeline.raw import RunLocated, run_located
@@ -55,6 +57,7 @@ class Backend:
     clock: Callable[[int], Clock]  # wall_offset_ns → the renderer's clock (Renderer.use_clock)
     emit_plan: type[EmitPlan] | None  # the native emitter of an event; None: every event runs the record path
     emit_context: type[EmitContext] | None  # what the native emitters of a pipeline write to (rawemit.Sinks)
+    histogram: SeriesFactory  # bounds_ns → one latency histogram series (ProbeHistograms.new_series)
 
     def new_merge(self, hold_ns: int = HOLD_NS, max_held: int = MAX_HELD) -> Merge:
         return self.merge(hold_ns, max_held)
@@ -65,7 +68,7 @@ class Backend:
         return 0 if plan is None else sum(isinstance(h, plan) for h in handlers.values())
 
 
-PYTHON = Backend("python", walk, CpuMerge, run_located, PythonPairing, LineList, PyClock, None, None)
+PYTHON = Backend("python", walk, CpuMerge, run_located, PythonPairing, LineList, PyClock, None, None, Histogram)
 
 
 class NativeCpuMerge:
@@ -110,7 +113,7 @@ def _native() -> tuple[Backend | None, NativeStatus]:
         return ext.Pairing(Frame, max_pending, max_depth)
 
     return (Backend("native", ext.locate, merge, ext.run, pairing, ext.Lines, ext.Clock, ext.EmitPlan,
-                    ext.EmitContext), status)
+                    ext.EmitContext, ext.Histogram), status)
 
 
 NATIVE, STATUS = _native()

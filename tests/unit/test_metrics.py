@@ -4,14 +4,19 @@ one: a scrape that cannot read uprobe_profile or stats serves everything else an
 from __future__ import annotations
 
 import shutil
+import tempfile
 from pathlib import Path
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.unit.twins import native
 from uprobe_exporter.decode.traceline import TextParser
 from uprobe_exporter.kernel.tracefs import Tracefs
 from uprobe_exporter.pipeline.calls import event_infos
+from uprobe_exporter.pipeline.histogram import Histogram
 from uprobe_exporter.pipeline.pairing import Pairing
 from uprobe_exporter.pipeline.render import Renderer
 from uprobe_exporter.pipeline.text import TextPipeline
@@ -110,3 +115,31 @@ def test_uprobe_events_and_profile_that_disagree_are_a_scrape_error(tmp_path: Pa
         f.write("  /tmp/other some_event                                            1\n")
     _, samples = collect(tracefs)
     assert samples[("uprobe_exporter_scrape_errors_total", (("source", "uprobe_profile"),))] == 1
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["a", "b", "c"]), st.integers(0, 20 * 10**9)), max_size=40))
+def test_the_native_series_expose_what_the_python_series_expose(observations: list[tuple[str, int]]) -> None:
+    """The same observations into Python and native series: the same exposition, byte for byte."""
+    texts = []
+    for series in (Histogram, native().histogram):
+        with tempfile.TemporaryDirectory() as root:
+            tracefs = fake_tracefs(Path(root))
+            probes = [ProbeConfig(name="work", binary="/tmp/calls", function="work", return_probe=True, latency=True,
+                                  labels=("comm",), buckets=(0.001, 0.5, 2.0)),
+                      ProbeConfig(name="plain", binary="/tmp/calls", function="work", return_probe=True, latency=True)]
+            events = [ProbeEvent("work", GROUP, "work_entry", False, "/tmp/calls", 0x11f9, "", ""),
+                      ProbeEvent("work", GROUP, "work_return", True, "/tmp/calls", 0x11f9, "", "")]
+            pipeline = TextPipeline(TextParser({}), event_infos(events, probes[:1]), probes, Renderer(0), Pairing(),
+                                    new_series=series)
+            for comm, d in observations:
+                pipeline.histograms["work"].observe((comm,), d)
+                pipeline.histograms["plain"].observe((), d)
+            sources = Sources()
+            sources.update(tracefs, tracefs.instance("i"), events, pipeline, None, None)
+            registry = CollectorRegistry()
+            registry.register(UprobeCollector(sources))
+            text = generate_latest(registry).decode()
+        texts.append([line for line in text.splitlines() if line.startswith("uprobe_call_duration_seconds")])
+    assert texts[0] == texts[1]
+    assert len(texts[0]) >= 6  # the plain probe's series exists from the start

@@ -355,7 +355,7 @@ def test_the_emit_context_takes_named_slots_only() -> None:
     assert twins.emit_context is not None
     p = raw_pipeline(Renderer(0), twins)
     good = sinks(p)
-    ctx: Any = context(twins.emit_context, good)
+    ctx = context(twins.emit_context, good)
     assert ctx.counts is p.event_counts and ctx.pairing is p.pairing.core
     fields = {f.name: getattr(good, f.name) for f in dataclasses.fields(good)}
     new: Any = twins.emit_context

@@ -1,7 +1,9 @@
-/* Lines: the JSON lines of one batch in one growing buffer, the native twin of pipeline/lines.py LineList (a
- * list of bytes joined per batch). Native emitters render each line straight into it, the record path
- * appends its own, in record order; take() hands the batch over as one bytes object. The buffer is kept
- * for the next batch, so after the first batches it does not grow again. */
+/* Stage pipeline: Lines, the JSON lines of one batch in one growing buffer, the native twin of
+ * pipeline/lines.py's LineList (a list of bytes joined per batch). Native emitters render each line
+ * straight into it, the record path appends its own, in record order; take() hands the batch over as one
+ * bytes object. The buffer is kept for the next batch, so after the first batches it does not grow again.
+ * It holds no reference to any object (only its char buffer), so it cannot be part of a cycle and is not
+ * a GC type. */
 #include "native.h"
 
 #define KEEP_AT_MOST (16 << 20) /* a buffer grown past this by one large batch is freed after it */

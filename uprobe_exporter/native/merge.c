@@ -1,10 +1,15 @@
-/* Merge: rawreader.CpuMerge in C, the exact twin of that Python reference (which stays the fallback and
- * what the tests compare this with). locate() appends the records it finds in a page here, as C structs
+/* Stage run: Merge is run/rawreader.py's CpuMerge in C, the exact twin of that Python reference (which
+ * stays the fallback and what the tests compare this with). locate() appends the records it finds in a page here, as C structs
  * instead of (ts_ns, handler, page, offset, cpu) tuples; push() merges the new records with the ones held
  * back by the previous push into one timestamp order (a stable sort of the new records in the order they
  * were located, then the held ones, as Python's sorted()), releases those older than now - hold_ns (all
  * but max_held at most) and holds the rest. What it releases is a Released: a sequence that run() emits
- * in C, and that builds a Located tuple only when Python indexes it. */
+ * in C, and that builds a Located tuple only when Python indexes it.
+ *
+ * Both hold references to the records' handlers (emitters, which reach the pipeline and the reader that
+ * holds the Merge: a cycle), so both are GC types: tp_traverse visits the handlers (the pages are bytes,
+ * which hold no references), tp_clear releases the records after detaching them, so that a finalizer
+ * that runs meanwhile finds an empty, consistent object. */
 #include "native.h"
 #include <structmember.h>
 
@@ -80,10 +85,11 @@ static PyObject *merge_push(Merge *self, PyObject *const *args, Py_ssize_t nargs
     Py_ssize_t n = self->nfresh + self->nheld;
     /* everything that can fail comes first: then no record changes hands until none can be lost */
     Entry *tmp = PyMem_Malloc((n ? n : 1) * sizeof(Entry));
-    Released *out = tmp && reserve(&self->held, &self->capheld, n) == 0 ? PyObject_New(Released, &ReleasedType) : NULL;
+    Released *out = tmp && reserve(&self->held, &self->capheld, n) == 0 ? PyObject_GC_New(Released, &ReleasedType) : NULL;
     if (out) {
         out->n = 0;
         out->entries = PyMem_Malloc((n ? n : 1) * sizeof(Entry));
+        PyObject_GC_Track(out);
     }
     if (!out || !out->entries) {
         PyMem_Free(tmp);
@@ -131,11 +137,27 @@ static PyObject *merge_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
     return (PyObject *)self;
 }
 
+static int merge_traverse(Merge *self, visitproc visit, void *arg) {
+    for (Py_ssize_t i = 0; i < self->nfresh; i++) Py_VISIT(self->fresh[i].handler);
+    for (Py_ssize_t i = 0; i < self->nheld; i++) Py_VISIT(self->held[i].handler);
+    return 0;
+}
+
+static int merge_clear(Merge *self) {
+    Entry *fresh = self->fresh, *held = self->held;
+    Py_ssize_t nfresh = self->nfresh, nheld = self->nheld;
+    self->fresh = self->held = NULL;
+    self->nfresh = self->capfresh = self->nheld = self->capheld = 0;
+    clear_entries(fresh, nfresh);
+    clear_entries(held, nheld);
+    PyMem_Free(fresh);
+    PyMem_Free(held);
+    return 0;
+}
+
 static void merge_dealloc(Merge *self) {
-    clear_entries(self->fresh, self->nfresh);
-    clear_entries(self->held, self->nheld);
-    PyMem_Free(self->fresh);
-    PyMem_Free(self->held);
+    PyObject_GC_UnTrack(self);
+    merge_clear(self);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -177,9 +199,11 @@ PyTypeObject MergeType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "uprobe_exporter._native.Merge",
     .tp_basicsize = sizeof(Merge),
-    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
     .tp_new = merge_new,
     .tp_dealloc = (destructor)merge_dealloc,
+    .tp_traverse = (traverseproc)merge_traverse,
+    .tp_clear = (inquiry)merge_clear,
     .tp_methods = merge_methods,
     .tp_members = merge_members,
     .tp_getset = merge_getset,
@@ -188,10 +212,25 @@ PyTypeObject MergeType = {
 
 /* ---- Released: what one push released ----------------------------------------------------------- */
 
+static int released_traverse(Released *self, visitproc visit, void *arg) {
+    for (Py_ssize_t i = 0; i < self->n; i++) Py_VISIT(self->entries[i].handler);
+    return 0;
+}
+
+static int released_clear(Released *self) {
+    Entry *entries = self->entries;
+    Py_ssize_t n = self->n;
+    self->entries = NULL;
+    self->n = 0;
+    if (entries) clear_entries(entries, n);
+    PyMem_Free(entries);
+    return 0;
+}
+
 static void released_dealloc(Released *self) {
-    if (self->entries) clear_entries(self->entries, self->n);
-    PyMem_Free(self->entries);
-    PyObject_Free(self);
+    PyObject_GC_UnTrack(self);
+    released_clear(self);
+    PyObject_GC_Del(self);
 }
 
 static Py_ssize_t released_len(Released *self) { return self->n; }
@@ -211,8 +250,10 @@ PyTypeObject ReleasedType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "uprobe_exporter._native.Released",
     .tp_basicsize = sizeof(Released),
-    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
     .tp_dealloc = (destructor)released_dealloc,
+    .tp_traverse = (traverseproc)released_traverse,
+    .tp_clear = (inquiry)released_clear,
     .tp_as_sequence = &released_sequence,
     .tp_doc = "Located records released by Merge.push, in timestamp order (run() emits them in C).",
 };

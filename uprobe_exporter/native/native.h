@@ -1,7 +1,7 @@
-/* What the sources of the _native extension share (the module itself is defined in _walk.c):
- * _pairing.c's Pairing, which _native.c's emitters call without going through Python; _merge.c's
- * located records, which _walk.c's locate() fills and run() emits; _lines.c's buffer, which the emitters
- * render into; _histogram.c's observe. */
+/* What the sources of the _native extension share (the module itself is defined in module.c, which
+ * lists each source's Python twin): pairing.c's Pairing, which emit.c's emitters call without going
+ * through Python; merge.c's located records, which walk.c's locate() fills and run() emits; lines.c's
+ * buffer, which the emitters render into; histogram.c's series, which they observe into. */
 #ifndef UPROBE_EXPORTER_NATIVE_H
 #define UPROBE_EXPORTER_NATIVE_H
 #define PY_SSIZE_T_CLEAN
@@ -26,13 +26,17 @@ extern PyTypeObject MergeType, ReleasedType;
 int merge_reserve(PyObject *merge, Py_ssize_t more); /* room for `more` appends that then cannot fail */
 int merge_append(PyObject *merge, uint64_t ts, PyObject *handler, PyObject *page, Py_ssize_t offset, long cpu);
 
-/* _lines.c: a batch's JSON lines in one buffer, which native emitters render into */
+/* lines.c: a batch's JSON lines in one buffer, which native emitters render into */
 typedef struct { PyObject_HEAD char *buf; Py_ssize_t len, cap, count; } Lines;
 extern PyTypeObject LinesType;
 int lines_reserve(Lines *lines, Py_ssize_t total);
 
-/* _histogram.c: a native emitter's way into its probe's latency histograms */
-typedef struct { PyObject *series; long long *bounds; Py_ssize_t nbounds; PyObject *labels, *last; } HistCache;
+/* histogram.c: the native series (Histogram), and a native emitter's way into its probe's latency
+ * histograms: hist_init takes the ProbeHistograms (or its series dict, or None); hist_observe adds in C
+ * to a label set's native series (1), leaves the rest to ProbeHistograms.observe (0), or fails (-1). An
+ * owner of a HistCache visits series, labels and last in its tp_traverse and calls hist_clear. */
+extern PyTypeObject HistogramType;
+typedef struct { PyObject *series, *labels, *last; } HistCache;
 int hist_init(HistCache *cache, PyObject *histograms);
 int hist_observe(HistCache *cache, PyObject *labels, long long duration); /* 1 done, 0 for Python, -1 error */
 void hist_clear(HistCache *cache);

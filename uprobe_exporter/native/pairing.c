@@ -1,6 +1,7 @@
-/* Native twin of pairing.Pairing (its docstring has the strategy): the same API, the same pairs, the
- * same evictions in the same order, the same statistics; pairing.py keeps the Python class as the
- * reference (the tests run both on the same operations) and as the fallback where this is not built.
+/* Stage pipeline: the native twin of pipeline/pairing.py's PythonPairing (its module docstring has the
+ * strategy): the same API, the same pairs, the same evictions in the same order, the same statistics;
+ * pairing.py keeps the Python class as the reference (the tests run both on the same operations) and as
+ * the fallback where this is not built.
  *
  * Stacks live in an open-addressing table keyed by (probe index, tid) and in a doubly linked list in
  * order of last activity (the OrderedDict of the Python class); frames are C structs, turned into
@@ -111,6 +112,36 @@ static void append_stack(Pairing *self, Stack *s) {
     self->tail = s;
 }
 
+/* The extras an operation lets go of, released only once it is done: releasing one may run Python code
+ * (a finalizer) that calls this Pairing again, which must then find it consistent, and must not free a
+ * stack the operation still uses. Sixteen fit without an allocation (an operation rarely frees any). */
+typedef struct { PyObject **items; Py_ssize_t n, cap; PyObject *local[16]; } Graveyard;
+
+static void graveyard_init(Graveyard *g) {
+    g->items = g->local;
+    g->n = 0;
+    g->cap = 16;
+}
+
+static void bury(Graveyard *g, PyObject *o) {
+    if (g->n == g->cap) {
+        Py_ssize_t cap = g->cap * 2;
+        PyObject **grown = g->items == g->local ? PyMem_Malloc(cap * sizeof(PyObject *))
+                                                : PyMem_Realloc(g->items, cap * sizeof(PyObject *));
+        if (!grown) { Py_XDECREF(o); return; } /* out of memory: released now rather than leaked */
+        if (g->items == g->local) memcpy(grown, g->local, sizeof g->local);
+        g->items = grown;
+        g->cap = cap;
+    }
+    g->items[g->n++] = o;
+}
+
+static void release(Graveyard *g) {
+    for (Py_ssize_t i = 0; i < g->n; i++) Py_XDECREF(g->items[i]);
+    if (g->items != g->local) PyMem_Free(g->items);
+    graveyard_init(g);
+}
+
 static void free_stack(Stack *s) {
     for (Py_ssize_t i = 0; i < s->n; i++) Py_XDECREF(s->frames[i].extra);
     PyMem_Free(s->frames);
@@ -152,8 +183,8 @@ static Stack *new_stack(Pairing *self, Py_ssize_t probe, long long tid) {
     return s;
 }
 
-static void pop_front(Stack *s) {
-    Py_XDECREF(s->frames[0].extra);
+static void pop_front(Stack *s, Graveyard *g) {
+    bury(g, s->frames[0].extra);
     memmove(s->frames, s->frames + 1, (s->n - 1) * sizeof(CFrame));
     s->n--;
 }
@@ -175,7 +206,7 @@ static int parse_key(Pairing *self, PyObject *probe, PyObject *tid_o, PyObject *
     return 0;
 }
 
-/* enter() with C values: what the native emitters call (_native.c), and the method below. */
+/* enter() with C values: what the native emitters call (emit.c), and the method below. */
 int pairing_enter(PyObject *obj, PyObject *probe_name, long long tid, uint64_t sp, long long ts, PyObject *extra) {
     Pairing *self = (Pairing *)obj;
     Py_ssize_t probe = probe_index(self, probe_name);
@@ -183,6 +214,8 @@ int pairing_enter(PyObject *obj, PyObject *probe_name, long long tid, uint64_t s
     int found;
     Py_ssize_t i = slot_of(self, probe, tid, &found);
     Stack *s;
+    Graveyard dead;
+    graveyard_init(&dead);
     if (!found) {
         if (self->nstacks >= self->max_pending) drop_empty_stacks(self);
         if (!(s = new_stack(self, probe, tid))) return -1;
@@ -193,18 +226,18 @@ int pairing_enter(PyObject *obj, PyObject *probe_name, long long tid, uint64_t s
     }
     if (sp) {
         while (s->n && s->frames[s->n - 1].sp <= sp) {  /* that frame's stack space is being reused */
-            Py_XDECREF(s->frames[--s->n].extra);
+            bury(&dead, s->frames[--s->n].extra);
             evict(self, probe, UNWOUND);
         }
     }
     if (s->n >= self->max_depth) {
-        pop_front(s);
+        pop_front(s, &dead);
         evict(self, probe, CAPACITY);
     }
     if (s->n == s->cap) {
         Py_ssize_t cap = s->cap ? s->cap * 2 : 4;
         CFrame *grown = PyMem_Realloc(s->frames, cap * sizeof(CFrame));
-        if (!grown) { PyErr_NoMemory(); return -1; }
+        if (!grown) { PyErr_NoMemory(); release(&dead); return -1; }
         s->frames = grown;
         s->cap = cap;
     }
@@ -214,12 +247,13 @@ int pairing_enter(PyObject *obj, PyObject *probe_name, long long tid, uint64_t s
     if (self->pending > self->max_pending) {  /* the least recently active thread loses its oldest entry */
         for (Stack *o = self->head; o; o = o->next) {
             if (o->n) {
-                pop_front(o);
+                pop_front(o, &dead);
                 evict(self, o->probe, CAPACITY);
                 break;
             }
         }
     }
+    release(&dead);
     return 0;
 }
 
@@ -271,11 +305,23 @@ int pairing_leave_c(PyObject *obj, PyObject *probe_name, long long tid, uint64_t
     if (sp) {
         if (sp < 8) return unpaired(self, probe); /* below any frame */
         uint64_t target = sp - 8; /* RETURN_ADDRESS_SIZE */
+        Graveyard dead;
+        graveyard_init(&dead);
         while (s->n && s->frames[s->n - 1].sp < target) {
-            Py_XDECREF(s->frames[--s->n].extra);
+            bury(&dead, s->frames[--s->n].extra);
             evict(self, probe, UNWOUND);
         }
-        if (!s->n || s->frames[s->n - 1].sp != target) return unpaired(self, probe);
+        int closes = s->n && s->frames[s->n - 1].sp == target;
+        CFrame f = closes ? s->frames[--s->n] : (CFrame){0, 0, NULL};
+        if (closes) {
+            self->pending--;
+            self->counts[probe].paired++;
+            self->counts[probe].paired_seen = 1;
+        }
+        release(&dead); /* s may be gone from here */
+        if (!closes) return unpaired(self, probe);
+        *entry = f;
+        return 1;
     }
     CFrame f = s->frames[--s->n];
     self->pending--;
@@ -297,18 +343,22 @@ int pairing_leave_matching_c(PyObject *obj, PyObject *probe_name, long long tid,
     Py_ssize_t i = slot_of(self, probe, tid, &found);
     Stack *s = found ? self->table[i] : NULL;
     if (!s || !s->n) return unpaired(self, probe);
-    PyObject *extra = s->frames[s->n - 1].extra;
+    PyObject *extra = Py_NewRef(s->frames[s->n - 1].extra); /* held: == may run Python code */
     for (Py_ssize_t j = 0; j < PyTuple_GET_SIZE(want); j++) {
         PyObject *w = PyTuple_GET_ITEM(want, j);
         if (w == Py_None) continue;
         if (!PyTuple_Check(extra) || j >= PyTuple_GET_SIZE(extra)) {
+            Py_DECREF(extra);
             PyErr_SetString(PyExc_ValueError, "leave_matching: the entry's extra has no such item");
             return -1;
         }
         int eq = PyObject_RichCompareBool(PyTuple_GET_ITEM(extra, j), w, Py_EQ);
-        if (eq < 0) return -1;
-        if (!eq) return unpaired(self, probe);
+        if (eq <= 0) {
+            Py_DECREF(extra);
+            return eq < 0 ? -1 : unpaired(self, probe);
+        }
     }
+    Py_DECREF(extra);
     return pairing_leave_c(obj, probe_name, tid, 0, entry);
 }
 
@@ -387,6 +437,7 @@ static PyObject *Pairing_evict_thread(Pairing *self, PyObject *tid_o) {
     long long tid = PyLong_AsLongLong(tid_o);
     if (tid == -1 && PyErr_Occurred()) return NULL;
     Py_ssize_t total = 0;
+    Stack *gone = NULL; /* the thread's stacks, detached first, freed (their extras released) last */
     for (Stack *s = self->head, *next; s; s = next) {
         next = s->next;
         if (s->tid != tid) continue;
@@ -394,9 +445,19 @@ static PyObject *Pairing_evict_thread(Pairing *self, PyObject *tid_o) {
         c->evicted[THREAD_EXIT] += s->n;
         c->evicted_seen[THREAD_EXIT] = 1;
         total += s->n;
-        remove_stack(self, s);
+        int found;
+        Py_ssize_t i = slot_of(self, s->probe, s->tid, &found);
+        if (found) { self->table[i] = TOMB; self->used--; self->tombs++; }
+        unlink_stack(self, s);
+        self->nstacks--;
+        s->next = gone;
+        gone = s;
     }
     self->pending -= total;
+    for (Stack *next; gone; gone = next) {
+        next = gone->next;
+        free_stack(gone);
+    }
     return PyLong_FromSsize_t(total);
 }
 
@@ -477,51 +538,71 @@ static PyObject *Pairing_get_pending(Pairing *self, void *closure) { (void)closu
 static PyObject *Pairing_get_max_pending(Pairing *self, void *c) { (void)c; return PyLong_FromSsize_t(self->max_pending); }
 static PyObject *Pairing_get_max_depth(Pairing *self, void *c) { (void)c; return PyLong_FromSsize_t(self->max_depth); }
 
-static int Pairing_init(Pairing *self, PyObject *args, PyObject *kw) {
+/* Pairing(frame_type, max_pending=65536, max_depth=4096): everything the methods touch is made here, in
+ * tp_new, so no Pairing exists half-built (Pairing.__new__(Pairing) without a frame type raises). There is
+ * no __init__ of its own: object.__init__ ignores the arguments, so calling it again changes nothing. The
+ * type is final (not a BASETYPE): a subclass could not add state the C code would keep consistent. */
+static PyObject *Pairing_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
     static char *names[] = {"frame_type", "max_pending", "max_depth", NULL};
     PyObject *frame_type;
-    self->max_pending = 65536;
-    self->max_depth = 4096;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O!|nn", names, &PyType_Type, &frame_type, &self->max_pending,
-                                     &self->max_depth))
-        return -1;
-    if (!PyType_IsSubtype((PyTypeObject *)frame_type, &PyTuple_Type) || self->max_depth < 1) {
-        PyErr_SetString(PyExc_ValueError, "a tuple type for frames, max_depth >= 1");
-        return -1;
+    Py_ssize_t max_pending = 65536, max_depth = 4096;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O!|nn:Pairing", names, &PyType_Type, &frame_type, &max_pending,
+                                     &max_depth))
+        return NULL;
+    if (!PyType_IsSubtype((PyTypeObject *)frame_type, &PyTuple_Type) || max_depth < 1) {
+        PyErr_SetString(PyExc_ValueError, "Pairing: a tuple type for frames, max_depth >= 1");
+        return NULL;
     }
-    Py_XSETREF(self->frame_type, Py_NewRef(frame_type));
-    if (!self->probes && !(self->probes = PyDict_New())) return -1;
-    if (!self->names && !(self->names = PyList_New(0))) return -1;
-    if (!self->table) {
-        self->table_size = 64;
-        if (!(self->table = PyMem_Calloc(self->table_size, sizeof(Stack *)))) { PyErr_NoMemory(); return -1; }
+    Pairing *self = (Pairing *)type->tp_alloc(type, 0);
+    if (!self) return NULL;
+    self->max_pending = max_pending;
+    self->max_depth = max_depth;
+    self->frame_type = Py_NewRef(frame_type);
+    self->table_size = 64;
+    if (!(self->probes = PyDict_New()) || !(self->names = PyList_New(0))
+        || !(self->table = PyMem_Calloc(self->table_size, sizeof(Stack *)))) {
+        if (!PyErr_Occurred()) PyErr_NoMemory();
+        Py_DECREF(self);
+        return NULL;
     }
-    return 0;
+    return (PyObject *)self;
 }
 
 static int Pairing_traverse(Pairing *self, visitproc visit, void *arg) {
     for (Stack *s = self->head; s; s = s->next)
         for (Py_ssize_t i = 0; i < s->n; i++) Py_VISIT(s->frames[i].extra);
     Py_VISIT(self->frame_type);
+    Py_VISIT(self->probes);
+    Py_VISIT(self->names);
     return 0;
 }
 
-static int Pairing_clear(Pairing *self) {
-    for (Stack *s = self->head, *next; s; s = next) {
-        next = s->next;
-        free_stack(s);
-    }
+/* Forget every pending entry. The stacks are detached before any extra is released: releasing one may run
+ * Python code (a finalizer) that uses this Pairing, which then finds it empty and consistent. */
+static void forget_stacks(Pairing *self) {
+    Stack *s = self->head;
     self->head = self->tail = NULL;
     self->nstacks = self->pending = 0;
     if (self->table) memset(self->table, 0, self->table_size * sizeof(Stack *));
     self->used = self->tombs = 0;
-    Py_CLEAR(self->frame_type);
+    for (Stack *next; s; s = next) {
+        next = s->next;
+        free_stack(s);
+    }
+}
+
+/* tp_clear (a cycle through an entry's extra or the frame type): the Pairing stays usable, with no
+ * pending entries and plain tuples for frames. */
+static int Pairing_clear(Pairing *self) {
+    forget_stacks(self);
+    if (self->frame_type != (PyObject *)&PyTuple_Type) Py_XSETREF(self->frame_type, Py_NewRef((PyObject *)&PyTuple_Type));
     return 0;
 }
 
 static void Pairing_dealloc(Pairing *self) {
     PyObject_GC_UnTrack(self);
-    Pairing_clear(self);
+    forget_stacks(self);
+    Py_CLEAR(self->frame_type);
     PyMem_Free(self->table);
     PyMem_Free(self->counts);
     Py_CLEAR(self->probes);
@@ -554,9 +635,8 @@ PyTypeObject PairingType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "uprobe_exporter._native.Pairing",
     .tp_basicsize = sizeof(Pairing),
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_BASETYPE,
-    .tp_new = PyType_GenericNew,
-    .tp_init = (initproc)Pairing_init,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_new = Pairing_new,
     .tp_dealloc = (destructor)Pairing_dealloc,
     .tp_traverse = (traverseproc)Pairing_traverse,
     .tp_clear = (inquiry)Pairing_clear,

@@ -1,11 +1,7 @@
-/* The _native module: the page walk and the run loop of the raw reader's hot path, and the types of
- * the other sources. Each native part is the exact twin of a Python reference that stays the fallback
- * (where this is not built or does not cover a case) and that the tests compare it with:
- *   locate()  walks a trace_pipe_raw page, as rawpage.RawDecoder.locate does in Python;
- *   run()     runs located records through their emitters, as Pipeline.process_located's loop;
- *   EmitPlan  (_native.c) emits one record, as the emitter rawemit.py generates does;
- *   Pairing   (_pairing.c) as pairing.PythonPairing; Merge (_merge.c) as rawreader.CpuMerge;
- *   Lines     (_lines.c) as rawemit.LineList; _histogram.c as ProbeHistograms.observe. */
+/* Stage decode (and the run loop of pipeline): the native twin of decode/rawpage.py's page walk
+ * (RawDecoder.locate, which stays the reference and the fallback, and which the tests compare this with),
+ * and of the loop of pipeline/core.py's Pipeline.process_located (run()). The module itself is defined in
+ * module.c. */
 #include "native.h"
 
 /* ---- locate(): the page walk of rawpage.RawDecoder.locate/_events ------------------------------------ */
@@ -26,7 +22,7 @@ typedef struct { uint64_t ts; PyObject *handler; Py_ssize_t data; } Found;
  * layout = (timestamp_offset, commit_offset, commit_size, data_offset, page_size). Nothing is appended
  * or counted unless the whole page was walked. A timestamp past 64 bits (only a corrupt page has one)
  * ends the walk as a bad event header, as in Python. */
-static PyObject *locate(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+PyObject *walk_locate(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     (void)module;
     if (nargs != 8 || !PyBytes_CheckExact(args[0]) || !(PyList_CheckExact(args[2]) || Py_IS_TYPE(args[2], &MergeType))
         || !PyList_CheckExact(args[3])
@@ -38,6 +34,15 @@ static PyObject *locate(PyObject *module, PyObject *const *args, Py_ssize_t narg
     PyObject *errors = args[6], *lost_type = args[7];
     Py_ssize_t ts_off, c_off, c_size, start, page_size;
     if (!PyArg_ParseTuple(args[5], "nnnnn", &ts_off, &c_off, &c_size, &start, &page_size)) return NULL;
+    /* The layout (from events/header_page) is checked before any byte is read: both header fields inside
+     * the header, the header before the data, the data inside the page. Each comparison is written so
+     * that it cannot overflow, whatever the integers. */
+    if (start < 0 || page_size < start || ts_off < 0 || ts_off > start - 8 || c_off < 0 || (c_size != 4 && c_size != 8)
+        || c_off > start - c_size) {
+        PyErr_Format(PyExc_ValueError, "locate: impossible page layout (timestamp at %zd, commit at %zd size %zd, "
+                     "data at %zd, page size %zd)", ts_off, c_off, c_size, start, page_size);
+        return NULL;
+    }
     const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(page);
     Py_ssize_t n = PyBytes_GET_SIZE(page);
     const char *reason = NULL;
@@ -50,15 +55,15 @@ static PyObject *locate(PyObject *module, PyObject *const *args, Py_ssize_t narg
         reason = "page_header";
         goto count;
     }
-    if (ts_off < 0 || ts_off + 8 > n || c_off < 0 || c_off + c_size > n || (c_size != 4 && c_size != 8)) {
-        reason = "page_header";
-        goto count;
-    }
+    /* from here the header fields are inside the page: ts_off + 8 <= start <= n, c_off + c_size <= start */
     uint64_t ts, commit;
     memcpy(&ts, p + ts_off, 8);
     commit = c_size == 8 ? ({ uint64_t v; memcpy(&v, p + c_off, 8); v; }) : u32(p + c_off);
-    Py_ssize_t end = start + (Py_ssize_t)(commit & COMMIT_MASK);
+    Py_ssize_t end = start + (Py_ssize_t)(commit & COMMIT_MASK); /* no overflow: 27 bits past start <= n */
     if (end > n || end > page_size) { reason = "page_header"; goto count; }
+    /* from here every read is below end <= n: the loop reads a header word and the u32 after it only at
+     * pos <= end - 8, and past that only after checking pos + 4 + len <= end; a record's data may run past
+     * end (as in Python), which its handler checks against the page's length */
     if (commit & MISSED_EVENTS) {
         PyObject *count = Py_None;
         Py_INCREF(count);
@@ -162,7 +167,7 @@ fail:
  * Merge.push released) through its handler, as the loop of pipeline.Pipeline.process_located does in
  * Python (a record shorter than its format counts as errors["record"]). Native emitters add their
  * counts once, at the end. */
-static PyObject *run(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+PyObject *walk_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     (void)module;
     if (nargs != 3 || !(PyList_CheckExact(args[0]) || Py_IS_TYPE(args[0], &ReleasedType)) || !PyDict_Check(args[1])) {
         PyErr_SetString(PyExc_TypeError, "run(located: list | Released, errors: dict, struct_error)");
@@ -224,29 +229,4 @@ static PyObject *run(PyObject *module, PyObject *const *args, Py_ssize_t nargs) 
     PyErr_Restore(exc_type, exc_value, exc_tb);
     if (failed) return NULL;
     Py_RETURN_NONE;
-}
-
-static PyMethodDef methods[] = {
-    {"locate", (PyCFunction)(void (*)(void))locate, METH_FASTCALL, "Walk a trace_pipe_raw page (RawDecoder.locate)."},
-    {"run", (PyCFunction)(void (*)(void))run, METH_FASTCALL, "Run located records (Pipeline.process_located)."},
-    {NULL, NULL, 0, NULL},
-};
-
-static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_native", "Native parts of the raw reader.", -1, methods};
-
-PyMODINIT_FUNC PyInit__native(void) {
-    if (plan_module_init() < 0 || PyType_Ready(&PairingType) < 0 || PyType_Ready(&MergeType) < 0
-        || PyType_Ready(&ReleasedType) < 0 || PyType_Ready(&LinesType) < 0)
-        return NULL;
-    PyObject *m = PyModule_Create(&module);
-    if (!m) return NULL;
-    if (plan_module_add(m) < 0
-        || PyModule_AddObjectRef(m, "Pairing", (PyObject *)&PairingType) < 0
-        || PyModule_AddObjectRef(m, "Merge", (PyObject *)&MergeType) < 0
-        || PyModule_AddObjectRef(m, "Released", (PyObject *)&ReleasedType) < 0
-        || PyModule_AddObjectRef(m, "Lines", (PyObject *)&LinesType) < 0) {
-        Py_DECREF(m);
-        return NULL;
-    }
-    return m;
 }

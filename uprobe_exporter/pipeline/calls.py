@@ -18,7 +18,15 @@ from dataclasses import dataclass
 from uprobe_exporter.decode.rawpage import Handler
 from uprobe_exporter.decode.records import LostEvents, TraceRecord
 from uprobe_exporter.kernel.formatfile import EventFormat
-from uprobe_exporter.pipeline.histogram import COMM_LABEL, NO_LABELS, LabelFolder, ProbeHistograms, labels_kind
+from uprobe_exporter.pipeline.histogram import (
+    COMM_LABEL,
+    NO_LABELS,
+    Histogram,
+    LabelFolder,
+    ProbeHistograms,
+    SeriesFactory,
+    labels_kind,
+)
 from uprobe_exporter.pipeline.pairing import GoroutineKeys, Pairing
 from uprobe_exporter.pipeline.rawemit import Route
 from uprobe_exporter.pipeline.render import EventInfo, Renderer
@@ -60,6 +68,7 @@ class Pipeline:
         label_values_max: int = 100,
         tgid_of: Callable[[int], int] = lambda tid: 0,
         identity_of: Callable[[int], PodIdentity | None] | None = None,
+        new_series: SeriesFactory = Histogram,
     ) -> None:
         self.infos = infos
         self.renderer = renderer
@@ -73,7 +82,7 @@ class Pipeline:
         entry_filtered = {p.name for p in probes if p.return_probe and p.filter and not p.return_filter}
         pairing.set_entry_filtered(entry_filtered)
         self.histograms = {
-            p.name: ProbeHistograms(p.buckets, p.labels, LabelFolder(label_values_max))
+            p.name: ProbeHistograms(p.buckets, p.labels, LabelFolder(label_values_max), new_series=new_series)
             for p in probes if p.latency
         }
         self.entry_filtered = entry_filtered

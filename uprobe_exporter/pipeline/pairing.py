@@ -102,7 +102,7 @@ class Frame(NamedTuple):
 
 class PythonPairing:
     """Pending entries per (probe, tid); ``enter``/``leave`` are called in timestamp order. The reference
-    implementation: ``_native.Pairing`` (_pairing.c) does exactly this, and the tests run both on the same
+    implementation: ``_native.Pairing`` (native/pairing.c) does exactly this, and the tests run both on the same
     calls."""
 
     def __init__(self, max_pending: int = 65536, max_depth: int = 4096) -> None:

@@ -59,7 +59,7 @@ class RawPipeline(Pipeline):
         tgid_of: Callable[[int], int] = lambda tid: 0,
         identity_of: Callable[[int], PodIdentity | None] | None = None,
     ) -> None:
-        super().__init__(infos, probes, renderer, pairing, label_values_max, tgid_of, identity_of)
+        super().__init__(infos, probes, renderer, pairing, label_values_max, tgid_of, identity_of, backend.histogram)
         self.backend = backend
         self.decode_errors = dict.fromkeys(RAW_ERROR_REASONS, 0)  # the decoder's (RawDecoder.errors)
         self.lines = backend.lines()  # what the emitters rendered, taken per batch

@@ -11,6 +11,7 @@ from uprobe_exporter.decode.rawpage import Handler
 from uprobe_exporter.decode.traceline import TextParser
 from uprobe_exporter.kernel.formatfile import EventFormat
 from uprobe_exporter.pipeline.calls import Pipeline, event_infos
+from uprobe_exporter.pipeline.histogram import Histogram, SeriesFactory
 from uprobe_exporter.pipeline.pairing import Pairing
 from uprobe_exporter.pipeline.render import EventInfo, Renderer
 from uprobe_exporter.plan.config import ProbeConfig
@@ -36,8 +37,9 @@ class TextPipeline(Pipeline):
         label_values_max: int = 100,
         tgid_of: Callable[[int], int] = lambda tid: 0,
         identity_of: Callable[[int], PodIdentity | None] | None = None,
+        new_series: SeriesFactory = Histogram,
     ) -> None:
-        super().__init__(infos, probes, renderer, pairing, label_values_max, tgid_of, identity_of)
+        super().__init__(infos, probes, renderer, pairing, label_values_max, tgid_of, identity_of, new_series)
         self.parser = parser
 
     @classmethod
@@ -46,11 +48,12 @@ class TextPipeline(Pipeline):
         backend: Backend, renderer: Renderer | None, max_pending: int, label_values_max: int,
         tgid_of: Callable[[int], int], identity_of: Callable[[int], PodIdentity | None] | None = None,
     ) -> TextPipeline:
-        """The pipeline of the registered ``events`` (``formats``: theirs), on ``backend``'s pairing (the
-        text path's only twin)."""
+        """The pipeline of the registered ``events`` (``formats``: theirs), on ``backend``'s pairing and
+        histogram series (the text path's twins)."""
         probes = tuple(probes)
         return cls(TextParser.for_formats(formats), event_infos(events, probes), probes, renderer,
-                   Pairing(max_pending, twin=backend.pairing), label_values_max, tgid_of, identity_of)
+                   Pairing(max_pending, twin=backend.pairing), label_values_max, tgid_of, identity_of,
+                   backend.histogram)
 
     def _add_formats(self, formats: list[EventFormat]) -> dict[int, Handler]:
         for f in formats:
