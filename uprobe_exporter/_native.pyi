@@ -1,7 +1,7 @@
 """Native twins of the raw reader's hot path (uprobe_exporter/native/module.c lists each source and the
 Python twin it mirrors); backend.py is the one module that imports them."""
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Generic, TypeVar
 
 # What the stub cannot import from the stages (the extension sits below them): a record's handler is
@@ -44,7 +44,8 @@ _Label = tuple[int, int | str]  # (rawemit.LABEL_*, an argument's index or a lab
 
 class EmitPlan:  # the record path's twin for one event (rawemit.native_emitter)
     def __init__(self, context: EmitContext, fallback: _Handler, *, name: str, probe: str, info: object,
-                 full_name: str, histograms: object | None, observe: Callable[[tuple[str, ...], int], None] | None,
+                 full_name: str, series: Mapping[tuple[str, ...], object] | None,
+                 observe: Callable[[tuple[str, ...], int], None] | None,
                  fields: tuple[int, int, int, int, int, int], hidden: tuple[int, int, int, int, int],
                  args: tuple[tuple[bytes, int, int, int, int, int], ...], pairing: int, known_only: bool,
                  entry_labels: tuple[_Label, ...], return_labels: tuple[_Label, ...],

@@ -872,23 +872,24 @@ static int parse_labels(PyObject *spec, Py_ssize_t nargs, Label **out, Py_ssize_
     return 0;
 }
 
-/* EmitPlan(context, fallback, *, name, probe, info, full_name, histograms, observe, fields, hidden, args, pairing,
+/* EmitPlan(context, fallback, *, name, probe, info, full_name, series, observe, fields, hidden, args, pairing,
  *          known_only, entry_labels, return_labels, want)
  *   fallback: the record path's handler of the event (page, offset, ts_ns, cpu)
- *   histograms, observe: the probe's ProbeHistograms and its observe, or None
+ *   series, observe: the probe's series table (ProbeHistograms.series: label values -> series) and its
+ *            ProbeHistograms.observe (for label sets without a native series yet), or None
  *   fields = (tid, ip, ret_ip, sp, comm, fixed_size), hidden = (sp_ret, ret_addr, ip_delta, g, g_hi): offsets,
  *            -1 where the event has none
  *   args = ((key_bytes, kind, offset, element size, count, length offset), ...)
  *   pairing: PAIR_*; known_only: a return is emitted only if its entry was seen (an entry filter)
  *   entry_labels, return_labels, want: ((LABEL_*, argument index or pod label name), ...) */
 static PyObject *plan_new(PyTypeObject *type, PyObject *a, PyObject *kw) {
-    static char *names[] = {"context", "fallback", "name", "probe", "info", "full_name", "histograms", "observe", "fields", "hidden",
+    static char *names[] = {"context", "fallback", "name", "probe", "info", "full_name", "series", "observe", "fields", "hidden",
                             "args", "pairing", "known_only", "entry_labels", "return_labels", "want", NULL};
-    PyObject *context, *fallback_, *name, *probe, *info, *full_name, *histograms, *observe, *fields, *hidden, *args;
+    PyObject *context, *fallback_, *name, *probe, *info, *full_name, *series, *observe, *fields, *hidden, *args;
     PyObject *entry_labels, *return_labels, *want;
     int pairing, known_only;
     if (!PyArg_ParseTupleAndKeywords(a, kw, "O!O$UUOUOOO!O!O!ipOOO:EmitPlan", names, &EmitContextType, &context,
-                                     &fallback_, &name, &probe, &info, &full_name, &histograms, &observe, &PyTuple_Type, &fields,
+                                     &fallback_, &name, &probe, &info, &full_name, &series, &observe, &PyTuple_Type, &fields,
                                      &PyTuple_Type, &hidden, &PyTuple_Type, &args, &pairing, &known_only,
                                      &entry_labels, &return_labels, &want))
         return NULL;
@@ -916,7 +917,7 @@ static PyObject *plan_new(PyTypeObject *type, PyObject *a, PyObject *kw) {
                              &self->g_hi_off))
         goto fail;
     /* the probe's ProbeHistograms: its series, for the label sets that have one (histogram.c) */
-    if (hist_init(&self->hist, observe != Py_None ? histograms : Py_None) < 0) goto fail;
+    if (hist_init(&self->hist, observe != Py_None ? series : Py_None) < 0) goto fail;
     self->nargs = PyTuple_GET_SIZE(args);
     self->args = PyMem_Calloc(self->nargs ? self->nargs : 1, sizeof(Arg));
     if (!self->args) { PyErr_NoMemory(); goto fail; }

@@ -173,26 +173,16 @@ PyTypeObject HistogramType = {
 
 /* ---- HistCache: a native emitter's way in ---------------------------------------------------------- */
 
-static PyObject *str_series;
 
-/* histograms: the probe's ProbeHistograms (its series table, read once here), or that table itself (a
- * dict: label values -> series), or None. */
-int hist_init(HistCache *c, PyObject *histograms) {
+/* series: the probe's series table (ProbeHistograms.series, a dict: label values -> series), or None. */
+int hist_init(HistCache *c, PyObject *series) {
     memset(c, 0, sizeof *c);
-    if (histograms == Py_None) return 0;
-    PyObject *series;
-    if (PyDict_CheckExact(histograms)) {
-        series = Py_NewRef(histograms);
-    } else {
-        if (!str_series && !(str_series = PyUnicode_InternFromString("series"))) return -1;
-        if (!(series = PyObject_GetAttr(histograms, str_series))) return -1;
-        if (!PyDict_CheckExact(series)) {
-            Py_DECREF(series);
-            PyErr_SetString(PyExc_TypeError, "hist_init: ProbeHistograms.series must be a dict");
-            return -1;
-        }
+    if (series == Py_None) return 0;
+    if (!PyDict_CheckExact(series)) {
+        PyErr_SetString(PyExc_TypeError, "hist_init: the series table must be a dict");
+        return -1;
     }
-    c->series = series;
+    c->series = Py_NewRef(series);
     return 0;
 }
 

@@ -32,12 +32,12 @@ extern PyTypeObject LinesType;
 int lines_reserve(Lines *lines, Py_ssize_t total);
 
 /* histogram.c: the native series (Histogram), and a native emitter's way into its probe's latency
- * histograms: hist_init takes the ProbeHistograms (or its series dict, or None); hist_observe adds in C
+ * histograms: hist_init takes the probe's series table (ProbeHistograms.series) or None; hist_observe adds in C
  * to a label set's native series (1), leaves the rest to ProbeHistograms.observe (0), or fails (-1). An
  * owner of a HistCache visits series, labels and last in its tp_traverse and calls hist_clear. */
 extern PyTypeObject HistogramType;
 typedef struct { PyObject *series, *labels, *last; } HistCache;
-int hist_init(HistCache *cache, PyObject *histograms);
+int hist_init(HistCache *cache, PyObject *series);
 int hist_observe(HistCache *cache, PyObject *labels, long long duration); /* 1 done, 0 for Python, -1 error */
 void hist_clear(HistCache *cache);
 

@@ -157,7 +157,7 @@ def native_emitter(
     hist = route.histograms
     return emit_plan(
         ctx, fallback, name=fmt.name, probe=route.info.probe, info=route.info, full_name=route.info.full_name,
-        histograms=hist, observe=hist.observe if hist is not None else None,
+        series=hist.series if hist is not None else None, observe=hist.observe if hist is not None else None,
         fields=(tid.offset, ip.offset, ret_ip.offset if ret_ip is not None else -1, sp,
                 comm.offset if comm is not None else -1, struct.calcsize(plan.struct_layout)),
         hidden=hidden, args=tuple(a for a in args if a is not None), pairing=pairing,
