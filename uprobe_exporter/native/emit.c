@@ -1,5 +1,5 @@
 /* Stage pipeline: the native emitter (the module is defined in module.c): one record of one event, straight from the page bytes, exactly as the record path
- * (rawpage.RecordBuilder -> Pipeline._record -> Renderer.render) does for it; that path is the
+ * (unpack.RecordBuilder -> Pipeline._record -> Renderer.render) does for it; that path is the
  * reference, the fallback for anomalies (a record shorter than its format, a timestamp or a derived
  * address out of range: it raises or renders them as usual), and what the tests compare this with byte
  * for byte.
