@@ -175,7 +175,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeat", type=int, default=300, help="copies of the captured trace in the stream")
     ap.add_argument("--runs", type=int, default=5, help="this machine is noisy: best and median of N runs")
-    ap.add_argument("--python-only", action="store_true", help="the Python references only (backend.PYTHON: no native parts)")
+    ap.add_argument("--python-only", action="store_true", help="the Python references only (backend.PYTHON)")
     args = ap.parse_args()
     if args.python_only:
         BACKEND[0] = PYTHON

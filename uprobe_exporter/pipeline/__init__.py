@@ -1,1 +1,2 @@
-"""pipeline"""
+"""Stage 5, pipeline: records counted, paired into calls, put in latency histograms and rendered as
+JSON lines."""
