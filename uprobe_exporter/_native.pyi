@@ -20,7 +20,7 @@ class Clock:  # render.PyClock's twin
                  pid_generation: int = ...) -> None: ...
     def second(self, wall_ns: int) -> bytes: ...
 
-class EmitContext:  # rawemit.Sinks' twin, slot for slot (read-only members)
+class EmitContext:  # built from rawemit.Sinks, slot for slot (read-only members)
     pairing: Pairing[Any]
     counts: dict[str, int]
     negative: dict[str, int]
@@ -46,7 +46,9 @@ class EmitPlan:  # the record path's twin for one event (rawemit.native_emitter)
     def __init__(self, context: EmitContext, fallback: _Handler, *, name: str, probe: str, info: object,
                  full_name: str, series: Mapping[tuple[str, ...], object] | None,
                  observe: Callable[[tuple[str, ...], int], None] | None,
-                 fields: tuple[int, int, int, int, int, int], hidden: tuple[int, int, int, int, int],
+                 tid_offset: int, ip_offset: int, ret_ip_offset: int, sp_offset: int, comm_offset: int,
+                 fixed_size: int, sp_ret_offset: int, ret_addr_offset: int, ip_delta_offset: int, g_offset: int,
+                 g_hi_offset: int,
                  args: tuple[tuple[bytes, int, int, int, int, int], ...], pairing: int, known_only: bool,
                  entry_labels: tuple[_Label, ...], return_labels: tuple[_Label, ...],
                  want: tuple[_Label, ...]) -> None: ...

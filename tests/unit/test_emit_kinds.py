@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.unit.test_rawemit import identity_of, state
+from tests.unit.test_rawemit import count_fallbacks, identity_of, state
 from tests.unit.test_rawpage import PAGE, Spec, encode_event, encode_record, layout
 from tests.unit.twins import native as native_twins
 from uprobe_exporter.backend import PYTHON
@@ -194,8 +194,11 @@ def paged(records: list[tuple[str, int, dict[str, Any]]], base: int, cut: int | 
     return out
 
 
-def compare(labels: dict[str, tuple[str, ...]], render: bool, pages: list[bytes]) -> tuple[bytes, RawPipeline]:
+def compare(labels: dict[str, tuple[str, ...]], render: bool, pages: list[bytes]) -> tuple[bytes, RawPipeline, int]:
+    """The same pages through the record path and the native emitters: the same bytes and counters; and
+    how many records the native emitters handed to the record path (anomalies only)."""
     by_record, native = pipelines(labels, render)
+    fallbacks = count_fallbacks(native)
     handlers = native.emitters(FORMATS)
     emit_plan = native.backend.emit_plan
     assert emit_plan is not None
@@ -213,7 +216,7 @@ def compare(labels: dict[str, tuple[str, ...]], render: bool, pages: list[bytes]
     b = native.process_located(merge.push([run], 0, final=True), [])
     assert a == b
     assert state(native) == state(by_record)
-    return a[0] if a is not None else b"", by_record
+    return a[0] if a is not None else b"", by_record, fallbacks[0]
 
 
 @settings(max_examples=150, deadline=None)
@@ -243,7 +246,8 @@ def test_a_fixed_run_of_every_kind_pairs_and_labels_natively(labels: str) -> Non
         ("h_return", 11, {"__probe_ip": 0x4040, "__comm": b"main", "__sp_ret": 0xC010_7F00, "__ret_addr": 0x99,
                           "__g": g, "__g_hi": hi + 0x10_0000, "__ip_delta": 0x40, "r": -1}),
     ]
-    out, p = compare(LABELS[labels], True, paged(records, 10**9, None))
+    out, p, fallbacks = compare(LABELS[labels], True, paged(records, 10**9, None))
+    assert fallbacks == 0, "every record of a clean run is emitted natively"
     pairs = p.pairing.statistics()
     assert pairs.paired_by_probe == {"h": 1, "w": 1, "u": 1} and pairs.returns_without_entry_by_probe == {"u": 1}
     assert b'"s":"say \\"hi\\"\\n\\\\xff"' in out and b'"func":"0x4000","ret_ip":"0x99"' in out

@@ -65,10 +65,10 @@ def imports_of(module: str, at_run_time: bool = False) -> set[str]:
     return names
 
 
-def ours(module: str) -> set[str]:
+def ours(module: str, at_run_time: bool = False) -> set[str]:
     """Our modules it imports, as ``stage.module`` or a root module's name."""
     found = set()
-    for name in imports_of(module):
+    for name in imports_of(module, at_run_time):
         parts = name.split(".")
         if parts[0] != "uprobe_exporter" or len(parts) < 2:
             continue
@@ -96,15 +96,31 @@ def test_there_are_pure_modules_in_the_stages_that_decode_and_render() -> None:
         assert [m for m in PURE if m.startswith(stage + ".")], stage
 
 
+def after_stage(root: str) -> int:
+    """The latest stage a root module imports at run time (-1: none): only a stage after it may import
+    that module at run time (``backend`` imports the twins of decode and pipeline: run may use it)."""
+    return max((STAGES.index(n.split(".")[0]) for n in ours(root, at_run_time=True) if "." in n), default=-1)
+
+
 @pytest.mark.parametrize("module", [m for m in MODULES if "." in m])
 def test_data_flows_one_way(module: str) -> None:
-    """A stage's module imports its own stage, earlier stages and the base, never a later stage or the CLI."""
+    """A stage's module imports its own stage, earlier stages and the base, never a later stage or the CLI;
+    a base module only from a stage after every stage it imports itself (for types alone: from that stage)."""
     rank = STAGES.index(module.split(".", maxsplit=1)[0])
+    at_run_time = ours(module, at_run_time=True)
     for name in ours(module):
         if "." in name:
             assert STAGES.index(name.split(".")[0]) <= rank, f"{module} imports the later stage's {name}"
+            continue
+        assert name in BASE, f"{module} imports the root's {name}"
+        if name in at_run_time:
+            assert after_stage(name) < rank, f"{module} imports {name}, which imports a stage as late as its own"
         else:
-            assert name in BASE, f"{module} imports the root's {name}"
+            assert after_stage(name) <= rank, f"{module} imports {name}'s types from a stage before its imports"
+
+
+def test_the_backend_sits_after_the_stages_whose_twins_it_chooses() -> None:
+    assert STAGES[after_stage("backend")] == "pipeline" and after_stage("errors") == -1
 
 
 @pytest.mark.parametrize("module", PURE)

@@ -144,6 +144,41 @@ def test_leave_matching_closes_only_the_same_function() -> None:
         assert stats(p) == Totals(0, 2, 4, 0, 0, 0)
 
 
+def test_leave_matching_refuses_an_entry_without_those_labels_the_same_way() -> None:
+    """Both twins: an entry whose extra has no item where the return wants one is a ValueError (never a
+    different exception per twin); a want of only None items closes it."""
+    for native in (True, False):
+        p = Pairing(twin=backend(native).pairing)
+        p.enter("py", 1, 0, 10, None)
+        p.enter("py", 1, 0, 20, ("f",))
+        with pytest.raises(ValueError, match="no such item"):
+            p.leave_matching("py", 1, (None, "x"))
+        assert p.leave_matching("py", 1, ("f", None)) is not None
+        with pytest.raises(ValueError, match="no such item"):
+            p.leave_matching("py", 1, ("f",))
+        assert p.leave_matching("py", 1, (None,)) is not None
+
+
+def test_leave_matching_does_not_close_an_entry_that_a_comparison_replaced() -> None:
+    """The native twin compares label values with ==, which can run Python code; if that code changes the
+    thread's stack, the entry it compared is no longer the innermost: the return closes nothing."""
+
+    class Sneaky(str):
+        __slots__ = ()
+
+        def __eq__(self, other: object) -> bool:
+            pairing.enter("py", 1, 0, 30, ("other",))  # a new innermost entry while comparing
+            return str.__eq__(self, other)
+
+        __hash__ = str.__hash__
+
+    pairing = Pairing(twin=backend(True).pairing)
+    pairing.enter("py", 1, 0, 10, (Sneaky("f"),))
+    assert pairing.leave_matching("py", 1, ("f",)) is None
+    frame = pairing.leave_matching("py", 1, ("other",))
+    assert frame is not None and frame.ts_ns == 30
+
+
 def test_evict_thread() -> None:
     p = Pairing()
     p.enter("f", 5, SP, 1)

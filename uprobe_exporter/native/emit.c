@@ -7,7 +7,7 @@
  * Three types:
  *   Clock        the renderer's clock (render.PyClock is its Python twin): the wall-clock offset, the
  *                second whose text is cached, the generation of the process ids (Renderer.forget_pids).
- *   EmitContext  what every emitter of a pipeline writes to (rawemit.Sinks is its Python twin), named
+ *   EmitContext  what every emitter of a pipeline writes to (rawemit.Sinks names its slots), named
  *                slots built from keywords: the native Pairing, the counts, the lines, the clock, and the
  *                Python callables it calls where Python owns the state (the renderer's middle fields,
  *                process ids, pod labels, Go pairing keys, the comm cache's decoder, orjson.dumps).
@@ -872,26 +872,29 @@ static int parse_labels(PyObject *spec, Py_ssize_t nargs, Label **out, Py_ssize_
     return 0;
 }
 
-/* EmitPlan(context, fallback, *, name, probe, info, full_name, series, observe, fields, hidden, args, pairing,
- *          known_only, entry_labels, return_labels, want)
+/* EmitPlan(context, fallback, *, name, probe, info, full_name, series, observe, tid_offset, ip_offset,
+ *          ret_ip_offset, sp_offset, comm_offset, fixed_size, sp_ret_offset, ret_addr_offset, ip_delta_offset,
+ *          g_offset, g_hi_offset, args, pairing, known_only, entry_labels, return_labels, want)
  *   fallback: the record path's handler of the event (page, offset, ts_ns, cpu)
  *   series, observe: the probe's series table (ProbeHistograms.series: label values -> series) and its
  *            ProbeHistograms.observe (for label sets without a native series yet), or None
- *   fields = (tid, ip, ret_ip, sp, comm, fixed_size), hidden = (sp_ret, ret_addr, ip_delta, g, g_hi): offsets,
- *            -1 where the event has none
+ *   *_offset: where each field is in the record, -1 where the event has none (tid and ip it always has);
+ *            fixed_size: the record's fixed part (struct.calcsize of its layout), which every offset lies in
  *   args = ((key_bytes, kind, offset, element size, count, length offset), ...)
  *   pairing: PAIR_*; known_only: a return is emitted only if its entry was seen (an entry filter)
  *   entry_labels, return_labels, want: ((LABEL_*, argument index or pod label name), ...) */
 static PyObject *plan_new(PyTypeObject *type, PyObject *a, PyObject *kw) {
-    static char *names[] = {"context", "fallback", "name", "probe", "info", "full_name", "series", "observe", "fields", "hidden",
+    static char *names[] = {"context", "fallback", "name", "probe", "info", "full_name", "series", "observe",
+                            "tid_offset", "ip_offset", "ret_ip_offset", "sp_offset", "comm_offset", "fixed_size",
+                            "sp_ret_offset", "ret_addr_offset", "ip_delta_offset", "g_offset", "g_hi_offset",
                             "args", "pairing", "known_only", "entry_labels", "return_labels", "want", NULL};
-    PyObject *context, *fallback_, *name, *probe, *info, *full_name, *series, *observe, *fields, *hidden, *args;
+    PyObject *context, *fallback_, *name, *probe, *info, *full_name, *series, *observe, *args;
     PyObject *entry_labels, *return_labels, *want;
-    int pairing, known_only;
-    if (!PyArg_ParseTupleAndKeywords(a, kw, "O!O$UUOUOOO!O!O!ipOOO:EmitPlan", names, &EmitContextType, &context,
-                                     &fallback_, &name, &probe, &info, &full_name, &series, &observe, &PyTuple_Type, &fields,
-                                     &PyTuple_Type, &hidden, &PyTuple_Type, &args, &pairing, &known_only,
-                                     &entry_labels, &return_labels, &want))
+    int pairing, known_only, off[11];
+    if (!PyArg_ParseTupleAndKeywords(a, kw, "O!O$UUOUOOiiiiiiiiiiiO!ipOOO:EmitPlan", names, &EmitContextType, &context,
+                                     &fallback_, &name, &probe, &info, &full_name, &series, &observe, &off[0], &off[1],
+                                     &off[2], &off[3], &off[4], &off[5], &off[6], &off[7], &off[8], &off[9], &off[10],
+                                     &PyTuple_Type, &args, &pairing, &known_only, &entry_labels, &return_labels, &want))
         return NULL;
     if (!PyCallable_Check(fallback_) || (observe != Py_None && !PyCallable_Check(observe))) {
         PyErr_SetString(PyExc_TypeError, "EmitPlan: fallback and observe are callables");
@@ -911,11 +914,9 @@ static PyObject *plan_new(PyTypeObject *type, PyObject *a, PyObject *kw) {
     self->known_only = known_only;
     self->generation = -1;
     if (!(self->unknown_comm = PyUnicode_FromString("<...>"))) goto fail;
-    if (!PyArg_ParseTuple(fields, "iiiiii", &self->tid_off, &self->ip_off, &self->ret_ip_off, &self->sp_off,
-                          &self->comm_off, &self->fixed_size)
-        || !PyArg_ParseTuple(hidden, "iiiii", &self->sp_ret_off, &self->ret_addr_off, &self->ip_delta_off, &self->g_off,
-                             &self->g_hi_off))
-        goto fail;
+    self->tid_off = off[0], self->ip_off = off[1], self->ret_ip_off = off[2], self->sp_off = off[3];
+    self->comm_off = off[4], self->fixed_size = off[5], self->sp_ret_off = off[6], self->ret_addr_off = off[7];
+    self->ip_delta_off = off[8], self->g_off = off[9], self->g_hi_off = off[10];
     /* the probe's ProbeHistograms: its series, for the label sets that have one (histogram.c) */
     if (hist_init(&self->hist, observe != Py_None ? series : Py_None) < 0) goto fail;
     self->nargs = PyTuple_GET_SIZE(args);
@@ -973,8 +974,8 @@ PyTypeObject EmitPlanType = {
 };
 
 int plan_module_init(void) {
-    empty_tuple = PyTuple_New(0);
-    none_text = PyBytes_FromString("null");
+    if (!empty_tuple) empty_tuple = PyTuple_New(0); /* once per process: the module may be executed again */
+    if (!none_text) none_text = PyBytes_FromString("null");
     return empty_tuple && none_text && PyType_Ready(&EmitPlanType) == 0 && PyType_Ready(&EmitContextType) == 0
            && PyType_Ready(&ClockType) == 0 ? 0 : -1;
 }

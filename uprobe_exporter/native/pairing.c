@@ -358,8 +358,13 @@ int pairing_leave_matching_c(PyObject *obj, PyObject *probe_name, long long tid,
             return eq < 0 ? -1 : unpaired(self, probe);
         }
     }
+    /* == ran Python code, which may have changed the stack: close the entry only if it is still the one
+     * compared (pairing_leave_c looks the stack up again) */
+    i = slot_of(self, probe, tid, &found);
+    s = found ? self->table[i] : NULL;
+    int same = s && s->n && s->frames[s->n - 1].extra == extra;
     Py_DECREF(extra);
-    return pairing_leave_c(obj, probe_name, tid, 0, entry);
+    return same ? pairing_leave_c(obj, probe_name, tid, 0, entry) : unpaired(self, probe);
 }
 
 /* leave_matching(probe, tid, want): pairing_leave_matching_c from Python. */

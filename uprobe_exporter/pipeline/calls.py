@@ -14,6 +14,7 @@ import logging
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from uprobe_exporter.decode.rawpage import Handler
 from uprobe_exporter.decode.records import LostEvents, TraceRecord
@@ -28,7 +29,6 @@ from uprobe_exporter.pipeline.histogram import (
     labels_kind,
 )
 from uprobe_exporter.pipeline.pairing import GoroutineKeys, Pairing
-from uprobe_exporter.pipeline.rawemit import Route
 from uprobe_exporter.pipeline.render import EventInfo, Renderer
 from uprobe_exporter.plan.config import POD_LABELS, ProbeConfig
 from uprobe_exporter.plan.probes import ProbeEvent
@@ -36,6 +36,19 @@ from uprobe_exporter.processes.podlogs import PodIdentity
 
 log = logging.getLogger(__name__)
 
+
+
+class Route(NamedTuple):
+    """What the pipeline does with one event's records (a tuple: the record path unpacks it per record)."""
+
+    info: EventInfo
+    paired: bool  # its probe has a return probe: entries and returns are paired
+    histograms: ProbeHistograms | None  # its probe's latency histograms
+    labels_at_return: frozenset[str]  # histogram labels from the return's own arguments (not also in args)
+    labels_kind: str  # NO_LABELS, COMM_LABEL or ANY_LABELS: what an entry keeps for its return
+    entry_filtered: bool  # its probe's entry has a kernel filter: a return without its entry is not emitted
+    # USDT: labels in both args and return_args; a return closes the innermost entry only if they agree
+    match: frozenset[str] = frozenset()
 
 @dataclass(frozen=True, slots=True)
 class PipelineStats:

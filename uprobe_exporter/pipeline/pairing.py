@@ -180,8 +180,17 @@ class PythonPairing:
         innermost entry's (CPython 3.11 fires function__return for every frame, function__entry only
         for frames entered from C) then does not close it."""
         stack = self.stacks.get((probe, tid))
-        if stack and all(w is None or stack[-1][2][j] == w for j, w in enumerate(want)):
-            return self.leave(probe, tid, 0)
+        if stack:
+            extra = stack[-1][2]
+            for j, w in enumerate(want):
+                if w is None:
+                    continue
+                if not isinstance(extra, tuple) or j >= len(extra):  # as the native twin says it
+                    raise ValueError("leave_matching: the entry's extra has no such item")
+                if extra[j] != w:
+                    break
+            else:
+                return self.leave(probe, tid, 0)
         self._unpaired(probe)
         return None
 

@@ -5,7 +5,8 @@ An emitter does for one record, straight from the page bytes, what the record pa
 handler when the extension is absent or ``UPROBE_EXPORTER_PURE=1``, and the native emitter's fallback for
 anomalies): count it, pair an entry with its return, put the call's duration in the latency histogram
 and render the JSON line. ``native_emitter`` describes an event's fields, arguments and histogram labels
-to C; ``Sinks`` names what every emitter of a pipeline writes to (its native twin: ``_native.EmitContext``).
+to C; ``Sinks`` names, slot by slot, what every native emitter of a pipeline writes to (the keyword
+arguments of ``_native.EmitContext``, which ``context`` builds from it; nothing runs on a ``Sinks``).
 """
 
 from __future__ import annotations
@@ -14,16 +15,17 @@ import dataclasses
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from uprobe_exporter.decode.rawpage import Handler
 from uprobe_exporter.decode.unpack import CommCache, UnpackPlan
 from uprobe_exporter.kernel.formatfile import Field, FieldKind
-from uprobe_exporter.pipeline.histogram import COMM_LABEL, NO_LABELS, ProbeHistograms
+from uprobe_exporter.pipeline.calls import Route
+from uprobe_exporter.pipeline.histogram import COMM_LABEL, NO_LABELS
 from uprobe_exporter.pipeline.lines import Lines
-from uprobe_exporter.pipeline.render import Clock, EventInfo
+from uprobe_exporter.pipeline.render import Clock
 from uprobe_exporter.plan.config import POD_LABELS
 from uprobe_exporter.plan.kernelabi import (
     COMMON_PID,
@@ -49,23 +51,10 @@ LABEL_ARG, LABEL_COMM, LABEL_POD, LABEL_EMPTY, LABEL_ENTRY, LABEL_NONE = range(6
 PAIR_NONE, PAIR_ENTER, PAIR_LEAVE, PAIR_LEAVE_MATCHING = range(4)
 
 
-class Route(NamedTuple):
-    """What the pipeline does with one event's records (a tuple: the record path unpacks it per record)."""
-
-    info: EventInfo
-    paired: bool  # its probe has a return probe: entries and returns are paired
-    histograms: ProbeHistograms | None  # its probe's latency histograms
-    labels_at_return: frozenset[str]  # histogram labels from the return's own arguments (not also in args)
-    labels_kind: str  # NO_LABELS, COMM_LABEL or ANY_LABELS: what an entry keeps for its return
-    entry_filtered: bool  # its probe's entry has a kernel filter: a return without its entry is not emitted
-    # USDT: labels in both args and return_args; a return closes the innermost entry only if they agree
-    match: frozenset[str] = frozenset()
-
-
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Sinks:
-    """What every emitter of a pipeline writes to, by name: the Python twin of ``_native.EmitContext``
-    (``context`` makes one from it), slot for slot."""
+    """What every native emitter of a pipeline writes to, by name: the slots of ``_native.EmitContext``,
+    which ``context`` builds from it (the record path writes to the pipeline's own fields instead)."""
 
     pairing: Any  # the pairing's core (a _native.Pairing for a native context)
     counts: dict[str, int]  # records per event name
@@ -83,7 +72,7 @@ class Sinks:
 
 
 def context(emit_context: type[EmitContext], sinks: Sinks) -> EmitContext:
-    """The native twin of ``sinks`` (``_native.EmitContext``: it refuses a Python pairing or clock)."""
+    """The ``_native.EmitContext`` with ``sinks``' slots (it refuses a Python pairing or clock)."""
     return emit_context(**{f.name: getattr(sinks, f.name) for f in dataclasses.fields(sinks)})
 
 
@@ -143,12 +132,13 @@ def native_emitter(
     args = [_arg(f, lengths.get(f.name)) for f, _ in plan.args]
     ip = fields.get(PROBE_FUNC if fmt.is_retprobe else PROBE_IP)
     tid = fields.get(COMMON_PID)
-    hidden = (offset(HIDDEN_SP_RET, 8), offset(HIDDEN_RET_ADDR, 8), offset(HIDDEN_IP_DELTA, 4), offset(HIDDEN_G, 8),
-              offset(HIDDEN_G_HI, 8))
+    sp_ret, ret_addr, ip_delta = offset(HIDDEN_SP_RET, 8), offset(HIDDEN_RET_ADDR, 8), offset(HIDDEN_IP_DELTA, 4)
+    g, g_hi = offset(HIDDEN_G, 8), offset(HIDDEN_G_HI, 8)
     sp, ret_ip = offset(HIDDEN_SP, 8), fields.get(PROBE_RET_IP)
     comm = fields.get(HIDDEN_COMM)
-    if (None in args or ip is None or ip.size != 8 or tid is None or tid.size != 4 or min(hidden) < -1 or sp < -1
-            or (ret_ip is not None and ret_ip.size != 8) or (hidden[3] < 0) != (hidden[4] < 0)
+    if (None in args or ip is None or ip.size != 8 or tid is None or tid.size != 4
+            or min(sp_ret, ret_addr, ip_delta, g, g_hi, sp) < -1 or (ret_ip is not None and ret_ip.size != 8)
+            or (g < 0) != (g_hi < 0)
             or (comm is not None and comm.kind is not FieldKind.STRING)):
         return None
     entry, at_return, want = _labels(route, [f.name for f, _ in plan.args])
@@ -158,8 +148,10 @@ def native_emitter(
     return emit_plan(
         ctx, fallback, name=fmt.name, probe=route.info.probe, info=route.info, full_name=route.info.full_name,
         series=hist.series if hist is not None else None, observe=hist.observe if hist is not None else None,
-        fields=(tid.offset, ip.offset, ret_ip.offset if ret_ip is not None else -1, sp,
-                comm.offset if comm is not None else -1, struct.calcsize(plan.struct_layout)),
-        hidden=hidden, args=tuple(a for a in args if a is not None), pairing=pairing,
+        tid_offset=tid.offset, ip_offset=ip.offset, ret_ip_offset=ret_ip.offset if ret_ip is not None else -1,
+        sp_offset=sp, comm_offset=comm.offset if comm is not None else -1,
+        fixed_size=struct.calcsize(plan.struct_layout), sp_ret_offset=sp_ret, ret_addr_offset=ret_addr,
+        ip_delta_offset=ip_delta, g_offset=g, g_hi_offset=g_hi, args=tuple(a for a in args if a is not None),
+        pairing=pairing,
         known_only=route.paired and fmt.is_return and route.entry_filtered,
         entry_labels=entry, return_labels=at_return, want=want if route.match else ())

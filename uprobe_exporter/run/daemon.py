@@ -253,7 +253,7 @@ def _reader(
     sink: JsonlSink | None, identities: PodIdentities | None = None, backend: Backend = CHOSEN,
 ) -> tuple[Pipeline, TracePipeReader | RawPipeReader]:
     """The pipeline and the reader the configuration asks for: text ``trace_pipe`` or raw pages, the
-    raw ones on ``backend``'s twins (the text path's only twin is the pairing)."""
+    raw ones on ``backend``'s twins (the text path's are the pairing and the histogram series)."""
     formats = session.formats.values()
     max_pending, label_values_max = config.exporter.max_pending_calls, config.metrics.label_values_max
 
