@@ -25,7 +25,6 @@ from uprobe_exporter.plan.kernelabi import (
     GOSTRING_LEN_PREFIX,
     HIDDEN_COMM,
     HIDDEN_DERIVED,
-    HIDDEN_SP,
     PROBE_FUNC,
     PROBE_IP,
     PROBE_RET_IP,
@@ -105,7 +104,6 @@ class UnpackPlan:
     comm_code: str  # statements (indented 4) that set ``comm`` from the page
     args: tuple[tuple[Field, str], ...]  # the configured arguments: (field, value expression)
     key: str = "0"  # a Go program's g (hidden.hidden_values); "0": calls pair by thread
-    derived: bool = False  # ip, ret_ip, sp or a Go string come from hidden fields (RET sites, Go programs)
 
     @classmethod
     def of(cls, fmt: EventFormat) -> UnpackPlan:
@@ -157,8 +155,7 @@ class UnpackPlan:
         tid = by_name[COMMON_PID]
         ip, ret_ip, sp, key = hidden_values(hidden, by_name[PROBE_FUNC if fmt.is_retprobe else PROBE_IP],
                                             by_name.get(PROBE_RET_IP, "0"))
-        return cls(fmt, "".join(layout), ", ".join(names), tid, ip, ret_ip, sp, comm, comm_code, tuple(args), key,
-                   bool(set(hidden) - {HIDDEN_SP}) or bool(lengths))
+        return cls(fmt, "".join(layout), ", ".join(names), tid, ip, ret_ip, sp, comm, comm_code, tuple(args), key)
 
     def namespace(self, comms: CommCache) -> dict[str, Any]:
         """What the generated code refers to: ``_unpack``, ``_char``, ``_comms``, ``_comm``."""

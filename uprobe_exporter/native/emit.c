@@ -411,6 +411,13 @@ static int defer_count(EmitPlan *self) {
     return 0;
 }
 
+/* Count one record: run() adds a batch's counts at its end (defer); a call from Python counts at once. */
+static inline int count_record(EmitPlan *self, int defer) {
+    if (defer && defer_count(self) < 0) return -1;
+    self->unflushed++;
+    return defer ? 0 : flush_count(self);
+}
+
 int plan_flush_deferred(void) {
     int bad = 0;
     for (Py_ssize_t i = 0; i < ndeferred; i++) {
@@ -614,11 +621,7 @@ PyObject *plan_emit(PyObject *plan, PyObject *page, Py_ssize_t o, uint64_t ts_u,
     if (!r.comm) r.comm = Py_NewRef(self->unknown_comm);
     /* count: run() adds a batch's counts at its end; a call from Python counts at once (a return of a
      * probe with filtered entries: once its entry is found) */
-    if (!self->known_only) {
-        if (defer && defer_count(self) < 0) goto done;
-        self->unflushed++;
-        if (!defer && flush_count(self) < 0) goto done;
-    }
+    if (!self->known_only && count_record(self, defer) < 0) goto done;
     if (self->pairing_mode != PAIR_NONE) {
         long long pair_key = tid; /* the thread, or a Go program's goroutine in its process */
         if (g && self->pairing_mode != PAIR_LEAVE_MATCHING) {
@@ -656,9 +659,7 @@ PyObject *plan_emit(PyObject *plan, PyObject *page, Py_ssize_t o, uint64_t ts_u,
             if (found) frame_extra = entry.extra; /* the reference the stack held */
             if (self->known_only) {
                 if (!found) { result = Py_NewRef(Py_None); goto done; } /* its entry was filtered */
-                if (defer && defer_count(self) < 0) goto done;
-                self->unflushed++;
-                if (!defer && flush_count(self) < 0) goto done;
+                if (count_record(self, defer) < 0) goto done;
             }
             if (found && ts < entry.ts) { /* only records out of order can do this: counted, never observed */
                 if (dict_add(ctx->negative, self->probe, 1) < 0) goto done;
@@ -696,8 +697,6 @@ PyObject *plan_emit(PyObject *plan, PyObject *page, Py_ssize_t o, uint64_t ts_u,
         if (!PyBytes_Check(text)) { Py_DECREF(text); PyErr_SetString(PyExc_TypeError, "dumps must return bytes"); goto done; }
         Py_SETREF(r.values[i], text);
     }
-    if (clock_update(clock, wall) < 0) goto done;
-    long long rel = wall - clock->sec_ns;
     {
         if (clock->pid_generation != self->generation) {  /* Renderer.forget_pids: process ids may have changed */
             for (int i = 0; i < MIDDLES; i++) { Py_CLEAR(self->middles[i].comm); Py_CLEAR(self->middles[i].middle); }
@@ -732,10 +731,9 @@ PyObject *plan_emit(PyObject *plan, PyObject *page, Py_ssize_t o, uint64_t ts_u,
             m->tid = tid; m->cpu = cpu; m->ip = ip; m->ret_ip = ret_ip;
         }
     }
-    if (clock->sec_ns + rel != wall || rel < 0 || rel >= 1000000000LL) { /* Python code ran: the second again */
-        if (clock_update(clock, wall) < 0) goto done;
-        rel = wall - clock->sec_ns;
-    }
+    /* the second's text, once the Python code above (dumps, thread_middle) has run */
+    if (clock_update(clock, wall) < 0) goto done;
+    long long rel = wall - clock->sec_ns;
     PyObject *sec_text = clock->sec_text;
     if (Py_IS_TYPE(ctx->lines, &LinesType)) { /* from here on no Python code runs until the line is done */
         out.target = (Lines *)ctx->lines;
@@ -976,12 +974,5 @@ PyTypeObject EmitPlanType = {
 int plan_module_init(void) {
     if (!empty_tuple) empty_tuple = PyTuple_New(0); /* once per process: the module may be executed again */
     if (!none_text) none_text = PyBytes_FromString("null");
-    return empty_tuple && none_text && PyType_Ready(&EmitPlanType) == 0 && PyType_Ready(&EmitContextType) == 0
-           && PyType_Ready(&ClockType) == 0 ? 0 : -1;
-}
-
-int plan_module_add(PyObject *m) {
-    return PyModule_AddObjectRef(m, "EmitPlan", (PyObject *)&EmitPlanType) < 0
-           || PyModule_AddObjectRef(m, "EmitContext", (PyObject *)&EmitContextType) < 0
-           || PyModule_AddObjectRef(m, "Clock", (PyObject *)&ClockType) < 0 ? -1 : 0;
+    return empty_tuple && none_text ? 0 : -1;
 }

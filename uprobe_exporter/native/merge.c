@@ -1,4 +1,4 @@
-/* Stage run: Merge is run/rawreader.py's CpuMerge in C, the exact twin of that Python reference (which
+/* Stage decode: Merge is decode/merge.py's CpuMerge in C, the exact twin of that Python reference (which
  * stays the fallback and what the tests compare this with). locate() appends the records it finds in a page here, as C structs
  * instead of (ts_ns, handler, page, offset, cpu) tuples; push() merges the new records with the ones held
  * back by the previous push into one timestamp order (a stable sort of the new records in the order they
@@ -207,7 +207,7 @@ PyTypeObject MergeType = {
     .tp_methods = merge_methods,
     .tp_members = merge_members,
     .tp_getset = merge_getset,
-    .tp_doc = "rawreader.CpuMerge in C: locate() appends to it, push() releases in timestamp order.",
+    .tp_doc = "decode.merge.CpuMerge in C: locate() appends to it, push() releases in timestamp order.",
 };
 
 /* ---- Released: what one push released ----------------------------------------------------------- */

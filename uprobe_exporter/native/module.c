@@ -37,8 +37,10 @@ static int add_type(PyObject *m, const char *name, PyTypeObject *type) {
 }
 
 static int exec_module(PyObject *m) {
-    if (plan_module_init() < 0) return -1; /* emit.c's interned names; readies its types */
-    if (plan_module_add(m) < 0 /* EmitPlan, EmitContext, Clock */
+    if (plan_module_init() < 0) return -1; /* emit.c's constants */
+    if (add_type(m, "EmitPlan", &EmitPlanType) < 0
+        || add_type(m, "EmitContext", &EmitContextType) < 0
+        || add_type(m, "Clock", &ClockType) < 0
         || add_type(m, "Pairing", &PairingType) < 0
         || add_type(m, "Merge", &MergeType) < 0
         || add_type(m, "Released", &ReleasedType) < 0

@@ -46,7 +46,6 @@ extern PyTypeObject EmitPlanType, EmitContextType, ClockType;
 PyObject *plan_emit(PyObject *plan, PyObject *page, Py_ssize_t offset, uint64_t ts, long cpu, int defer);
 PyObject *plan_args(PyObject *plan, PyObject *const *args, int defer); /* (page, offset, ts_ns, cpu) */
 int plan_flush_deferred(void); /* add the counts plan_emit(..., defer=1) deferred, of every plan */
-int plan_module_init(void);
-int plan_module_add(PyObject *module); /* adds EmitPlan, EmitContext, Clock */
+int plan_module_init(void); /* emit.c's constants */
 int add_error(PyObject *errors, const char *reason, long long n); /* errors[reason] += n */
 #endif

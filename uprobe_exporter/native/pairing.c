@@ -292,42 +292,47 @@ static int unpaired(Pairing *self, Py_ssize_t probe) {
     return 0;
 }
 
+/* The stack of pending entries of (probe, tid), or NULL. */
+static Stack *stack_of(Pairing *self, Py_ssize_t probe, long long tid) {
+    int found;
+    Py_ssize_t i = slot_of(self, probe, tid, &found);
+    return found ? self->table[i] : NULL;
+}
+
+/* Close the innermost pending entry of ``s`` (not empty): its frame, with the reference the stack held on
+ * its extra. */
+static CFrame close_top(Pairing *self, Py_ssize_t probe, Stack *s) {
+    self->pending--;
+    self->counts[probe].paired++;
+    self->counts[probe].paired_seen = 1;
+    return s->frames[--s->n];
+}
+
 /* leave() with C values: 1 and the entry's frame (its extra: a new reference) when the return closes a
  * pending entry, 0 when it does not (counted), -1 with an exception. */
 int pairing_leave_c(PyObject *obj, PyObject *probe_name, long long tid, uint64_t sp, CFrame *entry) {
     Pairing *self = (Pairing *)obj;
     Py_ssize_t probe = probe_index(self, probe_name);
     if (probe < 0) return -1;
-    int found;
-    Py_ssize_t i = slot_of(self, probe, tid, &found);
-    Stack *s = found ? self->table[i] : NULL;
+    Stack *s = stack_of(self, probe, tid);
     if (!s || !s->n) return unpaired(self, probe);
-    if (sp) {
-        if (sp < 8) return unpaired(self, probe); /* below any frame */
-        uint64_t target = sp - 8; /* RETURN_ADDRESS_SIZE */
-        Graveyard dead;
-        graveyard_init(&dead);
-        while (s->n && s->frames[s->n - 1].sp < target) {
-            bury(&dead, s->frames[--s->n].extra);
-            evict(self, probe, UNWOUND);
-        }
-        int closes = s->n && s->frames[s->n - 1].sp == target;
-        CFrame f = closes ? s->frames[--s->n] : (CFrame){0, 0, NULL};
-        if (closes) {
-            self->pending--;
-            self->counts[probe].paired++;
-            self->counts[probe].paired_seen = 1;
-        }
-        release(&dead); /* s may be gone from here */
-        if (!closes) return unpaired(self, probe);
-        *entry = f;
+    if (!sp) {
+        *entry = close_top(self, probe, s);
         return 1;
     }
-    CFrame f = s->frames[--s->n];
-    self->pending--;
-    self->counts[probe].paired++;
-    self->counts[probe].paired_seen = 1;
-    *entry = f; /* with the reference the stack held on extra */
+    if (sp < 8) return unpaired(self, probe); /* below any frame */
+    uint64_t target = sp - 8; /* RETURN_ADDRESS_SIZE */
+    Graveyard dead;
+    graveyard_init(&dead);
+    while (s->n && s->frames[s->n - 1].sp < target) {
+        bury(&dead, s->frames[--s->n].extra);
+        evict(self, probe, UNWOUND);
+    }
+    int closes = s->n && s->frames[s->n - 1].sp == target;
+    CFrame f = closes ? close_top(self, probe, s) : (CFrame){0, 0, NULL};
+    release(&dead); /* s may be gone from here */
+    if (!closes) return unpaired(self, probe);
+    *entry = f;
     return 1;
 }
 
@@ -339,9 +344,7 @@ int pairing_leave_matching_c(PyObject *obj, PyObject *probe_name, long long tid,
     Pairing *self = (Pairing *)obj;
     Py_ssize_t probe = probe_index(self, probe_name);
     if (probe < 0) return -1;
-    int found;
-    Py_ssize_t i = slot_of(self, probe, tid, &found);
-    Stack *s = found ? self->table[i] : NULL;
+    Stack *s = stack_of(self, probe, tid);
     if (!s || !s->n) return unpaired(self, probe);
     PyObject *extra = Py_NewRef(s->frames[s->n - 1].extra); /* held: == may run Python code */
     for (Py_ssize_t j = 0; j < PyTuple_GET_SIZE(want); j++) {
@@ -359,12 +362,13 @@ int pairing_leave_matching_c(PyObject *obj, PyObject *probe_name, long long tid,
         }
     }
     /* == ran Python code, which may have changed the stack: close the entry only if it is still the one
-     * compared (pairing_leave_c looks the stack up again) */
-    i = slot_of(self, probe, tid, &found);
-    s = found ? self->table[i] : NULL;
+     * compared */
+    s = stack_of(self, probe, tid);
     int same = s && s->n && s->frames[s->n - 1].extra == extra;
     Py_DECREF(extra);
-    return same ? pairing_leave_c(obj, probe_name, tid, 0, entry) : unpaired(self, probe);
+    if (!same) return unpaired(self, probe);
+    *entry = close_top(self, probe, s);
+    return 1;
 }
 
 /* leave_matching(probe, tid, want): pairing_leave_matching_c from Python. */

@@ -1,10 +1,10 @@
 /* Stage decode (and the run loop of pipeline): the native twin of decode/rawpage.py's page walk
- * (RawDecoder.locate, which stays the reference and the fallback, and which the tests compare this with),
- * and of the loop of pipeline/core.py's Pipeline.process_located (run()). The module itself is defined in
- * module.c. */
+ * (walk, which stays the reference and the fallback, and which the tests compare this with), and of
+ * pipeline/raw.py's run_located, the loop of RawPipeline.process_located (run()). The module itself is
+ * defined in module.c. */
 #include "native.h"
 
-/* ---- locate(): the page walk of rawpage.RawDecoder.locate/_events ------------------------------------ */
+/* ---- locate(): the page walk of decode/rawpage.py's walk ---------------------------------------------- */
 
 #define COMMIT_MASK ((1ULL << 27) - 1)
 #define MISSED_EVENTS (1ULL << 31)

@@ -10,7 +10,6 @@ Nothing here does I/O: looking up a process id the kernel did not know is a call
 
 from __future__ import annotations
 
-import logging
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -33,9 +32,6 @@ from uprobe_exporter.pipeline.render import EventInfo, Renderer
 from uprobe_exporter.plan.config import POD_LABELS, ProbeConfig
 from uprobe_exporter.plan.probes import ProbeEvent
 from uprobe_exporter.processes.podlogs import PodIdentity
-
-log = logging.getLogger(__name__)
-
 
 
 class Route(NamedTuple):

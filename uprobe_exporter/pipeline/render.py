@@ -105,14 +105,6 @@ class Renderer:
     def wall_offset_ns(self, value: int) -> None:
         self.clock.wall_offset_ns = value
 
-    def iso_time(self, wall_ns: int) -> str:
-        """``2026-11-25T18:11:05.123456Z``, the seconds part cached (records come in bursts)."""
-        return self.second(wall_ns).decode()
-
-    def second(self, wall_ns: int) -> bytes:
-        """The time text of ``wall_ns``; its second becomes the cached one (``clock``)."""
-        return self.clock.second(wall_ns)
-
     def middle(self, info: EventInfo, pid: int, tid: int, comm: str, cpu: int, ip: int, ret_ip: int) -> bytes:
         """The JSON of the fields between ``ts_ns`` and ``args``, without braces; cached."""
         key = (info.full_name, pid, tid, comm, cpu, ip, ret_ip)  # a str hashes once; a dataclass per call
