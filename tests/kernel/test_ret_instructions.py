@@ -13,8 +13,11 @@ from typing import Any
 import pytest
 
 from tests.helpers import ExporterProcess, build_config, read_jsonl, run_cli, toml_dumps, wait_for_lines
+from uprobe_exporter.kernel.session import ProbeSession
 from uprobe_exporter.kernel.tracefs import Tracefs
+from uprobe_exporter.plan.config import parse_config
 from uprobe_exporter.plan.elf import load_elf, read_function_code
+from uprobe_exporter.plan.resolve import plan_events
 
 THREADS, CALLS, DEPTH = 3, 40, 12
 
@@ -125,3 +128,24 @@ def test_ret_instructions_listing_and_refusals(
     cfg.write_text(toml_dumps(build_config(group, [ok], tmp_path / "o.jsonl")))
     assert run_cli("check", "--config", str(cfg)).returncode == 0
     assert [e for e in tracefs.read_uprobe_events() if e.group == group] == []
+
+
+def test_ret_instruction_returns_added_at_run_time_end_calls_as_at_start(
+    build: Callable[..., Path], group: str, tmp_path: Path, tracefs: Tracefs,
+) -> None:
+    """Returns seen at RET instructions are `p:` events: their format says nothing of ending a call. The
+    session marks them so whether they are registered at start or added at run time (a discovered file:
+    ProbeSession.add), else their records would be paired as entries."""
+    binary = build("calls")
+    probes = [{"name": "work", "binary": str(binary), "function": "work", "return": True,
+               "return_via": "ret_instructions"}]
+    config = parse_config(build_config(group, probes, tmp_path / "o.jsonl"))
+    events = plan_events(config)
+    returns = {e.event for e in events if e.is_return}
+    assert returns and all(e.ends_call for e in events if e.is_return)
+    instance = tracefs.instance(group)
+    with ProbeSession(tracefs, instance, group, events, 1024) as session:
+        at_start = {name: f.ends_call for name, f in session.formats.items()}
+    with ProbeSession(tracefs, instance, group, [], 1024) as session:
+        added = {name: f.ends_call for name, f in session.add(events).items()}
+    assert at_start == added == {e.event: e.event in returns for e in events}

@@ -158,9 +158,7 @@ class ProbeSession:
             claim(self.tracefs, self.owned, self._create, self._remove_leftovers)
             self.estimate_stop()
             for ev in unique_events(self.events):  # a USDT or RET-instruction event has one command per site
-                fmt = parse_format(self.instance.read_format(self.group, ev.event))
-                p_return = (ev.usdt or ev.at_ret) and ev.is_return  # a `p:` event that ends a call
-                self.formats[ev.event] = replace(fmt, ends_call=True) if p_return else fmt
+                self.formats[ev.event] = self._read_format(ev)
                 if ev.filter:
                     try:
                         self.instance.set_filter(self.group, ev.event, ev.filter)
@@ -193,6 +191,11 @@ class ProbeSession:
             self.owned.take_group(self.tracefs)
         return formats
 
+    def _read_format(self, ev: ProbeEvent) -> EventFormat:
+        """The registered event's format, marked when the event ends a call (``ProbeEvent.ends_call``)."""
+        fmt = parse_format(self.instance.read_format(self.group, ev.event))
+        return replace(fmt, ends_call=True) if ev.ends_call else fmt
+
     def _add(self, events: list[ProbeEvent]) -> dict[str, EventFormat]:
         done: list[ProbeEvent] = []
         formats: dict[str, EventFormat] = {}
@@ -205,8 +208,7 @@ class ProbeSession:
                     raise ProbeRefusedError(ev.location or ev.full_name, refused) from exc
                 done.append(ev)
             for ev in unique_events(events):
-                fmt = parse_format(self.instance.read_format(self.group, ev.event))
-                formats[ev.event] = replace(fmt, ends_call=True) if ev.usdt and ev.is_return else fmt
+                formats[ev.event] = self._read_format(ev)
                 if ev.filter:
                     self.instance.set_filter(self.group, ev.event, ev.filter)
         except TracefsError:

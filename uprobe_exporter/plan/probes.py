@@ -62,6 +62,12 @@ class ProbeEvent:
     def full_name(self) -> str:
         return f"{self.group}/{self.event}"
 
+    @property
+    def ends_call(self) -> bool:
+        """A ``p:`` event that ends a call (a USDT return, a return seen at RET instructions): its format
+        has no ``__probe_ret_ip`` to say so (EventFormat.ends_call)."""
+        return (self.usdt or self.at_ret) and self.is_return
+
 
 @dataclass(frozen=True, slots=True)
 class ResolvedProbe:
