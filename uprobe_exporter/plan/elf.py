@@ -93,11 +93,6 @@ class ElfInfo:
             return int(m[1]) >= 17
         return any(name.endswith(".abi0") for name in self.symbols)
 
-    def function_symbol(self, name: str) -> Symbol | None:
-        """The function symbol ``name`` (its default version), if there is exactly one."""
-        funcs = {s.value: s for s in self.symbols.get(name.partition("@")[0], []) if s.type in FUNCTION_TYPES}
-        return next(iter(funcs.values())) if len(funcs) == 1 else None
-
     def function_around(self, offset: int) -> tuple[Symbol, int] | None:
         """The function whose code holds file ``offset``, and how far into it, if the symbols say."""
         for sym in self.functions():

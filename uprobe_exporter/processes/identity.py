@@ -17,6 +17,7 @@ from pathlib import Path
 
 from uprobe_exporter.processes.cgroup import parse_cgroup
 from uprobe_exporter.processes.podlogs import PodIdentity, PodLogIndex, index_pod_logs
+from uprobe_exporter.processes.procfs import thread_exists
 
 log = logging.getLogger(__name__)
 
@@ -98,21 +99,17 @@ class PodIdentities:
         if pid in self.cache:
             return self.cache[pid]
         ident, complete = self.lookup(pid)
-        if complete or not os.path.exists(f"{self.proc}/{pid}"):  # else: ask again next time
+        if complete or not thread_exists(pid, self.proc):  # else: ask again next time
             if len(self.cache) >= self.size:
                 self.cache.clear()
             self.cache[pid] = ident
         return ident
 
-    def remember(self, pid: int) -> None:
-        """Look a process up now (it has just been found), while its ``/proc`` entry exists."""
-        self(pid)
-
     def forget_exited(self) -> None:
         """Drop processes gone for ``keep_seconds`` (a reused pid then gets looked up afresh)."""
         now = self.clock()
         for pid in list(self.cache):
-            if os.path.exists(f"{self.proc}/{pid}"):
+            if thread_exists(pid, self.proc):
                 if self.gone.pop(pid, None) is not None:  # gone, and its id taken by another process since
                     del self.cache[pid]
             elif now - self.gone.setdefault(pid, now) >= self.keep_seconds:

@@ -41,6 +41,7 @@ from uprobe_exporter.plan.probes import ProbeEvent, build_events
 from uprobe_exporter.plan.resolve import resolve_file
 from uprobe_exporter.processes.identity import PodIdentities
 from uprobe_exporter.processes.podlogs import PodIdentity
+from uprobe_exporter.processes.procfs import thread_exists
 from uprobe_exporter.processes.procmaps import layer_candidates, mapped_paths, parse_maps, parse_mountinfo
 
 log = logging.getLogger(__name__)
@@ -335,7 +336,7 @@ class Discoverer:
                                   f"{probe.name}{FILE_TAG}{number}")
             formats = self.session.add(events)
         except (ResolveError, TracefsError, OwnershipError) as exc:
-            if not os.path.exists(f"{self.proc}/{pid}"):  # it exited meanwhile: the next process will tell
+            if not thread_exists(pid, self.proc):  # it exited meanwhile: the next process will tell
                 log.debug("probe %s: process %d exited before %s was probed: %s", probe.name, pid, real.path, exc)
                 return None
             self.changes[probe.name, "failed"] += 1
